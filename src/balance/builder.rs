@@ -1,0 +1,233 @@
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::sync::Arc;
+use std::task::Context;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::oneshot;
+
+use super::driver::{boxed, Driver};
+use super::layer::{BalanceLayer, MakeEndpoint};
+use super::service::Balance;
+use super::shared::{Shared, TimingConfig};
+use crate::classify::DefaultClassifier;
+use crate::completion::OnResponse;
+use crate::discover::Discover;
+use crate::error::BuildError;
+use crate::strategy::{LatencyTracking, LeastRequest, Strategy};
+
+/// Configures and builds a [`Balance`].
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_lb::{discover, strategy::RoundRobin, Balance};
+/// use tower_lb::classify::ErrorsAsFailures;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let echo = tower::service_fn(|req: String| async move { Ok::<_, std::io::Error>(req) });
+/// let balance = Balance::builder()
+///     .strategy(RoundRobin::new())
+///     .classify(ErrorsAsFailures)
+///     .fail_fast(Duration::from_secs(1))
+///     .build(discover::static_list([("a", echo.clone()), ("b", echo)]))
+///     .unwrap();
+/// assert_eq!(balance.endpoints().len(), 2);
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Builder<P = LeastRequest, C = DefaultClassifier, T = OnResponse> {
+    strategy: P,
+    classify: C,
+    track: T,
+    fail_fast: Duration,
+    allow_empty_reset: bool,
+    latency: Option<LatencyTracking>,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder {
+            strategy: LeastRequest::default(),
+            classify: DefaultClassifier,
+            track: OnResponse,
+            fail_fast: Duration::from_secs(3),
+            allow_empty_reset: false,
+            latency: None,
+        }
+    }
+}
+
+impl Builder {
+    /// The defaults: least request (two choices), [`DefaultClassifier`], [`OnResponse`],
+    /// fail fast after 3 s (linkerd's default), empty resets ignored.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl<P, C, T> Builder<P, C, T> {
+    /// Sets the [strategy](crate::strategy).
+    pub fn strategy<P2: Strategy>(self, strategy: P2) -> Builder<P2, C, T> {
+        Builder {
+            strategy,
+            classify: self.classify,
+            track: self.track,
+            fail_fast: self.fail_fast,
+            allow_empty_reset: self.allow_empty_reset,
+            latency: self.latency,
+        }
+    }
+
+    /// Sets the [classifier](crate::classify) that decides which results are failures.
+    pub fn classify<C2>(self, classify: C2) -> Builder<P, C2, T> {
+        Builder {
+            strategy: self.strategy,
+            classify,
+            track: self.track,
+            fail_fast: self.fail_fast,
+            allow_empty_reset: self.allow_empty_reset,
+            latency: self.latency,
+        }
+    }
+
+    /// Sets when a request stops counting as in flight (see [`completion`](crate::completion)).
+    pub fn track_completion<T2>(self, track: T2) -> Builder<P, C, T2> {
+        Builder {
+            strategy: self.strategy,
+            classify: self.classify,
+            track,
+            fail_fast: self.fail_fast,
+            allow_empty_reset: self.allow_empty_reset,
+            latency: self.latency,
+        }
+    }
+
+    /// How long `poll_ready` waits for an eligible endpoint before it fails with
+    /// [`Unavailable`](crate::error::Unavailable). Zero fails at once. Default 3 s.
+    pub fn fail_fast(mut self, timeout: Duration) -> Self {
+        self.fail_fast = timeout;
+        self
+    }
+
+    /// Whether an empty [`Reset`](crate::discover::Change::Reset) empties the set (`true`)
+    /// or is ignored (`false`, the default). See [`discover`](crate::discover).
+    pub fn allow_empty_reset(mut self, allow: bool) -> Self {
+        self.allow_empty_reset = allow;
+        self
+    }
+
+    /// Tracks each endpoint's latency estimate even when the strategy does not need it, so
+    /// that [`Balance::endpoints`] reports it. This costs two clock reads per request. A
+    /// strategy that needs latency (peak-EWMA) uses its own settings and ignores this.
+    pub fn track_latency(mut self, tracking: LatencyTracking) -> Self {
+        self.latency = Some(tracking);
+        self
+    }
+
+    fn validate(&self) -> Result<(), BuildError>
+    where
+        P: Strategy,
+    {
+        self.strategy.validate()?;
+        if self
+            .strategy
+            .latency()
+            .or(self.latency)
+            .is_some_and(|l| l.decay.is_zero())
+        {
+            return Err(BuildError::InvalidConfig(
+                "latency decay must be greater than zero",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Builds a balancer over the endpoints `discovery` yields.
+    ///
+    /// Changes the source has ready at once (a static list, say) are applied before this
+    /// returns. The background driver is spawned on the current tokio runtime; outside a
+    /// runtime it is spawned at the first `poll_ready` instead, and `poll_ready` fails with
+    /// [`BuildError::NoRuntime`] if there is still none. The runtime needs its time driver
+    /// (`enable_time` or `enable_all`) for the fail-fast timeout.
+    ///
+    /// Fails with [`BuildError::InvalidConfig`] when the strategy's parameters are invalid.
+    pub fn build<K, S, D>(self, discovery: D) -> Result<Balance<K, S, P, C, T>, BuildError>
+    where
+        D: Discover<K, S> + Send + 'static,
+        K: Clone + Eq + Hash + Debug + Send + Sync + 'static,
+        S: Send + Sync + 'static,
+        P: Strategy,
+    {
+        self.validate()?;
+        Ok(self.build_unchecked(discovery))
+    }
+
+    fn build_unchecked<K, S, D>(self, discovery: D) -> Balance<K, S, P, C, T>
+    where
+        D: Discover<K, S> + Send + 'static,
+        K: Clone + Eq + Hash + Debug + Send + Sync + 'static,
+        S: Send + Sync + 'static,
+        P: Strategy,
+    {
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let timing = self
+            .strategy
+            .latency()
+            .or(self.latency)
+            .map(TimingConfig::from);
+        let shared = Arc::new(Shared::new(self.strategy, timing, self.fail_fast, stop_tx));
+        let mut driver = Driver::new(&shared, boxed(discovery), stop_rx, self.allow_empty_reset);
+        // Apply what is ready now, so a static list is in place before the first request.
+        driver.drain(&shared, &mut Context::from_waker(std::task::Waker::noop()));
+        shared.set_driver(Box::pin(driver));
+        // Outside a runtime this fails; the first poll_ready tries again.
+        let _ = shared.ensure_driver();
+        Balance::from_shared(shared, self.classify, self.track)
+    }
+
+    /// Builds a balancer whose discovery yields keys only; `make` turns each inserted key
+    /// into its service (an address into a client, say).
+    pub fn build_with<K, D, M>(
+        self,
+        discovery: D,
+        make: M,
+    ) -> Result<Balance<K, M::Service, P, C, T>, BuildError>
+    where
+        D: Discover<K, ()> + Send + 'static,
+        M: MakeEndpoint<K> + Send + 'static,
+        M::Service: Send + Sync + 'static,
+        K: Clone + Eq + Hash + Debug + Send + Sync + 'static,
+        P: Strategy,
+    {
+        self.validate()?;
+        Ok(self.build_with_unchecked(discovery, make))
+    }
+
+    pub(crate) fn build_with_unchecked<K, D, M>(
+        self,
+        discovery: D,
+        mut make: M,
+    ) -> Balance<K, M::Service, P, C, T>
+    where
+        D: Discover<K, ()> + Send + 'static,
+        M: MakeEndpoint<K> + Send + 'static,
+        M::Service: Send + Sync + 'static,
+        K: Clone + Eq + Hash + Debug + Send + Sync + 'static,
+        P: Strategy,
+    {
+        let changes = boxed(discovery)
+            .map(move |change| change.map(|c| c.map_service(|key, ()| make.make_endpoint(key))));
+        self.build_unchecked(changes)
+    }
+
+    /// A [`BalanceLayer`] that builds this balancer around a [`MakeEndpoint`] in a
+    /// `tower::ServiceBuilder`. Checks the configuration now, since a layer cannot fail.
+    pub fn into_layer<K, D>(self, discovery: D) -> Result<BalanceLayer<K, D, P, C, T>, BuildError>
+    where
+        P: Strategy,
+    {
+        self.validate()?;
+        Ok(BalanceLayer::from_builder(discovery, self))
+    }
+}

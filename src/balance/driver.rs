@@ -1,0 +1,226 @@
+//! The background task: applies discovery changes and publishes snapshots.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::future::Future;
+use std::hash::Hash;
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+
+use futures_core::Stream;
+use tokio::sync::oneshot;
+
+use super::shared::{lock, Set, Shared, Slot};
+use crate::discover::snapshots::dedup_last_wins;
+use crate::discover::{Change, Discover, DiscoveryStats};
+use crate::endpoint::{Endpoint, Load};
+use crate::error::BoxError;
+use crate::strategy::{Endpoints, Entry, Strategy};
+
+/// How many changes the driver applies before it yields to the runtime, so a source that
+/// is always ready (or always failing) cannot starve other tasks.
+const BUDGET: usize = 256;
+
+pub(crate) type BoxDiscover<K, S> =
+    Pin<Box<dyn Stream<Item = Result<Change<K, S>, BoxError>> + Send>>;
+
+/// Boxes any [`Discover`] into one stream type with boxed errors.
+pub(crate) fn boxed<K, S, D>(discovery: D) -> BoxDiscover<K, S>
+where
+    D: Discover<K, S> + Send + 'static,
+    K: 'static,
+    S: 'static,
+{
+    struct ErrInto<D, K, S>(Pin<Box<D>>, std::marker::PhantomData<fn() -> (K, S)>);
+    impl<K, S, D: Discover<K, S>> Stream for ErrInto<D, K, S> {
+        type Item = Result<Change<K, S>, BoxError>;
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            self.0
+                .as_mut()
+                .poll_change(cx)
+                .map(|c| c.map(|r| r.map_err(Into::into)))
+        }
+    }
+    Box::pin(ErrInto(Box::pin(discovery), std::marker::PhantomData))
+}
+
+pub(crate) struct Driver<K, S, P: Strategy> {
+    shared: Weak<Shared<K, S, P>>,
+    discovery: BoxDiscover<K, S>,
+    stop: oneshot::Receiver<()>,
+    endpoints: HashMap<K, Arc<Slot<K, S>>>,
+    next_order: u64,
+    version: u64,
+    ended: bool,
+    allow_empty_reset: bool,
+}
+
+impl<K, S, P> Driver<K, S, P>
+where
+    K: Clone + Eq + Hash + Debug + Send + Sync + 'static,
+    S: Send + Sync + 'static,
+    P: Strategy,
+{
+    pub(crate) fn new(
+        shared: &Arc<Shared<K, S, P>>,
+        discovery: BoxDiscover<K, S>,
+        stop: oneshot::Receiver<()>,
+        allow_empty_reset: bool,
+    ) -> Self {
+        Driver {
+            shared: Arc::downgrade(shared),
+            discovery,
+            stop,
+            endpoints: HashMap::new(),
+            next_order: 0,
+            version: 0,
+            ended: false,
+            allow_empty_reset,
+        }
+    }
+
+    /// Applies every change the source has ready (up to the budget) and publishes a new
+    /// snapshot if anything changed. Returns whether the budget ran out.
+    pub(crate) fn drain(&mut self, shared: &Shared<K, S, P>, cx: &mut Context<'_>) -> bool {
+        let mut changed = false;
+        let mut exhausted = true;
+        for _ in 0..BUDGET {
+            if self.ended {
+                exhausted = false;
+                break;
+            }
+            match self.discovery.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Ok(change))) => {
+                    let mut stats = lock(&shared.discovery);
+                    stats.changes += 1;
+                    changed |= self.apply(change, &mut stats);
+                }
+                Poll::Ready(Some(Err(error))) => {
+                    tracing::warn!(%error, "discovery error; keeping the last endpoint set");
+                    let mut stats = lock(&shared.discovery);
+                    stats.errors += 1;
+                    stats.last_error = Some(error.to_string());
+                }
+                Poll::Ready(None) => {
+                    tracing::warn!("discovery ended; keeping the last endpoint set");
+                    self.ended = true;
+                    lock(&shared.discovery).ended = true;
+                }
+                Poll::Pending => {
+                    exhausted = false;
+                    break;
+                }
+            }
+        }
+        if changed {
+            self.publish(shared);
+        }
+        exhausted
+    }
+
+    fn apply(&mut self, change: Change<K, S>, stats: &mut DiscoveryStats) -> bool {
+        match change {
+            Change::Insert(endpoint) => {
+                self.insert(endpoint, None);
+                true
+            }
+            Change::Remove(key) => {
+                if self.endpoints.remove(&key).is_some() {
+                    tracing::debug!(?key, "endpoint removed");
+                    true
+                } else {
+                    tracing::debug!(?key, "remove of an unknown endpoint ignored");
+                    false
+                }
+            }
+            Change::Reset(list) if list.is_empty() && !self.allow_empty_reset => {
+                tracing::warn!("empty discovery reset ignored; keeping the last endpoint set");
+                stats.empty_resets_ignored += 1;
+                false
+            }
+            Change::Reset(list) => {
+                let mut old = std::mem::take(&mut self.endpoints);
+                for endpoint in dedup_last_wins(list) {
+                    let load = old.remove(&endpoint.key).map(|s| s.load.clone());
+                    let order = self.next_order;
+                    self.next_order += 1;
+                    self.insert(endpoint, Some((order, load)));
+                }
+                tracing::debug!(endpoints = self.endpoints.len(), "endpoint set reset");
+                true
+            }
+        }
+    }
+
+    /// Inserts or updates one endpoint. `place` forces its order and load (for resets).
+    #[allow(clippy::type_complexity)]
+    fn insert(&mut self, endpoint: Endpoint<K, S>, place: Option<(u64, Option<Arc<Load>>)>) {
+        let existing = self.endpoints.get(&endpoint.key);
+        let (order, load) = match (place, existing) {
+            (Some((order, load)), _) => (order, load.unwrap_or_default()),
+            (None, Some(slot)) => (slot.order, slot.load.clone()),
+            (None, None) => {
+                self.next_order += 1;
+                (self.next_order - 1, Arc::default())
+            }
+        };
+        tracing::debug!(key = ?endpoint.key, weight = endpoint.weight, "endpoint inserted");
+        let slot = Slot {
+            key: endpoint.key.clone(),
+            service: endpoint.service,
+            weight: endpoint.weight,
+            metadata: endpoint.metadata,
+            load,
+            order,
+        };
+        self.endpoints.insert(endpoint.key, Arc::new(slot));
+    }
+
+    fn publish(&mut self, shared: &Shared<K, S, P>) {
+        let mut all: Vec<Arc<Slot<K, S>>> = self.endpoints.values().cloned().collect();
+        all.sort_unstable_by_key(|s| s.order);
+        let eligible: Vec<Arc<Slot<K, S>>> = all.iter().filter(|s| s.weight > 0).cloned().collect();
+        let entries: Vec<Entry> = eligible
+            .iter()
+            .map(|s| Entry {
+                weight: s.weight,
+                load: s.load.clone(),
+            })
+            .collect();
+        let table = (!entries.is_empty()).then(|| shared.strategy.build(&Endpoints::new(&entries)));
+        self.version += 1;
+        shared.publish(Set {
+            version: self.version,
+            all,
+            eligible,
+            entries,
+            table,
+        });
+    }
+}
+
+impl<K, S, P> Future for Driver<K, S, P>
+where
+    K: Clone + Eq + Hash + Debug + Send + Sync + 'static,
+    S: Send + Sync + 'static,
+    P: Strategy,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        if Pin::new(&mut this.stop).poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        let Some(shared) = this.shared.upgrade() else {
+            return Poll::Ready(());
+        };
+        if this.drain(&shared, cx) {
+            cx.waker().wake_by_ref();
+        }
+        Poll::Pending
+    }
+}
+
+impl<K, S, P: Strategy> Unpin for Driver<K, S, P> {}

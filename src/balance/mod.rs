@@ -1,0 +1,35 @@
+//! The balancer: a cloneable [`Balance`] service, its [`Builder`] and its [`BalanceLayer`].
+//!
+//! # How a request flows
+//!
+//! ```text
+//! discovery ──> background driver ──> endpoint snapshot + strategy table (swapped atomically)
+//!                                                │
+//! poll_ready ── load snapshot (no lock) ── strategy.pick ── clone endpoint service ── poll_ready
+//! call       ── InFlight guard (in_flight += 1) ── endpoint call
+//! future     ── classify result ── record outcome and latency ── in_flight -= 1 (exactly once)
+//! ```
+//!
+//! - All clones of a `Balance` share one snapshot and one strategy state. There is no
+//!   `Buffer` and no worker task between the caller and the endpoint.
+//! - `poll_ready` chooses an endpoint and polls a clone of its service. If that clone is not
+//!   ready, the balancer tries the next endpoints in order and keeps the unready clones, so
+//!   their wake-ups still reach the caller; one slow endpoint never blocks the others.
+//! - When no endpoint is eligible, `poll_ready` waits for the set to change, up to the
+//!   [fail-fast timeout](Builder::fail_fast), then fails with
+//!   [`Unavailable`](crate::error::Unavailable), which says why.
+//! - A background task applies discovery changes as they come, with or without traffic, and
+//!   stops when the last handle is dropped. It is spawned on the tokio runtime that is
+//!   current when the balancer is built (or, failing that, at the first `poll_ready`).
+
+mod builder;
+mod driver;
+mod future;
+mod layer;
+mod service;
+mod shared;
+
+pub use builder::Builder;
+pub use future::ResponseFuture;
+pub use layer::{BalanceLayer, MakeEndpoint};
+pub use service::Balance;

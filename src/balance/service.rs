@@ -1,0 +1,313 @@
+use std::fmt;
+use std::future::Future as _;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::time::{Instant, Sleep};
+use tower_service::Service;
+
+use super::future::ResponseFuture;
+use super::shared::{Set, Shared};
+use crate::classify::{Classify, DefaultClassifier};
+use crate::completion::{InFlight, OnResponse, Timing, TrackCompletion};
+use crate::discover::DiscoveryStats;
+use crate::endpoint::{EndpointStats, Load};
+use crate::error::{BoxError, Unavailable, UnavailableReason};
+use crate::strategy::{self, Endpoints, LeastRequest, Strategy};
+
+/// A load balancer over a changing set of endpoint services.
+///
+/// `Balance` is a handle: clones are cheap and share one endpoint set, one strategy state and
+/// one background driver, so a single balancer serves every task and thread without
+/// `tower::buffer::Buffer`. It is `Clone + Send + Sync` when the endpoint service `S` is.
+/// Each clone keeps its own readiness: `poll_ready` on one clone reserves an endpoint for
+/// that clone's next `call`.
+///
+/// Build one with [`Balance::builder`]; see the [crate docs](crate) for an example.
+///
+/// | type parameter | meaning | default |
+/// |---|---|---|
+/// | `K` | endpoint key, for example `SocketAddr` | |
+/// | `S` | the service that talks to one endpoint | |
+/// | `P` | the [strategy](crate::strategy) | [`LeastRequest`] |
+/// | `C` | the [classifier](crate::classify) | [`DefaultClassifier`] |
+/// | `T` | the [completion policy](crate::completion) | [`OnResponse`] |
+pub struct Balance<K, S, P = LeastRequest, C = DefaultClassifier, T = OnResponse>
+where
+    P: Strategy,
+{
+    shared: Arc<Shared<K, S, P>>,
+    classify: C,
+    track: T,
+    /// This handle's id in the waiter list, once it has waited.
+    waiter_id: Option<u64>,
+    ready: Option<ReadyEndpoint<S>>,
+    pending: Vec<PendingEndpoint<S>>,
+    wait: Option<Wait>,
+}
+
+struct ReadyEndpoint<S> {
+    service: S,
+    load: Arc<Load>,
+    start_ns: u64,
+}
+
+struct PendingEndpoint<S> {
+    index: usize,
+    version: u64,
+    service: S,
+    load: Arc<Load>,
+}
+
+struct Wait {
+    since: Instant,
+    sleep: Pin<Box<Sleep>>,
+}
+
+impl Balance<(), ()> {
+    /// A [`Builder`](crate::Builder) with the defaults: least request (two choices), the
+    /// default classifier, in-flight until the response, fail fast after 3 s.
+    pub fn builder() -> crate::Builder {
+        crate::Builder::new()
+    }
+}
+
+impl<K, S, P: Strategy, C, T> Balance<K, S, P, C, T> {
+    pub(crate) fn from_shared(shared: Arc<Shared<K, S, P>>, classify: C, track: T) -> Self {
+        Balance {
+            shared,
+            classify,
+            track,
+            waiter_id: None,
+            ready: None,
+            pending: Vec::new(),
+            wait: None,
+        }
+    }
+
+    /// A snapshot of every endpoint: key, weight, metadata, state and live counters, in
+    /// discovery order.
+    pub fn endpoints(&self) -> Vec<EndpointStats<K>>
+    where
+        K: Clone,
+    {
+        self.shared.endpoint_stats()
+    }
+
+    /// Statistics of the discovery source: changes applied, errors, whether it ended.
+    pub fn discovery_stats(&self) -> DiscoveryStats {
+        super::shared::lock(&self.shared.discovery).clone()
+    }
+
+    /// The strategy, for example to read its configuration.
+    pub fn strategy(&self) -> &P {
+        &self.shared.strategy
+    }
+
+    /// Tries the endpoints kept from an earlier poll, then picks new ones.
+    fn find_ready<Req>(
+        &mut self,
+        set: &Set<K, S, P::Table>,
+        cx: &mut Context<'_>,
+    ) -> Result<(), UnavailableReason>
+    where
+        S: Service<Req> + Clone,
+        S::Error: Into<BoxError>,
+    {
+        let n = set.entries.len();
+        let Some(table) = set.table.as_ref() else {
+            self.pending.clear();
+            return Err(if set.all.is_empty() {
+                UnavailableReason::NoEndpoints
+            } else {
+                UnavailableReason::AllZeroWeight
+            });
+        };
+        let timed = self.shared.timing.is_some();
+
+        if !self.pending.is_empty() {
+            self.pending.retain(|p| p.version == set.version);
+            let mut i = 0;
+            while i < self.pending.len() {
+                match self.pending[i].service.poll_ready(cx) {
+                    Poll::Ready(Ok(())) => {
+                        let p = self.pending.swap_remove(i);
+                        self.pending.clear();
+                        let start_ns = if timed { self.shared.now_ns() } else { 0 };
+                        self.ready = Some(ReadyEndpoint {
+                            service: p.service,
+                            load: p.load,
+                            start_ns,
+                        });
+                        return Ok(());
+                    }
+                    Poll::Pending => i += 1,
+                    Poll::Ready(Err(error)) => {
+                        let p = self.pending.swap_remove(i);
+                        readiness_failed(&p.load, error.into());
+                    }
+                }
+            }
+        }
+
+        let pick_cx = strategy::Context {
+            now_ns: if timed { self.shared.now_ns() } else { 0 },
+        };
+        let endpoints = Endpoints::new(&set.entries);
+        let first = self.shared.strategy.pick(table, &endpoints, &pick_cx);
+        let first = if first < n { first } else { first % n };
+        for offset in 0..n {
+            let index = if first + offset < n {
+                first + offset
+            } else {
+                first + offset - n
+            };
+            if self.pending.iter().any(|p| p.index == index) {
+                continue;
+            }
+            let slot = &set.eligible[index];
+            let mut service = slot.service.clone();
+            match service.poll_ready(cx) {
+                Poll::Ready(Ok(())) => {
+                    self.pending.clear();
+                    self.ready = Some(ReadyEndpoint {
+                        service,
+                        load: slot.load.clone(),
+                        start_ns: pick_cx.now_ns,
+                    });
+                    return Ok(());
+                }
+                Poll::Pending => self.pending.push(PendingEndpoint {
+                    index,
+                    version: set.version,
+                    service,
+                    load: slot.load.clone(),
+                }),
+                Poll::Ready(Err(error)) => readiness_failed(&slot.load, error.into()),
+            }
+        }
+        Err(UnavailableReason::NoneReady)
+    }
+
+    /// Waits for the set to change, up to the fail-fast timeout.
+    fn wait_or_fail(
+        &mut self,
+        cx: &mut Context<'_>,
+        reason: UnavailableReason,
+        known: usize,
+    ) -> Poll<Result<(), BoxError>> {
+        let fail_fast = self.shared.fail_fast;
+        let wait = self.wait.get_or_insert_with(|| Wait {
+            since: Instant::now(),
+            sleep: Box::pin(tokio::time::sleep(fail_fast)),
+        });
+        if wait.sleep.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        let waited = wait.since.elapsed();
+        self.wait = None;
+        self.pending.clear();
+        Poll::Ready(Err(Unavailable {
+            reason,
+            waited,
+            endpoints: known,
+        }
+        .into()))
+    }
+}
+
+#[cold]
+fn readiness_failed(load: &Load, error: BoxError) {
+    tracing::debug!(%error, "endpoint service failed its readiness check; skipping it");
+    load.record_readiness_failure();
+}
+
+impl<K, S, P, C, T, Req> Service<Req> for Balance<K, S, P, C, T>
+where
+    K: Send + Sync + 'static,
+    S: Service<Req> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    P: Strategy,
+    C: Classify<S::Response, S::Error>,
+    T: TrackCompletion<S::Response>,
+{
+    type Response = T::Output;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future, C, T>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if self.ready.is_some() {
+            return Poll::Ready(Ok(()));
+        }
+        self.shared.ensure_driver()?;
+        loop {
+            let set = self.shared.set.load();
+            let reason = match self.find_ready(&set, cx) {
+                Ok(()) => {
+                    self.wait = None;
+                    return Poll::Ready(Ok(()));
+                }
+                Err(reason) => reason,
+            };
+            // Register before re-checking, so a snapshot published in between is not missed.
+            let id = *self
+                .waiter_id
+                .get_or_insert_with(|| self.shared.new_handle_id());
+            self.shared.register(id, cx.waker());
+            if self.shared.set.load().version != set.version {
+                continue;
+            }
+            return self.wait_or_fail(cx, reason, set.all.len());
+        }
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        let Some(ready) = self.ready.take() else {
+            return ResponseFuture::not_ready(self.classify.clone(), self.track.clone());
+        };
+        let timing = self.shared.timing.map(|t| Timing {
+            epoch: self.shared.epoch,
+            start_ns: ready.start_ns,
+            decay_ns: t.decay_ns,
+            penalty_ns: t.penalty_ns,
+        });
+        let guard = InFlight::new(ready.load, timing);
+        let mut service = ready.service;
+        ResponseFuture::called(
+            service.call(request),
+            guard,
+            self.classify.clone(),
+            self.track.clone(),
+        )
+    }
+}
+
+impl<K, S, P: Strategy, C: Clone, T: Clone> Clone for Balance<K, S, P, C, T> {
+    fn clone(&self) -> Self {
+        Balance::from_shared(
+            self.shared.clone(),
+            self.classify.clone(),
+            self.track.clone(),
+        )
+    }
+}
+
+impl<K, S, P: Strategy, C, T> Drop for Balance<K, S, P, C, T> {
+    fn drop(&mut self) {
+        if let Some(id) = self.waiter_id {
+            self.shared.unregister(id);
+        }
+    }
+}
+
+impl<K, S, P: Strategy, C, T> fmt::Debug for Balance<K, S, P, C, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let set = self.shared.set.load();
+        f.debug_struct("Balance")
+            .field("endpoints", &set.all.len())
+            .field("eligible", &set.eligible.len())
+            .field("ready", &self.ready.is_some())
+            .finish()
+    }
+}

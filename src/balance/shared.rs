@@ -1,0 +1,207 @@
+//! State shared by every handle of one balancer and its driver.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Waker;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::discover::DiscoveryStats;
+use crate::endpoint::{EndpointState, EndpointStats, Load, Metadata};
+use crate::error::BuildError;
+use crate::strategy::{Entry, LatencyTracking, Strategy};
+
+/// One endpoint as the balancer holds it.
+pub(crate) struct Slot<K, S> {
+    pub(crate) key: K,
+    pub(crate) service: S,
+    pub(crate) weight: u32,
+    pub(crate) metadata: Metadata,
+    pub(crate) load: Arc<Load>,
+    /// Position in discovery order.
+    pub(crate) order: u64,
+}
+
+/// An immutable snapshot of the endpoint set, with the strategy's table for it.
+pub(crate) struct Set<K, S, T> {
+    pub(crate) version: u64,
+    /// Every endpoint, in discovery order.
+    pub(crate) all: Vec<Arc<Slot<K, S>>>,
+    /// The endpoints that may receive requests, in discovery order.
+    pub(crate) eligible: Vec<Arc<Slot<K, S>>>,
+    /// `eligible` as strategies see it.
+    pub(crate) entries: Vec<Entry>,
+    /// `None` exactly when `entries` is empty.
+    pub(crate) table: Option<T>,
+}
+
+impl<K, S, T> Set<K, S, T> {
+    pub(crate) fn empty() -> Self {
+        Set {
+            version: 0,
+            all: Vec::new(),
+            eligible: Vec::new(),
+            entries: Vec::new(),
+            table: None,
+        }
+    }
+}
+
+/// Latency settings copied into every guard when the strategy tracks latency.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TimingConfig {
+    pub(crate) decay_ns: f64,
+    pub(crate) penalty_ns: f64,
+}
+
+impl From<LatencyTracking> for TimingConfig {
+    fn from(t: LatencyTracking) -> Self {
+        TimingConfig {
+            decay_ns: t.decay.as_nanos().max(1) as f64,
+            penalty_ns: t.failure_penalty.as_nanos() as f64,
+        }
+    }
+}
+
+type DriverFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+pub(crate) struct Shared<K, S, P: Strategy> {
+    pub(crate) set: ArcSwap<Set<K, S, P::Table>>,
+    pub(crate) strategy: P,
+    pub(crate) timing: Option<TimingConfig>,
+    pub(crate) epoch: Instant,
+    pub(crate) fail_fast: Duration,
+    /// Handles waiting for the set to change, by handle id.
+    waiters: Mutex<HashMap<u64, Waker>>,
+    next_handle: AtomicU64,
+    pub(crate) discovery: Mutex<DiscoveryStats>,
+    /// The driver until it is spawned.
+    driver: Mutex<Option<DriverFuture>>,
+    driver_started: AtomicBool,
+    /// Dropped with the last handle, which tells the driver to stop.
+    _stop: oneshot::Sender<()>,
+}
+
+impl<K, S, P: Strategy> Shared<K, S, P> {
+    pub(crate) fn new(
+        strategy: P,
+        timing: Option<TimingConfig>,
+        fail_fast: Duration,
+        stop: oneshot::Sender<()>,
+    ) -> Self {
+        Shared {
+            set: ArcSwap::from_pointee(Set::empty()),
+            strategy,
+            timing,
+            epoch: Instant::now(),
+            fail_fast,
+            waiters: Mutex::new(HashMap::new()),
+            next_handle: AtomicU64::new(0),
+            discovery: Mutex::new(DiscoveryStats::default()),
+            driver: Mutex::new(None),
+            driver_started: AtomicBool::new(false),
+            _stop: stop,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn now_ns(&self) -> u64 {
+        Instant::now()
+            .saturating_duration_since(self.epoch)
+            .as_nanos() as u64
+    }
+
+    pub(crate) fn new_handle_id(&self) -> u64 {
+        self.next_handle.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn register(&self, id: u64, waker: &Waker) {
+        let mut waiters = lock(&self.waiters);
+        match waiters.get_mut(&id) {
+            Some(w) if w.will_wake(waker) => {}
+            Some(w) => w.clone_from(waker),
+            None => {
+                waiters.insert(id, waker.clone());
+            }
+        }
+    }
+
+    pub(crate) fn unregister(&self, id: u64) {
+        lock(&self.waiters).remove(&id);
+    }
+
+    /// Publishes a new snapshot and wakes every handle waiting for one.
+    pub(crate) fn publish(&self, set: Set<K, S, P::Table>) {
+        self.set.store(Arc::new(set));
+        let waiters: Vec<Waker> = lock(&self.waiters).drain().map(|(_, w)| w).collect();
+        waiters.into_iter().for_each(Waker::wake);
+    }
+
+    pub(crate) fn set_driver(&self, driver: DriverFuture) {
+        *lock(&self.driver) = Some(driver);
+    }
+
+    /// Spawns the driver if it has not been spawned yet.
+    #[inline]
+    pub(crate) fn ensure_driver(&self) -> Result<(), BuildError> {
+        if self.driver_started.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.spawn_driver()
+    }
+
+    #[cold]
+    fn spawn_driver(&self) -> Result<(), BuildError> {
+        let mut slot = lock(&self.driver);
+        if let Some(driver) = slot.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(handle) => {
+                    handle.spawn(driver);
+                }
+                Err(_) => {
+                    *slot = Some(driver);
+                    return Err(BuildError::NoRuntime);
+                }
+            }
+        }
+        self.driver_started.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    pub(crate) fn endpoint_stats(&self) -> Vec<EndpointStats<K>>
+    where
+        K: Clone,
+    {
+        self.set
+            .load()
+            .all
+            .iter()
+            .map(|slot| EndpointStats {
+                key: slot.key.clone(),
+                weight: slot.weight,
+                metadata: slot.metadata.clone(),
+                state: if slot.weight == 0 {
+                    EndpointState::ZeroWeight
+                } else {
+                    EndpointState::Active
+                },
+                in_flight: slot.load.in_flight(),
+                completed: slot.load.completed(),
+                failures: slot.load.failures(),
+                cancelled: slot.load.cancelled(),
+                latency: slot.load.latency(),
+            })
+            .collect()
+    }
+}
+
+/// Locks a mutex, ignoring poisoning: every critical section here leaves the data valid.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

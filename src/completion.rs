@@ -1,0 +1,120 @@
+//! When a request stops counting as in flight.
+//!
+//! Every request the balancer sends holds an [`InFlight`] guard. The guard records the
+//! request's outcome and latency once, and releases the endpoint's in-flight count exactly
+//! once, when it is dropped: whether the response arrived, the service failed, or the caller
+//! dropped the response future (cancellation).
+//!
+//! A [`TrackCompletion`] policy decides where the guard goes when the response arrives:
+//!
+//! - [`OnResponse`] (the default) drops it at once: the request stops counting when its
+//!   response (for HTTP, the response head) is ready.
+//! - [`OnBodyEnd`](crate::http::OnBodyEnd) (feature `http`) moves it into the response body,
+//!   so a streaming response counts as in flight until its body ends or is dropped.
+
+use std::fmt;
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use crate::classify::Outcome;
+use crate::endpoint::Load;
+
+/// What happens to a request's [`InFlight`] guard when its response arrives.
+pub trait TrackCompletion<Res>: Clone + Send + Sync + 'static {
+    /// The response type the balancer returns.
+    type Output;
+
+    /// Attaches the guard to the response, or drops it.
+    fn track(&self, response: Res, guard: InFlight) -> Self::Output;
+}
+
+/// Releases the in-flight count as soon as the response is ready.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OnResponse;
+
+impl<Res> TrackCompletion<Res> for OnResponse {
+    type Output = Res;
+
+    #[inline]
+    fn track(&self, response: Res, _guard: InFlight) -> Res {
+        response
+    }
+}
+
+/// Latency bookkeeping carried by a guard when the strategy tracks latency.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timing {
+    pub(crate) epoch: Instant,
+    pub(crate) start_ns: u64,
+    pub(crate) decay_ns: f64,
+    pub(crate) penalty_ns: f64,
+}
+
+impl Timing {
+    fn sample(&self, load: &Load, failure: bool) {
+        let now_ns = Instant::now()
+            .saturating_duration_since(self.epoch)
+            .as_nanos() as u64;
+        let mut rtt = now_ns.saturating_sub(self.start_ns) as f64;
+        if failure {
+            rtt = rtt.max(self.penalty_ns);
+        }
+        load.observe_rtt(rtt, now_ns, self.decay_ns);
+    }
+}
+
+/// Counts one request as in flight on one endpoint until dropped.
+///
+/// Created by the balancer when it calls an endpoint; see the [module docs](self).
+pub struct InFlight {
+    load: Arc<Load>,
+    timing: Option<Timing>,
+    recorded: bool,
+}
+
+impl InFlight {
+    pub(crate) fn new(load: Arc<Load>, timing: Option<Timing>) -> Self {
+        load.start();
+        InFlight {
+            load,
+            timing,
+            recorded: false,
+        }
+    }
+
+    /// Records the outcome and latency; later calls do nothing.
+    pub(crate) fn record(&mut self, outcome: Outcome) {
+        if std::mem::replace(&mut self.recorded, true) {
+            return;
+        }
+        let failure = outcome == Outcome::Failure;
+        self.load.record(failure);
+        if let Some(timing) = &self.timing {
+            timing.sample(&self.load, failure);
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if !self.recorded {
+            // Cancelled before an outcome: the time waited so far is still a latency sample
+            // (a lower bound), which lets a hung endpoint look slow.
+            self.load.record_cancel();
+            if let Some(timing) = &self.timing {
+                timing.sample(&self.load, false);
+            }
+        }
+        self.load.finish();
+    }
+}
+
+impl fmt::Debug for InFlight {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InFlight")
+            .field("in_flight", &self.load.in_flight())
+            .field("recorded", &self.recorded)
+            .finish()
+    }
+}

@@ -1,0 +1,236 @@
+//! Endpoints: what discovery describes, what the balancer tracks, and what it reports.
+//!
+//! - [`Endpoint`] is the description a discovery source hands over: a key, the service
+//!   that talks to it, a weight and [`Metadata`].
+//! - [`Load`] holds the live counters of one endpoint. The balancer updates them with
+//!   atomics on every request, and strategies read them to choose.
+//! - [`EndpointStats`] is a point-in-time copy of one endpoint, as returned by
+//!   [`Balance::endpoints`](crate::Balance::endpoints).
+//!
+//! # Weights
+//!
+//! A weight is a `u32`. Weight 1 is the usual value; strategies that honour weights give an
+//! endpoint a share of traffic proportional to it.
+//!
+//! - **Weight 0** keeps the endpoint in the set (it is listed by `endpoints()` with state
+//!   [`EndpointState::ZeroWeight`]) but sends it no new requests. If every endpoint has
+//!   weight 0, requests fail fast with
+//!   [`UnavailableReason::AllZeroWeight`](crate::error::UnavailableReason::AllZeroWeight).
+//! - **Weight `u32::MAX`** is valid. All weight arithmetic is done in 64 or 128 bits, so no
+//!   sum or product overflows; see each strategy for how it treats very large weights.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One endpoint as described by discovery: a key, its service, a weight and metadata.
+#[derive(Debug, Clone)]
+pub struct Endpoint<K, S> {
+    /// The key that identifies the endpoint, for example its `SocketAddr`.
+    pub key: K,
+    /// The service that sends requests to this endpoint.
+    pub service: S,
+    /// The endpoint's weight; see the [module docs](self) for 0 and very large values.
+    pub weight: u32,
+    /// Labels such as the endpoint's zone.
+    pub metadata: Metadata,
+}
+
+impl<K, S> Endpoint<K, S> {
+    /// An endpoint with weight 1 and no metadata.
+    pub fn new(key: K, service: S) -> Self {
+        Endpoint {
+            key,
+            service,
+            weight: 1,
+            metadata: Metadata::default(),
+        }
+    }
+
+    /// Sets the weight.
+    pub fn with_weight(mut self, weight: u32) -> Self {
+        self.weight = weight;
+        self
+    }
+
+    /// Sets the metadata.
+    pub fn with_metadata(mut self, metadata: Metadata) -> Self {
+        self.metadata = metadata;
+        self
+    }
+
+    /// Replaces the service, keeping key, weight and metadata.
+    pub fn map_service<T>(self, f: impl FnOnce(&K, S) -> T) -> Endpoint<K, T> {
+        let service = f(&self.key, self.service);
+        Endpoint {
+            key: self.key,
+            service,
+            weight: self.weight,
+            metadata: self.metadata,
+        }
+    }
+}
+
+/// Descriptive labels of an endpoint. The balancer stores and reports them; strategies in
+/// this crate do not read them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Metadata {
+    /// The zone (or rack, or region) the endpoint runs in.
+    pub zone: Option<Arc<str>>,
+    /// Free-form `name = value` labels, in the order given.
+    pub labels: Vec<(Arc<str>, Arc<str>)>,
+}
+
+impl Metadata {
+    /// Metadata with only a zone.
+    pub fn zone(zone: impl Into<Arc<str>>) -> Self {
+        Metadata {
+            zone: Some(zone.into()),
+            labels: Vec::new(),
+        }
+    }
+
+    /// Adds a label.
+    pub fn with_label(mut self, name: impl Into<Arc<str>>, value: impl Into<Arc<str>>) -> Self {
+        self.labels.push((name.into(), value.into()));
+        self
+    }
+}
+
+/// What the balancer currently does with an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EndpointState {
+    /// The endpoint receives requests.
+    Active,
+    /// The endpoint has weight 0 and receives no new requests.
+    ZeroWeight,
+}
+
+/// Live counters of one endpoint, updated with atomics on every request.
+///
+/// A `Load` survives updates of its endpoint (an insert with an existing key keeps it),
+/// and response futures hold it until they finish, so counts of requests that were in flight
+/// when the endpoint was removed still return to zero.
+///
+/// The struct is aligned to 128 bytes so that the counters of two endpoints never share a
+/// cache line (or an adjacent-line prefetch pair).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct Load {
+    in_flight: AtomicU64,
+    completed: AtomicU64,
+    failures: AtomicU64,
+    cancelled: AtomicU64,
+    /// Peak-EWMA latency estimate in nanoseconds, as `f64` bits; 0 means no sample yet.
+    rtt_ns: AtomicU64,
+    /// When `rtt_ns` was last updated, in nanoseconds since the balancer's epoch.
+    rtt_at: AtomicU64,
+}
+
+impl Load {
+    /// Requests sent to the endpoint that have not finished yet.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Requests that finished with a response or an error (not counting cancelled ones).
+    pub fn completed(&self) -> u64 {
+        self.completed.load(Ordering::Relaxed)
+    }
+
+    /// Completed requests that the classifier judged to be failures, plus readiness checks
+    /// (`poll_ready`) of the endpoint's service that returned an error.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Requests whose response future was dropped before it finished.
+    pub fn cancelled(&self) -> u64 {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// The latency estimate as last updated (peak-EWMA, not decayed to now), or `None`
+    /// when latency is not tracked or no request has finished yet.
+    pub fn latency(&self) -> Option<Duration> {
+        let ns = f64::from_bits(self.rtt_ns.load(Ordering::Relaxed));
+        (ns > 0.0).then(|| Duration::from_nanos(ns as u64))
+    }
+
+    pub(crate) fn start(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn finish(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Release);
+    }
+
+    pub(crate) fn record(&self, failure: bool) {
+        self.completed.fetch_add(1, Ordering::Relaxed);
+        if failure {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// An endpoint's service failed `poll_ready`: a failure, but not a completed request.
+    pub(crate) fn record_readiness_failure(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record_cancel(&self) {
+        self.cancelled.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The raw estimate in nanoseconds (0 = none) and when it was set.
+    pub(crate) fn rtt_raw(&self) -> (f64, u64) {
+        (
+            f64::from_bits(self.rtt_ns.load(Ordering::Relaxed)),
+            self.rtt_at.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Folds one latency sample into the peak-EWMA estimate.
+    ///
+    /// A sample above the estimate replaces it at once (the "peak"); a lower one is blended
+    /// in with weight `1 - exp(-elapsed / decay)`, where `elapsed` is the time since the last
+    /// update (Finagle's and linkerd's peak-EWMA). Concurrent updates may overwrite each other;
+    /// the estimate stays within the range of the samples either way.
+    pub(crate) fn observe_rtt(&self, sample_ns: f64, now_ns: u64, decay_ns: f64) {
+        let (est, at) = self.rtt_raw();
+        let next = if est == 0.0 || sample_ns > est {
+            sample_ns
+        } else {
+            let elapsed = now_ns.saturating_sub(at) as f64;
+            let w = (-elapsed / decay_ns).exp();
+            est * w + sample_ns * (1.0 - w)
+        };
+        // A sample of 0 ns (paused clock, instant reply) must not read back as "no sample".
+        let next = next.max(1.0);
+        self.rtt_ns.store(next.to_bits(), Ordering::Relaxed);
+        self.rtt_at.store(now_ns, Ordering::Relaxed);
+    }
+}
+
+/// A point-in-time copy of one endpoint's description and counters.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct EndpointStats<K> {
+    /// The endpoint's key.
+    pub key: K,
+    /// The endpoint's weight.
+    pub weight: u32,
+    /// The endpoint's metadata.
+    pub metadata: Metadata,
+    /// What the balancer does with the endpoint.
+    pub state: EndpointState,
+    /// Requests in flight.
+    pub in_flight: u64,
+    /// Requests completed with a response or an error.
+    pub completed: u64,
+    /// Completed requests classified as failures.
+    pub failures: u64,
+    /// Requests whose response future was dropped before completion.
+    pub cancelled: u64,
+    /// The peak-EWMA latency estimate, when latency is tracked and sampled.
+    pub latency: Option<Duration>,
+}

@@ -1,0 +1,119 @@
+//! Errors returned by the balancer.
+//!
+//! The balancer's `Service::Error` is [`BoxError`], as everywhere in tower. Errors of the
+//! endpoints' own services pass through unchanged; the balancer's own errors are the types
+//! in this module, which callers can recover with [`downcast_ref`](std::error::Error):
+//!
+//! ```
+//! # use tower_lb::error::{BoxError, Unavailable};
+//! fn is_unavailable(err: &BoxError) -> bool {
+//!     err.downcast_ref::<Unavailable>().is_some()
+//! }
+//! ```
+
+use std::fmt;
+use std::time::Duration;
+
+/// A type-erased error, as used across tower.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why no endpoint could take a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UnavailableReason {
+    /// Discovery has produced no endpoint yet, or every endpoint was removed.
+    NoEndpoints,
+    /// Endpoints exist, but every one has weight 0.
+    AllZeroWeight,
+    /// Endpoints exist, but none of their services became ready (each was not ready or
+    /// failed its readiness check).
+    NoneReady,
+}
+
+impl fmt::Display for UnavailableReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            UnavailableReason::NoEndpoints => "no endpoints have been discovered",
+            UnavailableReason::AllZeroWeight => "every endpoint has weight 0",
+            UnavailableReason::NoneReady => "no endpoint's service became ready",
+        })
+    }
+}
+
+/// No endpoint was eligible for a request within the fail-fast timeout.
+///
+/// Returned by `poll_ready` after the balancer has waited
+/// [`fail_fast`](crate::Builder::fail_fast) for an eligible endpoint to appear.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unavailable {
+    pub(crate) reason: UnavailableReason,
+    pub(crate) waited: Duration,
+    pub(crate) endpoints: usize,
+}
+
+impl Unavailable {
+    /// Why no endpoint was eligible.
+    pub fn reason(&self) -> UnavailableReason {
+        self.reason
+    }
+
+    /// How long the balancer waited before giving up.
+    pub fn waited(&self) -> Duration {
+        self.waited
+    }
+
+    /// How many endpoints the balancer knew about (eligible or not) when it gave up.
+    pub fn endpoints(&self) -> usize {
+        self.endpoints
+    }
+}
+
+impl fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "load balancer has no available endpoint after waiting {:?}: {} ({} known)",
+            self.waited, self.reason, self.endpoints
+        )
+    }
+}
+
+impl std::error::Error for Unavailable {}
+
+/// `call` was invoked without a successful `poll_ready` first.
+///
+/// tower's contract requires `poll_ready` to return `Ready(Ok(()))` before each `call`.
+/// Instead of panicking, the balancer returns a future that fails with this error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NotReady;
+
+impl fmt::Display for NotReady {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("load balancer called before poll_ready returned Ready(Ok)")
+    }
+}
+
+impl std::error::Error for NotReady {}
+
+/// The balancer could not be built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// `build` was called outside a tokio runtime, so the background driver could not start.
+    NoRuntime,
+    /// A configuration value is out of range; the string names it.
+    InvalidConfig(&'static str),
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BuildError::NoRuntime => f.write_str(
+                "tower-lb needs a tokio runtime to run its background driver; build the balancer inside one",
+            ),
+            BuildError::InvalidConfig(what) => write!(f, "invalid load balancer configuration: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for BuildError {}

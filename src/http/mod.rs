@@ -1,0 +1,22 @@
+//! HTTP helpers (feature `http`): keep a request in flight until its response body ends.
+//!
+//! ```no_run
+//! # #[cfg(feature = "http")] {
+//! use tower_lb::{Balance, http::OnBodyEnd};
+//! # fn demo<D, S>(discovery: D) where D: tower_lb::discover::Discover<std::net::SocketAddr, S> + Send + 'static, S: Clone + Send + Sync + 'static {
+//! let balance = Balance::builder()
+//!     .track_completion(OnBodyEnd)
+//!     .build(discovery)
+//!     .unwrap();
+//! # }
+//! # }
+//! ```
+//!
+//! With [`OnBodyEnd`] the balancer returns `http::Response<TrackedBody<B>>`. The request
+//! counts as in flight until the body yields its last frame, fails, or is dropped, which is
+//! what least-request balancing wants for streaming or large responses. The outcome and the
+//! latency sample are still recorded when the response head arrives.
+
+mod body;
+
+pub use body::{OnBodyEnd, TrackedBody};

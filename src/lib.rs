@@ -1,0 +1,82 @@
+//! Client-side load balancing for [tower] services: one cloneable, lock-free balancer with
+//! pluggable strategies, discovery as streams of changes, and live per-endpoint statistics.
+//!
+//! Wrap the service that talks to one backend (a hyper client, a tonic channel, any
+//! `tower::Service`) in a [`Balance`], tell it where the backends are with a
+//! [discovery source](discover), and send requests through it from as many tasks and threads
+//! as you like.
+//!
+//! ```
+//! use tower::{Service, ServiceExt};
+//! use tower_lb::{discover, strategy::RoundRobin, Balance};
+//! use tower_lb::classify::ErrorsAsFailures;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! // One service per backend; here each answers with its own name.
+//! let backend = |name: &'static str| {
+//!     tower::service_fn(move |_req: ()| async move { Ok::<_, std::io::Error>(name) })
+//! };
+//! let mut balance = Balance::builder()
+//!     .strategy(RoundRobin::new())
+//!     .classify(ErrorsAsFailures) // the default classifier expects http::Response
+//!     .build(discover::static_list([("a", backend("a")), ("b", backend("b"))]))
+//!     .unwrap();
+//!
+//! let mut answers = Vec::new();
+//! for _ in 0..4 {
+//!     answers.push(balance.ready().await.unwrap().call(()).await.unwrap());
+//! }
+//! assert_eq!(answers, ["a", "b", "a", "b"]);
+//! # }
+//! ```
+//!
+//! # Why not `tower::balance::p2c`
+//!
+//! - **Shared without `Buffer`.** `Balance` is `Clone + Send + Sync`; clones share one
+//!   endpoint snapshot (swapped atomically) and atomic counters. tower's balancer is `!Clone`
+//!   and needs a `Buffer` (a channel hop and a worker task) to be shared.
+//! - **Strategies.** Smooth weighted round robin, weighted random, weighted least request,
+//!   peak-EWMA, or your own [`Strategy`](strategy::Strategy).
+//! - **Discovery that never empties the set by accident.** Errors, ended streams and empty
+//!   resets keep the last good set, and changes apply without traffic.
+//! - **Honest load.** Failures (errors, HTTP 5xx and 429) are not fast successes, and
+//!   in-flight counts return to zero on cancellation.
+//! - **Fails fast with a reason** instead of waiting forever when no endpoint is eligible.
+//!
+//! # Modules
+//!
+//! | module | what is in it |
+//! |---|---|
+//! | [`balance`] | [`Balance`], [`Builder`], [`BalanceLayer`] |
+//! | [`strategy`] | the [`Strategy`](strategy::Strategy) trait and the built-in strategies |
+//! | [`discover`] | [`Change`](discover::Change), the [`Discover`](discover::Discover) trait and sources |
+//! | [`endpoint`] | [`Endpoint`], per-endpoint [`Load`](endpoint::Load) and [`EndpointStats`](endpoint::EndpointStats) |
+//! | [`classify`] | which results count as failures |
+//! | [`completion`] | when a request stops counting as in flight |
+//! | [`error`] | the balancer's errors |
+//! | `http` | (feature `http`) keep a request in flight until its body ends |
+//!
+//! # Features
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `http` | no | `http::OnBodyEnd` and `http::TrackedBody` (depends on `http-body`) |
+//!
+//! [tower]: https://docs.rs/tower
+
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod balance;
+pub mod classify;
+pub mod completion;
+pub mod discover;
+pub mod endpoint;
+pub mod error;
+#[cfg(feature = "http")]
+pub mod http;
+pub mod strategy;
+
+pub use balance::{Balance, BalanceLayer, Builder};
+pub use endpoint::{Endpoint, EndpointStats, Metadata};

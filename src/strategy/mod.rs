@@ -1,0 +1,172 @@
+//! Balancing strategies: how the balancer chooses an endpoint for each request.
+//!
+//! A strategy is a value behind the [`Strategy`] trait. It works in two steps:
+//!
+//! 1. [`Strategy::build`] runs off the hot path, in the background driver, each time the
+//!    set of eligible endpoints changes. It returns a *table* (a precomputed schedule, an
+//!    alias table, or nothing at all) that is published together with the new endpoint
+//!    snapshot.
+//! 2. [`Strategy::pick`] runs on every request. It reads the table, the endpoints' live
+//!    [`Load`] counters and its own atomics; it must not block or take locks.
+//!
+//! | strategy | pick | honours weights | reads load | module |
+//! |---|---|---|---|---|
+//! | [`RoundRobin`] | O(1) | yes, nginx's smooth order | no | [`round_robin`] |
+//! | [`Random`] | O(1) | yes (alias table) | no | [`random`] |
+//! | [`LeastRequest`] | O(choices), or O(n) full scan | yes, `weight / (in_flight + 1)^bias` | in-flight | [`least_request`] |
+//! | [`PeakEwma`] | O(choices) | no | in-flight and latency | [`peak_ewma`] |
+//!
+//! # Writing a strategy
+//!
+//! ```
+//! use tower_lb::strategy::{Context, Endpoints, Strategy};
+//!
+//! /// Always prefers the endpoint listed first, unless it has more than 8 requests in flight.
+//! struct FirstUnlessBusy;
+//!
+//! impl Strategy for FirstUnlessBusy {
+//!     type Table = ();
+//!
+//!     fn build(&self, _endpoints: &Endpoints<'_>) {}
+//!
+//!     fn pick(&self, _table: &(), endpoints: &Endpoints<'_>, _cx: &Context) -> usize {
+//!         (0..endpoints.len())
+//!             .find(|&i| endpoints.load(i).in_flight() <= 8)
+//!             .unwrap_or(0)
+//!     }
+//! }
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::endpoint::Load;
+use crate::error::BuildError;
+
+pub mod least_request;
+pub mod peak_ewma;
+pub mod random;
+pub(crate) mod rng;
+pub mod round_robin;
+
+pub use least_request::LeastRequest;
+pub use peak_ewma::PeakEwma;
+pub use random::Random;
+pub use round_robin::RoundRobin;
+
+/// How the balancer chooses an endpoint. See the [module docs](self).
+pub trait Strategy: Send + Sync + 'static {
+    /// What [`build`](Strategy::build) precomputes for a set of endpoints.
+    type Table: Send + Sync + 'static;
+
+    /// Precomputes the table for a new set of eligible endpoints.
+    ///
+    /// Called by the background driver whenever the set changes, never per request.
+    /// `endpoints` holds at least one endpoint, and every weight in it is at least 1.
+    fn build(&self, endpoints: &Endpoints<'_>) -> Self::Table;
+
+    /// Chooses the index of an endpoint in `endpoints`.
+    ///
+    /// `endpoints` is the set `table` was built from and is never empty. An index out of
+    /// range is reduced modulo the length rather than trusted. If the chosen endpoint's
+    /// service is not ready, the balancer tries the following endpoints in order.
+    fn pick(&self, table: &Self::Table, endpoints: &Endpoints<'_>, cx: &Context) -> usize;
+
+    /// Whether the strategy needs latency samples, and how to fold them in.
+    ///
+    /// When this returns `Some`, the balancer reads the clock when it picks an endpoint and
+    /// when the response completes, and keeps each endpoint's peak-EWMA latency estimate up
+    /// to date. The default is `None`: no clock reads on the hot path.
+    fn latency(&self) -> Option<LatencyTracking> {
+        None
+    }
+
+    /// Checks the strategy's parameters; called once when the balancer is built.
+    fn validate(&self) -> Result<(), BuildError> {
+        Ok(())
+    }
+}
+
+/// How latency samples are folded into each endpoint's estimate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LatencyTracking {
+    /// The time constant of the exponential decay: a sample's weight falls to 1/e after this
+    /// long. Must be greater than zero.
+    pub decay: Duration,
+    /// A failed request counts as a sample of at least this latency, so that fast failures
+    /// make an endpoint look slow rather than fast.
+    pub failure_penalty: Duration,
+}
+
+impl Default for LatencyTracking {
+    /// Decay 10 s (linkerd's default) and a failure penalty of 1 s.
+    fn default() -> Self {
+        LatencyTracking {
+            decay: Duration::from_secs(10),
+            failure_penalty: Duration::from_secs(1),
+        }
+    }
+}
+
+/// One eligible endpoint as strategies see it.
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    pub(crate) weight: u32,
+    pub(crate) load: Arc<Load>,
+}
+
+/// The eligible endpoints, in discovery order, as a strategy sees them.
+#[derive(Debug, Clone, Copy)]
+pub struct Endpoints<'a> {
+    entries: &'a [Entry],
+}
+
+impl<'a> Endpoints<'a> {
+    pub(crate) fn new(entries: &'a [Entry]) -> Self {
+        Endpoints { entries }
+    }
+
+    /// The number of eligible endpoints.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether there are no eligible endpoints (never the case inside `build` or `pick`).
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The weight of endpoint `i` (at least 1). Panics if `i` is out of range.
+    #[inline]
+    pub fn weight(&self, i: usize) -> u32 {
+        self.entries[i].weight
+    }
+
+    /// The live counters of endpoint `i`. Panics if `i` is out of range.
+    #[inline]
+    pub fn load(&self, i: usize) -> &'a Load {
+        &self.entries[i].load
+    }
+
+    /// All weights, in order.
+    pub fn weights(&self) -> impl ExactSizeIterator<Item = u32> + 'a {
+        self.entries.iter().map(|e| e.weight)
+    }
+}
+
+/// Per-pick information the balancer passes to [`Strategy::pick`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Context {
+    pub(crate) now_ns: u64,
+}
+
+impl Context {
+    /// Nanoseconds since the balancer was built, read when the pick started; 0 when the
+    /// strategy does not track latency (the clock is then not read at all).
+    #[inline]
+    pub fn now_nanos(&self) -> u64 {
+        self.now_ns
+    }
+}

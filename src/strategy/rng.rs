@@ -1,0 +1,130 @@
+//! The random numbers behind the random strategies.
+//!
+//! By default each thread has its own generator, seeded once from the operating system
+//! (through `std::hash::RandomState`), so
+//! picks on different threads never contend. A strategy built `with_seed` instead draws from
+//! one shared atomic counter, which makes a single-threaded sequence of picks reproducible
+//! (tests use this); under concurrency the interleaving decides who gets which number.
+//!
+//! The generator is wyrand (Wang Yi's 64-bit mixing generator): one add, one 64×64→128
+//! multiply, one xor per number.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+const INCREMENT: u64 = 0xa076_1d64_78bd_642f;
+const MIX: u64 = 0xe703_7ed1_a0b4_28db;
+
+#[inline]
+fn mix(x: u64) -> u64 {
+    let t = u128::from(x) * u128::from(x ^ MIX);
+    ((t >> 64) as u64) ^ (t as u64)
+}
+
+thread_local! {
+    static THREAD_STATE: Cell<u64> = const { Cell::new(0) };
+}
+
+#[cold]
+fn seed_thread() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    // std seeds RandomState's keys from the operating system (once per thread, then varied
+    // per instance), which is all a non-cryptographic generator needs. `| 1` keeps a seed of
+    // 0 from meaning "not seeded yet" again.
+    RandomState::new().hash_one(std::thread::current().id()) | 1
+}
+
+/// A source of random numbers: per-thread, or one seeded shared sequence.
+#[derive(Debug, Default)]
+pub(crate) struct Rng {
+    seeded: Option<AtomicU64>,
+}
+
+impl Clone for Rng {
+    fn clone(&self) -> Self {
+        Rng {
+            seeded: self
+                .seeded
+                .as_ref()
+                .map(|s| AtomicU64::new(s.load(Ordering::Relaxed))),
+        }
+    }
+}
+
+impl Rng {
+    pub(crate) fn seeded(seed: u64) -> Self {
+        Rng {
+            seeded: Some(AtomicU64::new(seed)),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn next_u64(&self) -> u64 {
+        match &self.seeded {
+            Some(state) => mix(state
+                .fetch_add(INCREMENT, Ordering::Relaxed)
+                .wrapping_add(INCREMENT)),
+            None => THREAD_STATE.with(|s| {
+                let mut x = s.get();
+                if x == 0 {
+                    x = seed_thread();
+                }
+                let x = x.wrapping_add(INCREMENT);
+                s.set(x);
+                mix(x)
+            }),
+        }
+    }
+
+    /// A uniform index in `0..n` (`n >= 1`), by Lemire's multiply-shift reduction.
+    #[inline]
+    pub(crate) fn below(&self, n: usize) -> usize {
+        ((u128::from(self.next_u64()) * n as u128) >> 64) as usize
+    }
+
+    /// Two distinct uniform indices in `0..n` (`n >= 2`).
+    #[inline]
+    pub(crate) fn two_distinct(&self, n: usize) -> (usize, usize) {
+        let a = self.below(n);
+        let b = self.below(n - 1);
+        (a, if b >= a { b + 1 } else { b })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeded_sequences_repeat() {
+        let a = Rng::seeded(7);
+        let b = Rng::seeded(7);
+        let xs: Vec<u64> = (0..16).map(|_| a.next_u64()).collect();
+        let ys: Vec<u64> = (0..16).map(|_| b.next_u64()).collect();
+        assert_eq!(xs, ys);
+        assert_ne!(xs[0], xs[1]);
+    }
+
+    #[test]
+    fn below_is_in_range_and_roughly_uniform() {
+        let rng = Rng::seeded(1);
+        let mut counts = [0u32; 7];
+        for _ in 0..70_000 {
+            counts[rng.below(7)] += 1;
+        }
+        for c in counts {
+            assert!((9_000..11_000).contains(&c), "{counts:?}");
+        }
+    }
+
+    #[test]
+    fn two_distinct_never_repeats() {
+        let rng = Rng::default();
+        for n in 2..50 {
+            for _ in 0..200 {
+                let (a, b) = rng.two_distinct(n);
+                assert!(a < n && b < n && a != b);
+            }
+        }
+    }
+}
