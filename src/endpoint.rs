@@ -121,6 +121,7 @@ pub struct Load {
     in_flight: AtomicU64,
     completed: AtomicU64,
     failures: AtomicU64,
+    readiness_failures: AtomicU64,
     cancelled: AtomicU64,
     /// Peak-EWMA latency estimate in nanoseconds, as `f64` bits; 0 means no sample yet.
     rtt_ns: AtomicU64,
@@ -143,6 +144,12 @@ impl Load {
     /// (`poll_ready`) of the endpoint's service that returned an error.
     pub fn failures(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Readiness checks (`poll_ready`) of the endpoint's service that returned an error; a
+    /// part of [`failures`](Load::failures). The balancer skips the endpoint for that request.
+    pub fn readiness_failures(&self) -> u64 {
+        self.readiness_failures.load(Ordering::Relaxed)
     }
 
     /// Requests whose response future was dropped before it finished.
@@ -175,6 +182,7 @@ impl Load {
     /// An endpoint's service failed `poll_ready`: a failure, but not a completed request.
     pub(crate) fn record_readiness_failure(&self) {
         self.failures.fetch_add(1, Ordering::Relaxed);
+        self.readiness_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn record_cancel(&self) {
@@ -227,8 +235,11 @@ pub struct EndpointStats<K> {
     pub in_flight: u64,
     /// Requests completed with a response or an error.
     pub completed: u64,
-    /// Completed requests classified as failures.
+    /// Completed requests classified as failures, plus failed readiness checks.
     pub failures: u64,
+    /// Failed readiness checks (`poll_ready` errors of the endpoint's service), a part of
+    /// `failures`.
+    pub readiness_failures: u64,
     /// Requests whose response future was dropped before completion.
     pub cancelled: u64,
     /// The peak-EWMA latency estimate, when latency is tracked and sampled.

@@ -12,6 +12,7 @@
 //! ```
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A type-erased error, as used across tower.
@@ -44,11 +45,15 @@ impl fmt::Display for UnavailableReason {
 ///
 /// Returned by `poll_ready` after the balancer has waited
 /// [`fail_fast`](crate::Builder::fail_fast) for an eligible endpoint to appear.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// When endpoints failed their readiness checks, the last of those errors is the
+/// [`source`](std::error::Error::source).
+#[derive(Debug, Clone)]
 pub struct Unavailable {
     pub(crate) reason: UnavailableReason,
     pub(crate) waited: Duration,
     pub(crate) endpoints: usize,
+    pub(crate) source: Option<Arc<BoxError>>,
 }
 
 impl Unavailable {
@@ -70,15 +75,23 @@ impl Unavailable {
 
 impl fmt::Display for Unavailable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Whole milliseconds read better than `1.00112264s`.
+        let waited = Duration::from_millis(self.waited.as_millis() as u64);
         write!(
             f,
             "load balancer has no available endpoint after waiting {:?}: {} ({} known)",
-            self.waited, self.reason, self.endpoints
+            waited, self.reason, self.endpoints
         )
     }
 }
 
-impl std::error::Error for Unavailable {}
+impl std::error::Error for Unavailable {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| &**e as &(dyn std::error::Error + 'static))
+    }
+}
 
 /// `call` was invoked without a successful `poll_ready` first.
 ///

@@ -78,5 +78,10 @@ pub mod error;
 pub mod http;
 pub mod strategy;
 
-pub use balance::{Balance, BalanceLayer, Builder};
+pub use balance::{Balance, BalanceLayer, Builder, Monitor};
+
+// Compiles the README's Rust snippets as doctests, so they cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 pub use endpoint::{Endpoint, EndpointStats, Metadata};

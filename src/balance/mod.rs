@@ -26,10 +26,12 @@ mod builder;
 mod driver;
 mod future;
 mod layer;
+mod monitor;
 mod service;
 mod shared;
 
 pub use builder::Builder;
 pub use future::ResponseFuture;
 pub use layer::{BalanceLayer, MakeEndpoint};
+pub use monitor::Monitor;
 pub use service::Balance;

@@ -45,6 +45,8 @@ where
     ready: Option<ReadyEndpoint<S>>,
     pending: Vec<PendingEndpoint<S>>,
     wait: Option<Wait>,
+    /// The last readiness error while no endpoint was ready, for `Unavailable::source`.
+    last_error: Option<Arc<BoxError>>,
 }
 
 struct ReadyEndpoint<S> {
@@ -83,6 +85,7 @@ impl<K, S, P: Strategy, C, T> Balance<K, S, P, C, T> {
             ready: None,
             pending: Vec::new(),
             wait: None,
+            last_error: None,
         }
     }
 
@@ -98,6 +101,16 @@ impl<K, S, P: Strategy, C, T> Balance<K, S, P, C, T> {
     /// Statistics of the discovery source: changes applied, errors, whether it ended.
     pub fn discovery_stats(&self) -> DiscoveryStats {
         super::shared::lock(&self.shared.discovery).clone()
+    }
+
+    /// A cloneable handle on this balancer's statistics that does not name its type and
+    /// does not keep it alive; see [`Monitor`](super::Monitor).
+    pub fn monitor(&self) -> super::Monitor<K>
+    where
+        K: Clone + Send + Sync + 'static,
+        S: Send + Sync + 'static,
+    {
+        super::Monitor::new(Arc::downgrade(&self.shared))
     }
 
     /// The strategy, for example to read its configuration.
@@ -145,7 +158,7 @@ impl<K, S, P: Strategy, C, T> Balance<K, S, P, C, T> {
                     Poll::Pending => i += 1,
                     Poll::Ready(Err(error)) => {
                         let p = self.pending.swap_remove(i);
-                        readiness_failed(&p.load, error.into());
+                        self.last_error = Some(readiness_failed(&p.load, error.into()));
                     }
                 }
             }
@@ -184,7 +197,9 @@ impl<K, S, P: Strategy, C, T> Balance<K, S, P, C, T> {
                     service,
                     load: slot.load.clone(),
                 }),
-                Poll::Ready(Err(error)) => readiness_failed(&slot.load, error.into()),
+                Poll::Ready(Err(error)) => {
+                    self.last_error = Some(readiness_failed(&slot.load, error.into()));
+                }
             }
         }
         Err(UnavailableReason::NoneReady)
@@ -198,6 +213,16 @@ impl<K, S, P: Strategy, C, T> Balance<K, S, P, C, T> {
         known: usize,
     ) -> Poll<Result<(), BoxError>> {
         let fail_fast = self.shared.fail_fast;
+        if fail_fast.is_zero() {
+            self.pending.clear();
+            return Poll::Ready(Err(Unavailable {
+                reason,
+                waited: fail_fast,
+                endpoints: known,
+                source: self.last_error.take(),
+            }
+            .into()));
+        }
         let wait = self.wait.get_or_insert_with(|| Wait {
             since: Instant::now(),
             sleep: Box::pin(tokio::time::sleep(fail_fast)),
@@ -212,15 +237,17 @@ impl<K, S, P: Strategy, C, T> Balance<K, S, P, C, T> {
             reason,
             waited,
             endpoints: known,
+            source: self.last_error.take(),
         }
         .into()))
     }
 }
 
 #[cold]
-fn readiness_failed(load: &Load, error: BoxError) {
+fn readiness_failed(load: &Load, error: BoxError) -> Arc<BoxError> {
     tracing::debug!(%error, "endpoint service failed its readiness check; skipping it");
     load.record_readiness_failure();
+    Arc::new(error)
 }
 
 impl<K, S, P, C, T, Req> Service<Req> for Balance<K, S, P, C, T>
@@ -246,6 +273,7 @@ where
             let reason = match self.find_ready(&set, cx) {
                 Ok(()) => {
                     self.wait = None;
+                    self.last_error = None;
                     return Poll::Ready(Ok(()));
                 }
                 Err(reason) => reason,

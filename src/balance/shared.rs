@@ -194,6 +194,7 @@ impl<K, S, P: Strategy> Shared<K, S, P> {
                 in_flight: slot.load.in_flight(),
                 completed: slot.load.completed(),
                 failures: slot.load.failures(),
+                readiness_failures: slot.load.readiness_failures(),
                 cancelled: slot.load.cancelled(),
                 latency: slot.load.latency(),
             })

@@ -156,6 +156,51 @@ impl<'a> Endpoints<'a> {
     }
 }
 
+/// An owned list of endpoints, for driving a [`Strategy`] outside a balancer: in unit tests
+/// of a custom strategy, or in benchmarks of the pick alone.
+///
+/// ```
+/// use tower_lb::strategy::{Context, EndpointList, RoundRobin, Strategy};
+///
+/// let list = EndpointList::from_weights([5, 1, 1]);
+/// let rr = RoundRobin::new();
+/// let table = rr.build(&list.endpoints());
+/// let picks: Vec<usize> = (0..7)
+///     .map(|_| rr.pick(&table, &list.endpoints(), &Context::default()))
+///     .collect();
+/// assert_eq!(picks, [0, 0, 1, 0, 2, 0, 0]);
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct EndpointList {
+    entries: Vec<Entry>,
+}
+
+impl EndpointList {
+    /// Endpoints with these weights and fresh counters. A weight of 0 is stored as given;
+    /// the balancer itself never passes weight-0 endpoints to a strategy.
+    pub fn from_weights(weights: impl IntoIterator<Item = u32>) -> Self {
+        EndpointList {
+            entries: weights
+                .into_iter()
+                .map(|weight| Entry {
+                    weight,
+                    load: Arc::default(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Adds an endpoint with the given weight and counters.
+    pub fn push(&mut self, weight: u32, load: Arc<Load>) {
+        self.entries.push(Entry { weight, load });
+    }
+
+    /// The view strategies take.
+    pub fn endpoints(&self) -> Endpoints<'_> {
+        Endpoints::new(&self.entries)
+    }
+}
+
 /// Per-pick information the balancer passes to [`Strategy::pick`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Context {
@@ -163,6 +208,12 @@ pub struct Context {
 }
 
 impl Context {
+    /// A context whose clock reading is `now_ns` nanoseconds (for driving strategies outside
+    /// a balancer, with [`EndpointList`]).
+    pub fn at_nanos(now_ns: u64) -> Self {
+        Context { now_ns }
+    }
+
     /// Nanoseconds since the balancer was built, read when the pick started; 0 when the
     /// strategy does not track latency (the clock is then not read at all).
     #[inline]

@@ -12,7 +12,13 @@
 //!
 //! and the cheaper one wins. Before comparing, an estimate is decayed toward zero by
 //! `exp(-idle / decay)` for the time since its last update, so an endpoint that was slow a
-//! while ago gets tried again. An endpoint without samples counts as `default_rtt`.
+//! while ago gets tried again.
+//!
+//! An endpoint without samples costs nothing while it is idle, so a new endpoint receives a
+//! request at once instead of waiting behind endpoints whose measured latency is lower than
+//! any guess; while its first requests are in flight it counts as `default_rtt`
+//! (Finagle treats unmeasured endpoints the same way; tower's `PeakEwma` uses `default_rtt`
+//! even when idle, which can starve a new endpoint behind fast ones).
 //!
 //! This is Finagle's `PeakEwma` load metric, as used by linkerd (default RTT 30 ms, decay
 //! 10 s). Unlike tower's `PeakEwma`, failures do not count as fast successes: a request the
@@ -54,7 +60,7 @@ impl PeakEwma {
         Self::default()
     }
 
-    /// The estimate used for an endpoint that has no sample yet.
+    /// The estimate used for an endpoint that has no sample yet but has requests in flight.
     pub fn default_rtt(mut self, rtt: Duration) -> Self {
         self.default_rtt_ns = rtt.as_nanos() as f64;
         self
@@ -82,14 +88,19 @@ impl PeakEwma {
     #[inline]
     fn cost(&self, endpoints: &Endpoints<'_>, i: usize, now_ns: u64) -> f64 {
         let load = endpoints.load(i);
+        let in_flight = load.in_flight();
         let (est, at) = load.rtt_raw();
         let rtt = if est == 0.0 {
+            if in_flight == 0 {
+                // Never measured and idle: free, so a new endpoint gets its first request.
+                return 0.0;
+            }
             self.default_rtt_ns
         } else {
             let idle = now_ns.saturating_sub(at) as f64;
             est * (-idle / self.tracking.decay.as_nanos() as f64).exp()
         };
-        rtt * (load.in_flight() as f64 + 1.0)
+        rtt * (in_flight as f64 + 1.0)
     }
 }
 
