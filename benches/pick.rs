@@ -1,1 +1,133 @@
-fn main() {}
+//! The cost of one `Strategy::pick` alone: no `poll_ready` of an endpoint, no `call`.
+//!
+//! Run with
+//!
+//! ```text
+//! cargo bench --bench pick
+//! cargo bench --bench pick -- 'pick/least_request/'   # a criterion filter (a regex)
+//! ```
+//!
+//! Ids are `pick/<strategy>/<N>` for N = 10, 100 and 10 000 endpoints:
+//!
+//! | strategy | configuration |
+//! |---|---|
+//! | `round_robin` | `RoundRobin`, equal weights |
+//! | `round_robin_weighted` | `RoundRobin`, weights `(i % 5) + 1` |
+//! | `random` | `Random`, equal weights |
+//! | `random_weighted` | `Random`, weights `(i % 5) + 1` (alias table) |
+//! | `least_request` | `LeastRequest::new()`, equal weights |
+//! | `least_request_weighted` | `LeastRequest::new()`, weights `(i % 5) + 1` |
+//! | `least_request_full_scan` | `LeastRequest::new().full_scan()`, N = 10 and 100 only |
+//! | `peak_ewma` | `PeakEwma::new()`, every endpoint with a latency sample (steady state) |
+//! | `peak_ewma_unsampled` | `PeakEwma::new()`, no endpoint sampled yet (cold start) |
+//!
+//! # How the pick is isolated
+//!
+//! Every strategy's `Strategy::pick` is called directly on an
+//! [`EndpointList`](tower_lb::strategy::EndpointList), with idle counters. For `peak_ewma`
+//! every endpoint carries a latency sample (`Load::with_state`), so each pick computes the
+//! decay as it does in steady state; `peak_ewma_unsampled` is the cold start, where idle
+//! unmeasured endpoints cost 0 and no decay is computed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::measurement::WallTime;
+use criterion::{
+    black_box, criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion,
+};
+use tower_lb::endpoint::Load;
+use tower_lb::strategy::{
+    Context, EndpointList, LeastRequest, PeakEwma, Random, RoundRobin, Strategy,
+};
+
+/// Endpoint counts.
+const SIZES: [usize; 3] = [10, 100, 10_000];
+
+/// The weight of endpoint `i` in the unweighted variants.
+fn equal(_i: usize) -> u32 {
+    1
+}
+
+/// The weight of endpoint `i` in the weighted variants: 1, 2, 3, 4, 5, 1, 2, ...
+fn cycling(i: usize) -> u32 {
+    (i % 5) as u32 + 1
+}
+
+/// Times `strategy.pick` on `n` idle endpoints weighted by `weight`.
+fn bench_direct<P: Strategy>(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    n: usize,
+    strategy: P,
+    weight: fn(usize) -> u32,
+) {
+    let list = EndpointList::from_weights((0..n).map(weight));
+    let endpoints = list.endpoints();
+    let table = strategy.build(&endpoints);
+    // One second after the balancer's epoch.
+    let cx = Context::at_nanos(1_000_000_000);
+    g.bench_function(BenchmarkId::new(name, n), |b| {
+        b.iter(|| strategy.pick(black_box(&table), black_box(&endpoints), black_box(&cx)))
+    });
+}
+
+/// Times peak-EWMA's pick on `n` idle endpoints that all have a latency sample, of 1 ms to
+/// 1.6 ms, taken one second before the pick.
+fn bench_peak_ewma_sampled(g: &mut BenchmarkGroup<'_, WallTime>, n: usize) {
+    let mut list = EndpointList::default();
+    for i in 0..n {
+        let rtt = Duration::from_micros(1_000 + 100 * (i as u64 % 7));
+        list.push(1, Arc::new(Load::with_state(0, Some(rtt))));
+    }
+    let endpoints = list.endpoints();
+    let strategy = PeakEwma::new();
+    // Peak-EWMA precomputes nothing: its table is `()`.
+    strategy.build(&endpoints);
+    let cx = Context::at_nanos(1_000_000_000);
+    g.bench_function(BenchmarkId::new("peak_ewma", n), |b| {
+        b.iter(|| strategy.pick(black_box(&()), black_box(&endpoints), black_box(&cx)))
+    });
+}
+
+fn pick(c: &mut Criterion) {
+    let mut g = c.benchmark_group("pick");
+    g.sample_size(30)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    for n in SIZES {
+        bench_direct(&mut g, "round_robin", n, RoundRobin::new(), equal);
+        bench_direct(
+            &mut g,
+            "round_robin_weighted",
+            n,
+            RoundRobin::new(),
+            cycling,
+        );
+        bench_direct(&mut g, "random", n, Random::new(), equal);
+        bench_direct(&mut g, "random_weighted", n, Random::new(), cycling);
+        bench_direct(&mut g, "least_request", n, LeastRequest::new(), equal);
+        bench_direct(
+            &mut g,
+            "least_request_weighted",
+            n,
+            LeastRequest::new(),
+            cycling,
+        );
+        if n <= 100 {
+            bench_direct(
+                &mut g,
+                "least_request_full_scan",
+                n,
+                LeastRequest::new().full_scan(),
+                equal,
+            );
+        }
+        bench_peak_ewma_sampled(&mut g, n);
+        bench_direct(&mut g, "peak_ewma_unsampled", n, PeakEwma::new(), equal);
+    }
+    g.finish();
+}
+
+criterion_group!(benches, pick);
+criterion_main!(benches);

@@ -42,26 +42,13 @@ impl<Res> TrackCompletion<Res> for OnResponse {
     }
 }
 
-/// Latency bookkeeping carried by a guard when the strategy tracks latency.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Timing {
-    pub(crate) epoch: Instant,
-    pub(crate) start_ns: u64,
-    pub(crate) decay_ns: f64,
-    pub(crate) penalty_ns: f64,
-}
-
-impl Timing {
-    fn sample(&self, load: &Load, failure: bool) {
-        let now_ns = Instant::now()
-            .saturating_duration_since(self.epoch)
-            .as_nanos() as u64;
-        let mut rtt = now_ns.saturating_sub(self.start_ns) as f64;
-        if failure {
-            rtt = rtt.max(self.penalty_ns);
-        }
-        load.observe_rtt(rtt, now_ns, self.decay_ns);
-    }
+/// Nanoseconds from `epoch` to now, in integer arithmetic (no u128).
+#[inline]
+pub(crate) fn nanos_since(epoch: Instant) -> u64 {
+    let d = Instant::now().saturating_duration_since(epoch);
+    d.as_secs()
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(u64::from(d.subsec_nanos()))
 }
 
 /// Counts one request as in flight on one endpoint until dropped.
@@ -69,42 +56,42 @@ impl Timing {
 /// Created by the balancer when it calls an endpoint; see the [module docs](self).
 pub struct InFlight {
     load: Arc<Load>,
-    timing: Option<Timing>,
+    /// When the request started, on the balancer's clock (0 when latency is not tracked).
+    start_ns: u64,
     recorded: bool,
 }
 
 impl InFlight {
-    pub(crate) fn new(load: Arc<Load>, timing: Option<Timing>) -> Self {
+    #[inline]
+    pub(crate) fn new(load: Arc<Load>, start_ns: u64) -> Self {
         load.start();
         InFlight {
             load,
-            timing,
+            start_ns,
             recorded: false,
         }
     }
 
     /// Records the outcome and latency; later calls do nothing.
+    #[inline]
     pub(crate) fn record(&mut self, outcome: Outcome) {
         if std::mem::replace(&mut self.recorded, true) {
             return;
         }
         let failure = outcome == Outcome::Failure;
         self.load.record(failure);
-        if let Some(timing) = &self.timing {
-            timing.sample(&self.load, failure);
-        }
+        self.load.sample_latency(self.start_ns, failure);
     }
 }
 
 impl Drop for InFlight {
+    #[inline]
     fn drop(&mut self) {
         if !self.recorded {
             // Cancelled before an outcome: the time waited so far is still a latency sample
             // (a lower bound), which lets a hung endpoint look slow.
             self.load.record_cancel();
-            if let Some(timing) = &self.timing {
-                timing.sample(&self.load, false);
-            }
+            self.load.sample_latency(self.start_ns, false);
         }
         self.load.finish();
     }

@@ -23,6 +23,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 /// One endpoint as described by discovery: a key, its service, a weight and metadata.
 #[derive(Debug, Clone)]
 pub struct Endpoint<K, S> {
@@ -118,8 +120,11 @@ pub enum EndpointState {
 #[derive(Debug, Default)]
 #[repr(align(128))]
 pub struct Load {
-    in_flight: AtomicU64,
-    completed: AtomicU64,
+    /// Requests sent. In flight = `started - finished`, so a request costs two locked
+    /// operations on these counters instead of three (+1, -1, completed +1).
+    started: AtomicU64,
+    /// Requests that finished: completed or cancelled.
+    finished: AtomicU64,
     failures: AtomicU64,
     readiness_failures: AtomicU64,
     cancelled: AtomicU64,
@@ -127,17 +132,76 @@ pub struct Load {
     rtt_ns: AtomicU64,
     /// When `rtt_ns` was last updated, in nanoseconds since the balancer's epoch.
     rtt_at: AtomicU64,
+    /// How latency samples are taken and folded in; `None` when latency is not tracked.
+    /// Kept here rather than in each request's guard, which keeps the guard small.
+    timing: Option<Timing>,
+}
+
+/// The balancer's latency settings, copied into each of its endpoints' [`Load`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timing {
+    pub(crate) epoch: Instant,
+    pub(crate) decay_ns: f64,
+    pub(crate) penalty_ns: f64,
 }
 
 impl Load {
-    /// Requests sent to the endpoint that have not finished yet.
-    pub fn in_flight(&self) -> u64 {
-        self.in_flight.load(Ordering::Relaxed)
+    pub(crate) fn timed(timing: Option<Timing>) -> Self {
+        Load {
+            timing,
+            ..Load::default()
+        }
     }
 
-    /// Requests that finished with a response or an error (not counting cancelled ones).
+    /// Takes a latency sample for a request that started at `start_ns`, if latency is
+    /// tracked. A failure counts as at least the failure penalty.
+    #[inline]
+    pub(crate) fn sample_latency(&self, start_ns: u64, failure: bool) {
+        if let Some(t) = &self.timing {
+            let now_ns = crate::completion::nanos_since(t.epoch);
+            let mut rtt = now_ns.saturating_sub(start_ns) as f64;
+            if failure {
+                rtt = rtt.max(t.penalty_ns);
+            }
+            self.observe_rtt(rtt, now_ns, t.decay_ns);
+        }
+    }
+
+    /// Counters for driving a strategy outside a balancer (unit tests of a custom strategy,
+    /// benchmarks): `in_flight` requests in flight and, if given, a latency estimate
+    /// recorded at time 0 of the strategy's [`Context`](crate::strategy::Context) clock.
+    pub fn with_state(in_flight: u64, latency: Option<Duration>) -> Self {
+        let load = Load::default();
+        load.started.store(in_flight, Ordering::Relaxed);
+        if let Some(latency) = latency {
+            let ns = (latency.as_nanos() as f64).max(1.0);
+            load.rtt_ns.store(ns.to_bits(), Ordering::Relaxed);
+        }
+        load
+    }
+
+    /// Requests sent to the endpoint that have not finished yet.
+    #[inline]
+    pub fn in_flight(&self) -> u64 {
+        // Read `finished` first: `started` can only have grown since, so no underflow.
+        let finished = self.finished.load(Ordering::Acquire);
+        self.started
+            .load(Ordering::Relaxed)
+            .saturating_sub(finished)
+    }
+
+    /// Requests that finished with a response or an error, not counting cancelled ones.
+    ///
+    /// A request finishes when its [`InFlight`](crate::completion::InFlight) guard is
+    /// released: at the response with [`OnResponse`](crate::completion::OnResponse), at the
+    /// end of the body with `OnBodyEnd`. At every instant, requests sent =
+    /// `in_flight + completed + cancelled`. The outcome (success or failure) is recorded
+    /// earlier, when the response head arrives.
     pub fn completed(&self) -> u64 {
-        self.completed.load(Ordering::Relaxed)
+        let cancelled = self.cancelled.load(Ordering::Relaxed);
+        self.finished
+            .load(Ordering::Relaxed)
+            .saturating_sub(cancelled)
     }
 
     /// Completed requests that the classifier judged to be failures, plus readiness checks
@@ -164,16 +228,18 @@ impl Load {
         (ns > 0.0).then(|| Duration::from_nanos(ns as u64))
     }
 
+    #[inline]
     pub(crate) fn start(&self) {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.started.fetch_add(1, Ordering::Relaxed);
     }
 
+    #[inline]
     pub(crate) fn finish(&self) {
-        self.in_flight.fetch_sub(1, Ordering::Release);
+        self.finished.fetch_add(1, Ordering::Release);
     }
 
+    #[inline]
     pub(crate) fn record(&self, failure: bool) {
-        self.completed.fetch_add(1, Ordering::Relaxed);
         if failure {
             self.failures.fetch_add(1, Ordering::Relaxed);
         }
@@ -190,6 +256,7 @@ impl Load {
     }
 
     /// The raw estimate in nanoseconds (0 = none) and when it was set.
+    #[inline]
     pub(crate) fn rtt_raw(&self) -> (f64, u64) {
         (
             f64::from_bits(self.rtt_ns.load(Ordering::Relaxed)),
@@ -203,13 +270,15 @@ impl Load {
     /// in with weight `1 - exp(-elapsed / decay)`, where `elapsed` is the time since the last
     /// update (Finagle's and linkerd's peak-EWMA). Concurrent updates may overwrite each other;
     /// the estimate stays within the range of the samples either way.
+    #[inline]
     pub(crate) fn observe_rtt(&self, sample_ns: f64, now_ns: u64, decay_ns: f64) {
         let (est, at) = self.rtt_raw();
         let next = if est == 0.0 || sample_ns > est {
             sample_ns
         } else {
-            let elapsed = now_ns.saturating_sub(at) as f64;
-            let w = (-elapsed / decay_ns).exp();
+            let x = -(now_ns.saturating_sub(at) as f64) / decay_ns;
+            // e^x to within 5e-7 for the tiny exponents of steady traffic, without `exp`.
+            let w = if x > -1e-3 { 1.0 + x } else { x.exp() };
             est * w + sample_ns * (1.0 - w)
         };
         // A sample of 0 ns (paused clock, instant reply) must not read back as "no sample".
@@ -233,7 +302,7 @@ pub struct EndpointStats<K> {
     pub state: EndpointState,
     /// Requests in flight.
     pub in_flight: u64,
-    /// Requests completed with a response or an error.
+    /// Requests that finished with a response or an error (see [`Load::completed`]).
     pub completed: u64,
     /// Completed requests classified as failures, plus failed readiness checks.
     pub failures: u64,

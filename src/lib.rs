@@ -50,7 +50,7 @@
 //! | [`balance`] | [`Balance`], [`Builder`], [`BalanceLayer`] |
 //! | [`strategy`] | the [`Strategy`](strategy::Strategy) trait and the built-in strategies |
 //! | [`discover`] | [`Change`](discover::Change), the [`Discover`](discover::Discover) trait and sources |
-//! | [`endpoint`] | [`Endpoint`], per-endpoint [`Load`](endpoint::Load) and [`EndpointStats`](endpoint::EndpointStats) |
+//! | [`endpoint`] | [`Endpoint`], per-endpoint [`Load`](endpoint::Load) and [`EndpointStats`] |
 //! | [`classify`] | which results count as failures |
 //! | [`completion`] | when a request stops counting as in flight |
 //! | [`error`] | the balancer's errors |

@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 use super::driver::{boxed, Driver};
 use super::layer::{BalanceLayer, MakeEndpoint};
 use super::service::Balance;
-use super::shared::{Shared, TimingConfig};
+use super::shared::Shared;
 use crate::classify::DefaultClassifier;
 use crate::completion::OnResponse;
 use crate::discover::Discover;
@@ -145,9 +145,10 @@ impl<P, C, T> Builder<P, C, T> {
 
     /// Builds a balancer over the endpoints `discovery` yields.
     ///
-    /// Changes the source has ready at once (a static list, say) are applied before this
-    /// returns. The background driver is spawned on the current tokio runtime; outside a
-    /// runtime it is spawned at the first `poll_ready` instead, and `poll_ready` fails with
+    /// Inside a tokio runtime, changes the source has ready at once (a static list, say) are
+    /// applied before this returns, and the background driver is spawned on that runtime.
+    /// Outside a runtime the source is not polled until the driver is spawned, at the first
+    /// `poll_ready`, and `poll_ready` fails with
     /// [`BuildError::NoRuntime`] if there is still none. The runtime needs its time driver
     /// (`enable_time` or `enable_all`) for the fail-fast timeout.
     ///
@@ -171,15 +172,14 @@ impl<P, C, T> Builder<P, C, T> {
         P: Strategy,
     {
         let (stop_tx, stop_rx) = oneshot::channel();
-        let timing = self
-            .strategy
-            .latency()
-            .or(self.latency)
-            .map(TimingConfig::from);
-        let shared = Arc::new(Shared::new(self.strategy, timing, self.fail_fast, stop_tx));
+        let latency = self.strategy.latency().or(self.latency);
+        let shared = Arc::new(Shared::new(self.strategy, latency, self.fail_fast, stop_tx));
         let mut driver = Driver::new(&shared, boxed(discovery), stop_rx, self.allow_empty_reset);
         // Apply what is ready now, so a static list is in place before the first request.
-        driver.drain(&shared, &mut Context::from_waker(std::task::Waker::noop()));
+        // Only inside a runtime: a source may create timers or I/O when polled.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            driver.drain(&shared, &mut Context::from_waker(std::task::Waker::noop()));
+        }
         shared.set_driver(Box::pin(driver));
         // Outside a runtime this fails; the first poll_ready tries again.
         let _ = shared.ensure_driver();

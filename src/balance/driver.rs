@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 use super::shared::{lock, Set, Shared, Slot};
 use crate::discover::snapshots::dedup_last_wins;
 use crate::discover::{Change, Discover, DiscoveryStats};
-use crate::endpoint::{Endpoint, Load};
+use crate::endpoint::{Endpoint, Load, Timing};
 use crate::error::BoxError;
 use crate::strategy::{Endpoints, Entry, Strategy};
 
@@ -54,6 +54,7 @@ pub(crate) struct Driver<K, S, P: Strategy> {
     version: u64,
     ended: bool,
     allow_empty_reset: bool,
+    timing: Option<Timing>,
 }
 
 impl<K, S, P> Driver<K, S, P>
@@ -77,6 +78,7 @@ where
             version: 0,
             ended: false,
             allow_empty_reset,
+            timing: shared.timing,
         }
     }
 
@@ -158,11 +160,14 @@ where
     fn insert(&mut self, endpoint: Endpoint<K, S>, place: Option<(u64, Option<Arc<Load>>)>) {
         let existing = self.endpoints.get(&endpoint.key);
         let (order, load) = match (place, existing) {
-            (Some((order, load)), _) => (order, load.unwrap_or_default()),
+            (Some((order, load)), _) => (
+                order,
+                load.unwrap_or_else(|| Arc::new(Load::timed(self.timing))),
+            ),
             (None, Some(slot)) => (slot.order, slot.load.clone()),
             (None, None) => {
                 self.next_order += 1;
-                (self.next_order - 1, Arc::default())
+                (self.next_order - 1, Arc::new(Load::timed(self.timing)))
             }
         };
         tracing::debug!(key = ?endpoint.key, weight = endpoint.weight, "endpoint inserted");

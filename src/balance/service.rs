@@ -10,7 +10,7 @@ use tower_service::Service;
 use super::future::ResponseFuture;
 use super::shared::{Set, Shared};
 use crate::classify::{Classify, DefaultClassifier};
-use crate::completion::{InFlight, OnResponse, Timing, TrackCompletion};
+use crate::completion::{InFlight, OnResponse, TrackCompletion};
 use crate::discover::DiscoveryStats;
 use crate::endpoint::{EndpointStats, Load};
 use crate::error::{BoxError, Unavailable, UnavailableReason};
@@ -223,6 +223,17 @@ impl<K, S, P: Strategy, C, T> Balance<K, S, P, C, T> {
             }
             .into()));
         }
+        // A caller that stopped polling (its own timeout dropped the `ready()` future) and
+        // comes back much later starts a new wait: a timer that expired more than a whole
+        // fail-fast period ago belongs to the abandoned attempt. A caller still waiting is
+        // woken by the timer itself, right at its deadline.
+        if self
+            .wait
+            .as_ref()
+            .is_some_and(|w| w.sleep.deadline() + fail_fast < Instant::now())
+        {
+            self.wait = None;
+        }
         let wait = self.wait.get_or_insert_with(|| Wait {
             since: Instant::now(),
             sleep: Box::pin(tokio::time::sleep(fail_fast)),
@@ -294,13 +305,7 @@ where
         let Some(ready) = self.ready.take() else {
             return ResponseFuture::not_ready(self.classify.clone(), self.track.clone());
         };
-        let timing = self.shared.timing.map(|t| Timing {
-            epoch: self.shared.epoch,
-            start_ns: ready.start_ns,
-            decay_ns: t.decay_ns,
-            penalty_ns: t.penalty_ns,
-        });
-        let guard = InFlight::new(ready.load, timing);
+        let guard = InFlight::new(ready.load, ready.start_ns);
         let mut service = ready.service;
         ResponseFuture::called(
             service.call(request),

@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::discover::DiscoveryStats;
-use crate::endpoint::{EndpointState, EndpointStats, Load, Metadata};
+use crate::endpoint::{EndpointState, EndpointStats, Load, Metadata, Timing};
 use crate::error::BuildError;
 use crate::strategy::{Entry, LatencyTracking, Strategy};
 
@@ -53,28 +53,12 @@ impl<K, S, T> Set<K, S, T> {
     }
 }
 
-/// Latency settings copied into every guard when the strategy tracks latency.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct TimingConfig {
-    pub(crate) decay_ns: f64,
-    pub(crate) penalty_ns: f64,
-}
-
-impl From<LatencyTracking> for TimingConfig {
-    fn from(t: LatencyTracking) -> Self {
-        TimingConfig {
-            decay_ns: t.decay.as_nanos().max(1) as f64,
-            penalty_ns: t.failure_penalty.as_nanos() as f64,
-        }
-    }
-}
-
 type DriverFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 pub(crate) struct Shared<K, S, P: Strategy> {
     pub(crate) set: ArcSwap<Set<K, S, P::Table>>,
     pub(crate) strategy: P,
-    pub(crate) timing: Option<TimingConfig>,
+    pub(crate) timing: Option<Timing>,
     pub(crate) epoch: Instant,
     pub(crate) fail_fast: Duration,
     /// Handles waiting for the set to change, by handle id.
@@ -91,15 +75,21 @@ pub(crate) struct Shared<K, S, P: Strategy> {
 impl<K, S, P: Strategy> Shared<K, S, P> {
     pub(crate) fn new(
         strategy: P,
-        timing: Option<TimingConfig>,
+        latency: Option<LatencyTracking>,
         fail_fast: Duration,
         stop: oneshot::Sender<()>,
     ) -> Self {
+        let epoch = Instant::now();
+        let timing = latency.map(|t| Timing {
+            epoch,
+            decay_ns: t.decay.as_nanos().max(1) as f64,
+            penalty_ns: t.failure_penalty.as_nanos() as f64,
+        });
         Shared {
             set: ArcSwap::from_pointee(Set::empty()),
             strategy,
             timing,
-            epoch: Instant::now(),
+            epoch,
             fail_fast,
             waiters: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(0),
@@ -112,9 +102,7 @@ impl<K, S, P: Strategy> Shared<K, S, P> {
 
     #[inline]
     pub(crate) fn now_ns(&self) -> u64 {
-        Instant::now()
-            .saturating_duration_since(self.epoch)
-            .as_nanos() as u64
+        crate::completion::nanos_since(self.epoch)
     }
 
     pub(crate) fn new_handle_id(&self) -> u64 {

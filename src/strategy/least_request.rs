@@ -89,8 +89,13 @@ impl LeastRequest {
     /// Whether endpoint `a` scores strictly higher than endpoint `b`.
     #[inline]
     fn better(&self, table: &WeightInfo, e: &Endpoints<'_>, a: usize, b: usize) -> bool {
+        if self.bias == 0.0 {
+            // (in_flight + 1)^0 = 1: only the weights count.
+            return e.weight(a) > e.weight(b);
+        }
         let (la, lb) = (e.load(a).in_flight(), e.load(b).in_flight());
         if table.equal_weights {
+            // For any positive bias the score falls as the load rises.
             return la < lb;
         }
         let (wa, wb) = (u128::from(e.weight(a)), u128::from(e.weight(b)));
@@ -147,8 +152,7 @@ impl Strategy for LeastRequest {
             Choices::All => {
                 let start = self.rng.below(n);
                 let mut best = start;
-                for off in 1..n {
-                    let c = (start + off) % n;
+                for c in (start + 1..n).chain(0..start) {
                     if self.better(table, endpoints, c, best) {
                         best = c;
                     }

@@ -58,11 +58,9 @@ impl Strategy for Random {
                 let r = self.rng.next_u64();
                 let slot = (((r >> 32) * slots.len() as u64) >> 32) as usize;
                 let (threshold, alias) = slots[slot];
-                if (r & 0xffff_ffff) < threshold {
-                    slot
-                } else {
-                    alias as usize
-                }
+                // Branch-free: the coin is unpredictable, so a branch would mispredict often.
+                let keep = ((r & 0xffff_ffff) < threshold) as usize;
+                keep * slot + (1 - keep) * alias as usize
             }
         }
     }
