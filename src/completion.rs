@@ -88,10 +88,10 @@ impl Drop for InFlight {
     #[inline]
     fn drop(&mut self) {
         if !self.recorded {
-            // Cancelled before an outcome: the time waited so far is still a latency sample
-            // (a lower bound), which lets a hung endpoint look slow.
+            // Cancelled before an outcome: the time waited so far is a lower bound of the
+            // latency, which lets a hung endpoint look slow but never makes one look fast.
             self.load.record_cancel();
-            self.load.sample_latency(self.start_ns, false);
+            self.load.sample_cancelled(self.start_ns);
         }
         self.load.finish();
     }

@@ -167,6 +167,19 @@ impl Load {
         }
     }
 
+    /// Takes the elapsed time of a cancelled request as a lower bound: it can raise the
+    /// estimate (a hung endpoint looks slow) but never lower it.
+    #[cold]
+    pub(crate) fn sample_cancelled(&self, start_ns: u64) {
+        if let Some(t) = &self.timing {
+            let now_ns = crate::completion::nanos_since(t.epoch);
+            let waited = now_ns.saturating_sub(start_ns) as f64;
+            if waited > self.rtt_raw().0 {
+                self.observe_rtt(waited, now_ns, t.decay_ns);
+            }
+        }
+    }
+
     /// Counters for driving a strategy outside a balancer (unit tests of a custom strategy,
     /// benchmarks): `in_flight` requests in flight and, if given, a latency estimate
     /// recorded at time 0 of the strategy's [`Context`](crate::strategy::Context) clock.
@@ -198,10 +211,10 @@ impl Load {
     /// `in_flight + completed + cancelled`. The outcome (success or failure) is recorded
     /// earlier, when the response head arrives.
     pub fn completed(&self) -> u64 {
-        let cancelled = self.cancelled.load(Ordering::Relaxed);
-        self.finished
-            .load(Ordering::Relaxed)
-            .saturating_sub(cancelled)
+        // A cancellation counts `cancelled` before `finished` (Release), so reading
+        // `finished` first (Acquire) sees the `cancelled` of every request it counts.
+        let finished = self.finished.load(Ordering::Acquire);
+        finished.saturating_sub(self.cancelled.load(Ordering::Relaxed))
     }
 
     /// Completed requests that the classifier judged to be failures, plus readiness checks
@@ -313,4 +326,69 @@ pub struct EndpointStats<K> {
     pub cancelled: u64,
     /// The peak-EWMA latency estimate, when latency is tracked and sampled.
     pub latency: Option<Duration>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timed() -> Load {
+        Load::timed(Some(Timing {
+            epoch: Instant::now(),
+            decay_ns: 10e9,
+            penalty_ns: 1e9,
+        }))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancellation_can_raise_the_estimate_but_never_lower_it() {
+        let load = timed();
+        // A completed request of 100 ms sets the estimate.
+        tokio::time::advance(Duration::from_millis(100)).await;
+        load.sample_latency(0, false);
+        assert_eq!(load.latency(), Some(Duration::from_millis(100)));
+
+        // A request cancelled after 1 ms says only "at least 1 ms": no change.
+        let start = crate::completion::nanos_since(load.timing.unwrap().epoch);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        load.sample_cancelled(start);
+        assert_eq!(load.latency(), Some(Duration::from_millis(100)));
+
+        // One cancelled after 500 ms raises it (the peak).
+        let start = crate::completion::nanos_since(load.timing.unwrap().epoch);
+        tokio::time::advance(Duration::from_millis(500)).await;
+        load.sample_cancelled(start);
+        assert_eq!(load.latency(), Some(Duration::from_millis(500)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_counts_as_at_least_the_penalty() {
+        let load = timed();
+        tokio::time::advance(Duration::from_millis(2)).await;
+        load.sample_latency(0, true);
+        assert_eq!(load.latency(), Some(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn counters_add_up_at_every_step() {
+        let load = Load::default();
+        load.start();
+        load.start();
+        load.start();
+        assert_eq!(
+            (load.in_flight(), load.completed(), load.cancelled()),
+            (3, 0, 0)
+        );
+        load.record(true);
+        load.finish();
+        load.record_cancel();
+        load.finish();
+        assert_eq!(
+            (load.in_flight(), load.completed(), load.cancelled()),
+            (1, 1, 1)
+        );
+        assert_eq!(load.failures(), 1);
+        load.record_readiness_failure();
+        assert_eq!((load.failures(), load.readiness_failures()), (2, 1));
+    }
 }

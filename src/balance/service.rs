@@ -62,6 +62,10 @@ struct PendingEndpoint<S> {
     load: Arc<Load>,
 }
 
+/// How late after its deadline a fail-fast timer may be polled and still count as the
+/// same wait. Past that, the caller had stopped polling and a new wait begins.
+const ABANDONED_SLACK: std::time::Duration = std::time::Duration::from_millis(250);
+
 struct Wait {
     since: Instant,
     sleep: Pin<Box<Sleep>>,
@@ -224,13 +228,14 @@ impl<K, S, P: Strategy, C, T> Balance<K, S, P, C, T> {
             .into()));
         }
         // A caller that stopped polling (its own timeout dropped the `ready()` future) and
-        // comes back much later starts a new wait: a timer that expired more than a whole
-        // fail-fast period ago belongs to the abandoned attempt. A caller still waiting is
-        // woken by the timer itself, right at its deadline.
+        // comes back later starts a new wait. A caller still waiting is woken by the timer
+        // itself, at its deadline; a timer that expired well before this poll (by more than
+        // ABANDONED_SLACK) belongs to an abandoned attempt.
+        let slack = ABANDONED_SLACK.min(fail_fast);
         if self
             .wait
             .as_ref()
-            .is_some_and(|w| w.sleep.deadline() + fail_fast < Instant::now())
+            .is_some_and(|w| w.sleep.deadline() + slack < Instant::now())
         {
             self.wait = None;
         }

@@ -147,10 +147,15 @@ impl<K, S, P: Strategy> Shared<K, S, P> {
     #[cold]
     fn spawn_driver(&self) -> Result<(), BuildError> {
         let mut slot = lock(&self.driver);
-        if let Some(driver) = slot.take() {
+        if let Some(mut driver) = slot.take() {
             match tokio::runtime::Handle::try_current() {
                 Ok(handle) => {
-                    handle.spawn(driver);
+                    // Apply what the source has ready now, inside the runtime, so the request
+                    // that started the driver already sees the endpoints.
+                    let mut cx = std::task::Context::from_waker(Waker::noop());
+                    if driver.as_mut().poll(&mut cx).is_pending() {
+                        handle.spawn(driver);
+                    }
                 }
                 Err(_) => {
                     *slot = Some(driver);

@@ -39,6 +39,15 @@ pub struct RoundRobin {
     cursor: AtomicU64,
 }
 
+impl Clone for RoundRobin {
+    /// A round robin with its own cursor, starting where this one is now.
+    fn clone(&self) -> Self {
+        RoundRobin {
+            cursor: AtomicU64::new(self.cursor.load(Ordering::Relaxed)),
+        }
+    }
+}
+
 impl RoundRobin {
     /// A round robin that starts at the beginning of the cycle.
     pub fn new() -> Self {

@@ -1,0 +1,314 @@
+//! Test backends shared by the integration tests.
+//!
+//! Every backend answers with its own name, so a test can see which endpoint served a request.
+//! Its behaviour is configurable: a delay (tokio's clock, so paused-clock tests stay instant),
+//! a gate that holds responses until the test opens it, failures, readiness errors, and a log
+//! of the calls it received in the order `call` was invoked.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tower::Service;
+use tower_lb::error::BoxError;
+use tower_lb::Balance;
+
+pub type BoxFut<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
+
+/// The names of the backends that received a call, in call order.
+#[derive(Clone, Default)]
+pub struct CallLog(Arc<Mutex<Vec<&'static str>>>);
+
+impl CallLog {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn push(&self, name: &'static str) {
+        self.0.lock().unwrap().push(name);
+    }
+
+    pub fn take(&self) -> Vec<&'static str> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+
+    pub fn snapshot(&self) -> Vec<&'static str> {
+        self.0.lock().unwrap().clone()
+    }
+
+    pub fn count(&self, name: &str) -> usize {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|n| **n == name)
+            .count()
+    }
+}
+
+/// Holds responses while closed. Clones share the state.
+#[derive(Clone)]
+pub struct Gate {
+    tx: Arc<watch::Sender<bool>>,
+}
+
+impl Gate {
+    /// A gate that holds every response until [`Gate::open`].
+    pub fn closed() -> Self {
+        Gate {
+            tx: Arc::new(watch::channel(false).0),
+        }
+    }
+
+    /// A gate that lets every response through until [`Gate::close`].
+    pub fn opened() -> Self {
+        Gate {
+            tx: Arc::new(watch::channel(true).0),
+        }
+    }
+
+    pub fn open(&self) {
+        self.tx.send_replace(true);
+    }
+
+    pub fn close(&self) {
+        self.tx.send_replace(false);
+    }
+
+    fn subscribe(&self) -> watch::Receiver<bool> {
+        self.tx.subscribe()
+    }
+}
+
+/// A backend service answering `()` requests with its name.
+#[derive(Clone)]
+pub struct Backend {
+    pub name: &'static str,
+    delay: Duration,
+    yields: usize,
+    gate: Option<Gate>,
+    fail: bool,
+    status: u16,
+    ready_error: bool,
+    calls: Arc<AtomicUsize>,
+    log: Option<CallLog>,
+}
+
+impl Backend {
+    pub fn new(name: &'static str) -> Self {
+        Backend {
+            name,
+            delay: Duration::ZERO,
+            yields: 0,
+            gate: None,
+            fail: false,
+            status: 200,
+            ready_error: false,
+            calls: Arc::default(),
+            log: None,
+        }
+    }
+
+    /// Responds after `delay` on tokio's clock.
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    /// Yields to the scheduler `n` times before responding (so the response future is
+    /// pending on its first poll).
+    pub fn yielding(mut self, n: usize) -> Self {
+        self.yields = n;
+        self
+    }
+
+    /// Holds each response until `gate` is open (then waits `delay`).
+    pub fn gate(mut self, gate: &Gate) -> Self {
+        self.gate = Some(gate.clone());
+        self
+    }
+
+    /// Every call returns `Err`.
+    pub fn failing(mut self) -> Self {
+        self.fail = true;
+        self
+    }
+
+    /// The HTTP status of [`Http`] responses.
+    pub fn status(mut self, status: u16) -> Self {
+        self.status = status;
+        self
+    }
+
+    /// `poll_ready` returns `Err`.
+    pub fn ready_error(mut self) -> Self {
+        self.ready_error = true;
+        self
+    }
+
+    pub fn log(mut self, log: &CallLog) -> Self {
+        self.log = Some(log.clone());
+        self
+    }
+
+    /// How many times `call` was invoked (on this backend and its clones).
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    fn respond(&mut self) -> BoxFut<&'static str> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if let Some(log) = &self.log {
+            log.push(self.name);
+        }
+        let name = self.name;
+        let delay = self.delay;
+        let yields = self.yields;
+        let fail = self.fail;
+        let gate = self.gate.as_ref().map(Gate::subscribe);
+        Box::pin(async move {
+            if let Some(mut gate) = gate {
+                gate.wait_for(|open| *open).await.expect("gate dropped");
+            }
+            for _ in 0..yields {
+                tokio::task::yield_now().await;
+            }
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            if fail {
+                Err(format!("{name} failed").into())
+            } else {
+                Ok(name)
+            }
+        })
+    }
+}
+
+impl Service<()> for Backend {
+    type Response = &'static str;
+    type Error = BoxError;
+    type Future = BoxFut<&'static str>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if self.ready_error {
+            Poll::Ready(Err(format!("{} is broken", self.name).into()))
+        } else {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn call(&mut self, _req: ()) -> Self::Future {
+        self.respond()
+    }
+}
+
+/// A [`Backend`] that answers with an `http::Response` carrying its status and its name as
+/// the body, so that the default classifier applies.
+#[derive(Clone)]
+pub struct Http(pub Backend);
+
+impl Service<()> for Http {
+    type Response = http::Response<&'static str>;
+    type Error = BoxError;
+    type Future = BoxFut<http::Response<&'static str>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, _req: ()) -> Self::Future {
+        let status = self.0.status;
+        let fut = self.0.respond();
+        Box::pin(async move {
+            let name = fut.await?;
+            Ok(http::Response::builder().status(status).body(name).unwrap())
+        })
+    }
+}
+
+/// Sends one request through `balance` and returns the answer.
+///
+/// Panics if the request takes more than a minute (on tokio's clock), so that a request
+/// routed to a backend that never answers fails the test instead of hanging it.
+pub async fn send<S, B>(balance: &mut B) -> Result<S, BoxError>
+where
+    B: Service<(), Response = S, Error = BoxError>,
+{
+    use tower::ServiceExt;
+    tokio::time::timeout(Duration::from_secs(60), async {
+        balance.ready().await?.call(()).await
+    })
+    .await
+    .expect("request hung for a minute")
+}
+
+/// Picks an endpoint for each of `n` requests without waiting for responses: each response
+/// future is dropped at once (cancelled), so in-flight counts stay as they were. Returns the
+/// backends called, in order, as recorded by `log`.
+pub async fn picks<B>(balance: &mut B, log: &CallLog, n: usize) -> Vec<&'static str>
+where
+    B: Service<(), Error = BoxError>,
+{
+    use tower::ServiceExt;
+    let before = log.snapshot().len();
+    for _ in 0..n {
+        let ready = balance.ready().await.expect("ready");
+        drop(ready.call(()));
+    }
+    log.snapshot()[before..].to_vec()
+}
+
+/// Lets the balancer's background driver (and any other ready task) run.
+pub async fn settle() {
+    for _ in 0..16 {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Per-key statistics of a balancer, as `(key, stat)` pairs in discovery order.
+pub fn stat<K, S, P, C, T>(
+    balance: &Balance<K, S, P, C, T>,
+    f: impl Fn(&tower_lb::EndpointStats<K>) -> u64,
+) -> Vec<(K, u64)>
+where
+    K: Clone,
+    P: tower_lb::strategy::Strategy,
+{
+    balance
+        .endpoints()
+        .iter()
+        .map(|e| (e.key.clone(), f(e)))
+        .collect()
+}
+
+/// The keys of a balancer, in discovery order.
+pub fn keys<K, S, P, C, T>(balance: &Balance<K, S, P, C, T>) -> Vec<K>
+where
+    K: Clone,
+    P: tower_lb::strategy::Strategy,
+{
+    balance.endpoints().into_iter().map(|e| e.key).collect()
+}
+
+/// The stats of the endpoint with `key`.
+pub fn stats_of<K, S, P, C, T>(
+    balance: &Balance<K, S, P, C, T>,
+    key: &K,
+) -> tower_lb::EndpointStats<K>
+where
+    K: Clone + PartialEq + std::fmt::Debug,
+    P: tower_lb::strategy::Strategy,
+{
+    balance
+        .endpoints()
+        .into_iter()
+        .find(|e| &e.key == key)
+        .unwrap_or_else(|| panic!("no endpoint {key:?}"))
+}

@@ -1,0 +1,442 @@
+//! Readiness: waiting for an eligible endpoint, failing fast with a reason, skipping endpoints
+//! that are not ready. All timing runs on tokio's paused clock.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{send, settle, stats_of, Backend, Gate};
+use futures::FutureExt;
+use tokio::time::Instant;
+use tower::limit::ConcurrencyLimit;
+use tower::{Service, ServiceExt};
+use tower_lb::classify::ErrorsAsFailures;
+use tower_lb::discover;
+use tower_lb::error::{BoxError, NotReady, Unavailable, UnavailableReason};
+use tower_lb::strategy::{LeastRequest, RoundRobin};
+use tower_lb::Balance;
+
+fn unavailable(err: &BoxError) -> &Unavailable {
+    err.downcast_ref::<Unavailable>()
+        .unwrap_or_else(|| panic!("expected Unavailable, got {err:?}"))
+}
+
+/// Round robin over `&str` keys, errors as failures, and the given fail-fast timeout.
+fn rr<S, D>(
+    fail_fast: Duration,
+    discovery: D,
+) -> Balance<&'static str, S, RoundRobin, ErrorsAsFailures>
+where
+    D: tower_lb::discover::Discover<&'static str, S> + Send + 'static,
+    S: Send + Sync + 'static,
+{
+    Balance::builder()
+        .strategy(RoundRobin::new())
+        .classify(ErrorsAsFailures)
+        .fail_fast(fail_fast)
+        .build(discovery)
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_endpoints_waits_fail_fast_then_fails_with_no_endpoints() {
+    let (_tx, rx) = discover::channel::<&str, Backend>();
+    let mut balance = rr(Duration::from_secs(2), rx);
+    let start = Instant::now();
+    let err = balance.ready().await.unwrap_err();
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+    let u = unavailable(&err);
+    assert_eq!(u.reason(), UnavailableReason::NoEndpoints);
+    assert_eq!(u.waited(), Duration::from_secs(2));
+    assert_eq!(u.endpoints(), 0);
+    assert!(err.to_string().contains("no endpoints"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_default_fail_fast_is_three_seconds() {
+    let (_tx, rx) = discover::channel::<&str, Backend>();
+    let mut balance = Balance::builder()
+        .classify(ErrorsAsFailures)
+        .build(rx)
+        .unwrap();
+    let start = Instant::now();
+    let err = balance.ready().await.unwrap_err();
+    assert_eq!(start.elapsed(), Duration::from_secs(3));
+    assert_eq!(unavailable(&err).reason(), UnavailableReason::NoEndpoints);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_endpoint_inserted_during_the_wait_serves_the_request() {
+    let (tx, rx) = discover::channel();
+    let mut balance = rr(Duration::from_secs(3), rx);
+    let start = Instant::now();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        tx.insert("late", Backend::new("late")).unwrap();
+        // Keep the source open.
+        std::future::pending::<()>().await;
+    });
+    let answer = balance.ready().await.unwrap().call(()).await.unwrap();
+    assert_eq!(answer, "late");
+    assert_eq!(start.elapsed(), Duration::from_secs(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_waiting_clone_is_woken_by_a_new_endpoint() {
+    let (tx, rx) = discover::channel();
+    let balance = rr(Duration::from_secs(3), rx);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let mut b = balance.clone();
+            tokio::spawn(async move {
+                let answer: Result<&str, BoxError> =
+                    async { b.ready().await?.call(()).await }.await;
+                answer.map(|_| Instant::now())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    tx.insert("a", Backend::new("a")).unwrap();
+    for t in tasks {
+        let done = t.await.unwrap().expect("request served");
+        assert_eq!(done - start, Duration::from_millis(1_500));
+    }
+    assert_eq!(stats_of(&balance, &"a").completed, 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn fail_fast_zero_fails_at_once() {
+    let (_tx, rx) = discover::channel::<&str, Backend>();
+    let mut balance = rr(Duration::ZERO, rx);
+    let result = balance.ready().now_or_never();
+    let err = result
+        .expect("fail_fast(0) must not return Pending")
+        .unwrap_err();
+    assert_eq!(unavailable(&err).reason(), UnavailableReason::NoEndpoints);
+    assert_eq!(unavailable(&err).waited(), Duration::ZERO);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_handle_recovers_after_failing_fast() {
+    let (tx, rx) = discover::channel();
+    let mut balance = rr(Duration::from_millis(500), rx);
+    assert!(balance.ready().await.is_err());
+    tx.insert("a", Backend::new("a")).unwrap();
+    settle().await;
+    assert_eq!(send(&mut balance).await.unwrap(), "a");
+
+    // Emptied again: the next request waits a full fail-fast period, not what is left of an
+    // old one.
+    tx.remove("a").unwrap();
+    settle().await;
+    let start = Instant::now();
+    assert!(balance.ready().await.is_err());
+    assert_eq!(start.elapsed(), Duration::from_millis(500));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_abandoned_wait_does_not_eat_into_a_later_request() {
+    // The caller gives up on readiness after one second (its own timeout) and comes back
+    // later: shortly after the abandoned timer's deadline (3 s), or an hour later.
+    for comeback in [Duration::from_millis(2_500), Duration::from_secs(3_600)] {
+        let (_tx, rx) = discover::channel::<&str, Backend>();
+        let mut balance = rr(Duration::from_secs(3), rx);
+        assert!(
+            tokio::time::timeout(Duration::from_secs(1), balance.ready())
+                .await
+                .is_err()
+        );
+        tokio::time::sleep(comeback).await;
+        let start = Instant::now();
+        let err = balance.ready().await.unwrap_err();
+        let u = unavailable(&err);
+        assert!(
+            u.waited() <= Duration::from_secs(3),
+            "after {comeback:?} away, the balancer reports having waited {:?} with fail_fast = 3 s",
+            u.waited()
+        );
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_secs(3),
+            "after {comeback:?} away, the new request should get the full fail-fast period"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Endpoints that are not ready
+// ---------------------------------------------------------------------------------------
+
+type Limited = ConcurrencyLimit<Backend>;
+
+fn limited(name: &'static str, gate: &Gate, max: usize) -> Limited {
+    ConcurrencyLimit::new(Backend::new(name).gate(gate), max)
+}
+
+#[tokio::test(start_paused = true)]
+async fn endpoints_that_are_not_ready_are_skipped() {
+    let gate = Gate::closed();
+    let mut balance = rr(
+        Duration::from_secs(3),
+        discover::static_list([
+            ("busy", limited("busy", &gate, 1)),
+            ("free", ConcurrencyLimit::new(Backend::new("free"), 1_000)),
+        ]),
+    );
+    // The first request takes busy's only permit and is held.
+    let held = balance.ready().await.unwrap().call(());
+    assert_eq!(stats_of(&balance, &"busy").in_flight, 1);
+
+    let start = Instant::now();
+    for _ in 0..10 {
+        assert_eq!(send(&mut balance).await.unwrap(), "free");
+    }
+    assert_eq!(start.elapsed(), Duration::ZERO, "nobody waited for busy");
+    assert_eq!(stats_of(&balance, &"free").completed, 10);
+    assert_eq!(
+        stats_of(&balance, &"busy").failures,
+        0,
+        "not ready is not a failure"
+    );
+    gate.open();
+    assert_eq!(held.await.unwrap(), "busy");
+}
+
+#[tokio::test(start_paused = true)]
+async fn least_request_also_falls_back_when_its_choice_is_not_ready() {
+    // busy has a limit of 1 held by a request; with two endpoints least request always
+    // prefers the idle one anyway, so load busy's twin too: both have one request in
+    // flight, but only `free` has room for more.
+    let gate = Gate::closed();
+    let mut balance = Balance::builder()
+        .strategy(LeastRequest::new().with_seed(4))
+        .classify(ErrorsAsFailures)
+        .build(discover::static_list([
+            ("busy", limited("busy", &gate, 1)),
+            ("free", limited("free", &gate, 1_000)),
+        ]))
+        .unwrap();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(balance.ready().await.unwrap().call(()));
+    }
+    assert_eq!(
+        common::stat(&balance, |e| e.in_flight),
+        [("busy", 1), ("free", 1)]
+    );
+    gate.open();
+    // New requests complete at once; held ones are never polled, so the counts stay 1 : 1
+    // at every pick and either endpoint may be chosen: busy's choice must fall back.
+    for _ in 0..20 {
+        assert_eq!(send(&mut balance).await.unwrap(), "free");
+    }
+    drop(held);
+}
+
+#[tokio::test(start_paused = true)]
+async fn when_no_endpoint_becomes_ready_the_error_is_none_ready() {
+    let gate = Gate::closed();
+    let mut balance = rr(
+        Duration::from_secs(2),
+        discover::static_list([("a", limited("a", &gate, 1)), ("b", limited("b", &gate, 1))]),
+    );
+    let _held_a = balance.ready().await.unwrap().call(());
+    let _held_b = balance.ready().await.unwrap().call(());
+    let start = Instant::now();
+    let err = balance.ready().await.unwrap_err();
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+    let u = unavailable(&err);
+    assert_eq!(u.reason(), UnavailableReason::NoneReady);
+    assert_eq!(u.endpoints(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_endpoint_becoming_ready_wakes_the_waiting_caller() {
+    let gate = Gate::closed();
+    let mut balance = rr(
+        Duration::from_secs(3),
+        discover::static_list([("a", limited("a", &gate, 1)), ("b", limited("b", &gate, 1))]),
+    );
+    let held_a = balance.ready().await.unwrap().call(());
+    let _held_b = balance.ready().await.unwrap().call(());
+    let start = Instant::now();
+    let (ready, ()) = tokio::join!(balance.ready(), async move {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        drop(held_a); // cancels a's request and frees its permit
+    });
+    ready.unwrap();
+    assert_eq!(start.elapsed(), Duration::from_millis(700));
+    gate.open();
+    assert_eq!(balance.call(()).await.unwrap(), "a");
+    assert_eq!(stats_of(&balance, &"a").cancelled, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn readiness_is_reserved_per_clone() {
+    let gate = Gate::opened();
+    let mut first = rr(
+        Duration::from_secs(3),
+        discover::static_list([("a", limited("a", &gate, 1))]),
+    );
+    let mut second = first.clone();
+    // `first` holds the only permit for its next call.
+    first.ready().await.unwrap();
+    let mut waiting = Box::pin(second.ready());
+    assert!(futures::poll!(&mut waiting).is_pending());
+    // Calling and completing first's request frees the permit for second.
+    assert_eq!(first.call(()).await.unwrap(), "a");
+    let second = waiting.await.unwrap();
+    assert_eq!(second.call(()).await.unwrap(), "a");
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_a_ready_handle_releases_its_reservation() {
+    let gate = Gate::opened();
+    let mut first = rr(
+        Duration::from_secs(3),
+        discover::static_list([("a", limited("a", &gate, 1))]),
+    );
+    let mut second = first.clone();
+    first.ready().await.unwrap();
+    drop(first);
+    let start = Instant::now();
+    assert_eq!(send(&mut second).await.unwrap(), "a");
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(stats_of(&second, &"a").in_flight, 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// Readiness errors
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn an_endpoint_failing_poll_ready_is_skipped_and_counted() {
+    let mut balance = Balance::builder()
+        .strategy(RoundRobin::new())
+        .classify(ErrorsAsFailures)
+        .build(discover::static_list([
+            ("broken", Backend::new("broken").ready_error()),
+            ("ok", Backend::new("ok")),
+        ]))
+        .unwrap();
+    let start = Instant::now();
+    for _ in 0..10 {
+        assert_eq!(send(&mut balance).await.unwrap(), "ok");
+    }
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    let broken = stats_of(&balance, &"broken");
+    // Round robin chose broken for every other request.
+    assert_eq!(
+        (broken.failures, broken.completed, broken.in_flight),
+        (5, 0, 0)
+    );
+    let ok = stats_of(&balance, &"ok");
+    assert_eq!((ok.failures, ok.completed), (0, 10));
+}
+
+#[tokio::test(start_paused = true)]
+async fn when_every_endpoint_fails_poll_ready_the_error_is_none_ready() {
+    let mut balance = rr(
+        Duration::from_millis(300),
+        discover::static_list([
+            ("x", Backend::new("x").ready_error()),
+            ("y", Backend::new("y").ready_error()),
+        ]),
+    );
+    let err = balance.ready().await.unwrap_err();
+    assert_eq!(unavailable(&err).reason(), UnavailableReason::NoneReady);
+    for e in balance.endpoints() {
+        assert!(e.failures >= 1, "{e:?}");
+        assert_eq!(e.completed, 0);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Misuse
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn call_without_poll_ready_fails_with_not_ready() {
+    let mut balance = Balance::builder()
+        .strategy(RoundRobin::new())
+        .classify(ErrorsAsFailures)
+        .build(discover::static_list([("a", Backend::new("a"))]))
+        .unwrap();
+    let err = balance.call(()).await.unwrap_err();
+    assert!(err.downcast_ref::<NotReady>().is_some(), "{err:?}");
+
+    // One poll_ready allows one call.
+    balance.ready().await.unwrap();
+    assert_eq!(balance.call(()).await.unwrap(), "a");
+    let err = balance.call(()).await.unwrap_err();
+    assert!(err.downcast_ref::<NotReady>().is_some(), "{err:?}");
+
+    let a = stats_of(&balance, &"a");
+    assert_eq!(
+        (a.completed, a.in_flight, a.failures, a.cancelled),
+        (1, 0, 0, 0)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn readiness_errors_are_counted_separately_and_become_the_error_source() {
+    let mut balance = rr(
+        Duration::from_millis(1_500),
+        discover::static_list([
+            ("x", Backend::new("x").ready_error()),
+            ("y", Backend::new("y").failing()),
+        ]),
+    );
+    // y is ready but fails its requests; x fails its readiness checks.
+    for _ in 0..4 {
+        let err = send(&mut balance).await.unwrap_err();
+        assert_eq!(err.to_string(), "y failed");
+    }
+    let x = stats_of(&balance, &"x");
+    let y = stats_of(&balance, &"y");
+    // Round robin chose x for every other request; y served them all.
+    assert_eq!((x.readiness_failures, x.failures, x.completed), (2, 2, 0));
+    assert_eq!((y.readiness_failures, y.failures, y.completed), (0, 4, 4));
+
+    // With only x left, the Unavailable error carries x's readiness error as its source.
+    let (tx, rx) = discover::channel();
+    tx.insert("x", Backend::new("x").ready_error()).unwrap();
+    let mut only_x = rr(Duration::from_millis(1_500), rx);
+    let err = only_x.ready().await.unwrap_err();
+    let u = unavailable(&err);
+    assert_eq!(u.reason(), UnavailableReason::NoneReady);
+    let source = std::error::Error::source(u).expect("the readiness error as source");
+    assert_eq!(source.to_string(), "x is broken");
+    // Whole milliseconds in the message.
+    assert!(err.to_string().contains("after waiting 1.5s"), "{err}");
+
+    // No readiness error: no source.
+    tx.remove("x").unwrap();
+    settle().await;
+    let err = only_x.ready().await.unwrap_err();
+    assert_eq!(unavailable(&err).reason(), UnavailableReason::NoEndpoints);
+    assert!(std::error::Error::source(unavailable(&err)).is_none());
+}
+
+#[test]
+fn a_static_list_built_outside_a_runtime_serves_the_first_request_with_fail_fast_zero() {
+    // The endpoints are known when the balancer is built; only the runtime is missing. The
+    // first request inside a runtime must see them even if it may not wait at all.
+    let mut balance = rr(
+        Duration::ZERO,
+        discover::static_list([("a", Backend::new("a"))]),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let answer = send(&mut balance).await;
+        assert_eq!(
+            answer.map_err(|e| e.to_string()),
+            Ok("a"),
+            "first request after building outside a runtime"
+        );
+    });
+}

@@ -1,0 +1,273 @@
+//! Real hyper servers on 127.0.0.1 behind a balancer of hyper-util legacy clients.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::oneshot;
+use tokio::task::{JoinHandle, JoinSet};
+use tower::{Service, ServiceExt};
+use tower_lb::discover;
+use tower_lb::error::BoxError;
+use tower_lb::strategy::{LeastRequest, RoundRobin, Strategy};
+use tower_lb::Balance;
+
+/// A hyper HTTP/1 server answering every request with `status` and `"{addr} {path}"`.
+struct Server {
+    addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    async fn start(status: StatusCode) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, mut rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let mut connections = JoinSet::new();
+            loop {
+                tokio::select! {
+                    _ = &mut rx => break,
+                    accepted = listener.accept() => {
+                        let Ok((stream, _)) = accepted else { continue };
+                        connections.spawn(async move {
+                            let service = hyper::service::service_fn(move |req: Request<Incoming>| async move {
+                                let path = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
+                                Ok::<_, Infallible>(
+                                    Response::builder()
+                                        .status(status)
+                                        .body(Full::new(Bytes::from(format!("{addr} {path}"))))
+                                        .unwrap(),
+                                )
+                            });
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        });
+                    }
+                }
+            }
+            drop(listener);
+            // Closes every open connection before the task ends.
+            connections.shutdown().await;
+        });
+        Server {
+            addr,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Stops accepting, closes every connection, and waits until that is done. Returns a
+    /// socket bound (not listening) to the old address, so that connections are refused and
+    /// the port is not handed to another test while it lives.
+    async fn stop(&mut self) -> Option<TcpSocket> {
+        let _ = self.shutdown.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap();
+        let tombstone = TcpSocket::new_v4().ok()?;
+        tombstone.set_reuseaddr(true).ok()?;
+        tombstone.bind(self.addr).ok()?;
+        Some(tombstone)
+    }
+}
+
+/// The client for one endpoint: a shared hyper-util client, with each request's URI rewritten
+/// to the endpoint's address.
+#[derive(Clone)]
+struct ToEndpoint {
+    client: Client<HttpConnector, Empty<Bytes>>,
+    addr: SocketAddr,
+}
+
+impl Service<Request<Empty<Bytes>>> for ToEndpoint {
+    type Response = Response<Incoming>;
+    type Error = hyper_util::client::legacy::Error;
+    type Future = hyper_util::client::legacy::ResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Service::<Request<Empty<Bytes>>>::poll_ready(&mut self.client, cx)
+    }
+
+    fn call(&mut self, mut req: Request<Empty<Bytes>>) -> Self::Future {
+        let path = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        *req.uri_mut() = format!("http://{}{}", self.addr, path).parse().unwrap();
+        self.client.request(req)
+    }
+}
+
+fn client() -> Client<HttpConnector, Empty<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+fn balancer<P: Strategy>(strategy: P, servers: &[&Server]) -> Balance<SocketAddr, ToEndpoint, P> {
+    let client = client();
+    Balance::builder()
+        .strategy(strategy)
+        .build(discover::static_list(
+            servers
+                .iter()
+                .map(|s| {
+                    (
+                        s.addr,
+                        ToEndpoint {
+                            client: client.clone(),
+                            addr: s.addr,
+                        },
+                    )
+                })
+                .collect::<Vec<_>>(),
+        ))
+        .unwrap()
+}
+
+/// Sends `GET path` and returns the status and the body.
+async fn get<S>(balance: &mut S, path: &str) -> Result<(StatusCode, String), BoxError>
+where
+    S: Service<Request<Empty<Bytes>>, Response = Response<Incoming>, Error = BoxError>,
+{
+    let request = Request::get(path).body(Empty::new()).unwrap();
+    let response = balance.ready().await?.call(request).await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8(body.to_vec()).unwrap()))
+}
+
+#[tokio::test]
+async fn round_robin_alternates_exactly_across_three_servers() {
+    let servers = [
+        Server::start(StatusCode::OK).await,
+        Server::start(StatusCode::OK).await,
+        Server::start(StatusCode::OK).await,
+    ];
+    let mut balance = balancer(RoundRobin::new(), &servers.iter().collect::<Vec<_>>());
+    for round in 0..10 {
+        for server in &servers {
+            let (status, body) = get(&mut balance, "/hello?round=x").await.unwrap();
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(
+                body,
+                format!("{} /hello?round=x", server.addr),
+                "round {round}"
+            );
+        }
+    }
+    for e in balance.endpoints() {
+        assert_eq!((e.completed, e.failures, e.in_flight), (10, 0, 0), "{e:?}");
+    }
+}
+
+#[tokio::test]
+async fn server_errors_are_counted_as_failures_by_the_default_classifier() {
+    let ok1 = Server::start(StatusCode::OK).await;
+    let broken = Server::start(StatusCode::INTERNAL_SERVER_ERROR).await;
+    let ok2 = Server::start(StatusCode::OK).await;
+    let mut balance = balancer(RoundRobin::new(), &[&ok1, &broken, &ok2]);
+    let mut statuses = Vec::new();
+    for _ in 0..30 {
+        let (status, body) = get(&mut balance, "/").await.unwrap();
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            assert!(body.starts_with(&broken.addr.to_string()));
+        }
+        statuses.push(status.as_u16());
+    }
+    // The response itself is passed through unchanged.
+    assert_eq!(statuses, [200, 500, 200].repeat(10));
+    for e in balance.endpoints() {
+        let expected_failures = if e.key == broken.addr { 10 } else { 0 };
+        assert_eq!((e.completed, e.failures), (10, expected_failures), "{e:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_server_that_shuts_down_fails_while_the_others_keep_serving() {
+    let a = Server::start(StatusCode::OK).await;
+    let mut b = Server::start(StatusCode::OK).await;
+    let c = Server::start(StatusCode::OK).await;
+    let mut balance = balancer(RoundRobin::new(), &[&a, &b, &c]);
+    for _ in 0..9 {
+        get(&mut balance, "/").await.unwrap();
+    }
+    let _tombstone = b.stop().await;
+
+    let mut errors = 0;
+    for i in 0..30 {
+        match get(&mut balance, "/").await {
+            Ok((status, body)) => {
+                assert_eq!(status, StatusCode::OK);
+                assert!(
+                    !body.starts_with(&b.addr.to_string()),
+                    "request {i}: {body}"
+                );
+            }
+            Err(_) => {
+                assert_eq!(i % 3, 1, "only b's turns fail (request {i})");
+                errors += 1;
+            }
+        }
+    }
+    assert_eq!(errors, 10);
+    for e in balance.endpoints() {
+        let (completed, failures) = if e.key == b.addr { (13, 10) } else { (13, 0) };
+        assert_eq!(
+            (e.completed, e.failures, e.in_flight),
+            (completed, failures, 0),
+            "{e:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_clients_through_build_with_reach_every_server() {
+    let servers = [
+        Server::start(StatusCode::OK).await,
+        Server::start(StatusCode::OK).await,
+        Server::start(StatusCode::OK).await,
+    ];
+    let client = client();
+    let balance = Balance::builder()
+        .strategy(LeastRequest::new())
+        .build_with(
+            discover::static_list(servers.iter().map(|s| (s.addr, ()))),
+            move |addr: &SocketAddr| ToEndpoint {
+                client: client.clone(),
+                addr: *addr,
+            },
+        )
+        .unwrap();
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let mut b = balance.clone();
+            tokio::spawn(async move {
+                for _ in 0..30 {
+                    let request = Request::get("/").body(Empty::new()).unwrap();
+                    let r: Result<Response<Incoming>, BoxError> =
+                        async { b.ready().await?.call(request).await }.await;
+                    let body = r.unwrap().into_body().collect().await.unwrap();
+                    assert!(!body.to_bytes().is_empty());
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let eps = balance.endpoints();
+    assert_eq!(eps.iter().map(|e| e.completed).sum::<u64>(), 300);
+    for e in &eps {
+        assert!(e.completed > 0, "{e:?}");
+        assert_eq!((e.in_flight, e.failures), (0, 0), "{e:?}");
+    }
+}
