@@ -175,6 +175,40 @@ fn limited(name: &'static str, gate: &Gate, max: usize) -> Limited {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_busy_endpoints_share_spreads_over_the_others() {
+    // "a" is held busy; round robin must split its share between "b" and "c" rather than
+    // send it all to its neighbour "b".
+    let gate = Gate::closed();
+    let open = Gate::opened();
+    let mut balance = rr(
+        Duration::from_secs(3),
+        discover::static_list([
+            ("a", limited("a", &gate, 1)),
+            ("b", limited("b", &open, 1_000)),
+            ("c", limited("c", &open, 1_000)),
+        ]),
+    );
+    let _held = balance.ready().await.unwrap().call(());
+    let mut counts = std::collections::HashMap::new();
+    for _ in 0..300 {
+        *counts.entry(send(&mut balance).await.unwrap()).or_insert(0) += 1;
+    }
+    assert_eq!(counts.get("a"), None);
+    assert_eq!((counts["b"], counts["c"]), (150, 150), "{counts:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_readiness_failure_is_counted_once_per_poll() {
+    let mut balance = rr(
+        Duration::ZERO,
+        discover::static_list([("broken", Backend::new("broken").ready_error())]),
+    );
+    assert!(balance.ready().await.is_err());
+    let s = stats_of(&balance, &"broken");
+    assert_eq!((s.failures, s.readiness_failures), (1, 1));
+}
+
+#[tokio::test(start_paused = true)]
 async fn endpoints_that_are_not_ready_are_skipped() {
     let gate = Gate::closed();
     let mut balance = rr(
@@ -326,10 +360,17 @@ async fn an_endpoint_failing_poll_ready_is_skipped_and_counted() {
     }
     assert_eq!(start.elapsed(), Duration::ZERO);
     let broken = stats_of(&balance, &"broken");
-    // Round robin chose broken for every other request.
+    // Round robin advances its cursor for every choice, including the one that found
+    // "broken" failing, so with two endpoints "broken" is every request's first choice:
+    // one readiness failure per request, and every request still served at once by "ok".
     assert_eq!(
-        (broken.failures, broken.completed, broken.in_flight),
-        (5, 0, 0)
+        (
+            broken.failures,
+            broken.readiness_failures,
+            broken.completed,
+            broken.in_flight
+        ),
+        (10, 10, 0, 0)
     );
     let ok = stats_of(&balance, &"ok");
     assert_eq!((ok.failures, ok.completed), (0, 10));
@@ -395,8 +436,9 @@ async fn readiness_errors_are_counted_separately_and_become_the_error_source() {
     }
     let x = stats_of(&balance, &"x");
     let y = stats_of(&balance, &"y");
-    // Round robin chose x for every other request; y served them all.
-    assert_eq!((x.readiness_failures, x.failures, x.completed), (2, 2, 0));
+    // x is every request's first choice (round robin's cursor also advances past it); y
+    // served them all.
+    assert_eq!((x.readiness_failures, x.failures, x.completed), (4, 4, 0));
     assert_eq!((y.readiness_failures, y.failures, y.completed), (0, 4, 4));
 
     // With only x left, the Unavailable error carries x's readiness error as its source.

@@ -67,9 +67,13 @@ where
             StateProj::NotReady => Poll::Ready(Err(NotReady.into())),
             StateProj::Called { future, guard } => {
                 let result = ready!(future.poll(cx));
-                let mut guard = guard
-                    .take()
-                    .expect("ResponseFuture polled after it completed");
+                let Some(mut guard) = guard.take() else {
+                    // Polled again after it completed: the endpoint's future decides, and the
+                    // request was already counted.
+                    return Poll::Ready(result.map_err(Into::into).and_then(|_| {
+                        Err("tower-lb response future polled after completion".into())
+                    }));
+                };
                 guard.record(this.classify.classify(&result));
                 Poll::Ready(match result {
                     Ok(response) => Ok(this.track.track(response, guard)),

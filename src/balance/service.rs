@@ -14,6 +14,7 @@ use crate::completion::{InFlight, OnResponse, TrackCompletion};
 use crate::discover::DiscoveryStats;
 use crate::endpoint::{EndpointStats, Load};
 use crate::error::{BoxError, Unavailable, UnavailableReason};
+use crate::strategy::rng::Rng;
 use crate::strategy::{self, Endpoints, LeastRequest, Strategy};
 
 /// A load balancer over a changing set of endpoint services.
@@ -53,6 +54,46 @@ struct ReadyEndpoint<S> {
     service: S,
     load: Arc<Load>,
     start_ns: u64,
+}
+
+/// How many times the strategy chooses before the remaining endpoints are scanned.
+const PICKS_BEFORE_SCAN: usize = 3;
+
+/// The endpoint indices tried during one `poll_ready`. The first needs no allocation, so the
+/// common case (the first choice is ready) costs nothing.
+#[derive(Default)]
+struct Tried {
+    first: Option<usize>,
+    rest: Vec<u64>,
+    len: usize,
+}
+
+impl Tried {
+    /// Adds `index` (of `n`); false if it was already there.
+    fn insert(&mut self, index: usize, n: usize) -> bool {
+        if self.first == Some(index) {
+            return false;
+        }
+        if self.first.is_none() {
+            self.first = Some(index);
+            self.len = 1;
+            return true;
+        }
+        if self.rest.is_empty() {
+            self.rest = vec![0; n.div_ceil(64)];
+        }
+        let (word, bit) = (index / 64, 1u64 << (index % 64));
+        if self.rest[word] & bit != 0 {
+            return false;
+        }
+        self.rest[word] |= bit;
+        self.len += 1;
+        true
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
 }
 
 struct PendingEndpoint<S> {
@@ -143,10 +184,14 @@ impl<K, S, P: Strategy, C, T> Balance<K, S, P, C, T> {
         };
         let timed = self.shared.timing.is_some();
 
+        // Endpoints polled during this call, so none is polled (or counted) twice.
+        let mut tried = Tried::default();
+
         if !self.pending.is_empty() {
             self.pending.retain(|p| p.version == set.version);
             let mut i = 0;
             while i < self.pending.len() {
+                tried.insert(self.pending[i].index, n);
                 match self.pending[i].service.poll_ready(cx) {
                     Poll::Ready(Ok(())) => {
                         let p = self.pending.swap_remove(i);
@@ -172,41 +217,67 @@ impl<K, S, P: Strategy, C, T> Balance<K, S, P, C, T> {
             now_ns: if timed { self.shared.now_ns() } else { 0 },
         };
         let endpoints = Endpoints::new(&set.entries);
-        let first = self.shared.strategy.pick(table, &endpoints, &pick_cx);
-        let first = if first < n { first } else { first % n };
-        for offset in 0..n {
-            let index = if first + offset < n {
-                first + offset
-            } else {
-                first + offset - n
-            };
-            if self.pending.iter().any(|p| p.index == index) {
-                continue;
+        // The strategy's choice first; if it is not ready, the strategy chooses again (a
+        // random strategy draws new candidates, round robin moves on in its cycle), and
+        // only then are the remaining endpoints scanned from a random place, so a busy
+        // endpoint's share spreads over the others instead of landing on its neighbour.
+        for _ in 0..PICKS_BEFORE_SCAN {
+            let index = self.shared.strategy.pick(table, &endpoints, &pick_cx);
+            let index = if index < n { index } else { index % n };
+            if tried.insert(index, n) && self.try_endpoint(set, index, cx, pick_cx.now_ns) {
+                return Ok(());
             }
-            let slot = &set.eligible[index];
-            let mut service = slot.service.clone();
-            match service.poll_ready(cx) {
-                Poll::Ready(Ok(())) => {
-                    self.pending.clear();
-                    self.ready = Some(ReadyEndpoint {
-                        service,
-                        load: slot.load.clone(),
-                        start_ns: pick_cx.now_ns,
-                    });
+        }
+        if tried.len() < n {
+            let start = Rng::default().below(n);
+            for index in (start..n).chain(0..start) {
+                if tried.insert(index, n) && self.try_endpoint(set, index, cx, pick_cx.now_ns) {
                     return Ok(());
-                }
-                Poll::Pending => self.pending.push(PendingEndpoint {
-                    index,
-                    version: set.version,
-                    service,
-                    load: slot.load.clone(),
-                }),
-                Poll::Ready(Err(error)) => {
-                    self.last_error = Some(readiness_failed(&slot.load, error.into()));
                 }
             }
         }
         Err(UnavailableReason::NoneReady)
+    }
+
+    /// Clones endpoint `index`'s service and polls it: keeps it as this handle's ready
+    /// endpoint, or among the pending ones, or records its readiness failure.
+    fn try_endpoint<Req>(
+        &mut self,
+        set: &Set<K, S, P::Table>,
+        index: usize,
+        cx: &mut Context<'_>,
+        start_ns: u64,
+    ) -> bool
+    where
+        S: Service<Req> + Clone,
+        S::Error: Into<BoxError>,
+    {
+        let slot = &set.eligible[index];
+        let mut service = slot.service.clone();
+        match service.poll_ready(cx) {
+            Poll::Ready(Ok(())) => {
+                self.pending.clear();
+                self.ready = Some(ReadyEndpoint {
+                    service,
+                    load: slot.load.clone(),
+                    start_ns,
+                });
+                true
+            }
+            Poll::Pending => {
+                self.pending.push(PendingEndpoint {
+                    index,
+                    version: set.version,
+                    service,
+                    load: slot.load.clone(),
+                });
+                false
+            }
+            Poll::Ready(Err(error)) => {
+                self.last_error = Some(readiness_failed(&slot.load, error.into()));
+                false
+            }
+        }
     }
 
     /// Waits for the set to change, up to the fail-fast timeout.
@@ -238,6 +309,10 @@ impl<K, S, P: Strategy, C, T> Balance<K, S, P, C, T> {
             .is_some_and(|w| w.sleep.deadline() + slack < Instant::now())
         {
             self.wait = None;
+        }
+        if self.wait.is_none() && tokio::runtime::Handle::try_current().is_err() {
+            // A timer needs a tokio runtime; outside one, fail instead of panicking.
+            return Poll::Ready(Err(crate::error::BuildError::NoRuntime.into()));
         }
         let wait = self.wait.get_or_insert_with(|| Wait {
             since: Instant::now(),

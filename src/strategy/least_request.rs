@@ -58,7 +58,8 @@ impl LeastRequest {
     }
 
     /// Compares `n` random endpoints per pick. Two choices are distinct; with more, draws
-    /// may repeat. `n = 1` is weighted-by-nothing random choice. `n = 0` is rejected when the
+    /// may repeat. When `n` is at least the number of endpoints, every endpoint is scored
+    /// (as with [`full_scan`](Self::full_scan)), so a pick never costs more than a scan. `n = 1` is weighted-by-nothing random choice. `n = 0` is rejected when the
     /// balancer is built.
     pub fn choices(mut self, n: usize) -> Self {
         self.choices = Choices::Sample(n);
@@ -84,6 +85,19 @@ impl LeastRequest {
     pub fn with_seed(mut self, seed: u64) -> Self {
         self.rng = Rng::seeded(seed);
         self
+    }
+
+    /// Scores every endpoint, starting at a random one so that ties spread evenly.
+    fn scan(&self, table: &WeightInfo, endpoints: &Endpoints<'_>) -> usize {
+        let n = endpoints.len();
+        let start = self.rng.below(n);
+        let mut best = start;
+        for c in (start + 1..n).chain(0..start) {
+            if self.better(table, endpoints, c, best) {
+                best = c;
+            }
+        }
+        best
     }
 
     /// Whether endpoint `a` scores strictly higher than endpoint `b`.
@@ -139,6 +153,7 @@ impl Strategy for LeastRequest {
                     a
                 }
             }
+            Choices::Sample(k) if k >= n => self.scan(table, endpoints),
             Choices::Sample(k) => {
                 let mut best = self.rng.below(n);
                 for _ in 1..k {
@@ -149,16 +164,7 @@ impl Strategy for LeastRequest {
                 }
                 best
             }
-            Choices::All => {
-                let start = self.rng.below(n);
-                let mut best = start;
-                for c in (start + 1..n).chain(0..start) {
-                    if self.better(table, endpoints, c, best) {
-                        best = c;
-                    }
-                }
-                best
-            }
+            Choices::All => self.scan(table, endpoints),
         }
     }
 
