@@ -356,7 +356,7 @@ async fn removing_every_endpoint_one_by_one_empties_the_set() {
     assert!(balance.endpoints().is_empty());
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_discovery_error_keeps_the_set_and_is_counted() {
     let (tx, rx) =
         futures::channel::mpsc::unbounded::<Result<Change<&str, Backend>, std::io::Error>>();
@@ -373,9 +373,12 @@ async fn a_discovery_error_keeps_the_set_and_is_counted() {
     assert_eq!(keys(&balance), ["a"]);
     assert_eq!(answers(&mut balance, 1).await, ["a"]);
 
-    // The stream is polled again after an error.
+    // The stream is polled again after an error, once the 10 ms backoff has passed.
     tx.unbounded_send(Ok(Change::insert("b", Backend::new("b"))))
         .unwrap();
+    settle().await;
+    assert_eq!(keys(&balance), ["a"], "still backing off");
+    tokio::time::sleep(Duration::from_millis(10)).await;
     settle().await;
     assert_eq!(keys(&balance), ["a", "b"]);
     assert_eq!(balance.discovery_stats().errors, 1);
@@ -457,7 +460,7 @@ impl Snapshots<&'static str, Backend> for Lists {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn from_snapshots_diffs_lists_into_changes() {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let ep = |k: &'static str, name: &'static str, w: u32| {
@@ -489,9 +492,10 @@ async fn from_snapshots_diffs_lists_into_changes() {
     assert_eq!(c.get("b2"), Some(&2), "{c:?}");
     assert_eq!(c.get("c2"), Some(&1), "{c:?}");
 
-    // An error changes nothing.
+    // An error changes nothing (and the source is polled again after a 10 ms backoff).
     tx.send(Err("registry unreachable".to_string())).unwrap();
     settle().await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
     assert_eq!(balance.discovery_stats().errors, 1);
     assert_eq!(keys(&balance), ["a", "b", "c"]);
 
@@ -914,4 +918,44 @@ async fn a_monitor_reports_without_keeping_the_balancer_alive() {
         tx.is_closed(),
         "the monitor must not keep the driver running"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_source_that_keeps_failing_is_polled_with_backoff_and_recovery_is_seen() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let polls = Arc::new(AtomicUsize::new(0));
+    let healthy = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicBool::new(false));
+    let source = {
+        let (polls, healthy, sent) = (polls.clone(), healthy.clone(), sent.clone());
+        futures::stream::poll_fn(move |_cx| {
+            polls.fetch_add(1, Ordering::Relaxed);
+            if !healthy.load(Ordering::Relaxed) {
+                return std::task::Poll::Ready(Some(Err::<Change<&str, Backend>, _>(
+                    BoxError::from("registry unreachable"),
+                )));
+            }
+            if sent.swap(true, Ordering::Relaxed) {
+                std::task::Poll::Pending
+            } else {
+                std::task::Poll::Ready(Some(Ok(Change::insert("a", Backend::new("a")))))
+            }
+        })
+    };
+    let balance = rr(source);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // 10 ms, 20 ms, 40 ms, ... between polls: about 7 in the first second, not millions.
+    let in_a_second = polls.load(Ordering::Relaxed);
+    assert!(
+        (5..=10).contains(&in_a_second),
+        "{in_a_second} polls in one second"
+    );
+    assert_eq!(balance.discovery_stats().errors as usize, in_a_second);
+    assert!(keys(&balance).is_empty());
+
+    // The backoff is capped at 2 s, so a recovery shows within that.
+    healthy.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    assert_eq!(keys(&balance), ["a"]);
 }

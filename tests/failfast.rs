@@ -482,3 +482,66 @@ fn a_static_list_built_outside_a_runtime_serves_the_first_request_with_fail_fast
         );
     });
 }
+
+/// Fails its first `poll_ready`, then is always ready.
+#[derive(Clone)]
+struct FailsOnce {
+    polls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Service<()> for FailsOnce {
+    type Response = &'static str;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<&'static str, BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        let n = self
+            .polls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        std::task::Poll::Ready(if n == 0 {
+            Err("warming up".into())
+        } else {
+            Ok(())
+        })
+    }
+
+    fn call(&mut self, _: ()) -> Self::Future {
+        std::future::ready(Ok("recovered"))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_endpoint_recovering_from_a_readiness_error_is_used_without_waiting_for_fail_fast() {
+    let polls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut balance = rr(
+        Duration::from_secs(3),
+        discover::static_list([(
+            "a",
+            FailsOnce {
+                polls: polls.clone(),
+            },
+        )]),
+    );
+    let start = Instant::now();
+    assert_eq!(send(&mut balance).await.unwrap(), "recovered");
+    // Nothing wakes a handle whose only endpoint failed: it looks again after 5 ms.
+    assert_eq!(start.elapsed(), Duration::from_millis(5));
+    assert_eq!(stats_of(&balance, &"a").readiness_failures, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn endpoints_that_keep_failing_readiness_are_rechecked_with_backoff_until_fail_fast() {
+    let mut balance = rr(
+        Duration::from_secs(1),
+        discover::static_list([("broken", Backend::new("broken").ready_error())]),
+    );
+    let err = balance.ready().await.unwrap_err();
+    assert_eq!(unavailable(&err).reason(), UnavailableReason::NoneReady);
+    // Looks at 0, 5, 15, 35, 75, 155, 255, ... ms (5 ms doubling, at most 100 ms apart):
+    // 13 looks in one second, not thousands.
+    let checks = stats_of(&balance, &"broken").readiness_failures;
+    assert!((10..=16).contains(&checks), "{checks} readiness checks");
+}

@@ -7,9 +7,11 @@ use std::hash::Hash;
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures_core::Stream;
 use tokio::sync::oneshot;
+use tokio::time::Sleep;
 
 use super::shared::{lock, Set, Shared, Slot};
 use crate::discover::snapshots::dedup_last_wins;
@@ -21,6 +23,11 @@ use crate::strategy::{Endpoints, Entry, Strategy};
 /// How many changes the driver applies before it yields to the runtime, so a source that
 /// is always ready (or always failing) cannot starve other tasks.
 const BUDGET: usize = 256;
+
+/// After a discovery error the source is polled again after this long, doubling with each
+/// further error up to [`MAX_BACKOFF`], so a source that fails at once cannot spin the driver.
+const FIRST_BACKOFF: Duration = Duration::from_millis(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 pub(crate) type BoxDiscover<K, S> =
     Pin<Box<dyn Stream<Item = Result<Change<K, S>, BoxError>> + Send>>;
@@ -55,6 +62,9 @@ pub(crate) struct Driver<K, S, P: Strategy> {
     ended: bool,
     allow_empty_reset: bool,
     timing: Option<Timing>,
+    /// Errors in a row, and the pause before the source is polled again.
+    errors_in_a_row: u32,
+    backoff: Option<Pin<Box<Sleep>>>,
 }
 
 impl<K, S, P> Driver<K, S, P>
@@ -79,6 +89,8 @@ where
             ended: false,
             allow_empty_reset,
             timing: shared.timing,
+            errors_in_a_row: 0,
+            backoff: None,
         }
     }
 
@@ -87,6 +99,12 @@ where
     pub(crate) fn drain(&mut self, shared: &Shared<K, S, P>, cx: &mut Context<'_>) -> bool {
         let mut changed = false;
         let mut exhausted = true;
+        if let Some(backoff) = &mut self.backoff {
+            if backoff.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            self.backoff = None;
+        }
         for _ in 0..BUDGET {
             if self.ended {
                 exhausted = false;
@@ -94,15 +112,32 @@ where
             }
             match self.discovery.as_mut().poll_next(cx) {
                 Poll::Ready(Some(Ok(change))) => {
+                    self.errors_in_a_row = 0;
                     let mut stats = lock(&shared.discovery);
                     stats.changes += 1;
                     changed |= self.apply(change, &mut stats);
                 }
                 Poll::Ready(Some(Err(error))) => {
-                    tracing::warn!(%error, "discovery error; keeping the last endpoint set");
-                    let mut stats = lock(&shared.discovery);
-                    stats.errors += 1;
-                    stats.last_error = Some(error.to_string());
+                    if self.errors_in_a_row == 0 {
+                        tracing::warn!(%error, "discovery error; keeping the last endpoint set");
+                    } else {
+                        tracing::debug!(%error, "discovery error again");
+                    }
+                    {
+                        let mut stats = lock(&shared.discovery);
+                        stats.errors += 1;
+                        stats.last_error = Some(error.to_string());
+                    }
+                    let pause = FIRST_BACKOFF
+                        .saturating_mul(1 << self.errors_in_a_row.min(16))
+                        .min(MAX_BACKOFF);
+                    self.errors_in_a_row = self.errors_in_a_row.saturating_add(1);
+                    let mut sleep = Box::pin(tokio::time::sleep(pause));
+                    // Registers the wake-up; a zero pause is not possible here.
+                    let _ = sleep.as_mut().poll(cx);
+                    self.backoff = Some(sleep);
+                    exhausted = false;
+                    break;
                 }
                 Poll::Ready(None) => {
                     tracing::warn!("discovery ended; keeping the last endpoint set");

@@ -3,6 +3,7 @@ use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
@@ -48,6 +49,9 @@ where
     wait: Option<Wait>,
     /// The last readiness error while no endpoint was ready, for `Unavailable::source`.
     last_error: Option<Arc<BoxError>>,
+    /// When every endpoint failed its readiness check, no endpoint will wake this handle:
+    /// it looks again after this timer (5 ms, doubling up to 100 ms).
+    recheck: Option<(Duration, Pin<Box<Sleep>>)>,
 }
 
 struct ReadyEndpoint<S> {
@@ -55,6 +59,11 @@ struct ReadyEndpoint<S> {
     load: Arc<Load>,
     start_ns: u64,
 }
+
+/// The first and the longest pause before a handle whose endpoints all failed their
+/// readiness checks looks again.
+const RECHECK_FIRST: Duration = Duration::from_millis(5);
+const RECHECK_MAX: Duration = Duration::from_millis(100);
 
 /// How many times the strategy chooses before the remaining endpoints are scanned.
 const PICKS_BEFORE_SCAN: usize = 3;
@@ -105,7 +114,7 @@ struct PendingEndpoint<S> {
 
 /// How late after its deadline a fail-fast timer may be polled and still count as the
 /// same wait. Past that, the caller had stopped polling and a new wait begins.
-const ABANDONED_SLACK: std::time::Duration = std::time::Duration::from_millis(250);
+const ABANDONED_SLACK: Duration = Duration::from_millis(250);
 
 struct Wait {
     since: Instant,
@@ -131,6 +140,7 @@ impl<K, S, P: Strategy, C, T> Balance<K, S, P, C, T> {
             pending: Vec::new(),
             wait: None,
             last_error: None,
+            recheck: None,
         }
     }
 
@@ -280,6 +290,19 @@ impl<K, S, P: Strategy, C, T> Balance<K, S, P, C, T> {
         }
     }
 
+    /// Arms the recheck timer, whose expiry wakes the task to look again. When it has
+    /// expired (this poll is that look), it is re-armed with twice the delay.
+    fn schedule_recheck(&mut self, cx: &mut Context<'_>) {
+        let (delay, sleep) = self
+            .recheck
+            .get_or_insert_with(|| (RECHECK_FIRST, Box::pin(tokio::time::sleep(RECHECK_FIRST))));
+        if sleep.as_mut().poll(cx).is_ready() {
+            *delay = (*delay * 2).min(RECHECK_MAX);
+            sleep.as_mut().reset(Instant::now() + *delay);
+            let _ = sleep.as_mut().poll(cx);
+        }
+    }
+
     /// Waits for the set to change, up to the fail-fast timeout.
     fn wait_or_fail(
         &mut self,
@@ -319,6 +342,9 @@ impl<K, S, P: Strategy, C, T> Balance<K, S, P, C, T> {
             sleep: Box::pin(tokio::time::sleep(fail_fast)),
         });
         if wait.sleep.as_mut().poll(cx).is_pending() {
+            if reason == UnavailableReason::NoneReady && self.pending.is_empty() {
+                self.schedule_recheck(cx);
+            }
             return Poll::Pending;
         }
         let waited = wait.since.elapsed();
@@ -365,6 +391,7 @@ where
                 Ok(()) => {
                     self.wait = None;
                     self.last_error = None;
+                    self.recheck = None;
                     return Poll::Ready(Ok(()));
                 }
                 Err(reason) => reason,

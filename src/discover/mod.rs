@@ -26,8 +26,10 @@
 //!   warning and counted in [`DiscoveryStats::empty_resets_ignored`]. Allow it with
 //!   [`Builder::allow_empty_reset`](crate::Builder::allow_empty_reset). Removing endpoints
 //!   one by one can always empty the set.
-//! - **An error** from the stream keeps the last set; it is logged as a warning, counted in
-//!   [`DiscoveryStats::errors`], and the stream is polled again.
+//! - **An error** from the stream keeps the last set; it is logged as a warning (once per run
+//!   of errors), counted in [`DiscoveryStats::errors`], and the stream is polled again after
+//!   a pause of 10 ms that doubles with each further error, up to 2 s, so a source that
+//!   fails at once cannot spin the driver.
 //! - **The end of the stream** keeps the last set for good; it is logged and shows as
 //!   [`DiscoveryStats::ended`].
 //!
@@ -99,7 +101,8 @@ impl<K, S> Change<K, S> {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct DiscoveryStats {
-    /// Changes applied so far.
+    /// Changes received so far, including ones that changed nothing (an ignored empty
+    /// reset, the removal of an unknown key).
     pub changes: u64,
     /// Errors the source returned; each kept the last set.
     pub errors: u64,
