@@ -839,3 +839,23 @@ fn strategies_can_be_driven_outside_a_balancer() {
         .count();
     assert!((ones as i64 - 3_000).abs() < 150, "{ones}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn latency_is_measured_from_the_call_not_from_readiness() {
+    let mut balance = Balance::builder()
+        .strategy(PeakEwma::new())
+        .classify(ErrorsAsFailures)
+        .build(discover::static_list([(
+            "a",
+            Backend::new("a").delay(Duration::from_millis(20)),
+        )]))
+        .unwrap();
+    // Ready now, called half a second later: the endpoint took 20 ms, not 520 ms.
+    balance.ready().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(balance.call(()).await.unwrap(), "a");
+    assert_eq!(
+        stats_of(&balance, &"a").latency,
+        Some(Duration::from_millis(20))
+    );
+}

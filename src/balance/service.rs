@@ -57,7 +57,6 @@ where
 struct ReadyEndpoint<S> {
     service: S,
     load: Arc<Load>,
-    start_ns: u64,
 }
 
 /// The first and the longest pause before a handle whose endpoints all failed their
@@ -192,7 +191,6 @@ impl<K, S, P: Strategy, C, T> Balance<K, S, P, C, T> {
                 UnavailableReason::AllZeroWeight
             });
         };
-        let timed = self.shared.timing.is_some();
 
         // Endpoints polled during this call, so none is polled (or counted) twice.
         let mut tried = Tried::default();
@@ -206,11 +204,9 @@ impl<K, S, P: Strategy, C, T> Balance<K, S, P, C, T> {
                     Poll::Ready(Ok(())) => {
                         let p = self.pending.swap_remove(i);
                         self.pending.clear();
-                        let start_ns = if timed { self.shared.now_ns() } else { 0 };
                         self.ready = Some(ReadyEndpoint {
                             service: p.service,
                             load: p.load,
-                            start_ns,
                         });
                         return Ok(());
                     }
@@ -223,9 +219,7 @@ impl<K, S, P: Strategy, C, T> Balance<K, S, P, C, T> {
             }
         }
 
-        let pick_cx = strategy::Context {
-            now_ns: if timed { self.shared.now_ns() } else { 0 },
-        };
+        let pick_cx = strategy::Context::new(self.shared.timing.map(|t| t.epoch));
         let endpoints = Endpoints::new(&set.entries);
         // The strategy's choice first; if it is not ready, the strategy chooses again (a
         // random strategy draws new candidates, round robin moves on in its cycle), and
@@ -234,14 +228,14 @@ impl<K, S, P: Strategy, C, T> Balance<K, S, P, C, T> {
         for _ in 0..PICKS_BEFORE_SCAN {
             let index = self.shared.strategy.pick(table, &endpoints, &pick_cx);
             let index = if index < n { index } else { index % n };
-            if tried.insert(index, n) && self.try_endpoint(set, index, cx, pick_cx.now_ns) {
+            if tried.insert(index, n) && self.try_endpoint(set, index, cx) {
                 return Ok(());
             }
         }
         if tried.len() < n {
             let start = Rng::default().below(n);
             for index in (start..n).chain(0..start) {
-                if tried.insert(index, n) && self.try_endpoint(set, index, cx, pick_cx.now_ns) {
+                if tried.insert(index, n) && self.try_endpoint(set, index, cx) {
                     return Ok(());
                 }
             }
@@ -256,7 +250,6 @@ impl<K, S, P: Strategy, C, T> Balance<K, S, P, C, T> {
         set: &Set<K, S, P::Table>,
         index: usize,
         cx: &mut Context<'_>,
-        start_ns: u64,
     ) -> bool
     where
         S: Service<Req> + Clone,
@@ -270,7 +263,6 @@ impl<K, S, P: Strategy, C, T> Balance<K, S, P, C, T> {
                 self.ready = Some(ReadyEndpoint {
                     service,
                     load: slot.load.clone(),
-                    start_ns,
                 });
                 true
             }
@@ -412,7 +404,13 @@ where
         let Some(ready) = self.ready.take() else {
             return ResponseFuture::not_ready(self.classify.clone(), self.track.clone());
         };
-        let guard = InFlight::new(ready.load, ready.start_ns);
+        // The request starts now, not when its endpoint became ready.
+        let start_ns = if self.shared.timing.is_some() {
+            self.shared.now_ns()
+        } else {
+            0
+        };
+        let guard = InFlight::new(ready.load, start_ns);
         let mut service = ready.service;
         ResponseFuture::called(
             service.call(request),

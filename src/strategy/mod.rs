@@ -37,8 +37,11 @@
 //! }
 //! ```
 
+use std::cell::Cell;
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::endpoint::Load;
 use crate::error::BuildError;
@@ -202,22 +205,43 @@ impl EndpointList {
 }
 
 /// Per-pick information the balancer passes to [`Strategy::pick`].
-#[derive(Debug, Clone, Copy, Default)]
+///
+/// The clock is read only if the strategy asks for it, and at most once per pick: a clock
+/// read costs tens of nanoseconds, as much as a whole pick.
+#[derive(Debug, Clone, Default)]
 pub struct Context {
-    pub(crate) now_ns: u64,
+    epoch: Option<Instant>,
+    now_ns: Cell<Option<u64>>,
 }
 
 impl Context {
+    /// A context whose clock reads from the balancer's epoch, when latency is tracked.
+    pub(crate) fn new(epoch: Option<Instant>) -> Self {
+        Context {
+            epoch,
+            now_ns: Cell::new(None),
+        }
+    }
+
     /// A context whose clock reading is `now_ns` nanoseconds (for driving strategies outside
     /// a balancer, with [`EndpointList`]).
     pub fn at_nanos(now_ns: u64) -> Self {
-        Context { now_ns }
+        Context {
+            epoch: None,
+            now_ns: Cell::new(Some(now_ns)),
+        }
     }
 
-    /// Nanoseconds since the balancer was built, read when the pick started; 0 when the
-    /// strategy does not track latency (the clock is then not read at all).
+    /// Nanoseconds since the balancer was built, on the clock latency samples use. The
+    /// first call reads the clock; later calls in the same pick return the same value. 0
+    /// when the balancer does not track latency.
     #[inline]
     pub fn now_nanos(&self) -> u64 {
-        self.now_ns
+        if let Some(now) = self.now_ns.get() {
+            return now;
+        }
+        let now = self.epoch.map_or(0, crate::completion::nanos_since);
+        self.now_ns.set(Some(now));
+        now
     }
 }

@@ -26,8 +26,10 @@
 //! counts as a sample of at least `failure_penalty` (1 s by default), so an endpoint that
 //! fails fast is avoided instead of favoured.
 //!
-//! The balancer reads the clock twice per request for this strategy: once when it picks
-//! (that instant is also the request's start) and once when the response completes.
+//! The balancer reads the clock twice per request for this strategy: when it calls the
+//! endpoint and when the response completes. The pick itself needs no clock, because the
+//! decay of two measured endpoints compares their update times (only a comparison with an
+//! endpoint that has no sample yet reads it).
 
 use std::time::Duration;
 
@@ -90,12 +92,14 @@ impl PeakEwma {
         self
     }
 
-    /// Whether endpoint `b` is strictly cheaper than endpoint `a` at `now_ns`.
+    /// Whether endpoint `b` is strictly cheaper than endpoint `a` now.
     ///
     /// Both estimates decay by `exp(-idle / decay)`, so instead of two exponentials the
-    /// comparison scales `b`'s undecayed cost by one: `exp((idle_a - idle_b) / decay)`.
+    /// comparison scales `b`'s undecayed cost by one: `exp((idle_a - idle_b) / decay)`, and
+    /// `idle_a - idle_b` is the difference of their update times, whatever the time is now.
+    /// Only a comparison with an unmeasured endpoint needs the clock.
     #[inline]
-    fn cheaper(&self, endpoints: &Endpoints<'_>, b: usize, a: usize, now_ns: u64) -> bool {
+    fn cheaper(&self, endpoints: &Endpoints<'_>, b: usize, a: usize, cx: &Context) -> bool {
         let (la, lb) = (endpoints.load(a), endpoints.load(b));
         let (ia, ib) = (la.in_flight() as f64 + 1.0, lb.in_flight() as f64 + 1.0);
         let ((ea, ta), (eb, tb)) = (la.rtt_raw(), lb.rtt_raw());
@@ -110,6 +114,7 @@ impl PeakEwma {
                         self.default_rtt_ns * i
                     }
                 };
+                let now_ns = cx.now_nanos();
                 let cost_a = if ea == 0.0 {
                     unmeasured(ia)
                 } else {
@@ -123,9 +128,8 @@ impl PeakEwma {
                 cost_b < cost_a
             }
             (false, false) => {
-                let idle_a = now_ns.saturating_sub(ta) as f64;
-                let idle_b = now_ns.saturating_sub(tb) as f64;
-                let d = (idle_a - idle_b) / self.decay_ns;
+                // idle_a - idle_b = (now - ta) - (now - tb) = tb - ta.
+                let d = (tb as f64 - ta as f64) / self.decay_ns;
                 // e^d to within 5e-7 when |d| is small, which it is under steady traffic.
                 let scale = if d.abs() < 1e-3 { 1.0 + d } else { d.exp() };
                 eb * ib * scale < ea * ia
@@ -151,7 +155,7 @@ impl Strategy for PeakEwma {
             return 0;
         }
         let (a, b) = self.rng.two_distinct(n);
-        if self.cheaper(endpoints, b, a, cx.now_ns) {
+        if self.cheaper(endpoints, b, a, cx) {
             b
         } else {
             a
@@ -176,7 +180,7 @@ impl Strategy for PeakEwma {
 mod tests {
     use super::*;
     use crate::endpoint::Load;
-    use crate::strategy::EndpointList;
+    use crate::strategy::{Context, EndpointList};
     use std::sync::Arc;
 
     /// The cost as the module docs define it, computed directly.
@@ -213,7 +217,7 @@ mod tests {
             }
             let e = list.endpoints();
             let now = 30_000_000_000 + rng.below(1_000_000_000) as u64;
-            let fast = p.cheaper(&e, 1, 0, now);
+            let fast = p.cheaper(&e, 1, 0, &Context::at_nanos(now));
             let (ca, cb) = (
                 naive_cost(&p, e.load(0), now),
                 naive_cost(&p, e.load(1), now),

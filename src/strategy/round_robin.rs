@@ -18,17 +18,20 @@
 //!
 //! Weights are first divided by their greatest common divisor, which leaves nginx's order
 //! unchanged (10, 2, 2 behaves exactly like 5, 1, 1). If the reduced weights still sum to
-//! more than 65 536 (or the number of endpoints, if larger), they are scaled down in
-//! proportion, each to at least 1, so that the cycle stays at most that long. The shares then
-//! match the weights to within that rounding, and the order is that of the scaled weights.
+//! more than the cycle limit, max(65 536, 64 × endpoints), they are scaled down in
+//! proportion (each to at least 1) so the cycle fits, and the order is that of the scaled
+//! weights. Rounding moves less than one slot per endpoint, so at most 1/64 of the traffic
+//! (n slots of a cycle of at least 64 n) goes elsewhere than the exact weights say. The cycle
+//! costs 4 bytes a slot: at most 256 bytes per endpoint beyond the first 65 536 slots.
 //! Weight `u32::MAX` is valid.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{Context, Endpoints, Strategy};
 
-/// The longest cycle the strategy stores (unless there are more endpoints than this).
+/// The longest cycle the strategy stores is max(MAX_CYCLE, SLOTS_PER_ENDPOINT × n).
 const MAX_CYCLE: u64 = 1 << 16;
+const SLOTS_PER_ENDPOINT: u64 = 64;
 
 /// Smooth weighted round robin in nginx's order. See the [module docs](self).
 ///
@@ -98,7 +101,7 @@ fn reduce(weights: &[u64]) -> Vec<u64> {
     let g = weights.iter().copied().fold(0, gcd).max(1);
     let mut w: Vec<u64> = weights.iter().map(|&x| (x / g).max(1)).collect();
     let total: u128 = w.iter().map(|&x| u128::from(x)).sum();
-    let cap = MAX_CYCLE.max(w.len() as u64);
+    let cap = MAX_CYCLE.max(SLOTS_PER_ENDPOINT * w.len() as u64);
     if total > u128::from(cap) {
         let room = u128::from(cap - w.len() as u64 + 1).max(1);
         for x in &mut w {
@@ -231,6 +234,53 @@ mod tests {
         let ratio = count(0) / count(1);
         assert!((ratio - 2.0).abs() < 0.01, "ratio {ratio}");
         assert!(count(2) >= 1.0, "every endpoint keeps at least one slot");
+    }
+
+    /// The share of picks that go to endpoints with index `>= split`.
+    fn share_from(cycle: &[u32], split: u32) -> f64 {
+        cycle.iter().filter(|&&i| i >= split).count() as f64 / cycle.len() as f64
+    }
+
+    #[test]
+    fn many_endpoints_keep_their_shares() {
+        // 10 000 of weight 1, then 10 000 of weight 100: the heavy half gets 100/101.
+        let weights: Vec<u64> = (0..20_000)
+            .map(|i| if i < 10_000 { 1 } else { 100 })
+            .collect();
+        let share = share_from(&smooth_cycle(&weights), 10_000);
+        assert!((share - 100.0 / 101.0).abs() < 0.001, "{share}");
+
+        // 60 000 of weight 1 and one of weight 100 000: the heavy one gets 62.5 %.
+        let mut weights = vec![1u64; 60_000];
+        weights.push(100_000);
+        let share = share_from(&smooth_cycle(&weights), 60_000);
+        assert!((share - 0.625).abs() < 0.001, "{share}");
+    }
+
+    #[test]
+    fn scaling_moves_at_most_a_64th_of_the_traffic() {
+        // Weights that sum far beyond the cycle limit, with many tiny ones that round up.
+        let weights: Vec<u64> = (0..1_000u64)
+            .map(|i| {
+                if i % 10 == 0 {
+                    u64::from(u32::MAX)
+                } else {
+                    1 + i
+                }
+            })
+            .collect();
+        let cycle = smooth_cycle(&weights);
+        let total: f64 = weights.iter().map(|&w| w as f64).sum();
+        let mut counts = vec![0u32; weights.len()];
+        for &i in &cycle {
+            counts[i as usize] += 1;
+        }
+        let misplaced: f64 = weights
+            .iter()
+            .zip(&counts)
+            .map(|(&w, &c)| (c as f64 / cycle.len() as f64 - w as f64 / total).max(0.0))
+            .sum();
+        assert!(misplaced <= 1.0 / 64.0, "{misplaced}");
     }
 
     #[test]
