@@ -213,9 +213,10 @@ impl Load {
     ///
     /// A request finishes when its [`InFlight`](crate::completion::InFlight) guard is
     /// released: at the response with [`OnResponse`](crate::completion::OnResponse), at the
-    /// end of the body with `OnBodyEnd`. At every instant, requests sent =
-    /// `in_flight + completed + cancelled`. The outcome (success or failure) is recorded
-    /// earlier, when the response head arrives.
+    /// end of the body with `OnBodyEnd`. Requests sent = `in_flight + completed + cancelled`
+    /// whenever no request is finishing; a snapshot taken while requests finish reads the
+    /// counters one after another and may be off by those. The outcome (success or failure)
+    /// is recorded earlier, when the response head arrives.
     pub fn completed(&self) -> u64 {
         // A cancellation counts `cancelled` before `finished` (Release), so reading
         // `finished` first (Acquire) sees the `cancelled` of every request it counts.

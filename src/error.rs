@@ -112,7 +112,9 @@ impl std::error::Error for NotReady {}
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum BuildError {
-    /// `build` was called outside a tokio runtime, so the background driver could not start.
+    /// `poll_ready` ran outside a tokio runtime (and the balancer was built outside one), so
+    /// neither the background driver nor the fail-fast timer can run. Poll the balancer
+    /// from a task of a tokio runtime with its time driver enabled.
     NoRuntime,
     /// A configuration value is out of range; the string names it.
     InvalidConfig(&'static str),
@@ -122,7 +124,7 @@ impl fmt::Display for BuildError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             BuildError::NoRuntime => f.write_str(
-                "tower-lb needs a tokio runtime to run its background driver; build the balancer inside one",
+                "tower-lb needs a tokio runtime for its background driver and timers; poll the balancer inside one",
             ),
             BuildError::InvalidConfig(what) => write!(f, "invalid load balancer configuration: {what}"),
         }

@@ -105,6 +105,12 @@ impl<P, C, T> Builder<P, C, T> {
 
     /// How long `poll_ready` waits for an eligible endpoint before it fails with
     /// [`Unavailable`](crate::error::Unavailable). Zero fails at once. Default 3 s.
+    ///
+    /// The wait belongs to the handle (each clone has its own). It starts at the first
+    /// `poll_ready` that finds no eligible endpoint and continues across polls, including
+    /// the polls of a new `ready()` on the same handle after an earlier one was given up,
+    /// until an endpoint is ready or the timeout passes. A handle that is not polled again
+    /// until more than 250 ms after the deadline starts a new wait.
     pub fn fail_fast(mut self, timeout: Duration) -> Self {
         self.fail_fast = timeout;
         self
@@ -145,8 +151,8 @@ impl<P, C, T> Builder<P, C, T> {
 
     /// Builds a balancer over the endpoints `discovery` yields.
     ///
-    /// Inside a tokio runtime, changes the source has ready at once (a static list, say) are
-    /// applied before this returns, and the background driver is spawned on that runtime.
+    /// Inside a tokio runtime, changes the source has ready at once (a static list, say; up
+    /// to 256 of them) are applied before this returns, and the background driver is spawned on that runtime.
     /// Outside a runtime the source is not polled until the driver is spawned, at the first
     /// `poll_ready`, and `poll_ready` fails with
     /// [`BuildError::NoRuntime`] if there is still none. The runtime needs its time driver

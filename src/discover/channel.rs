@@ -11,8 +11,9 @@ use crate::endpoint::{Endpoint, Metadata};
 
 /// A discovery source fed by a [`Sender`] from anywhere: another task, a thread, a callback.
 ///
-/// The channel is unbounded, since changes are small and rare; the balancer drains every
-/// queued change before it publishes a new snapshot, so a burst costs one rebuild. When every
+/// The channel is unbounded, since changes are small and rare; the balancer applies queued
+/// changes in batches of up to 256 before it publishes a new snapshot, so a burst costs one
+/// rebuild per batch. When every
 /// sender is dropped the source ends and the balancer keeps the last set.
 pub fn channel<K, S>() -> (Sender<K, S>, ChannelDiscover<K, S>) {
     let (tx, rx) = mpsc::unbounded_channel();
