@@ -959,3 +959,41 @@ async fn a_source_that_keeps_failing_is_polled_with_backoff_and_recovery_is_seen
     tokio::time::sleep(Duration::from_millis(2_100)).await;
     assert_eq!(keys(&balance), ["a"]);
 }
+
+#[tokio::test]
+async fn build_with_makes_each_service_once_and_keeps_it_across_reweights_and_resets() {
+    use std::sync::{Arc, Mutex};
+    let made = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = discover::channel::<&'static str, ()>();
+    let mut balance = Balance::builder()
+        .strategy(RoundRobin::new())
+        .classify(ErrorsAsFailures)
+        .build_with(rx, {
+            let made = made.clone();
+            move |key: &&'static str| {
+                made.lock().unwrap().push(*key);
+                Backend::new(key)
+            }
+        })
+        .unwrap();
+    tx.insert("a", ()).unwrap();
+    tx.insert("b", ()).unwrap();
+    settle().await;
+    // A reweight, and a reset that lists known keys plus a new one: only "c" is made.
+    tx.insert_with("a", (), 5, Metadata::default()).unwrap();
+    tx.reset(vec![
+        Endpoint::new("a", ()),
+        Endpoint::new("b", ()),
+        Endpoint::new("c", ()),
+    ])
+    .unwrap();
+    settle().await;
+    assert_eq!(keys(&balance), ["a", "b", "c"]);
+    assert_eq!(*made.lock().unwrap(), ["a", "b", "c"]);
+    // A removed key that comes back gets a new service.
+    tx.remove("b").unwrap();
+    tx.insert("b", ()).unwrap();
+    settle().await;
+    assert_eq!(*made.lock().unwrap(), ["a", "b", "c", "b"]);
+    assert_eq!(answers(&mut balance, 3).await.len(), 3);
+}

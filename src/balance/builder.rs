@@ -1,3 +1,4 @@
+use std::collections::HashMap;
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use super::service::Balance;
 use super::shared::Shared;
 use crate::classify::DefaultClassifier;
 use crate::completion::OnResponse;
-use crate::discover::Discover;
+use crate::discover::{Change, Discover};
 use crate::error::BuildError;
 use crate::strategy::{LatencyTracking, LeastRequest, Strategy};
 
@@ -192,8 +193,10 @@ impl<P, C, T> Builder<P, C, T> {
         Balance::from_shared(shared, self.classify, self.track)
     }
 
-    /// Builds a balancer whose discovery yields keys only; `make` turns each inserted key
-    /// into its service (an address into a client, say).
+    /// Builds a balancer whose discovery yields keys only; `make` turns each new key into
+    /// its service (an address into a client, say). A key that already has a service keeps
+    /// it when it is inserted again (a reweight) or listed in a reset, so its connections
+    /// stay; a removed key's service is dropped.
     pub fn build_with<K, D, M>(
         self,
         discovery: D,
@@ -202,7 +205,7 @@ impl<P, C, T> Builder<P, C, T> {
     where
         D: Discover<K, ()> + Send + 'static,
         M: MakeEndpoint<K> + Send + 'static,
-        M::Service: Send + Sync + 'static,
+        M::Service: Clone + Send + Sync + 'static,
         K: Clone + Eq + Hash + Debug + Send + Sync + 'static,
         P: Strategy,
     {
@@ -218,12 +221,44 @@ impl<P, C, T> Builder<P, C, T> {
     where
         D: Discover<K, ()> + Send + 'static,
         M: MakeEndpoint<K> + Send + 'static,
-        M::Service: Send + Sync + 'static,
+        M::Service: Clone + Send + Sync + 'static,
         K: Clone + Eq + Hash + Debug + Send + Sync + 'static,
         P: Strategy,
     {
-        let changes = boxed(discovery)
-            .map(move |change| change.map(|c| c.map_service(|key, ()| make.make_endpoint(key))));
+        // The services made so far, by key: an insert or reset of a key that already has one
+        // reuses it (a reweight must not drop the endpoint's connections).
+        let mut made: HashMap<K, M::Service> = HashMap::new();
+        let changes = boxed(discovery).map(move |change| {
+            change.map(|change| match change {
+                Change::Remove(key) => {
+                    made.remove(&key);
+                    Change::Remove(key)
+                }
+                Change::Reset(list) => {
+                    let mut previous = std::mem::take(&mut made);
+                    Change::Reset(
+                        list.into_iter()
+                            .map(|e| {
+                                e.map_service(|key, ()| {
+                                    let service = previous
+                                        .remove(key)
+                                        .or_else(|| made.remove(key))
+                                        .unwrap_or_else(|| make.make_endpoint(key));
+                                    made.insert(key.clone(), service.clone());
+                                    service
+                                })
+                            })
+                            .collect(),
+                    )
+                }
+                Change::Insert(e) => Change::Insert(e.map_service(|key, ()| {
+                    let service = made
+                        .entry(key.clone())
+                        .or_insert_with(|| make.make_endpoint(key));
+                    service.clone()
+                })),
+            })
+        });
         self.build_unchecked(changes)
     }
 

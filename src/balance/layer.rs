@@ -96,7 +96,7 @@ impl<K, D, P, C, T, M> Layer<M> for BalanceLayer<K, D, P, C, T>
 where
     D: Discover<K, ()> + Clone + Send + 'static,
     M: MakeEndpoint<K> + Send + 'static,
-    M::Service: Send + Sync + 'static,
+    M::Service: Clone + Send + Sync + 'static,
     K: Clone + Eq + Hash + Debug + Send + Sync + 'static,
     P: Strategy + Clone,
     C: Clone,
