@@ -997,3 +997,70 @@ async fn build_with_makes_each_service_once_and_keeps_it_across_reweights_and_re
     assert_eq!(*made.lock().unwrap(), ["a", "b", "c", "b"]);
     assert_eq!(answers(&mut balance, 3).await.len(), 3);
 }
+
+/// Round robin whose table build panics when it sees exactly three endpoints.
+struct PanicsOnThree(RoundRobin);
+
+impl Strategy for PanicsOnThree {
+    type Table = <RoundRobin as Strategy>::Table;
+
+    fn build(&self, endpoints: &tower_lb::strategy::Endpoints<'_>) -> Self::Table {
+        assert_ne!(endpoints.len(), 3, "a bug in a user's strategy");
+        self.0.build(endpoints)
+    }
+
+    fn pick(
+        &self,
+        table: &Self::Table,
+        endpoints: &tower_lb::strategy::Endpoints<'_>,
+        cx: &tower_lb::strategy::Context,
+    ) -> usize {
+        self.0.pick(table, endpoints, cx)
+    }
+}
+
+#[tokio::test]
+async fn a_strategy_that_panics_in_build_keeps_the_last_set_and_the_driver_alive() {
+    let (tx, rx) = discover::channel();
+    tx.insert("a", Backend::new("a")).unwrap();
+    tx.insert("b", Backend::new("b")).unwrap();
+    let mut balance = Balance::builder()
+        .strategy(PanicsOnThree(RoundRobin::new()))
+        .classify(ErrorsAsFailures)
+        .build(rx)
+        .unwrap();
+    assert_eq!(keys(&balance), ["a", "b"]);
+    tx.insert("c", Backend::new("c")).unwrap();
+    settle().await;
+    // The build for a, b, c panicked: the last set stays and serves, and it shows.
+    assert_eq!(keys(&balance), ["a", "b"]);
+    let stats = balance.discovery_stats();
+    assert_eq!(stats.errors, 1);
+    assert!(stats.last_error.unwrap().contains("panicked"));
+    assert_eq!(answers(&mut balance, 2).await, ["a", "b"]);
+    // The driver is alive: the next change applies.
+    tx.remove("b").unwrap();
+    settle().await;
+    assert_eq!(keys(&balance), ["a", "c"]);
+}
+
+#[tokio::test]
+async fn a_discovery_source_that_panics_ends_and_keeps_the_set() {
+    let mut sent = false;
+    let source = futures::stream::poll_fn(move |_cx| {
+        if std::mem::replace(&mut sent, true) {
+            panic!("a bug in a user's discovery source");
+        }
+        std::task::Poll::Ready(Some(Ok::<_, Infallible>(Change::insert(
+            "a",
+            Backend::new("a"),
+        ))))
+    });
+    let mut balance = rr(source);
+    settle().await;
+    assert_eq!(keys(&balance), ["a"]);
+    let stats = balance.discovery_stats();
+    assert!(stats.ended);
+    assert!(stats.last_error.unwrap().contains("panicked"));
+    assert_eq!(answers(&mut balance, 1).await, ["a"]);
+}

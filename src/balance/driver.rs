@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::fmt::Debug;
 use std::future::Future;
 use std::hash::Hash;
+use std::panic::{self, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
@@ -110,7 +111,17 @@ where
                 exhausted = false;
                 break;
             }
-            match self.discovery.as_mut().poll_next(cx) {
+            // A discovery source is user code too: a panic ends it, like the end of the stream.
+            let polled =
+                panic::catch_unwind(AssertUnwindSafe(|| self.discovery.as_mut().poll_next(cx)));
+            let polled = polled.unwrap_or_else(|_| {
+                tracing::error!("the discovery source panicked; keeping the last endpoint set");
+                let mut stats = lock(&shared.discovery);
+                stats.errors += 1;
+                stats.last_error = Some("the discovery source panicked".into());
+                Poll::Ready(None)
+            });
+            match polled {
                 Poll::Ready(Some(Ok(change))) => {
                     self.errors_in_a_row = 0;
                     let mut stats = lock(&shared.discovery);
@@ -228,7 +239,27 @@ where
                 load: s.load.clone(),
             })
             .collect();
-        let table = (!entries.is_empty()).then(|| shared.strategy.build(&Endpoints::new(&entries)));
+        let table = if entries.is_empty() {
+            None
+        } else {
+            // A strategy is user code: if its `build` panics, keep serving the last snapshot
+            // rather than let the driver die and discovery stop.
+            let built = panic::catch_unwind(AssertUnwindSafe(|| {
+                shared.strategy.build(&Endpoints::new(&entries))
+            }));
+            match built {
+                Ok(table) => Some(table),
+                Err(_) => {
+                    tracing::error!(
+                        "the strategy panicked building its table; keeping the last endpoint set"
+                    );
+                    let mut stats = lock(&shared.discovery);
+                    stats.errors += 1;
+                    stats.last_error = Some("the strategy panicked building its table".into());
+                    return;
+                }
+            }
+        };
         self.version += 1;
         shared.publish(Set {
             version: self.version,
