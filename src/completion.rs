@@ -15,8 +15,6 @@
 use std::fmt;
 use std::sync::Arc;
 
-use tokio::time::Instant;
-
 use crate::classify::Outcome;
 use crate::endpoint::Load;
 
@@ -40,15 +38,6 @@ impl<Res> TrackCompletion<Res> for OnResponse {
     fn track(&self, response: Res, _guard: InFlight) -> Res {
         response
     }
-}
-
-/// Nanoseconds from `epoch` to now, in integer arithmetic (no u128).
-#[inline]
-pub(crate) fn nanos_since(epoch: Instant) -> u64 {
-    let d = Instant::now().saturating_duration_since(epoch);
-    d.as_secs()
-        .wrapping_mul(1_000_000_000)
-        .wrapping_add(u64::from(d.subsec_nanos()))
 }
 
 /// Counts one request as in flight on one endpoint until dropped.

@@ -151,6 +151,23 @@ pub(crate) struct Timing {
     pub(crate) penalty_ns: f64,
 }
 
+/// Nanoseconds from `epoch` to now, in integer arithmetic (no u128).
+#[inline]
+pub(crate) fn nanos_since(epoch: Instant) -> u64 {
+    let d = Instant::now().saturating_duration_since(epoch);
+    d.as_secs()
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(u64::from(d.subsec_nanos()))
+}
+
+impl Timing {
+    /// Now, in nanoseconds since the balancer's epoch: the clock every latency sample uses.
+    #[inline]
+    pub(crate) fn now_ns(&self) -> u64 {
+        nanos_since(self.epoch)
+    }
+}
+
 impl Load {
     pub(crate) fn timed(timing: Option<Timing>) -> Self {
         Load {
@@ -163,12 +180,12 @@ impl Load {
     /// tracked. A failure counts as at least the failure penalty.
     #[inline]
     pub(crate) fn sample_latency(&self, start_ns: u64, failure: bool) {
-        if let Some(t) = &self.timing {
-            let now_ns = crate::completion::nanos_since(t.epoch);
-            let mut rtt = now_ns.saturating_sub(start_ns) as f64;
-            if failure {
-                rtt = rtt.max(t.penalty_ns);
-            }
+        if let Some((t, now_ns, elapsed)) = self.elapsed_since(start_ns) {
+            let rtt = if failure {
+                elapsed.max(t.penalty_ns)
+            } else {
+                elapsed
+            };
             self.observe_rtt(rtt, now_ns, t.decay_ns);
         }
     }
@@ -177,13 +194,19 @@ impl Load {
     /// estimate (a hung endpoint looks slow) but never lower it.
     #[cold]
     pub(crate) fn sample_cancelled(&self, start_ns: u64) {
-        if let Some(t) = &self.timing {
-            let now_ns = crate::completion::nanos_since(t.epoch);
-            let waited = now_ns.saturating_sub(start_ns) as f64;
+        if let Some((t, now_ns, waited)) = self.elapsed_since(start_ns) {
             if waited > self.rtt_raw().0 {
                 self.observe_rtt(waited, now_ns, t.decay_ns);
             }
         }
+    }
+
+    /// When latency is tracked: the settings, now, and the nanoseconds since `start_ns`.
+    #[inline]
+    fn elapsed_since(&self, start_ns: u64) -> Option<(&Timing, u64, f64)> {
+        let t = self.timing.as_ref()?;
+        let now_ns = t.now_ns();
+        Some((t, now_ns, now_ns.saturating_sub(start_ns) as f64))
     }
 
     /// Counters for driving a strategy outside a balancer (unit tests of a custom strategy,
@@ -356,13 +379,13 @@ mod tests {
         assert_eq!(load.latency(), Some(Duration::from_millis(100)));
 
         // A request cancelled after 1 ms says only "at least 1 ms": no change.
-        let start = crate::completion::nanos_since(load.timing.unwrap().epoch);
+        let start = load.timing.unwrap().now_ns();
         tokio::time::advance(Duration::from_millis(1)).await;
         load.sample_cancelled(start);
         assert_eq!(load.latency(), Some(Duration::from_millis(100)));
 
         // One cancelled after 500 ms raises it (the peak).
-        let start = crate::completion::nanos_since(load.timing.unwrap().epoch);
+        let start = load.timing.unwrap().now_ns();
         tokio::time::advance(Duration::from_millis(500)).await;
         load.sample_cancelled(start);
         assert_eq!(load.latency(), Some(Duration::from_millis(500)));

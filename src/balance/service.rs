@@ -104,11 +104,12 @@ impl Tried {
     }
 }
 
+/// A clone of endpoint `index`'s service that was not ready, kept so its wake-up reaches
+/// the caller. Only kept while the set is still at `version`, so `index` stays valid.
 struct PendingEndpoint<S> {
     index: usize,
     version: u64,
     service: S,
-    load: Arc<Load>,
 }
 
 /// How late after its deadline a fail-fast timer may be polled and still count as the
@@ -206,14 +207,15 @@ impl<K, S, P: Strategy, C, T> Balance<K, S, P, C, T> {
                         self.pending.clear();
                         self.ready = Some(ReadyEndpoint {
                             service: p.service,
-                            load: p.load,
+                            load: set.eligible[p.index].load.clone(),
                         });
                         return Ok(());
                     }
                     Poll::Pending => i += 1,
                     Poll::Ready(Err(error)) => {
                         let p = self.pending.swap_remove(i);
-                        self.last_error = Some(readiness_failed(&p.load, error.into()));
+                        let load = &set.eligible[p.index].load;
+                        self.last_error = Some(readiness_failed(load, error.into()));
                     }
                 }
             }
@@ -271,7 +273,6 @@ impl<K, S, P: Strategy, C, T> Balance<K, S, P, C, T> {
                     index,
                     version: set.version,
                     service,
-                    load: slot.load.clone(),
                 });
                 false
             }
@@ -304,14 +305,7 @@ impl<K, S, P: Strategy, C, T> Balance<K, S, P, C, T> {
     ) -> Poll<Result<(), BoxError>> {
         let fail_fast = self.shared.fail_fast;
         if fail_fast.is_zero() {
-            self.pending.clear();
-            return Poll::Ready(Err(Unavailable {
-                reason,
-                waited: fail_fast,
-                endpoints: known,
-                source: self.last_error.take(),
-            }
-            .into()));
+            return self.give_up(reason, Duration::ZERO, known);
         }
         // A caller that stopped polling (its own timeout dropped the `ready()` future) and
         // comes back later starts a new wait. A caller still waiting is woken by the timer
@@ -340,7 +334,18 @@ impl<K, S, P: Strategy, C, T> Balance<K, S, P, C, T> {
             return Poll::Pending;
         }
         let waited = wait.since.elapsed();
+        self.give_up(reason, waited, known)
+    }
+
+    /// Ends a wait with [`Unavailable`], dropping what the wait held.
+    fn give_up(
+        &mut self,
+        reason: UnavailableReason,
+        waited: Duration,
+        known: usize,
+    ) -> Poll<Result<(), BoxError>> {
         self.wait = None;
+        self.recheck = None;
         self.pending.clear();
         Poll::Ready(Err(Unavailable {
             reason,
@@ -405,11 +410,7 @@ where
             return ResponseFuture::not_ready(self.classify.clone(), self.track.clone());
         };
         // The request starts now, not when its endpoint became ready.
-        let start_ns = if self.shared.timing.is_some() {
-            self.shared.now_ns()
-        } else {
-            0
-        };
+        let start_ns = self.shared.timing.map_or(0, |t| t.now_ns());
         let guard = InFlight::new(ready.load, start_ns);
         let mut service = ready.service;
         ResponseFuture::called(

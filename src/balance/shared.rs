@@ -58,8 +58,8 @@ type DriverFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 pub(crate) struct Shared<K, S, P: Strategy> {
     pub(crate) set: ArcSwap<Set<K, S, P::Table>>,
     pub(crate) strategy: P,
+    /// Latency settings, with the epoch of the balancer's clock, when latency is tracked.
     pub(crate) timing: Option<Timing>,
-    pub(crate) epoch: Instant,
     pub(crate) fail_fast: Duration,
     /// Handles waiting for the set to change, by handle id.
     waiters: Mutex<HashMap<u64, Waker>>,
@@ -89,7 +89,6 @@ impl<K, S, P: Strategy> Shared<K, S, P> {
             set: ArcSwap::from_pointee(Set::empty()),
             strategy,
             timing,
-            epoch,
             fail_fast,
             waiters: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(0),
@@ -98,11 +97,6 @@ impl<K, S, P: Strategy> Shared<K, S, P> {
             driver_started: AtomicBool::new(false),
             _stop: stop,
         }
-    }
-
-    #[inline]
-    pub(crate) fn now_ns(&self) -> u64 {
-        crate::completion::nanos_since(self.epoch)
     }
 
     pub(crate) fn new_handle_id(&self) -> u64 {

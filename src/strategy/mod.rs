@@ -240,7 +240,7 @@ impl Context {
         if let Some(now) = self.now_ns.get() {
             return now;
         }
-        let now = self.epoch.map_or(0, crate::completion::nanos_since);
+        let now = self.epoch.map_or(0, crate::endpoint::nanos_since);
         self.now_ns.set(Some(now));
         now
     }
