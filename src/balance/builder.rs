@@ -2,7 +2,6 @@ use std::collections::HashMap;
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::sync::Arc;
-use std::task::Context;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -41,6 +40,12 @@ pub struct Builder<P = LeastRequest, C = DefaultClassifier, T = OnResponse> {
     strategy: P,
     classify: C,
     track: T,
+    settings: Settings,
+}
+
+/// The settings whose type does not change with the builder's type parameters.
+#[derive(Debug, Clone, Copy)]
+struct Settings {
     fail_fast: Duration,
     allow_empty_reset: bool,
     latency: Option<LatencyTracking>,
@@ -52,9 +57,11 @@ impl Default for Builder {
             strategy: LeastRequest::default(),
             classify: DefaultClassifier,
             track: OnResponse,
-            fail_fast: Duration::from_secs(3),
-            allow_empty_reset: false,
-            latency: None,
+            settings: Settings {
+                fail_fast: Duration::from_secs(3),
+                allow_empty_reset: false,
+                latency: None,
+            },
         }
     }
 }
@@ -74,9 +81,7 @@ impl<P, C, T> Builder<P, C, T> {
             strategy,
             classify: self.classify,
             track: self.track,
-            fail_fast: self.fail_fast,
-            allow_empty_reset: self.allow_empty_reset,
-            latency: self.latency,
+            settings: self.settings,
         }
     }
 
@@ -86,9 +91,7 @@ impl<P, C, T> Builder<P, C, T> {
             strategy: self.strategy,
             classify,
             track: self.track,
-            fail_fast: self.fail_fast,
-            allow_empty_reset: self.allow_empty_reset,
-            latency: self.latency,
+            settings: self.settings,
         }
     }
 
@@ -98,9 +101,7 @@ impl<P, C, T> Builder<P, C, T> {
             strategy: self.strategy,
             classify: self.classify,
             track,
-            fail_fast: self.fail_fast,
-            allow_empty_reset: self.allow_empty_reset,
-            latency: self.latency,
+            settings: self.settings,
         }
     }
 
@@ -113,14 +114,14 @@ impl<P, C, T> Builder<P, C, T> {
     /// until an endpoint is ready or the timeout passes. A handle that is not polled again
     /// until more than 250 ms after the deadline starts a new wait.
     pub fn fail_fast(mut self, timeout: Duration) -> Self {
-        self.fail_fast = timeout;
+        self.settings.fail_fast = timeout;
         self
     }
 
     /// Whether an empty [`Reset`](crate::discover::Change::Reset) empties the set (`true`)
     /// or is ignored (`false`, the default). See [`discover`](crate::discover).
     pub fn allow_empty_reset(mut self, allow: bool) -> Self {
-        self.allow_empty_reset = allow;
+        self.settings.allow_empty_reset = allow;
         self
     }
 
@@ -128,7 +129,7 @@ impl<P, C, T> Builder<P, C, T> {
     /// that [`Balance::endpoints`] reports it. This costs two clock reads per request. A
     /// strategy that needs latency (peak-EWMA) uses its own settings and ignores this.
     pub fn track_latency(mut self, tracking: LatencyTracking) -> Self {
-        self.latency = Some(tracking);
+        self.settings.latency = Some(tracking);
         self
     }
 
@@ -140,7 +141,7 @@ impl<P, C, T> Builder<P, C, T> {
         if self
             .strategy
             .latency()
-            .or(self.latency)
+            .or(self.settings.latency)
             .is_some_and(|l| l.decay.is_zero())
         {
             return Err(BuildError::InvalidConfig(
@@ -179,16 +180,23 @@ impl<P, C, T> Builder<P, C, T> {
         P: Strategy,
     {
         let (stop_tx, stop_rx) = oneshot::channel();
-        let latency = self.strategy.latency().or(self.latency);
-        let shared = Arc::new(Shared::new(self.strategy, latency, self.fail_fast, stop_tx));
-        let mut driver = Driver::new(&shared, boxed(discovery), stop_rx, self.allow_empty_reset);
-        // Apply what is ready now, so a static list is in place before the first request.
-        // Only inside a runtime: a source may create timers or I/O when polled.
-        if tokio::runtime::Handle::try_current().is_ok() {
-            driver.drain(&shared, &mut Context::from_waker(std::task::Waker::noop()));
-        }
+        let latency = self.strategy.latency().or(self.settings.latency);
+        let shared = Arc::new(Shared::new(
+            self.strategy,
+            latency,
+            self.settings.fail_fast,
+            stop_tx,
+        ));
+        let driver = Driver::new(
+            &shared,
+            boxed(discovery),
+            stop_rx,
+            self.settings.allow_empty_reset,
+        );
         shared.set_driver(Box::pin(driver));
-        // Outside a runtime this fails; the first poll_ready tries again.
+        // Inside a runtime this applies what the source has ready and spawns the driver, so a
+        // static list is in place before the first request. Outside one it fails, and the
+        // first poll_ready inside a runtime tries again.
         let _ = shared.ensure_driver();
         Balance::from_shared(shared, self.classify, self.track)
     }

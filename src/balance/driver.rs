@@ -97,7 +97,7 @@ where
 
     /// Applies every change the source has ready (up to the budget) and publishes a new
     /// snapshot if anything changed. Returns whether the budget ran out.
-    pub(crate) fn drain(&mut self, shared: &Shared<K, S, P>, cx: &mut Context<'_>) -> bool {
+    fn drain(&mut self, shared: &Shared<K, S, P>, cx: &mut Context<'_>) -> bool {
         let mut changed = false;
         let mut exhausted = true;
         if let Some(backoff) = &mut self.backoff {
@@ -116,9 +116,7 @@ where
                 panic::catch_unwind(AssertUnwindSafe(|| self.discovery.as_mut().poll_next(cx)));
             let polled = polled.unwrap_or_else(|_| {
                 tracing::error!("the discovery source panicked; keeping the last endpoint set");
-                let mut stats = lock(&shared.discovery);
-                stats.errors += 1;
-                stats.last_error = Some("the discovery source panicked".into());
+                lock(&shared.discovery).record_error("the discovery source panicked".into());
                 Poll::Ready(None)
             });
             match polled {
@@ -134,11 +132,7 @@ where
                     } else {
                         tracing::debug!(%error, "discovery error again");
                     }
-                    {
-                        let mut stats = lock(&shared.discovery);
-                        stats.errors += 1;
-                        stats.last_error = Some(error.to_string());
-                    }
+                    lock(&shared.discovery).record_error(error.to_string());
                     let pause = FIRST_BACKOFF
                         .saturating_mul(1 << self.errors_in_a_row.min(16))
                         .min(MAX_BACKOFF);
@@ -253,9 +247,8 @@ where
                     tracing::error!(
                         "the strategy panicked building its table; keeping the last endpoint set"
                     );
-                    let mut stats = lock(&shared.discovery);
-                    stats.errors += 1;
-                    stats.last_error = Some("the strategy panicked building its table".into());
+                    lock(&shared.discovery)
+                        .record_error("the strategy panicked building its table".into());
                     return;
                 }
             }

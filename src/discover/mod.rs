@@ -117,6 +117,14 @@ pub struct DiscoveryStats {
 /// What [`Discover::poll_change`] returns.
 pub type PollChange<K, S, E> = Poll<Option<Result<Change<K, S>, E>>>;
 
+impl DiscoveryStats {
+    /// Counts an error that kept the last set, and keeps its message.
+    pub(crate) fn record_error(&mut self, message: String) {
+        self.errors += 1;
+        self.last_error = Some(message);
+    }
+}
+
 /// A source of endpoint changes. See the [module docs](self).
 ///
 /// Implemented for every `Stream<Item = Result<Change<K, S>, E>>` where `E` converts into
