@@ -7,6 +7,9 @@
 //! cargo bench --bench pick -- 'pick/least_request/'   # a criterion filter (a regex)
 //! ```
 //!
+//! The group `clock` measures one read of tokio's clock (and std's, for comparison):
+//! `cargo bench --bench pick -- clock`.
+//!
 //! Ids are `pick/<strategy>/<N>` for N = 10, 100 and 10 000 endpoints:
 //!
 //! | strategy | configuration |
@@ -129,5 +132,17 @@ fn pick(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, pick);
+/// What one clock read costs: the balancer reads tokio's clock twice per request when the
+/// strategy tracks latency (peak-EWMA), and never otherwise.
+fn clock(c: &mut Criterion) {
+    let mut g = c.benchmark_group("clock");
+    g.sample_size(30)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    g.bench_function("tokio_instant_now", |b| b.iter(tokio::time::Instant::now));
+    g.bench_function("std_instant_now", |b| b.iter(std::time::Instant::now));
+    g.finish();
+}
+
+criterion_group!(benches, pick, clock);
 criterion_main!(benches);

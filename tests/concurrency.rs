@@ -416,6 +416,18 @@ mod body {
         }
     }
 
+    /// Round robin over one endpoint "a", in flight until the body ends.
+    fn on_body_end<S: Send + Sync + 'static>(
+        service: S,
+    ) -> Balance<&'static str, S, RoundRobin, tower_lb::classify::DefaultClassifier, OnBodyEnd>
+    {
+        Balance::builder()
+            .strategy(RoundRobin::new())
+            .track_completion(OnBodyEnd)
+            .build(discover::static_list([("a", service)]))
+            .unwrap()
+    }
+
     fn frame(s: &'static str) -> Result<Frame<Bytes>, std::io::Error> {
         Ok(Frame::data(Bytes::from_static(s.as_bytes())))
     }
@@ -423,11 +435,7 @@ mod body {
     #[tokio::test]
     async fn on_body_end_keeps_the_request_in_flight_until_the_body_ends() {
         let backend = Streaming::default();
-        let mut balance = Balance::builder()
-            .strategy(RoundRobin::new())
-            .track_completion(OnBodyEnd)
-            .build(discover::static_list([("a", backend.clone())]))
-            .unwrap();
+        let mut balance = on_body_end(backend.clone());
         let chunks = backend.prepare();
         let response = balance.ready().await.unwrap().call(()).await.unwrap();
         // The outcome is recorded at the head, but the request stays in flight and is not
@@ -456,11 +464,7 @@ mod body {
     #[tokio::test]
     async fn on_body_end_releases_when_the_body_is_dropped_or_fails() {
         let backend = Streaming::default();
-        let mut balance = Balance::builder()
-            .strategy(RoundRobin::new())
-            .track_completion(OnBodyEnd)
-            .build(discover::static_list([("a", backend.clone())]))
-            .unwrap();
+        let mut balance = on_body_end(backend.clone());
 
         let _chunks = backend.prepare();
         let response = balance.ready().await.unwrap().call(()).await.unwrap();
@@ -505,11 +509,7 @@ mod body {
                 b"payload",
             ))))
         });
-        let mut balance = Balance::builder()
-            .strategy(RoundRobin::new())
-            .track_completion(OnBodyEnd)
-            .build(discover::static_list([("a", service)]))
-            .unwrap();
+        let mut balance = on_body_end(service);
         let response = balance.ready().await.unwrap().call(()).await.unwrap();
         let body = response.into_body();
         assert_eq!(body.size_hint().exact(), Some(7));

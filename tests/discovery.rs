@@ -716,10 +716,7 @@ async fn weighted_least_request_with_huge_weights_and_load_does_not_overflow() {
             ("half", Backend::new("half").gate(&gate), u32::MAX / 2 + 1),
         ]))
         .unwrap();
-    let mut held = Vec::new();
-    for _ in 0..30 {
-        held.push(balance.ready().await.unwrap().call(()));
-    }
+    let held = common::hold(&mut balance, 30).await;
     // Scores w / (in + 1) with w_max ≈ 2 w_half: a 2 : 1 split.
     let split = stat(&balance, |e| e.in_flight);
     assert_eq!(split, [("max", 20), ("half", 10)]);

@@ -174,6 +174,25 @@ fn limited(name: &'static str, gate: &Gate, max: usize) -> Limited {
     ConcurrencyLimit::new(Backend::new(name).gate(gate), max)
 }
 
+/// Round robin over "a" alone, with one request slot, answering when `gate` opens.
+fn one_single_slot(gate: &Gate) -> Balance<&'static str, Limited, RoundRobin, ErrorsAsFailures> {
+    rr(
+        Duration::from_secs(3),
+        discover::static_list([("a", limited("a", gate, 1))]),
+    )
+}
+
+/// Round robin over "a" and "b", one request slot each, answering when `gate` opens.
+fn two_single_slot(
+    fail_fast: Duration,
+    gate: &Gate,
+) -> Balance<&'static str, Limited, RoundRobin, ErrorsAsFailures> {
+    rr(
+        fail_fast,
+        discover::static_list([("a", limited("a", gate, 1)), ("b", limited("b", gate, 1))]),
+    )
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_busy_endpoints_share_spreads_over_the_others() {
     // "a" is held busy; round robin must split its share between "b" and "c" rather than
@@ -251,10 +270,7 @@ async fn least_request_also_falls_back_when_its_choice_is_not_ready() {
             ("free", limited("free", &gate, 1_000)),
         ]))
         .unwrap();
-    let mut held = Vec::new();
-    for _ in 0..2 {
-        held.push(balance.ready().await.unwrap().call(()));
-    }
+    let held = common::hold(&mut balance, 2).await;
     assert_eq!(
         common::stat(&balance, |e| e.in_flight),
         [("busy", 1), ("free", 1)]
@@ -271,10 +287,7 @@ async fn least_request_also_falls_back_when_its_choice_is_not_ready() {
 #[tokio::test(start_paused = true)]
 async fn when_no_endpoint_becomes_ready_the_error_is_none_ready() {
     let gate = Gate::closed();
-    let mut balance = rr(
-        Duration::from_secs(2),
-        discover::static_list([("a", limited("a", &gate, 1)), ("b", limited("b", &gate, 1))]),
-    );
+    let mut balance = two_single_slot(Duration::from_secs(2), &gate);
     let _held_a = balance.ready().await.unwrap().call(());
     let _held_b = balance.ready().await.unwrap().call(());
     let start = Instant::now();
@@ -288,10 +301,7 @@ async fn when_no_endpoint_becomes_ready_the_error_is_none_ready() {
 #[tokio::test(start_paused = true)]
 async fn an_endpoint_becoming_ready_wakes_the_waiting_caller() {
     let gate = Gate::closed();
-    let mut balance = rr(
-        Duration::from_secs(3),
-        discover::static_list([("a", limited("a", &gate, 1)), ("b", limited("b", &gate, 1))]),
-    );
+    let mut balance = two_single_slot(Duration::from_secs(3), &gate);
     let held_a = balance.ready().await.unwrap().call(());
     let _held_b = balance.ready().await.unwrap().call(());
     let start = Instant::now();
@@ -309,10 +319,7 @@ async fn an_endpoint_becoming_ready_wakes_the_waiting_caller() {
 #[tokio::test(start_paused = true)]
 async fn readiness_is_reserved_per_clone() {
     let gate = Gate::opened();
-    let mut first = rr(
-        Duration::from_secs(3),
-        discover::static_list([("a", limited("a", &gate, 1))]),
-    );
+    let mut first = one_single_slot(&gate);
     let mut second = first.clone();
     // `first` holds the only permit for its next call.
     first.ready().await.unwrap();
@@ -327,10 +334,7 @@ async fn readiness_is_reserved_per_clone() {
 #[tokio::test(start_paused = true)]
 async fn dropping_a_ready_handle_releases_its_reservation() {
     let gate = Gate::opened();
-    let mut first = rr(
-        Duration::from_secs(3),
-        discover::static_list([("a", limited("a", &gate, 1))]),
-    );
+    let mut first = one_single_slot(&gate);
     let mut second = first.clone();
     first.ready().await.unwrap();
     drop(first);

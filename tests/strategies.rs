@@ -450,10 +450,7 @@ async fn least_request_bias_zero_with_unequal_weights_compares_weights_only() {
         .classify(ErrorsAsFailures)
         .build(rx)
         .unwrap();
-    let mut held = Vec::new();
-    for _ in 0..20 {
-        held.push(balance.ready().await.unwrap().call(()));
-    }
+    let held = common::hold(&mut balance, 20).await;
     // Load never counts: every request goes to the heavier endpoint.
     assert_eq!(
         common::stat(&balance, |e| e.in_flight),
@@ -537,10 +534,7 @@ async fn peak_ewma_cost_is_latency_times_in_flight_plus_one() {
     log.take();
 
     fast_gate.close();
-    let mut held = Vec::new();
-    for _ in 0..12 {
-        held.push(balance.ready().await.unwrap().call(()));
-    }
+    let held = common::hold(&mut balance, 12).await;
     // At t = 110 ms: fast's estimate is fresh (10 ms), slow's has decayed by exp(-10ms/10s):
     // 99.9 ms. fast wins while 10 × (k + 1) < 99.9, i.e. for k = 0..=8; the 10th goes to
     // slow, which then costs 199.8 ms, so fast takes the rest.

@@ -249,6 +249,20 @@ where
     .expect("request hung for a minute")
 }
 
+/// Starts `n` requests and returns their response futures, unpolled, so that each one
+/// stays in flight until the test awaits or drops it.
+pub async fn hold<B>(balance: &mut B, n: usize) -> Vec<B::Future>
+where
+    B: Service<(), Error = BoxError>,
+{
+    use tower::ServiceExt;
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        held.push(balance.ready().await.expect("ready").call(()));
+    }
+    held
+}
+
 /// Picks an endpoint for each of `n` requests without waiting for responses: each response
 /// future is dropped at once (cancelled), so in-flight counts stay as they were. Returns the
 /// backends called, in order, as recorded by `log`.
