@@ -73,10 +73,18 @@ impl<K, S> Endpoint<K, S> {
     }
 }
 
-/// Descriptive labels of an endpoint. The balancer stores and reports them; strategies in
-/// this crate do not read them.
+/// Descriptive labels of an endpoint. The balancer stores and reports them; of the
+/// strategies in this crate, only the consistent-hashing ones read one of them, the
+/// [`name`](Metadata::name).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Metadata {
+    /// The name consistent-hashing strategies place the endpoint by (see
+    /// [`Endpoints::name`](crate::strategy::Endpoints::name)). `None`: the key's `Debug`
+    /// form, without surrounding quotes.
+    ///
+    /// To reach the same servers as nginx's `hash $key consistent`, name each endpoint as
+    /// its `server` line in the nginx `upstream` block (for example `10.0.0.1:8080`).
+    pub name: Option<Arc<str>>,
     /// The zone (or rack, or region) the endpoint runs in.
     pub zone: Option<Arc<str>>,
     /// Free-form `name = value` labels, in the order given.
@@ -88,7 +96,15 @@ impl Metadata {
     pub fn zone(zone: impl Into<Arc<str>>) -> Self {
         Metadata {
             zone: Some(zone.into()),
-            labels: Vec::new(),
+            ..Metadata::default()
+        }
+    }
+
+    /// Metadata with only a [name](Metadata::name).
+    pub fn named(name: impl Into<Arc<str>>) -> Self {
+        Metadata {
+            name: Some(name.into()),
+            ..Metadata::default()
         }
     }
 

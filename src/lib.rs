@@ -74,6 +74,8 @@ pub mod completion;
 pub mod discover;
 pub mod endpoint;
 pub mod error;
+pub mod health;
+pub mod key;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod strategy;

@@ -211,7 +211,13 @@ where
             }
         };
         tracing::debug!(key = ?endpoint.key, weight = endpoint.weight, "endpoint inserted");
+        let name = endpoint
+            .metadata
+            .name
+            .clone()
+            .unwrap_or_else(|| super::shared::default_name(&endpoint.key));
         let slot = Slot {
+            name,
             key: endpoint.key.clone(),
             service: endpoint.service,
             weight: endpoint.weight,
@@ -231,6 +237,7 @@ where
             .map(|s| Entry {
                 weight: s.weight,
                 load: s.load.clone(),
+                name: s.name.clone(),
             })
             .collect();
         let table = if entries.is_empty() {

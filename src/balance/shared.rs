@@ -24,8 +24,19 @@ pub(crate) struct Slot<K, S> {
     pub(crate) weight: u32,
     pub(crate) metadata: Metadata,
     pub(crate) load: Arc<Load>,
+    /// The name hashing strategies place it by: `metadata.name`, or the key's `Debug` form.
+    pub(crate) name: Arc<str>,
     /// Position in discovery order.
     pub(crate) order: u64,
+}
+
+/// The default endpoint name: the key's `Debug` form, without the quotes of a string key.
+pub(crate) fn default_name<K: std::fmt::Debug>(key: &K) -> Arc<str> {
+    let debug = format!("{key:?}");
+    match debug.strip_prefix('"').and_then(|d| d.strip_suffix('"')) {
+        Some(inner) if debug.len() >= 2 => inner.into(),
+        _ => debug.into(),
+    }
 }
 
 /// An immutable snapshot of the endpoint set, with the strategy's table for it.

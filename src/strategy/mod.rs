@@ -73,7 +73,21 @@ pub trait Strategy: Send + Sync + 'static {
     /// `endpoints` is the set `table` was built from and is never empty. An index out of
     /// range is reduced modulo the length rather than trusted. If the chosen endpoint's
     /// service is not ready, the balancer tries the following endpoints in order.
-    fn pick(&self, table: &Self::Table, endpoints: &Endpoints<'_>, cx: &Context) -> usize;
+    fn pick(&self, table: &Self::Table, endpoints: &Endpoints<'_>, cx: &Context<'_>) -> usize;
+
+    /// Whether the strategy routes by a key taken from each request (consistent hashing).
+    ///
+    /// When this returns `true`, the balancer chooses at `call` time instead of in
+    /// `poll_ready`: it takes the request's key with the balancer's
+    /// [`RequestKey`](crate::key::RequestKey) and passes it in [`Context::key`]. If the
+    /// chosen endpoint cannot take the request (its service is not ready, or it was ejected
+    /// since the table was built), the balancer calls `pick` again with
+    /// [`Context::attempt`] 1, 2, ... for the next endpoint in the key's preference order,
+    /// up to one attempt per endpoint, and then tries the endpoints no attempt reached, in
+    /// index order from a place that depends on the key. The default is `false`.
+    fn uses_request_key(&self) -> bool {
+        false
+    }
 
     /// Whether the strategy needs latency samples, and how to fold them in.
     ///
@@ -116,6 +130,8 @@ impl Default for LatencyTracking {
 pub(crate) struct Entry {
     pub(crate) weight: u32,
     pub(crate) load: Arc<Load>,
+    /// The endpoint's name, which hashing strategies hash (see [`Endpoints::name`]).
+    pub(crate) name: Arc<str>,
 }
 
 /// The eligible endpoints, in discovery order, as a strategy sees them.
@@ -157,6 +173,23 @@ impl<'a> Endpoints<'a> {
     pub fn weights(&self) -> impl ExactSizeIterator<Item = u32> + 'a {
         self.entries.iter().map(|e| e.weight)
     }
+
+    /// The name of endpoint `i`, which consistent-hashing strategies hash to place it.
+    /// Panics if `i` is out of range.
+    ///
+    /// The balancer derives it from the endpoint's key with
+    /// [`Builder::endpoint_name`](crate::Builder::endpoint_name); by default it is the key's
+    /// `Debug` form without surrounding quotes, so a `SocketAddr` key `127.0.0.1:8000` and a
+    /// string key `"10.0.0.1:80"` are named `127.0.0.1:8000` and `10.0.0.1:80`.
+    #[inline]
+    pub fn name(&self, i: usize) -> &'a str {
+        &self.entries[i].name
+    }
+
+    /// Requests in flight over all these endpoints (the sum of their in-flight counts).
+    pub fn total_in_flight(&self) -> u64 {
+        self.entries.iter().map(|e| e.load.in_flight()).sum()
+    }
 }
 
 /// An owned list of endpoints, for driving a [`Strategy`] outside a balancer: in unit tests
@@ -181,21 +214,38 @@ pub struct EndpointList {
 impl EndpointList {
     /// Endpoints with these weights and fresh counters. A weight of 0 is stored as given;
     /// the balancer itself never passes weight-0 endpoints to a strategy.
+    /// Endpoints named `"0"`, `"1"`, ... are given these weights and fresh counters.
     pub fn from_weights(weights: impl IntoIterator<Item = u32>) -> Self {
-        EndpointList {
-            entries: weights
-                .into_iter()
-                .map(|weight| Entry {
-                    weight,
-                    load: Arc::default(),
-                })
-                .collect(),
+        let mut list = EndpointList::default();
+        for weight in weights {
+            list.push(weight, Arc::default());
         }
+        list
     }
 
-    /// Adds an endpoint with the given weight and counters.
+    /// Endpoints with these names and weights and fresh counters, for strategies that hash
+    /// names (see [`Endpoints::name`]).
+    pub fn from_named<N: Into<Arc<str>>>(named: impl IntoIterator<Item = (N, u32)>) -> Self {
+        let mut list = EndpointList::default();
+        for (name, weight) in named {
+            list.push_named(name, weight, Arc::default());
+        }
+        list
+    }
+
+    /// Adds an endpoint named by its position, with the given weight and counters.
     pub fn push(&mut self, weight: u32, load: Arc<Load>) {
-        self.entries.push(Entry { weight, load });
+        let name = self.entries.len().to_string();
+        self.push_named(name, weight, load);
+    }
+
+    /// Adds an endpoint with the given name, weight and counters.
+    pub fn push_named(&mut self, name: impl Into<Arc<str>>, weight: u32, load: Arc<Load>) {
+        self.entries.push(Entry {
+            weight,
+            load,
+            name: name.into(),
+        });
     }
 
     /// The view strategies take.
@@ -208,18 +258,26 @@ impl EndpointList {
 ///
 /// The clock is read only if the strategy asks for it, and at most once per pick: a clock
 /// read costs tens of nanoseconds, as much as a whole pick.
+///
+/// For strategies that [use a request key](Strategy::uses_request_key), it also carries the
+/// request's key, which attempt this is (0 for the first choice, then 1, 2, ... while the
+/// balancer falls back along the key's preference order), and a cursor the strategy may use
+/// to carry its place from one attempt to the next.
 #[derive(Debug, Clone, Default)]
-pub struct Context {
+pub struct Context<'a> {
     epoch: Option<Instant>,
     now_ns: Cell<Option<u64>>,
+    key: Option<&'a [u8]>,
+    attempt: u32,
+    cursor: Cell<u64>,
 }
 
-impl Context {
+impl<'a> Context<'a> {
     /// A context whose clock reads from the balancer's epoch, when latency is tracked.
     pub(crate) fn new(epoch: Option<Instant>) -> Self {
         Context {
             epoch,
-            now_ns: Cell::new(None),
+            ..Context::default()
         }
     }
 
@@ -227,8 +285,29 @@ impl Context {
     /// a balancer, with [`EndpointList`]).
     pub fn at_nanos(now_ns: u64) -> Self {
         Context {
-            epoch: None,
             now_ns: Cell::new(Some(now_ns)),
+            ..Context::default()
+        }
+    }
+
+    /// A context carrying a request key (for driving hashing strategies outside a balancer).
+    /// `None` stands for a request that has no key.
+    pub fn with_key(key: Option<&'a [u8]>) -> Self {
+        Context {
+            key,
+            ..Context::default()
+        }
+    }
+
+    /// The same context for the next attempt: `attempt` is one higher, and the key, the
+    /// clock reading and the cursor carry over.
+    pub fn next_attempt(&self) -> Self {
+        Context {
+            epoch: self.epoch,
+            now_ns: self.now_ns.clone(),
+            key: self.key,
+            attempt: self.attempt.saturating_add(1),
+            cursor: self.cursor.clone(),
         }
     }
 
@@ -243,5 +322,31 @@ impl Context {
         let now = self.epoch.map_or(0, crate::endpoint::nanos_since);
         self.now_ns.set(Some(now));
         now
+    }
+
+    /// The request's key, for strategies that [use one](Strategy::uses_request_key). `None`
+    /// when the request has no key (or an empty one), or the strategy picks in `poll_ready`.
+    #[inline]
+    pub fn key(&self) -> Option<&'a [u8]> {
+        self.key
+    }
+
+    /// 0 for the first choice of a request; 1, 2, ... for the fallbacks after it.
+    #[inline]
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// A value the strategy keeps between the attempts of one request (0 at attempt 0), for
+    /// example its position on a ring.
+    #[inline]
+    pub fn cursor(&self) -> u64 {
+        self.cursor.get()
+    }
+
+    /// Sets the value [`cursor`](Self::cursor) returns in later attempts of this request.
+    #[inline]
+    pub fn set_cursor(&self, cursor: u64) {
+        self.cursor.set(cursor);
     }
 }

@@ -1,0 +1,5 @@
+//! Placeholder (being written).
+
+/// Placeholder.
+#[derive(Debug, Clone, Default)]
+pub struct TcpProbe;

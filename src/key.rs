@@ -1,0 +1,70 @@
+//! Request keys: what consistent-hashing strategies hash to keep a client, a session or a
+//! cache key on the same endpoint.
+//!
+//! A [`RequestKey`] reads a key from a request as bytes. The balancer takes it at `call`
+//! time when its strategy [uses a request key](crate::strategy::Strategy::uses_request_key)
+//! (ring hash, Maglev, rendezvous) and hands it to the strategy in
+//! [`Context::key`](crate::strategy::Context::key).
+//!
+//! - A request without a key (`None`), or with an empty key, is routed by the strategy's
+//!   missing-key fallback (random or round robin), so such requests spread out instead of
+//!   all landing on one endpoint. nginx hashes an empty `$key` like any other string, which
+//!   sends every keyless request to the same server; tower-lb does not.
+//! - Keys of any length and any bytes (non-UTF-8 header values included) are hashed as they
+//!   are.
+//!
+//! Keys for `http::Request` (a header, a cookie, the path, a query parameter, the client IP)
+//! are in `tower_lb::http::key` (feature `http`). Any closure `Fn(&Req) -> Option<Vec<u8>>`
+//! wrapped in [`key_fn`] is a key too.
+
+use std::borrow::Cow;
+use std::fmt;
+
+/// Takes the key a request is routed by. See the [module docs](self).
+pub trait RequestKey<Req>: Clone + Send + Sync + 'static {
+    /// The request's key, or `None` when it has none.
+    fn key<'r>(&self, request: &'r Req) -> Option<Cow<'r, [u8]>>;
+}
+
+/// No key: the balancer's default. A hashing strategy that gets no key routes every
+/// request by its missing-key fallback.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NoKey;
+
+impl<Req> RequestKey<Req> for NoKey {
+    #[inline]
+    fn key<'r>(&self, _request: &'r Req) -> Option<Cow<'r, [u8]>> {
+        None
+    }
+}
+
+/// A [`RequestKey`] from a closure that returns the key as owned bytes.
+///
+/// ```
+/// use tower_lb::key::{key_fn, RequestKey};
+///
+/// let by_user = key_fn(|req: &(u32, String)| Some(req.0.to_be_bytes().to_vec()));
+/// assert_eq!(by_user.key(&(7, "x".into())).as_deref(), Some(&[0, 0, 0, 7][..]));
+/// ```
+pub fn key_fn<F>(f: F) -> KeyFn<F> {
+    KeyFn(f)
+}
+
+/// A closure used as a [`RequestKey`]; made by [`key_fn`].
+#[derive(Clone, Copy)]
+pub struct KeyFn<F>(F);
+
+impl<F> fmt::Debug for KeyFn<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeyFn")
+    }
+}
+
+impl<F, Req> RequestKey<Req> for KeyFn<F>
+where
+    F: Fn(&Req) -> Option<Vec<u8>> + Clone + Send + Sync + 'static,
+{
+    fn key<'r>(&self, request: &'r Req) -> Option<Cow<'r, [u8]>> {
+        (self.0)(request).map(Cow::Owned)
+    }
+}
