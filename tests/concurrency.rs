@@ -6,7 +6,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{stats_of, Backend, BoxFut, Gate};
+use common::{stats_of, Backend, Gate};
 use tower::{Service, ServiceExt};
 use tower_lb::classify::{DefaultClassifier, ErrorsAsFailures};
 use tower_lb::completion::OnResponse;
@@ -25,7 +25,7 @@ fn balance_is_clone_send_sync() {
     assert_shared::<Balance<u64, Backend, PeakEwma, DefaultClassifier, OnResponse>>();
     assert_shared::<Balance<u64, Backend, LeastRequest, ErrorsAsFailures>>();
     assert_send::<
-        tower_lb::balance::ResponseFuture<BoxFut<&'static str>, ErrorsAsFailures, OnResponse>,
+        tower_lb::balance::ResponseFuture<Backend, (), ErrorsAsFailures, OnResponse>,
     >();
     assert_shared::<
         BalanceLayer<

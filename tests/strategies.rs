@@ -241,7 +241,8 @@ async fn random_with_the_same_seed_repeats_its_sequence() {
 
 type Held = Vec<
     tower_lb::balance::ResponseFuture<
-        common::BoxFut<&'static str>,
+        common::Backend,
+        (),
         ErrorsAsFailures,
         tower_lb::completion::OnResponse,
     >,

@@ -15,6 +15,7 @@ use crate::classify::DefaultClassifier;
 use crate::completion::OnResponse;
 use crate::discover::{Change, Discover};
 use crate::error::BuildError;
+use crate::key::NoKey;
 use crate::strategy::{LatencyTracking, LeastRequest, Strategy};
 
 /// Configures and builds a [`Balance`].
@@ -36,10 +37,11 @@ use crate::strategy::{LatencyTracking, LeastRequest, Strategy};
 /// # }
 /// ```
 #[derive(Debug, Clone)]
-pub struct Builder<P = LeastRequest, C = DefaultClassifier, T = OnResponse> {
+pub struct Builder<P = LeastRequest, C = DefaultClassifier, T = OnResponse, H = NoKey> {
     strategy: P,
     classify: C,
     track: T,
+    key: H,
     settings: Settings,
 }
 
@@ -57,6 +59,7 @@ impl Default for Builder {
             strategy: LeastRequest::default(),
             classify: DefaultClassifier,
             track: OnResponse,
+            key: NoKey,
             settings: Settings {
                 fail_fast: Duration::from_secs(3),
                 allow_empty_reset: false,
@@ -74,33 +77,50 @@ impl Builder {
     }
 }
 
-impl<P, C, T> Builder<P, C, T> {
+impl<P, C, T, H> Builder<P, C, T, H> {
     /// Sets the [strategy](crate::strategy).
-    pub fn strategy<P2: Strategy>(self, strategy: P2) -> Builder<P2, C, T> {
+    pub fn strategy<P2: Strategy>(self, strategy: P2) -> Builder<P2, C, T, H> {
         Builder {
             strategy,
             classify: self.classify,
             track: self.track,
+            key: self.key,
             settings: self.settings,
         }
     }
 
     /// Sets the [classifier](crate::classify) that decides which results are failures.
-    pub fn classify<C2>(self, classify: C2) -> Builder<P, C2, T> {
+    pub fn classify<C2>(self, classify: C2) -> Builder<P, C2, T, H> {
         Builder {
             strategy: self.strategy,
             classify,
             track: self.track,
+            key: self.key,
             settings: self.settings,
         }
     }
 
     /// Sets when a request stops counting as in flight (see [`completion`](crate::completion)).
-    pub fn track_completion<T2>(self, track: T2) -> Builder<P, C, T2> {
+    pub fn track_completion<T2>(self, track: T2) -> Builder<P, C, T2, H> {
         Builder {
             strategy: self.strategy,
             classify: self.classify,
             track,
+            key: self.key,
+            settings: self.settings,
+        }
+    }
+
+    /// Sets the [key](crate::key) that hashing strategies route each request by (for HTTP,
+    /// see `tower_lb::http::key`). Without one ([`NoKey`]), a hashing strategy routes every
+    /// request by its missing-key fallback. Strategies that do not
+    /// [use a request key](Strategy::uses_request_key) ignore it.
+    pub fn request_key<H2>(self, key: H2) -> Builder<P, C, T, H2> {
+        Builder {
+            strategy: self.strategy,
+            classify: self.classify,
+            track: self.track,
+            key,
             settings: self.settings,
         }
     }
@@ -161,7 +181,7 @@ impl<P, C, T> Builder<P, C, T> {
     /// (`enable_time` or `enable_all`) for the fail-fast timeout.
     ///
     /// Fails with [`BuildError::InvalidConfig`] when the strategy's parameters are invalid.
-    pub fn build<K, S, D>(self, discovery: D) -> Result<Balance<K, S, P, C, T>, BuildError>
+    pub fn build<K, S, D>(self, discovery: D) -> Result<Balance<K, S, P, C, T, H>, BuildError>
     where
         D: Discover<K, S> + Send + 'static,
         K: Clone + Eq + Hash + Debug + Send + Sync + 'static,
@@ -172,7 +192,7 @@ impl<P, C, T> Builder<P, C, T> {
         Ok(self.build_unchecked(discovery))
     }
 
-    fn build_unchecked<K, S, D>(self, discovery: D) -> Balance<K, S, P, C, T>
+    fn build_unchecked<K, S, D>(self, discovery: D) -> Balance<K, S, P, C, T, H>
     where
         D: Discover<K, S> + Send + 'static,
         K: Clone + Eq + Hash + Debug + Send + Sync + 'static,
@@ -198,7 +218,7 @@ impl<P, C, T> Builder<P, C, T> {
         // static list is in place before the first request. Outside one it fails, and the
         // first poll_ready inside a runtime tries again.
         let _ = shared.ensure_driver();
-        Balance::from_shared(shared, self.classify, self.track)
+        Balance::from_shared(shared, self.classify, self.track, self.key)
     }
 
     /// Builds a balancer whose discovery yields keys only; `make` turns each new key into
@@ -209,7 +229,7 @@ impl<P, C, T> Builder<P, C, T> {
         self,
         discovery: D,
         make: M,
-    ) -> Result<Balance<K, M::Service, P, C, T>, BuildError>
+    ) -> Result<Balance<K, M::Service, P, C, T, H>, BuildError>
     where
         D: Discover<K, ()> + Send + 'static,
         M: MakeEndpoint<K> + Send + 'static,
@@ -225,7 +245,7 @@ impl<P, C, T> Builder<P, C, T> {
         self,
         discovery: D,
         mut make: M,
-    ) -> Balance<K, M::Service, P, C, T>
+    ) -> Balance<K, M::Service, P, C, T, H>
     where
         D: Discover<K, ()> + Send + 'static,
         M: MakeEndpoint<K> + Send + 'static,
@@ -272,7 +292,10 @@ impl<P, C, T> Builder<P, C, T> {
 
     /// A [`BalanceLayer`] that builds this balancer around a [`MakeEndpoint`] in a
     /// `tower::ServiceBuilder`. Checks the configuration now, since a layer cannot fail.
-    pub fn into_layer<K, D>(self, discovery: D) -> Result<BalanceLayer<K, D, P, C, T>, BuildError>
+    pub fn into_layer<K, D>(
+        self,
+        discovery: D,
+    ) -> Result<BalanceLayer<K, D, P, C, T, H>, BuildError>
     where
         P: Strategy,
     {

@@ -61,14 +61,14 @@ where
 /// assert_eq!(answered_by.ip().to_string(), "127.0.0.1");
 /// # }
 /// ```
-pub struct BalanceLayer<K, D, P, C, T> {
+pub struct BalanceLayer<K, D, P, C, T, H = crate::key::NoKey> {
     discovery: D,
-    builder: Builder<P, C, T>,
+    builder: Builder<P, C, T, H>,
     _key: PhantomData<fn() -> K>,
 }
 
-impl<K, D, P, C, T> BalanceLayer<K, D, P, C, T> {
-    pub(crate) fn from_builder(discovery: D, builder: Builder<P, C, T>) -> Self {
+impl<K, D, P, C, T, H> BalanceLayer<K, D, P, C, T, H> {
+    pub(crate) fn from_builder(discovery: D, builder: Builder<P, C, T, H>) -> Self {
         BalanceLayer {
             discovery,
             builder,
@@ -92,8 +92,9 @@ impl<K, D>
     }
 }
 
-impl<K, D, P, C, T, M> Layer<M> for BalanceLayer<K, D, P, C, T>
+impl<K, D, P, C, T, H, M> Layer<M> for BalanceLayer<K, D, P, C, T, H>
 where
+    H: Clone,
     D: Discover<K, ()> + Clone + Send + 'static,
     M: MakeEndpoint<K> + Send + 'static,
     M::Service: Clone + Send + Sync + 'static,
@@ -102,7 +103,7 @@ where
     C: Clone,
     T: Clone,
 {
-    type Service = Balance<K, M::Service, P, C, T>;
+    type Service = Balance<K, M::Service, P, C, T, H>;
 
     fn layer(&self, make: M) -> Self::Service {
         // The configuration was validated when the layer was made, and a missing runtime is
@@ -113,8 +114,8 @@ where
     }
 }
 
-impl<K, D: fmt::Debug, P: fmt::Debug, C: fmt::Debug, T: fmt::Debug> fmt::Debug
-    for BalanceLayer<K, D, P, C, T>
+impl<K, D: fmt::Debug, P: fmt::Debug, C: fmt::Debug, T: fmt::Debug, H: fmt::Debug> fmt::Debug
+    for BalanceLayer<K, D, P, C, T, H>
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BalanceLayer")
@@ -124,7 +125,9 @@ impl<K, D: fmt::Debug, P: fmt::Debug, C: fmt::Debug, T: fmt::Debug> fmt::Debug
     }
 }
 
-impl<K, D: Clone, P: Clone, C: Clone, T: Clone> Clone for BalanceLayer<K, D, P, C, T> {
+impl<K, D: Clone, P: Clone, C: Clone, T: Clone, H: Clone> Clone
+    for BalanceLayer<K, D, P, C, T, H>
+{
     fn clone(&self) -> Self {
         BalanceLayer::from_builder(self.discovery.clone(), self.builder.clone())
     }

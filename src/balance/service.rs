@@ -8,13 +8,14 @@ use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
-use super::future::ResponseFuture;
+use super::future::{Candidate, ResponseFuture, Routing};
 use super::shared::{Set, Shared};
 use crate::classify::{Classify, DefaultClassifier};
 use crate::completion::{InFlight, OnResponse, TrackCompletion};
 use crate::discover::DiscoveryStats;
 use crate::endpoint::{EndpointStats, Load};
 use crate::error::{BoxError, Unavailable, UnavailableReason};
+use crate::key::{NoKey, RequestKey};
 use crate::strategy::rng::Rng;
 use crate::strategy::{self, Endpoints, LeastRequest, Strategy};
 
@@ -35,13 +36,18 @@ use crate::strategy::{self, Endpoints, LeastRequest, Strategy};
 /// | `P` | the [strategy](crate::strategy) | [`LeastRequest`] |
 /// | `C` | the [classifier](crate::classify) | [`DefaultClassifier`] |
 /// | `T` | the [completion policy](crate::completion) | [`OnResponse`] |
-pub struct Balance<K, S, P = LeastRequest, C = DefaultClassifier, T = OnResponse>
+/// | `H` | the [request key](crate::key), for hashing strategies | [`NoKey`] |
+pub struct Balance<K, S, P = LeastRequest, C = DefaultClassifier, T = OnResponse, H = NoKey>
 where
     P: Strategy,
 {
     shared: Arc<Shared<K, S, P>>,
     classify: C,
     track: T,
+    key: H,
+    /// A strategy that routes by key chooses in `call`; `poll_ready` only checks that there
+    /// is an eligible endpoint and arms the next `call`.
+    armed: bool,
     /// This handle's id in the waiter list, once it has waited.
     waiter_id: Option<u64>,
     ready: Option<ReadyEndpoint<S>>,
@@ -129,12 +135,19 @@ impl Balance<(), ()> {
     }
 }
 
-impl<K, S, P: Strategy, C, T> Balance<K, S, P, C, T> {
-    pub(crate) fn from_shared(shared: Arc<Shared<K, S, P>>, classify: C, track: T) -> Self {
+impl<K, S, P: Strategy, C, T, H> Balance<K, S, P, C, T, H> {
+    pub(crate) fn from_shared(
+        shared: Arc<Shared<K, S, P>>,
+        classify: C,
+        track: T,
+        key: H,
+    ) -> Self {
         Balance {
             shared,
             classify,
             track,
+            key,
+            armed: false,
             waiter_id: None,
             ready: None,
             pending: Vec::new(),
@@ -358,13 +371,13 @@ impl<K, S, P: Strategy, C, T> Balance<K, S, P, C, T> {
 }
 
 #[cold]
-fn readiness_failed(load: &Load, error: BoxError) -> Arc<BoxError> {
+pub(crate) fn readiness_failed(load: &Load, error: BoxError) -> Arc<BoxError> {
     tracing::debug!(%error, "endpoint service failed its readiness check; skipping it");
     load.record_readiness_failure();
     Arc::new(error)
 }
 
-impl<K, S, P, C, T, Req> Service<Req> for Balance<K, S, P, C, T>
+impl<K, S, P, C, T, H, Req> Service<Req> for Balance<K, S, P, C, T, H>
 where
     K: Send + Sync + 'static,
     S: Service<Req> + Clone + Send + Sync + 'static,
@@ -372,19 +385,32 @@ where
     P: Strategy,
     C: Classify<S::Response, S::Error>,
     T: TrackCompletion<S::Response>,
+    H: RequestKey<Req>,
 {
     type Response = T::Output;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future, C, T>;
+    type Future = ResponseFuture<S, Req, C, T>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        if self.ready.is_some() {
+        if self.ready.is_some() || self.armed {
             return Poll::Ready(Ok(()));
         }
         self.shared.ensure_driver()?;
         loop {
             let set = self.shared.set.load();
-            let reason = match self.find_ready(&set, cx) {
+            let found = if self.shared.keyed {
+                // The endpoint is chosen by the request's key in `call`.
+                match has_eligible(&set) {
+                    Ok(()) => {
+                        self.armed = true;
+                        Ok(())
+                    }
+                    Err(reason) => Err(reason),
+                }
+            } else {
+                self.find_ready(&set, cx)
+            };
+            let reason = match found {
                 Ok(()) => {
                     self.wait = None;
                     self.last_error = None;
@@ -406,6 +432,9 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
+        if std::mem::take(&mut self.armed) {
+            return self.route(request);
+        }
         let Some(ready) = self.ready.take() else {
             return ResponseFuture::not_ready(self.classify.clone(), self.track.clone());
         };
@@ -422,17 +451,18 @@ where
     }
 }
 
-impl<K, S, P: Strategy, C: Clone, T: Clone> Clone for Balance<K, S, P, C, T> {
+impl<K, S, P: Strategy, C: Clone, T: Clone, H: Clone> Clone for Balance<K, S, P, C, T, H> {
     fn clone(&self) -> Self {
         Balance::from_shared(
             self.shared.clone(),
             self.classify.clone(),
             self.track.clone(),
+            self.key.clone(),
         )
     }
 }
 
-impl<K, S, P: Strategy, C, T> Drop for Balance<K, S, P, C, T> {
+impl<K, S, P: Strategy, C, T, H> Drop for Balance<K, S, P, C, T, H> {
     fn drop(&mut self) {
         if let Some(id) = self.waiter_id {
             self.shared.unregister(id);
@@ -440,7 +470,7 @@ impl<K, S, P: Strategy, C, T> Drop for Balance<K, S, P, C, T> {
     }
 }
 
-impl<K, S, P: Strategy, C, T> fmt::Debug for Balance<K, S, P, C, T> {
+impl<K, S, P: Strategy, C, T, H> fmt::Debug for Balance<K, S, P, C, T, H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let set = self.shared.set.load();
         f.debug_struct("Balance")
@@ -448,5 +478,146 @@ impl<K, S, P: Strategy, C, T> fmt::Debug for Balance<K, S, P, C, T> {
             .field("eligible", &set.eligible.len())
             .field("ready", &self.ready.is_some())
             .finish()
+    }
+}
+
+/// Whether the set has an endpoint a request may be routed to.
+fn has_eligible<K, S, Tb>(set: &Set<K, S, Tb>) -> Result<(), UnavailableReason> {
+    if set.table.is_some() {
+        Ok(())
+    } else if set.all.is_empty() {
+        Err(UnavailableReason::NoEndpoints)
+    } else {
+        Err(UnavailableReason::AllZeroWeight)
+    }
+}
+
+impl<K, S, P, C, T, H> Balance<K, S, P, C, T, H>
+where
+    P: Strategy,
+    C: Clone,
+    T: Clone,
+{
+    /// Routes a request by its key: the strategy's choices in the key's preference order,
+    /// then the endpoints no choice reached. The first whose service is ready now takes the
+    /// request; if none is, the response future waits for the first ready one.
+    fn route<Req>(&mut self, request: Req) -> ResponseFuture<S, Req, C, T>
+    where
+        S: Service<Req> + Clone,
+        S::Error: Into<BoxError>,
+        H: RequestKey<Req>,
+    {
+        let set = self.shared.set.load();
+        let Some(table) = set.table.as_ref() else {
+            // The set emptied between poll_ready and call.
+            let reason = has_eligible(&set).err().unwrap_or(UnavailableReason::NoEndpoints);
+            return ResponseFuture::failed(
+                Unavailable {
+                    reason,
+                    waited: Duration::ZERO,
+                    endpoints: set.all.len(),
+                    source: None,
+                }
+                .into(),
+                self.classify.clone(),
+                self.track.clone(),
+            );
+        };
+        let mut busy: Vec<Candidate<S>> = Vec::new();
+        let mut last_error = None;
+        if let Some((mut service, load)) =
+            self.walk_preference(&set, table, &request, &mut busy, &mut last_error)
+        {
+            let start_ns = self.shared.timing.map_or(0, |t| t.now_ns());
+            let guard = InFlight::new(load, start_ns);
+            return ResponseFuture::called(
+                service.call(request),
+                guard,
+                self.classify.clone(),
+                self.track.clone(),
+            );
+        }
+        if busy.is_empty() {
+            return ResponseFuture::failed(
+                Unavailable {
+                    reason: UnavailableReason::NoneReady,
+                    waited: Duration::ZERO,
+                    endpoints: set.all.len(),
+                    source: last_error,
+                }
+                .into(),
+                self.classify.clone(),
+                self.track.clone(),
+            );
+        }
+        let routing = Routing::new(
+            busy,
+            request,
+            self.shared.timing,
+            self.shared.fail_fast,
+            set.all.len(),
+        );
+        ResponseFuture::routing(routing, self.classify.clone(), self.track.clone())
+    }
+
+    /// Polls the endpoints in the key's preference order (one strategy attempt per endpoint,
+    /// then the endpoints no attempt reached, from the first choice onwards; at most `n`
+    /// polls in all) and returns the first that is ready now. Busy ones are kept in `busy`,
+    /// in order.
+    fn walk_preference<Req>(
+        &self,
+        set: &Set<K, S, P::Table>,
+        table: &P::Table,
+        request: &Req,
+        busy: &mut Vec<Candidate<S>>,
+        last_error: &mut Option<Arc<BoxError>>,
+    ) -> Option<(S, Arc<Load>)>
+    where
+        S: Service<Req> + Clone,
+        S::Error: Into<BoxError>,
+        H: RequestKey<Req>,
+    {
+        let n = set.entries.len();
+        let endpoints = Endpoints::new(&set.entries);
+        let key = self.key.key(request);
+        let mut pick_cx = strategy::Context::new(self.shared.timing.map(|t| t.epoch));
+        pick_cx.set_key(key.as_deref().filter(|k| !k.is_empty()));
+        let mut tried = Tried::default();
+        let mut first = None;
+        let (mut attempts, mut scanned) = (0, 0);
+        let mut noop = Context::from_waker(std::task::Waker::noop());
+        while tried.len() < n {
+            let index = if attempts < n {
+                if attempts > 0 {
+                    pick_cx = pick_cx.next_attempt();
+                }
+                attempts += 1;
+                let index = self.shared.strategy.pick(table, &endpoints, &pick_cx);
+                let index = if index < n { index } else { index % n };
+                first.get_or_insert(index);
+                index
+            } else if scanned < n {
+                scanned += 1;
+                (first.unwrap_or(0) + scanned) % n
+            } else {
+                break;
+            };
+            if !tried.insert(index, n) {
+                continue;
+            }
+            let slot = &set.eligible[index];
+            let mut service = slot.service.clone();
+            match service.poll_ready(&mut noop) {
+                Poll::Ready(Ok(())) => return Some((service, slot.load.clone())),
+                Poll::Pending => busy.push(Candidate {
+                    service,
+                    load: slot.load.clone(),
+                }),
+                Poll::Ready(Err(error)) => {
+                    *last_error = Some(readiness_failed(&slot.load, error.into()));
+                }
+            }
+        }
+        None
     }
 }

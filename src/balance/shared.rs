@@ -69,6 +69,8 @@ type DriverFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 pub(crate) struct Shared<K, S, P: Strategy> {
     pub(crate) set: ArcSwap<Set<K, S, P::Table>>,
     pub(crate) strategy: P,
+    /// Whether the strategy routes by request key (chooses in `call`).
+    pub(crate) keyed: bool,
     /// Latency settings, with the epoch of the balancer's clock, when latency is tracked.
     pub(crate) timing: Option<Timing>,
     pub(crate) fail_fast: Duration,
@@ -98,6 +100,7 @@ impl<K, S, P: Strategy> Shared<K, S, P> {
         });
         Shared {
             set: ArcSwap::from_pointee(Set::empty()),
+            keyed: strategy.uses_request_key(),
             strategy,
             timing,
             fail_fast,

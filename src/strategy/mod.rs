@@ -299,6 +299,11 @@ impl<'a> Context<'a> {
         }
     }
 
+    /// Sets the request key (the balancer's keyed routing).
+    pub(crate) fn set_key(&mut self, key: Option<&'a [u8]>) {
+        self.key = key;
+    }
+
     /// The same context for the next attempt: `attempt` is one higher, and the key, the
     /// clock reading and the cursor carry over.
     pub fn next_attempt(&self) -> Self {
