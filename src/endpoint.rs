@@ -19,7 +19,7 @@
 //! - **Weight `u32::MAX`** is valid. All weight arithmetic is done in 64 or 128 bits, so no
 //!   sum or product overflows; see each strategy for how it treats very large weights.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -116,6 +116,9 @@ impl Metadata {
 }
 
 /// What the balancer currently does with an endpoint.
+///
+/// When several apply, the first in this order is reported: draining, ejected, unhealthy,
+/// zero weight, probation, active.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum EndpointState {
@@ -123,6 +126,34 @@ pub enum EndpointState {
     Active,
     /// The endpoint has weight 0 and receives no new requests.
     ZeroWeight,
+    /// Active health checks found it unhealthy (or it awaits its first successful probe);
+    /// it receives no new requests, unless the balancer is in panic mode.
+    Unhealthy,
+    /// Outlier detection ejected it; it receives no new requests, unless the balancer is
+    /// in panic mode.
+    Ejected,
+    /// Back from an ejection: it receives a reduced share until it proves healthy.
+    Probation,
+    /// It is draining: it receives no new requests and its requests in flight finish.
+    Draining,
+}
+
+impl EndpointState {
+    pub(crate) fn of(weight: u32, health: u32) -> Self {
+        if health & flags::DRAINING != 0 {
+            EndpointState::Draining
+        } else if health & flags::EJECTED != 0 {
+            EndpointState::Ejected
+        } else if health & flags::UNHEALTHY != 0 {
+            EndpointState::Unhealthy
+        } else if weight == 0 {
+            EndpointState::ZeroWeight
+        } else if health & flags::PROBATION != 0 {
+            EndpointState::Probation
+        } else {
+            EndpointState::Active
+        }
+    }
 }
 
 /// Live counters of one endpoint, updated with atomics on every request.
@@ -154,9 +185,29 @@ pub struct Load {
     failures: AtomicU64,
     readiness_failures: AtomicU64,
     cancelled: AtomicU64,
-    /// Cold padding up to 128 bytes with the `Arc` header, so that the next allocation's
-    /// hot counters do not share a line with these.
-    _pad: [u64; 3],
+    /// Health flags ([`flags`]): set by the driver (probes, draining) and by the completion
+    /// path (an ejection after consecutive failures); read by every pick.
+    health: AtomicU32,
+    /// Failures in a row (reset by a success), counted only with outlier detection.
+    consecutive_failures: AtomicU32,
+    /// Successes since the endpoint entered probation.
+    probation_successes: AtomicU32,
+    /// Outlier detection's thresholds and the driver's wake-up, when it is on.
+    outlier: Option<Arc<crate::health::OutlierSignal>>,
+}
+
+/// The bits of [`Load`]'s health flags.
+pub(crate) mod flags {
+    /// Active probes found the endpoint unhealthy (or it awaits its first success).
+    pub(crate) const UNHEALTHY: u32 = 1;
+    /// Outlier detection ejected the endpoint.
+    pub(crate) const EJECTED: u32 = 2;
+    /// The endpoint is draining: no new requests.
+    pub(crate) const DRAINING: u32 = 4;
+    /// Back from an ejection, on limited traffic until it proves healthy.
+    pub(crate) const PROBATION: u32 = 8;
+    /// Flags that keep an endpoint from new requests (outside panic mode).
+    pub(crate) const UNAVAILABLE: u32 = UNHEALTHY | EJECTED | DRAINING;
 }
 
 /// The balancer's latency settings, copied into each of its endpoints' [`Load`].
@@ -185,10 +236,78 @@ impl Timing {
 }
 
 impl Load {
-    pub(crate) fn timed(timing: Option<Timing>) -> Self {
+    pub(crate) fn new(
+        timing: Option<Timing>,
+        outlier: Option<Arc<crate::health::OutlierSignal>>,
+        initial_flags: u32,
+    ) -> Self {
         Load {
             timing,
+            outlier,
+            health: AtomicU32::new(initial_flags),
             ..Load::default()
+        }
+    }
+
+    /// The health flags (see [`flags`]).
+    #[inline]
+    pub(crate) fn health_flags(&self) -> u32 {
+        self.health.load(Ordering::Acquire)
+    }
+
+    /// Sets (`on`) or clears the flags in `mask`; returns the flags before.
+    pub(crate) fn set_flags(&self, mask: u32, on: bool) -> u32 {
+        if on {
+            self.health.fetch_or(mask, Ordering::AcqRel)
+        } else {
+            self.health.fetch_and(!mask, Ordering::AcqRel)
+        }
+    }
+
+    /// Starts probation: counts successes from zero.
+    pub(crate) fn begin_probation(&self) {
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        self.probation_successes.store(0, Ordering::Relaxed);
+        self.set_flags(flags::EJECTED, false);
+        self.set_flags(flags::PROBATION, true);
+    }
+
+    /// Failures in a row, as outlier detection counts them.
+    pub(crate) fn consecutive_failures(&self) -> u32 {
+        self.consecutive_failures.load(Ordering::Relaxed)
+    }
+
+    /// Outlier detection's view of one completed request: counts failures in a row, ejects
+    /// the endpoint at the threshold (at once, so no further request picks it), and ends
+    /// probation after enough successes. Wakes the driver on every change of flags.
+    #[cold]
+    fn observe_outcome(&self, failure: bool, outlier: &crate::health::OutlierSignal) {
+        let flags_now = self.health.load(Ordering::Relaxed);
+        if failure {
+            let in_row = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+            let on_probation = flags_now & flags::PROBATION != 0;
+            if flags_now & flags::EJECTED == 0
+                && (on_probation || outlier.consecutive_threshold_reached(in_row))
+                && outlier.reserve_ejection()
+            {
+                let before = self.set_flags(flags::EJECTED, true);
+                if before & flags::EJECTED != 0 {
+                    // Another completion ejected it first.
+                    outlier.release_ejection();
+                }
+                outlier.wake_driver();
+            }
+        } else {
+            if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+                self.consecutive_failures.store(0, Ordering::Relaxed);
+            }
+            if flags_now & flags::PROBATION != 0 {
+                let ok = self.probation_successes.fetch_add(1, Ordering::Relaxed) + 1;
+                if ok == outlier.probation_successes() {
+                    self.set_flags(flags::PROBATION, false);
+                    outlier.wake_driver();
+                }
+            }
         }
     }
 
@@ -302,12 +421,18 @@ impl Load {
         if failure {
             self.failures.fetch_add(1, Ordering::Relaxed);
         }
+        if let Some(outlier) = &self.outlier {
+            self.observe_outcome(failure, outlier);
+        }
     }
 
     /// An endpoint's service failed `poll_ready`: a failure, but not a completed request.
     pub(crate) fn record_readiness_failure(&self) {
         self.failures.fetch_add(1, Ordering::Relaxed);
         self.readiness_failures.fetch_add(1, Ordering::Relaxed);
+        if let Some(outlier) = &self.outlier {
+            self.observe_outcome(true, outlier);
+        }
     }
 
     pub(crate) fn record_cancel(&self) {

@@ -29,6 +29,9 @@ pub enum UnavailableReason {
     /// Endpoints exist, but none of their services became ready (each was not ready or
     /// failed its readiness check).
     NoneReady,
+    /// Endpoints exist, but every one with a weight is unhealthy, ejected or draining, and
+    /// panic mode does not apply (fail closed) or only draining ones are left.
+    AllUnhealthy,
 }
 
 impl fmt::Display for UnavailableReason {
@@ -37,6 +40,9 @@ impl fmt::Display for UnavailableReason {
             UnavailableReason::NoEndpoints => "no endpoints have been discovered",
             UnavailableReason::AllZeroWeight => "every endpoint has weight 0",
             UnavailableReason::NoneReady => "no endpoint's service became ready",
+            UnavailableReason::AllUnhealthy => {
+                "every endpoint is unhealthy, ejected or draining"
+            }
         })
     }
 }
@@ -107,6 +113,20 @@ impl fmt::Display for NotReady {
 }
 
 impl std::error::Error for NotReady {}
+
+/// An operation named an endpoint the balancer does not have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownEndpoint {
+    pub(crate) key: String,
+}
+
+impl fmt::Display for UnknownEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the load balancer has no endpoint {}", self.key)
+    }
+}
+
+impl std::error::Error for UnknownEndpoint {}
 
 /// The balancer could not be built.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,6 +15,7 @@ use crate::classify::DefaultClassifier;
 use crate::completion::OnResponse;
 use crate::discover::{Change, Discover};
 use crate::error::BuildError;
+use crate::health::{ActiveChecks, HealthSettings, OutlierDetection, OutlierSignal, Probe, SlowStart};
 use crate::key::NoKey;
 use crate::strategy::{LatencyTracking, LeastRequest, Strategy};
 
@@ -46,11 +47,12 @@ pub struct Builder<P = LeastRequest, C = DefaultClassifier, T = OnResponse, H = 
 }
 
 /// The settings whose type does not change with the builder's type parameters.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Settings {
     fail_fast: Duration,
     allow_empty_reset: bool,
     latency: Option<LatencyTracking>,
+    health: HealthSettings,
 }
 
 impl Default for Builder {
@@ -64,6 +66,7 @@ impl Default for Builder {
                 fail_fast: Duration::from_secs(3),
                 allow_empty_reset: false,
                 latency: None,
+                health: HealthSettings::default(),
             },
         }
     }
@@ -153,11 +156,48 @@ impl<P, C, T, H> Builder<P, C, T, H> {
         self
     }
 
+    /// Probes every endpoint with `probe` on the schedule in `checks`; see
+    /// [`health::active`](crate::health::active). Off by default.
+    pub fn active_checks(mut self, probe: impl Probe, checks: ActiveChecks) -> Self {
+        self.settings.health.active = Some((checks, Arc::new(probe)));
+        self
+    }
+
+    /// Ejects endpoints whose responses fail; see [`health::outlier`](crate::health::outlier).
+    /// Off by default.
+    pub fn outlier_detection(mut self, settings: OutlierDetection) -> Self {
+        self.settings.health.outlier = Some(settings);
+        self
+    }
+
+    /// Ramps the weight of new and recovered endpoints; see
+    /// [`health::slow_start`](crate::health::slow_start). Off by default.
+    pub fn slow_start(mut self, settings: SlowStart) -> Self {
+        self.settings.health.slow_start = Some(settings);
+        self
+    }
+
+    /// Below this share of healthy endpoints (0.0 to 1.0; default 0.5), the balancer is in
+    /// [panic mode](crate::health#panic-mode). 0 turns panic mode off. Outside `0..=1` is
+    /// rejected when the balancer is built.
+    pub fn panic_threshold(mut self, threshold: f64) -> Self {
+        self.settings.health.panic.threshold = threshold;
+        self
+    }
+
+    /// In panic mode, keep to the healthy endpoints (and fail when there are none) instead
+    /// of balancing over all of them. Default `false` (fail open).
+    pub fn fail_closed(mut self, fail_closed: bool) -> Self {
+        self.settings.health.panic.fail_closed = fail_closed;
+        self
+    }
+
     fn validate(&self) -> Result<(), BuildError>
     where
         P: Strategy,
     {
         self.strategy.validate()?;
+        self.settings.health.validate()?;
         if self
             .strategy
             .latency()
@@ -201,10 +241,14 @@ impl<P, C, T, H> Builder<P, C, T, H> {
     {
         let (stop_tx, stop_rx) = oneshot::channel();
         let latency = self.strategy.latency().or(self.settings.latency);
+        let signal = Arc::new(OutlierSignal::new(
+            &self.settings.health.outlier.clone().unwrap_or_default(),
+        ));
         let shared = Arc::new(Shared::new(
             self.strategy,
             latency,
             self.settings.fail_fast,
+            signal,
             stop_tx,
         ));
         let driver = Driver::new(
@@ -212,6 +256,7 @@ impl<P, C, T, H> Builder<P, C, T, H> {
             boxed(discovery),
             stop_rx,
             self.settings.allow_empty_reset,
+            self.settings.health,
         );
         shared.set_driver(Box::pin(driver));
         // Inside a runtime this applies what the source has ready and spawns the driver, so a

@@ -18,7 +18,9 @@ use super::shared::{lock, Set, Shared, Slot};
 use crate::discover::snapshots::dedup_last_wins;
 use crate::discover::{Change, Discover, DiscoveryStats};
 use crate::endpoint::{Endpoint, Load, Timing};
-use crate::error::BoxError;
+use crate::error::{BoxError, UnavailableReason};
+use crate::health::runner::{Candidate, Runner};
+use crate::health::HealthSettings;
 use crate::strategy::{Endpoints, Entry, Strategy};
 
 /// How many changes the driver applies before it yields to the runtime, so a source that
@@ -66,6 +68,7 @@ pub(crate) struct Driver<K, S, P: Strategy> {
     /// Errors in a row, and the pause before the source is polled again.
     errors_in_a_row: u32,
     backoff: Option<Pin<Box<Sleep>>>,
+    health: Runner<K>,
 }
 
 impl<K, S, P> Driver<K, S, P>
@@ -79,8 +82,10 @@ where
         discovery: BoxDiscover<K, S>,
         stop: oneshot::Receiver<()>,
         allow_empty_reset: bool,
+        health: HealthSettings,
     ) -> Self {
         Driver {
+            health: Runner::new(health, shared.signal.clone()),
             shared: Arc::downgrade(shared),
             discovery,
             stop,
@@ -95,14 +100,14 @@ where
         }
     }
 
-    /// Applies every change the source has ready (up to the budget) and publishes a new
-    /// snapshot if anything changed. Returns whether the budget ran out.
-    fn drain(&mut self, shared: &Shared<K, S, P>, cx: &mut Context<'_>) -> bool {
+    /// Applies every change the source has ready (up to the budget). Returns whether
+    /// anything changed and whether the budget ran out.
+    fn drain(&mut self, shared: &Shared<K, S, P>, cx: &mut Context<'_>) -> (bool, bool) {
         let mut changed = false;
         let mut exhausted = true;
         if let Some(backoff) = &mut self.backoff {
             if backoff.as_mut().poll(cx).is_pending() {
-                return false;
+                return (false, false);
             }
             self.backoff = None;
         }
@@ -155,10 +160,7 @@ where
                 }
             }
         }
-        if changed {
-            self.publish(shared);
-        }
-        exhausted
+        (changed, exhausted)
     }
 
     fn apply(&mut self, change: Change<K, S>, stats: &mut DiscoveryStats) -> bool {
@@ -168,6 +170,7 @@ where
                 true
             }
             Change::Remove(key) => {
+                self.health.remove(&key);
                 if self.endpoints.remove(&key).is_some() {
                     tracing::debug!(?key, "endpoint removed");
                     true
@@ -189,6 +192,9 @@ where
                     self.next_order += 1;
                     self.insert(endpoint, Some((order, load)));
                 }
+                for key in old.keys() {
+                    self.health.remove(key);
+                }
                 tracing::debug!(endpoints = self.endpoints.len(), "endpoint set reset");
                 true
             }
@@ -202,12 +208,15 @@ where
         let (order, load) = match (place, existing) {
             (Some((order, load)), _) => (
                 order,
-                load.unwrap_or_else(|| Arc::new(Load::timed(self.timing))),
+                load.unwrap_or_else(|| Arc::new(self.health.new_load(self.timing))),
             ),
             (None, Some(slot)) => (slot.order, slot.load.clone()),
             (None, None) => {
                 self.next_order += 1;
-                (self.next_order - 1, Arc::new(Load::timed(self.timing)))
+                (
+                    self.next_order - 1,
+                    Arc::new(self.health.new_load(self.timing)),
+                )
             }
         };
         tracing::debug!(key = ?endpoint.key, weight = endpoint.weight, "endpoint inserted");
@@ -216,6 +225,8 @@ where
             .name
             .clone()
             .unwrap_or_else(|| super::shared::default_name(&endpoint.key));
+        self.health
+            .insert(&endpoint.key, &load, name.clone(), endpoint.metadata.clone());
         let slot = Slot {
             name,
             key: endpoint.key.clone(),
@@ -231,15 +242,35 @@ where
     fn publish(&mut self, shared: &Shared<K, S, P>) {
         let mut all: Vec<Arc<Slot<K, S>>> = self.endpoints.values().cloned().collect();
         all.sort_unstable_by_key(|s| s.order);
-        let eligible: Vec<Arc<Slot<K, S>>> = all.iter().filter(|s| s.weight > 0).cloned().collect();
-        let entries: Vec<Entry> = eligible
+        let candidates: Vec<Candidate<'_, K>> = all
             .iter()
-            .map(|s| Entry {
+            .map(|s| Candidate {
+                key: &s.key,
                 weight: s.weight,
-                load: s.load.clone(),
-                name: s.name.clone(),
+                load: &s.load,
             })
             .collect();
+        let decided = self.health.eligible(&candidates);
+        drop(candidates);
+        let mut eligible: Vec<Arc<Slot<K, S>>> = Vec::new();
+        let mut entries: Vec<Entry> = Vec::new();
+        for (slot, weight) in all.iter().zip(&decided.weights) {
+            if let Some(weight) = *weight {
+                eligible.push(slot.clone());
+                entries.push(Entry {
+                    weight,
+                    load: slot.load.clone(),
+                    name: slot.name.clone(),
+                });
+            }
+        }
+        let empty_reason = if all.is_empty() {
+            UnavailableReason::NoEndpoints
+        } else if all.iter().all(|s| s.weight == 0) {
+            UnavailableReason::AllZeroWeight
+        } else {
+            UnavailableReason::AllUnhealthy
+        };
         let table = if entries.is_empty() {
             None
         } else {
@@ -267,6 +298,9 @@ where
             eligible,
             entries,
             table,
+            skip: decided.skip,
+            health: decided.stats,
+            empty_reason,
         });
     }
 }
@@ -287,7 +321,16 @@ where
         let Some(shared) = this.shared.upgrade() else {
             return Poll::Ready(());
         };
-        if this.drain(&shared, cx) {
+        let (mut changed, exhausted) = this.drain(&shared, cx);
+        changed |= this.health.poll(cx, &mut |event| {
+            tracing::info!(%event, "endpoint health changed");
+            lock(&shared.events).emit(event);
+        });
+        if changed {
+            this.publish(&shared);
+        }
+        this.health.arm_timer(cx);
+        if exhausted {
             cx.waker().wake_by_ref();
         }
         Poll::Pending

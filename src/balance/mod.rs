@@ -34,4 +34,4 @@ pub use builder::Builder;
 pub use future::ResponseFuture;
 pub use layer::{BalanceLayer, MakeEndpoint};
 pub use monitor::Monitor;
-pub use service::Balance;
+pub use service::{Balance, HealthEvents};

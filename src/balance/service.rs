@@ -15,6 +15,7 @@ use crate::completion::{InFlight, OnResponse, TrackCompletion};
 use crate::discover::DiscoveryStats;
 use crate::endpoint::{EndpointStats, Load};
 use crate::error::{BoxError, Unavailable, UnavailableReason};
+use crate::health::{HealthEvent, HealthStats};
 use crate::key::{NoKey, RequestKey};
 use crate::strategy::rng::Rng;
 use crate::strategy::{self, Endpoints, LeastRequest, Strategy};
@@ -186,6 +187,52 @@ impl<K, S, P: Strategy, C, T, H> Balance<K, S, P, C, T, H> {
         &self.shared.strategy
     }
 
+    /// The balancer-wide health picture: how many endpoints are healthy, how many are
+    /// ejected, and whether [panic mode](crate::health#panic-mode) is on. As of the last
+    /// published snapshot.
+    pub fn health_stats(&self) -> HealthStats {
+        self.shared.set.load().health
+    }
+
+    /// A stream of every change of an endpoint's health: probe results (including each
+    /// endpoint's first, success or failure), ejections, probation, draining.
+    ///
+    /// Each call returns a new subscriber that sees the events from then on; the first
+    /// call also gets the events that happened before it (up to 1024), so subscribing right
+    /// after building misses nothing. Events queue until read: drop a stream you no longer
+    /// read.
+    pub fn health_events(&self) -> HealthEvents<K>
+    where
+        K: Clone,
+    {
+        HealthEvents {
+            inner: super::shared::lock(&self.shared.events).subscribe(),
+        }
+    }
+
+    /// Starts (`true`) or stops (`false`) draining the endpoint `key`: while draining it
+    /// gets no new requests, and requests in flight finish normally (watch its `in_flight`
+    /// in [`endpoints`](Self::endpoints) fall to zero before removing it). Draining
+    /// outlasts updates of the endpoint by discovery; a removed and re-added endpoint
+    /// starts afresh. Takes effect at once for new picks.
+    ///
+    /// Fails with [`UnknownEndpoint`](crate::error::UnknownEndpoint) when the balancer has
+    /// no endpoint `key`.
+    pub fn set_draining(&self, key: &K, draining: bool) -> Result<(), crate::error::UnknownEndpoint>
+    where
+        K: PartialEq + fmt::Debug,
+    {
+        let set = self.shared.set.load();
+        let Some(slot) = set.all.iter().find(|s| s.key == *key) else {
+            return Err(crate::error::UnknownEndpoint {
+                key: format!("{key:?}"),
+            });
+        };
+        slot.load.set_flags(crate::endpoint::flags::DRAINING, draining);
+        self.shared.signal.wake_driver();
+        Ok(())
+    }
+
     /// Tries the endpoints kept from an earlier poll, then picks new ones.
     fn find_ready<Req>(
         &mut self,
@@ -199,11 +246,7 @@ impl<K, S, P: Strategy, C, T, H> Balance<K, S, P, C, T, H> {
         let n = set.entries.len();
         let Some(table) = set.table.as_ref() else {
             self.pending.clear();
-            return Err(if set.all.is_empty() {
-                UnavailableReason::NoEndpoints
-            } else {
-                UnavailableReason::AllZeroWeight
-            });
+            return Err(set.empty_reason);
         };
 
         // Endpoints polled during this call, so none is polled (or counted) twice.
@@ -271,6 +314,10 @@ impl<K, S, P: Strategy, C, T, H> Balance<K, S, P, C, T, H> {
         S::Error: Into<BoxError>,
     {
         let slot = &set.eligible[index];
+        if slot.load.health_flags() & set.skip != 0 {
+            // Ejected or drained since the snapshot was published.
+            return false;
+        }
         let mut service = slot.service.clone();
         match service.poll_ready(cx) {
             Poll::Ready(Ok(())) => {
@@ -483,12 +530,9 @@ impl<K, S, P: Strategy, C, T, H> fmt::Debug for Balance<K, S, P, C, T, H> {
 
 /// Whether the set has an endpoint a request may be routed to.
 fn has_eligible<K, S, Tb>(set: &Set<K, S, Tb>) -> Result<(), UnavailableReason> {
-    if set.table.is_some() {
-        Ok(())
-    } else if set.all.is_empty() {
-        Err(UnavailableReason::NoEndpoints)
-    } else {
-        Err(UnavailableReason::AllZeroWeight)
+    match set.table {
+        Some(_) => Ok(()),
+        None => Err(set.empty_reason),
     }
 }
 
@@ -606,6 +650,9 @@ where
                 continue;
             }
             let slot = &set.eligible[index];
+            if slot.load.health_flags() & set.skip != 0 {
+                continue;
+            }
             let mut service = slot.service.clone();
             match service.poll_ready(&mut noop) {
                 Poll::Ready(Ok(())) => return Some((service, slot.load.clone())),
@@ -619,5 +666,24 @@ where
             }
         }
         None
+    }
+}
+
+/// A stream of [`HealthEvent`]s; see [`Balance::health_events`].
+pub struct HealthEvents<K> {
+    inner: tokio::sync::mpsc::UnboundedReceiver<HealthEvent<K>>,
+}
+
+impl<K> futures_core::Stream for HealthEvents<K> {
+    type Item = HealthEvent<K>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.inner.poll_recv(cx)
+    }
+}
+
+impl<K> fmt::Debug for HealthEvents<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HealthEvents").finish_non_exhaustive()
     }
 }

@@ -12,9 +12,12 @@ use arc_swap::ArcSwap;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use tokio::sync::mpsc;
+
 use crate::discover::DiscoveryStats;
-use crate::endpoint::{EndpointState, EndpointStats, Load, Metadata, Timing};
-use crate::error::BuildError;
+use crate::endpoint::{flags, EndpointState, EndpointStats, Load, Metadata, Timing};
+use crate::error::{BuildError, UnavailableReason};
+use crate::health::{HealthEvent, HealthStats, OutlierSignal};
 use crate::strategy::{Entry, LatencyTracking, Strategy};
 
 /// One endpoint as the balancer holds it.
@@ -50,6 +53,13 @@ pub(crate) struct Set<K, S, T> {
     pub(crate) entries: Vec<Entry>,
     /// `None` exactly when `entries` is empty.
     pub(crate) table: Option<T>,
+    /// Health flags that make a pick pass an endpoint over (they may be set after this
+    /// snapshot was published).
+    pub(crate) skip: u32,
+    /// The health picture when this snapshot was published.
+    pub(crate) health: HealthStats,
+    /// Why no endpoint is eligible, when none is.
+    pub(crate) empty_reason: UnavailableReason,
 }
 
 impl<K, S, T> Set<K, S, T> {
@@ -60,7 +70,47 @@ impl<K, S, T> Set<K, S, T> {
             eligible: Vec::new(),
             entries: Vec::new(),
             table: None,
+            skip: flags::UNAVAILABLE,
+            health: HealthStats::default(),
+            empty_reason: UnavailableReason::NoEndpoints,
         }
+    }
+}
+
+/// The subscribers of health events. Events before the first subscription are kept (up
+/// to [`EARLY_EVENTS`]) for the first subscriber, so it sees every endpoint's first result.
+pub(crate) struct EventHub<K> {
+    subscribers: Vec<mpsc::UnboundedSender<HealthEvent<K>>>,
+    early: Option<Vec<HealthEvent<K>>>,
+}
+
+/// How many events are kept for a first subscriber that has not subscribed yet.
+const EARLY_EVENTS: usize = 1024;
+
+impl<K: Clone> EventHub<K> {
+    fn new() -> Self {
+        EventHub {
+            subscribers: Vec::new(),
+            early: Some(Vec::new()),
+        }
+    }
+
+    pub(crate) fn emit(&mut self, event: HealthEvent<K>) {
+        if let Some(early) = &mut self.early {
+            if early.len() < EARLY_EVENTS {
+                early.push(event.clone());
+            }
+        }
+        self.subscribers.retain(|s| s.send(event.clone()).is_ok());
+    }
+
+    pub(crate) fn subscribe(&mut self) -> mpsc::UnboundedReceiver<HealthEvent<K>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        for event in self.early.take().unwrap_or_default() {
+            let _ = tx.send(event);
+        }
+        self.subscribers.push(tx);
+        rx
     }
 }
 
@@ -78,6 +128,9 @@ pub(crate) struct Shared<K, S, P: Strategy> {
     waiters: Mutex<HashMap<u64, Waker>>,
     next_handle: AtomicU64,
     pub(crate) discovery: Mutex<DiscoveryStats>,
+    /// Wakes the driver when the completion path or `set_draining` changes a flag.
+    pub(crate) signal: Arc<OutlierSignal>,
+    pub(crate) events: Mutex<EventHub<K>>,
     /// The driver until it is spawned.
     driver: Mutex<Option<DriverFuture>>,
     driver_started: AtomicBool,
@@ -90,8 +143,12 @@ impl<K, S, P: Strategy> Shared<K, S, P> {
         strategy: P,
         latency: Option<LatencyTracking>,
         fail_fast: Duration,
+        signal: Arc<OutlierSignal>,
         stop: oneshot::Sender<()>,
-    ) -> Self {
+    ) -> Self
+    where
+        K: Clone,
+    {
         let epoch = Instant::now();
         let timing = latency.map(|t| Timing {
             epoch,
@@ -107,6 +164,8 @@ impl<K, S, P: Strategy> Shared<K, S, P> {
             waiters: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(0),
             discovery: Mutex::new(DiscoveryStats::default()),
+            signal,
+            events: Mutex::new(EventHub::new()),
             driver: Mutex::new(None),
             driver_started: AtomicBool::new(false),
             _stop: stop,
@@ -187,11 +246,7 @@ impl<K, S, P: Strategy> Shared<K, S, P> {
                 key: slot.key.clone(),
                 weight: slot.weight,
                 metadata: slot.metadata.clone(),
-                state: if slot.weight == 0 {
-                    EndpointState::ZeroWeight
-                } else {
-                    EndpointState::Active
-                },
+                state: EndpointState::of(slot.weight, slot.load.health_flags()),
                 in_flight: slot.load.in_flight(),
                 completed: slot.load.completed(),
                 failures: slot.load.failures(),

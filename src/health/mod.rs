@@ -1,16 +1,262 @@
 //! Health: keeping traffic away from endpoints that are down, broken or slow, and bringing
-//! it back when they recover.
+//! it back when they recover, the way Envoy, linkerd and HAProxy do.
+//!
+//! | mechanism | what it does | configure with | module |
+//! |---|---|---|---|
+//! | active checks | probes each endpoint every 2 s; rise 2, fall 3 | [`Builder::active_checks`](crate::Builder::active_checks) | [`ActiveChecks`], [`Probe`] |
+//! | outlier detection | ejects endpoints whose responses fail | [`Builder::outlier_detection`](crate::Builder::outlier_detection) | [`outlier`] |
+//! | panic mode | below 50 % healthy, balances over all endpoints | [`Builder::panic_threshold`](crate::Builder::panic_threshold) | this module |
+//! | slow start | ramps a new or recovered endpoint's weight | [`Builder::slow_start`](crate::Builder::slow_start) | [`slow_start`] |
+//! | draining | no new requests, in-flight ones finish | [`Balance::set_draining`](crate::Balance::set_draining) | this module |
+//! | events | every change of an endpoint's health | [`Balance::health_events`](crate::Balance::health_events) | this module |
+//!
+//! All of it runs in the balancer's background task, off the hot path: a state change
+//! rebuilds the strategy's table and publishes a new snapshot. The one exception is
+//! ejection after consecutive failures, which the completion path applies at once so that
+//! no request picks the endpoint after its last allowed failure.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_lb::health::{ActiveChecks, OutlierDetection, SlowStart, TcpProbe};
+//! use tower_lb::{discover, Balance};
+//! use tower_lb::classify::ErrorsAsFailures;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let echo = tower::service_fn(|req: String| async move { Ok::<_, std::io::Error>(req) });
+//! let balance = Balance::builder()
+//!     .classify(ErrorsAsFailures)
+//!     .active_checks(TcpProbe::new(), ActiveChecks::new().interval(Duration::from_secs(5)))
+//!     .outlier_detection(OutlierDetection::new())
+//!     .slow_start(SlowStart::new(Duration::from_secs(30)))
+//!     .panic_threshold(0.5)
+//!     .build(discover::static_list([("127.0.0.1:8000", echo)]))
+//!     .unwrap();
+//! # drop(balance);
+//! # }
+//! ```
+//!
+//! # Panic mode
+//!
+//! When fewer than the [panic threshold](crate::Builder::panic_threshold) (default 50 %,
+//! as in Envoy and Finagle) of the endpoints that are not draining are healthy (not
+//! unhealthy by probes, not ejected), the balancer assumes the health signal is what is
+//! broken and balances over all of them (fail open). With
+//! [`fail_closed`](crate::Builder::fail_closed) it keeps to the healthy ones instead, and
+//! fails with [`UnavailableReason::AllUnhealthy`](crate::error::UnavailableReason::AllUnhealthy)
+//! when there are none. [`Balance::health_stats`](crate::Balance::health_stats) says whether
+//! panic mode is on.
+//!
+//! # Retries
+//!
+//! Health keeps new requests away from a broken endpoint once it is detected; the requests
+//! that fail while it is being detected can be retried on another endpoint. Put a
+//! `tower::retry::Retry` layer *outside* the balancer: each attempt goes through the
+//! balancer again, which picks afresh, and the failed endpoint has fewer chances to be
+//! picked (it is ejected, or least request and peak-EWMA see its failures). Retry only
+//! idempotent requests, and bound retries with a budget (`tower::retry::budget::TpsBudget`)
+//! so that retries cannot multiply the load of an outage. See the README's "Retries" section
+//! for a complete policy.
 
-mod probe;
-mod tcp_probe;
+pub mod active;
 #[cfg(feature = "http")]
 mod http_probe;
+pub mod outlier;
+mod probe;
+pub(crate) mod runner;
+pub mod slow_start;
+mod tcp_probe;
 
-pub use probe::{Probe, ProbeFailure};
+pub use active::{ActiveChecks, Initial};
+pub use outlier::OutlierDetection;
+pub(crate) use outlier::OutlierSignal;
+pub use probe::{Probe, ProbeFailure, ProbeTarget};
+pub use slow_start::SlowStart;
 pub use tcp_probe::TcpProbe;
 #[cfg(feature = "http")]
 pub use http_probe::HttpProbe;
 
-/// Placeholder, replaced by the active-check settings.
-#[derive(Debug)]
-pub struct ActiveChecks;
+
+use std::fmt;
+use std::sync::Arc;
+
+/// An endpoint's health, as [events](HealthEvent) report it.
+///
+/// An endpoint can be several of these at once (draining and ejected, say); the state
+/// reported is the first that applies in this order: draining, ejected, unknown (no probe
+/// answer yet), unhealthy, probation, healthy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Health {
+    /// Active checks are on and the endpoint's first probe has not answered yet.
+    Unknown,
+    /// The endpoint takes requests.
+    Healthy,
+    /// Active checks found it unhealthy.
+    Unhealthy,
+    /// Outlier detection ejected it.
+    Ejected,
+    /// Back from an ejection, on limited traffic until it proves healthy.
+    Probation,
+    /// It is draining: no new requests.
+    Draining,
+}
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Health::Unknown => "unknown",
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "unhealthy",
+            Health::Ejected => "ejected",
+            Health::Probation => "probation",
+            Health::Draining => "draining",
+        })
+    }
+}
+
+/// Why an endpoint's health changed.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum HealthReason {
+    /// A probe succeeded (the first, or the `rise`-th in a row).
+    ProbeSucceeded,
+    /// A probe failed (the first, or the `fall`-th in a row).
+    ProbeFailed(Arc<ProbeFailure>),
+    /// This many failures in a row (one, on probation).
+    ConsecutiveFailures(u32),
+    /// The success rate over the last interval was below the threshold.
+    SuccessRate {
+        /// The endpoint's success rate, in `[0, 1]`.
+        rate: f64,
+        /// `mean - stdev_factor × stdev` over the judged endpoints.
+        threshold: f64,
+    },
+    /// At least the threshold percentage of requests failed over the last interval.
+    FailurePercentage {
+        /// The endpoint's failure percentage.
+        percent: f64,
+    },
+    /// The ejection time is over.
+    EjectionEnded,
+    /// Enough successes in a row on probation.
+    ProbationPassed,
+    /// [`Balance::set_draining`](crate::Balance::set_draining) started draining it.
+    DrainStarted,
+    /// [`Balance::set_draining`](crate::Balance::set_draining) stopped draining it.
+    DrainStopped,
+}
+
+impl fmt::Display for HealthReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HealthReason::ProbeSucceeded => f.write_str("probe succeeded"),
+            HealthReason::ProbeFailed(e) => write!(f, "{e}"),
+            HealthReason::ConsecutiveFailures(n) => write!(f, "{n} failures in a row"),
+            HealthReason::SuccessRate { rate, threshold } => write!(
+                f,
+                "success rate {:.1} % below the threshold {:.1} %",
+                rate * 100.0,
+                threshold * 100.0
+            ),
+            HealthReason::FailurePercentage { percent } => {
+                write!(f, "{percent:.1} % of requests failed")
+            }
+            HealthReason::EjectionEnded => f.write_str("ejection time over"),
+            HealthReason::ProbationPassed => f.write_str("passed probation"),
+            HealthReason::DrainStarted => f.write_str("drain started"),
+            HealthReason::DrainStopped => f.write_str("drain stopped"),
+        }
+    }
+}
+
+/// One change of an endpoint's health. See [`Balance::health_events`](crate::Balance::health_events).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct HealthEvent<K> {
+    /// The endpoint.
+    pub key: K,
+    /// Its health before.
+    pub from: Health,
+    /// Its health now. Can equal `from` when a change is hidden by a state that comes
+    /// first (a draining endpoint whose probes start failing).
+    pub to: Health,
+    /// What happened.
+    pub reason: HealthReason,
+}
+
+impl<K: fmt::Debug> fmt::Display for HealthEvent<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}: {} -> {} ({})", self.key, self.from, self.to, self.reason)
+    }
+}
+
+/// The balancer-wide health picture. See [`Balance::health_stats`](crate::Balance::health_stats).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct HealthStats {
+    /// Endpoints that may take requests by weight (weight > 0) and are not draining.
+    pub candidates: usize,
+    /// Of those, the healthy ones (not unhealthy by probes, not ejected).
+    pub healthy: usize,
+    /// Endpoints ejected by outlier detection now.
+    pub ejected: usize,
+    /// Whether panic mode is on: fewer than the threshold are healthy and the balancer
+    /// balances over all candidates (fail open) or only the healthy ones (fail closed).
+    pub panic: bool,
+}
+
+/// Panic-mode settings; see the [module docs](self#panic-mode).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct PanicMode {
+    pub(crate) threshold: f64,
+    pub(crate) fail_closed: bool,
+}
+
+impl Default for PanicMode {
+    fn default() -> Self {
+        PanicMode {
+            threshold: 0.5,
+            fail_closed: false,
+        }
+    }
+}
+
+/// Everything about health that a builder holds.
+#[derive(Clone, Default)]
+pub(crate) struct HealthSettings {
+    pub(crate) active: Option<(ActiveChecks, Arc<dyn probe::DynProbe>)>,
+    pub(crate) outlier: Option<OutlierDetection>,
+    pub(crate) slow_start: Option<SlowStart>,
+    pub(crate) panic: PanicMode,
+}
+
+impl fmt::Debug for HealthSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HealthSettings")
+            .field("active", &self.active.as_ref().map(|(a, _)| a))
+            .field("outlier", &self.outlier)
+            .field("slow_start", &self.slow_start)
+            .field("panic", &self.panic)
+            .finish()
+    }
+}
+
+impl HealthSettings {
+    pub(crate) fn validate(&self) -> Result<(), crate::error::BuildError> {
+        if let Some((active, _)) = &self.active {
+            active.validate()?;
+        }
+        if let Some(outlier) = &self.outlier {
+            outlier.validate()?;
+        }
+        if let Some(slow_start) = &self.slow_start {
+            slow_start.validate()?;
+        }
+        if !(0.0..=1.0).contains(&self.panic.threshold) {
+            return Err(crate::error::BuildError::InvalidConfig(
+                "the panic threshold must be within 0..=1",
+            ));
+        }
+        Ok(())
+    }
+}

@@ -10,9 +10,43 @@
 
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::endpoint::Metadata;
 use crate::error::BoxError;
+
+/// The endpoint a probe checks: its name and metadata.
+///
+/// The name is the endpoint's [`Metadata::name`] if set, or else its key's `Debug` form
+/// without surrounding quotes: `127.0.0.1:8000` for a `SocketAddr` key. The built-in
+/// probes connect to it as `host:port`.
+#[derive(Debug, Clone)]
+pub struct ProbeTarget {
+    pub(crate) name: Arc<str>,
+    pub(crate) metadata: Metadata,
+}
+
+impl ProbeTarget {
+    /// A target with this name and no metadata (for calling a probe outside a balancer).
+    pub fn new(name: impl Into<Arc<str>>) -> Self {
+        ProbeTarget {
+            name: name.into(),
+            metadata: Metadata::default(),
+        }
+    }
+
+    /// The endpoint's name, usually `host:port`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The endpoint's metadata.
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+}
 
 /// An async check of one endpoint. See the [module docs](self).
 ///
@@ -21,29 +55,43 @@ use crate::error::BoxError;
 ///
 /// ```
 /// use std::future::{ready, Ready};
-/// use tower_lb::health::{Probe, ProbeFailure};
+/// use tower_lb::health::{Probe, ProbeFailure, ProbeTarget};
 ///
-/// /// Healthy when the key is even (a stand-in for a real check).
-/// struct Even;
+/// /// Healthy unless the endpoint is named in the deny list (a stand-in for a real check).
+/// struct DenyList(Vec<String>);
 ///
-/// impl Probe<u32> for Even {
+/// impl Probe for DenyList {
 ///     type Future = Ready<Result<(), ProbeFailure>>;
 ///
-///     fn probe(&self, key: &u32) -> Self::Future {
-///         ready(if key % 2 == 0 {
-///             Ok(())
+///     fn probe(&self, target: &ProbeTarget) -> Self::Future {
+///         ready(if self.0.iter().any(|n| n == target.name()) {
+///             Err(ProbeFailure::Unhealthy("on the deny list".into()))
 ///         } else {
-///             Err(ProbeFailure::Unhealthy("odd".into()))
+///             Ok(())
 ///         })
 ///     }
 /// }
 /// ```
-pub trait Probe<K>: Send + Sync + 'static {
+pub trait Probe: Send + Sync + 'static {
     /// The check in progress.
     type Future: Future<Output = Result<(), ProbeFailure>> + Send + 'static;
 
-    /// Starts a check of the endpoint with key `key`.
-    fn probe(&self, key: &K) -> Self::Future;
+    /// Starts a check of `target`.
+    fn probe(&self, target: &ProbeTarget) -> Self::Future;
+}
+
+/// A boxed probe future.
+pub(crate) type ProbeFuture = Pin<Box<dyn Future<Output = Result<(), ProbeFailure>> + Send>>;
+
+/// [`Probe`] with its future boxed, so the balancer can hold any probe without naming it.
+pub(crate) trait DynProbe: Send + Sync + 'static {
+    fn probe_boxed(&self, target: &ProbeTarget) -> ProbeFuture;
+}
+
+impl<P: Probe> DynProbe for P {
+    fn probe_boxed(&self, target: &ProbeTarget) -> ProbeFuture {
+        Box::pin(self.probe(target))
+    }
 }
 
 /// Why a probe found an endpoint unhealthy.

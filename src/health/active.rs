@@ -1,0 +1,162 @@
+//! Active health checks: probing each endpoint on a schedule.
+//!
+//! The background task probes every endpoint every [`interval`](ActiveChecks::interval)
+//! (default 2 s, HAProxy's `inter`), give or take a [jitter](ActiveChecks::jitter) so a
+//! fleet of balancers does not probe in step. Each probe has a
+//! [timeout](ActiveChecks::timeout) (default 1 s); no answer in time is a failure.
+//!
+//! - A **new endpoint** is probed at once. Its first result decides its state (one success
+//!   marks it healthy, as in Envoy; one failure marks it unhealthy), and an event reports
+//!   it either way. Until then it is [`Initial::Healthy`] (takes traffic, the default) or
+//!   [`Initial::Unhealthy`] (takes none until its first success).
+//! - After that, a healthy endpoint becomes unhealthy after [`fall`](ActiveChecks::fall)
+//!   failures in a row (default 3) and an unhealthy one healthy after
+//!   [`rise`](ActiveChecks::rise) successes in a row (default 2), HAProxy's defaults.
+//! - At most [`concurrency`](ActiveChecks::concurrency) probes (default 64) run at once;
+//!   the others wait their turn.
+
+use std::time::Duration;
+
+use crate::error::BuildError;
+
+/// What a new endpoint is until its first probe answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Initial {
+    /// It takes traffic at once (the default).
+    #[default]
+    Healthy,
+    /// It takes no traffic until its first probe succeeds.
+    Unhealthy,
+}
+
+/// Active health-check settings. See the [module docs](self).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ActiveChecks {
+    pub(crate) interval: Duration,
+    pub(crate) jitter: f64,
+    pub(crate) timeout: Duration,
+    pub(crate) rise: u32,
+    pub(crate) fall: u32,
+    pub(crate) initial: Initial,
+    pub(crate) concurrency: usize,
+}
+
+impl Default for ActiveChecks {
+    fn default() -> Self {
+        ActiveChecks {
+            interval: Duration::from_secs(2),
+            jitter: 0.1,
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+            initial: Initial::Healthy,
+            concurrency: 64,
+        }
+    }
+}
+
+impl ActiveChecks {
+    /// Every 2 s (± 10 %), timeout 1 s, rise 2, fall 3, new endpoints healthy, 64 probes
+    /// at once.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Time between the probes of one endpoint. Must be > 0.
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.interval = interval;
+        self
+    }
+
+    /// Spreads each interval uniformly over `interval × (1 ± jitter)`. Within 0..=1;
+    /// default 0.1. 0 probes exactly every interval.
+    pub fn jitter(mut self, jitter: f64) -> Self {
+        self.jitter = jitter;
+        self
+    }
+
+    /// How long a probe may take. Must be > 0.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Successes in a row that make an unhealthy endpoint healthy. At least 1.
+    pub fn rise(mut self, rise: u32) -> Self {
+        self.rise = rise;
+        self
+    }
+
+    /// Failures in a row that make a healthy endpoint unhealthy. At least 1.
+    pub fn fall(mut self, fall: u32) -> Self {
+        self.fall = fall;
+        self
+    }
+
+    /// What a new endpoint is until its first probe answers.
+    pub fn initial(mut self, initial: Initial) -> Self {
+        self.initial = initial;
+        self
+    }
+
+    /// The most probes running at once. At least 1.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n;
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), BuildError> {
+        let invalid = BuildError::InvalidConfig;
+        if self.interval.is_zero() {
+            return Err(invalid("active checks: the interval must be greater than zero"));
+        }
+        if self.timeout.is_zero() {
+            return Err(invalid("active checks: the timeout must be greater than zero"));
+        }
+        if self.rise == 0 || self.fall == 0 {
+            return Err(invalid("active checks: rise and fall must be at least 1"));
+        }
+        if !(0.0..=1.0).contains(&self.jitter) {
+            return Err(invalid("active checks: jitter must be within 0..=1"));
+        }
+        if self.concurrency == 0 {
+            return Err(invalid("active checks: concurrency must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The pause before the next probe, given a uniform random number in `[0, 1)`.
+    pub(crate) fn next_delay(&self, unit: f64) -> Duration {
+        let spread = 1.0 + self.jitter * (2.0 * unit - 1.0);
+        self.interval.mul_f64(spread.max(0.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_settings_are_rejected() {
+        for s in [
+            ActiveChecks::new().interval(Duration::ZERO),
+            ActiveChecks::new().timeout(Duration::ZERO),
+            ActiveChecks::new().rise(0),
+            ActiveChecks::new().fall(0),
+            ActiveChecks::new().jitter(1.5),
+            ActiveChecks::new().concurrency(0),
+        ] {
+            assert!(s.validate().is_err(), "{s:?}");
+        }
+        assert_eq!(ActiveChecks::new().validate(), Ok(()));
+    }
+
+    #[test]
+    fn jitter_spreads_the_interval() {
+        let s = ActiveChecks::new().interval(Duration::from_secs(2)).jitter(0.1);
+        assert_eq!(s.next_delay(0.0), Duration::from_millis(1800));
+        assert_eq!(s.next_delay(0.5), Duration::from_secs(2));
+        assert!(s.next_delay(0.999_999) < Duration::from_millis(2200));
+        assert_eq!(s.jitter(0.0).next_delay(0.9), Duration::from_secs(2));
+    }
+}

@@ -1,0 +1,428 @@
+//! Passive outlier detection: ejecting endpoints whose responses fail, judged from the
+//! balancer's own classification of every response.
+//!
+//! Three detectors, with Envoy's defaults (`outlier_detection` in Envoy's cluster
+//! configuration; gRPC's outlier detection uses the same rules):
+//!
+//! - **Consecutive failures** (default 5). Counted on the completion path, so the endpoint
+//!   is ejected the moment its fifth failure in a row is recorded: no request picks it
+//!   after that. With requests already in flight, those may still fail.
+//! - **Success rate**, every [`interval`](OutlierDetection::interval) (10 s): among the
+//!   endpoints with at least `request_volume` (100) requests in the interval, if there are
+//!   at least `minimum_hosts` (5), those whose success rate is below
+//!   `mean - stdev_factor × stdev` (factor 1.9) are ejected.
+//! - **Failure percentage**, every interval: among the endpoints with at least
+//!   `request_volume` (50) requests, if there are at least `minimum_hosts` (5), those whose
+//!   failures are at least `threshold` percent (85) of their requests are ejected.
+//!
+//! An ejection lasts `base_ejection × times ejected` (30 s, 60 s, ...), capped at
+//! `max_ejection` (300 s). Each interval in which an endpoint is not ejected lowers its
+//! count of times ejected by one, so an endpoint that stays well is forgiven. At most
+//! `max_ejection_percent` (10 %) of the endpoints are ejected at once, and at least one
+//! may always be (unless the percentage is 0).
+//!
+//! **Probation.** When an ejection ends the endpoint comes back on probation: it gets a
+//! tenth of its weight (or its [slow start](super::SlowStart) ramp, whichever is lower) and
+//! a single failure ejects it again, until it has answered `probation_successes` (5)
+//! requests in a row successfully.
+//!
+//! Failed readiness checks (an endpoint service's `poll_ready` error) count as failures
+//! for the consecutive-failure detector. Failures are what the balancer's
+//! [classifier](crate::classify) says they are.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures_util::task::AtomicWaker;
+
+use crate::error::BuildError;
+
+/// Passive outlier detection settings. See the [module docs](self).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutlierDetection {
+    pub(crate) consecutive_failures: Option<u32>,
+    pub(crate) interval: Duration,
+    pub(crate) base_ejection: Duration,
+    pub(crate) max_ejection: Duration,
+    pub(crate) max_ejection_percent: u32,
+    pub(crate) success_rate: Option<SuccessRate>,
+    pub(crate) failure_percentage: Option<FailurePercentage>,
+    pub(crate) probation_successes: Option<u32>,
+}
+
+/// Success-rate ejection settings; see [`OutlierDetection::success_rate`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SuccessRate {
+    /// Fewest endpoints with enough requests for the detector to run. Default 5.
+    pub minimum_hosts: usize,
+    /// Fewest requests in an interval for an endpoint to be judged. Default 100.
+    pub request_volume: u64,
+    /// Ejects below `mean - stdev_factor × stdev`. Default 1.9.
+    pub stdev_factor: f64,
+}
+
+impl Default for SuccessRate {
+    fn default() -> Self {
+        SuccessRate {
+            minimum_hosts: 5,
+            request_volume: 100,
+            stdev_factor: 1.9,
+        }
+    }
+}
+
+/// Failure-percentage ejection settings; see [`OutlierDetection::failure_percentage`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FailurePercentage {
+    /// Ejects at or above this percentage of failed requests. Default 85.
+    pub threshold: f64,
+    /// Fewest endpoints with enough requests for the detector to run. Default 5.
+    pub minimum_hosts: usize,
+    /// Fewest requests in an interval for an endpoint to be judged. Default 50.
+    pub request_volume: u64,
+}
+
+impl Default for FailurePercentage {
+    fn default() -> Self {
+        FailurePercentage {
+            threshold: 85.0,
+            minimum_hosts: 5,
+            request_volume: 50,
+        }
+    }
+}
+
+impl Default for OutlierDetection {
+    /// Envoy's defaults; see the [module docs](self).
+    fn default() -> Self {
+        OutlierDetection {
+            consecutive_failures: Some(5),
+            interval: Duration::from_secs(10),
+            base_ejection: Duration::from_secs(30),
+            max_ejection: Duration::from_secs(300),
+            max_ejection_percent: 10,
+            success_rate: Some(SuccessRate::default()),
+            failure_percentage: Some(FailurePercentage::default()),
+            probation_successes: Some(5),
+        }
+    }
+}
+
+impl OutlierDetection {
+    /// The defaults; see the [module docs](self).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Ejects after `n` failures in a row; `None` turns this detector off. `Some(0)` is
+    /// rejected when the balancer is built.
+    pub fn consecutive_failures(mut self, n: Option<u32>) -> Self {
+        self.consecutive_failures = n;
+        self
+    }
+
+    /// How often the success-rate and failure-percentage detectors run. Must be > 0.
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.interval = interval;
+        self
+    }
+
+    /// The first ejection's length; later ones are multiples of it. Must be > 0.
+    pub fn base_ejection(mut self, time: Duration) -> Self {
+        self.base_ejection = time;
+        self
+    }
+
+    /// The longest ejection. Must be at least the base ejection time.
+    pub fn max_ejection(mut self, time: Duration) -> Self {
+        self.max_ejection = time;
+        self
+    }
+
+    /// The most endpoints ejected at once, in percent of all endpoints (at least one is
+    /// always allowed, unless this is 0). Over 100 is rejected when the balancer is built.
+    pub fn max_ejection_percent(mut self, percent: u32) -> Self {
+        self.max_ejection_percent = percent;
+        self
+    }
+
+    /// Success-rate ejection settings; `None` turns this detector off.
+    pub fn success_rate(mut self, settings: Option<SuccessRate>) -> Self {
+        self.success_rate = settings;
+        self
+    }
+
+    /// Failure-percentage ejection settings; `None` turns this detector off.
+    pub fn failure_percentage(mut self, settings: Option<FailurePercentage>) -> Self {
+        self.failure_percentage = settings;
+        self
+    }
+
+    /// Successes in a row that end probation; `None` brings an endpoint back at full
+    /// weight at once. `Some(0)` is rejected when the balancer is built.
+    pub fn probation_successes(mut self, n: Option<u32>) -> Self {
+        self.probation_successes = n;
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), BuildError> {
+        let invalid = BuildError::InvalidConfig;
+        if self.consecutive_failures == Some(0) {
+            return Err(invalid("outlier detection: consecutive failures must be at least 1"));
+        }
+        if self.interval.is_zero() {
+            return Err(invalid("outlier detection: the interval must be greater than zero"));
+        }
+        if self.base_ejection.is_zero() {
+            return Err(invalid("outlier detection: the base ejection time must be greater than zero"));
+        }
+        if self.max_ejection < self.base_ejection {
+            return Err(invalid("outlier detection: the max ejection time is below the base ejection time"));
+        }
+        if self.max_ejection_percent > 100 {
+            return Err(invalid("outlier detection: the max ejection percent is over 100"));
+        }
+        if self.probation_successes == Some(0) {
+            return Err(invalid("outlier detection: probation successes must be at least 1"));
+        }
+        if let Some(sr) = &self.success_rate {
+            if !(sr.stdev_factor.is_finite() && sr.stdev_factor >= 0.0) {
+                return Err(invalid("outlier detection: the success-rate stdev factor must be finite and at least 0"));
+            }
+            if sr.minimum_hosts == 0 || sr.request_volume == 0 {
+                return Err(invalid("outlier detection: success-rate minimum hosts and request volume must be at least 1"));
+            }
+        }
+        if let Some(fp) = &self.failure_percentage {
+            if !(fp.threshold.is_finite() && (0.0..=100.0).contains(&fp.threshold)) {
+                return Err(invalid("outlier detection: the failure-percentage threshold must be within 0..=100"));
+            }
+            if fp.minimum_hosts == 0 || fp.request_volume == 0 {
+                return Err(invalid("outlier detection: failure-percentage minimum hosts and request volume must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The length of an endpoint's `times`-th ejection (1-based).
+    pub(crate) fn ejection_time(&self, times: u32) -> Duration {
+        self.base_ejection
+            .saturating_mul(times.max(1))
+            .min(self.max_ejection)
+    }
+
+    /// How many of `n` endpoints may be ejected at once.
+    pub(crate) fn max_ejected(&self, n: usize) -> usize {
+        if self.max_ejection_percent == 0 || n == 0 {
+            return 0;
+        }
+        (n * self.max_ejection_percent as usize / 100).max(1)
+    }
+}
+
+/// What the completion path shares with the driver for outlier detection.
+#[derive(Debug)]
+pub(crate) struct OutlierSignal {
+    consecutive: u32,
+    probation_successes: u32,
+    ejected: AtomicUsize,
+    max_ejected: AtomicUsize,
+    driver: AtomicWaker,
+}
+
+impl OutlierSignal {
+    pub(crate) fn new(settings: &OutlierDetection) -> Self {
+        OutlierSignal {
+            consecutive: settings.consecutive_failures.unwrap_or(0),
+            probation_successes: settings.probation_successes.unwrap_or(1),
+            ejected: AtomicUsize::new(0),
+            max_ejected: AtomicUsize::new(0),
+            driver: AtomicWaker::new(),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn consecutive_threshold_reached(&self, in_row: u32) -> bool {
+        self.consecutive != 0 && in_row >= self.consecutive
+    }
+
+    pub(crate) fn probation_successes(&self) -> u32 {
+        self.probation_successes
+    }
+
+    /// Takes one of the ejection slots, if any is free.
+    pub(crate) fn reserve_ejection(&self) -> bool {
+        let max = self.max_ejected.load(Ordering::Acquire);
+        self.ejected
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .is_ok()
+    }
+
+    /// Gives back an ejection slot.
+    pub(crate) fn release_ejection(&self) {
+        let _ = self
+            .ejected
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
+    pub(crate) fn set_max_ejected(&self, max: usize) {
+        self.max_ejected.store(max, Ordering::Release);
+    }
+
+    pub(crate) fn register_driver(&self, waker: &std::task::Waker) {
+        self.driver.register(waker);
+    }
+
+    pub(crate) fn wake_driver(&self) {
+        self.driver.wake();
+    }
+}
+
+/// One endpoint's requests and failures over an interval.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Sample {
+    pub(crate) requests: u64,
+    pub(crate) failures: u64,
+}
+
+/// Why the interval detectors eject an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Verdict {
+    SuccessRate { rate: f64, threshold: f64 },
+    FailurePercentage { percent: f64 },
+}
+
+/// Runs the success-rate and failure-percentage detectors over one interval's samples
+/// (`None` for endpoints that are not judged, such as those already ejected). Returns the
+/// endpoints to eject, in index order.
+pub(crate) fn evaluate(settings: &OutlierDetection, samples: &[Option<Sample>]) -> Vec<(usize, Verdict)> {
+    let mut verdicts: Vec<(usize, Verdict)> = Vec::new();
+    if let Some(sr) = &settings.success_rate {
+        let judged: Vec<(usize, f64)> = samples
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let s = (*s)?;
+                (s.requests >= sr.request_volume).then(|| {
+                    (i, (s.requests - s.failures.min(s.requests)) as f64 / s.requests as f64)
+                })
+            })
+            .collect();
+        if judged.len() >= sr.minimum_hosts {
+            let n = judged.len() as f64;
+            let mean = judged.iter().map(|(_, r)| r).sum::<f64>() / n;
+            let variance = judged.iter().map(|(_, r)| (r - mean).powi(2)).sum::<f64>() / n;
+            let threshold = mean - sr.stdev_factor * variance.sqrt();
+            for &(i, rate) in &judged {
+                if rate < threshold {
+                    verdicts.push((i, Verdict::SuccessRate { rate, threshold }));
+                }
+            }
+        }
+    }
+    if let Some(fp) = &settings.failure_percentage {
+        let judged: Vec<(usize, f64)> = samples
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let s = (*s)?;
+                (s.requests >= fp.request_volume)
+                    .then(|| (i, 100.0 * s.failures.min(s.requests) as f64 / s.requests as f64))
+            })
+            .collect();
+        if judged.len() >= fp.minimum_hosts {
+            for &(i, percent) in &judged {
+                if percent >= fp.threshold && !verdicts.iter().any(|(j, _)| *j == i) {
+                    verdicts.push((i, Verdict::FailurePercentage { percent }));
+                }
+            }
+        }
+    }
+    verdicts.sort_by_key(|(i, _)| *i);
+    verdicts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(requests: u64, failures: u64) -> Option<Sample> {
+        Some(Sample { requests, failures })
+    }
+
+    #[test]
+    fn success_rate_ejects_below_mean_minus_1_9_stdev() {
+        // Nine endpoints at 99 % success and one at 50 %: mean 0.941, stdev 0.147, threshold
+        // 0.941 - 1.9 × 0.147 = 0.662.
+        let mut samples = vec![sample(100, 1); 9];
+        samples.push(sample(100, 50));
+        let out = evaluate(&OutlierDetection::default().failure_percentage(None), &samples);
+        assert_eq!(out.len(), 1);
+        let (i, Verdict::SuccessRate { rate, threshold }) = out[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(i, 9);
+        assert!((rate - 0.5).abs() < 1e-9);
+        assert!((threshold - 0.662).abs() < 0.001, "{threshold}");
+    }
+
+    #[test]
+    fn success_rate_needs_enough_hosts_and_requests() {
+        let settings = OutlierDetection::default().failure_percentage(None);
+        // Four hosts: below the minimum of five.
+        let mut few = vec![sample(100, 0); 3];
+        few.push(sample(100, 100));
+        assert!(evaluate(&settings, &few).is_empty());
+        // Five hosts, but the bad one has 99 requests: not judged.
+        let mut low_volume = vec![sample(100, 0); 5];
+        low_volume.push(sample(99, 99));
+        assert!(evaluate(&settings, &low_volume).is_empty());
+    }
+
+    #[test]
+    fn failure_percentage_ejects_at_85_percent() {
+        let settings = OutlierDetection::default().success_rate(None);
+        let mut samples = vec![sample(50, 0); 4];
+        samples.push(sample(100, 85));
+        samples.push(sample(100, 84));
+        samples.push(None);
+        let out = evaluate(&settings, &samples);
+        assert_eq!(out, vec![(4, Verdict::FailurePercentage { percent: 85.0 })]);
+    }
+
+    #[test]
+    fn ejection_time_grows_and_is_capped() {
+        let o = OutlierDetection::default();
+        assert_eq!(o.ejection_time(1), Duration::from_secs(30));
+        assert_eq!(o.ejection_time(3), Duration::from_secs(90));
+        assert_eq!(o.ejection_time(100), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn at_most_ten_percent_ejected_but_at_least_one() {
+        let o = OutlierDetection::default();
+        assert_eq!(o.max_ejected(3), 1);
+        assert_eq!(o.max_ejected(25), 2);
+        assert_eq!(o.max_ejected(100), 10);
+        assert_eq!(o.max_ejection_percent(0).max_ejected(10), 0);
+    }
+
+    #[test]
+    fn invalid_settings_are_rejected() {
+        let bad = [
+            OutlierDetection::default().consecutive_failures(Some(0)),
+            OutlierDetection::default().interval(Duration::ZERO),
+            OutlierDetection::default().base_ejection(Duration::ZERO),
+            OutlierDetection::default().max_ejection_percent(101),
+            OutlierDetection::default().probation_successes(Some(0)),
+            OutlierDetection::default().max_ejection(Duration::from_secs(1)),
+        ];
+        for settings in bad {
+            assert!(
+                matches!(settings.validate(), Err(BuildError::InvalidConfig(_))),
+                "{settings:?}"
+            );
+        }
+        assert_eq!(OutlierDetection::default().validate(), Ok(()));
+    }
+}

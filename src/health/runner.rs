@@ -1,0 +1,571 @@
+//! The health state machine, run by the balancer's background task.
+//!
+//! It keeps one record per endpoint, runs the probes, ends ejections, runs the outlier
+//! detectors every interval, turns flag changes made on the completion path (an ejection,
+//! the end of probation) and by `set_draining` into events, and decides which endpoints
+//! are eligible, with which effective weights, when the driver publishes a snapshot.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::Hash;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::time::{Instant, Sleep};
+
+use super::outlier::{self, Sample, Verdict};
+use super::probe::{DynProbe, ProbeTarget};
+use super::{ActiveChecks, Health, HealthEvent, HealthReason, HealthSettings, HealthStats, OutlierSignal};
+use crate::endpoint::{flags, Load, Metadata};
+use crate::strategy::rng::Rng;
+
+/// The share of its weight an endpoint on probation gets.
+const PROBATION_FACTOR: f64 = 0.1;
+/// Effective weights are scaled by this when some endpoint gets a fraction of its weight,
+/// so fractions of small weights stay distinct (1 % steps).
+const WEIGHT_SCALE: u64 = 100;
+/// A slow-start ramp is published in this many steps over its window.
+const RAMP_STEPS: u32 = 20;
+
+type ProbeResult<K> = (K, u64, Result<(), super::ProbeFailure>);
+type ProbeTask<K> = Pin<Box<dyn Future<Output = ProbeResult<K>> + Send>>;
+
+/// One endpoint's health record.
+struct Record {
+    load: Arc<Load>,
+    target: ProbeTarget,
+    /// Bumped when the endpoint is re-added, so a late probe answer for the old one is ignored.
+    generation: u64,
+    /// The last probe verdict: `None` until the first answer.
+    probed: Option<bool>,
+    /// Probe answers in a row that agree with the last one.
+    in_row: u32,
+    /// When the next probe is due; `None` while one runs or waits for a slot.
+    next_probe: Option<Instant>,
+    queued: bool,
+    times_ejected: u32,
+    ejected_until: Option<Instant>,
+    /// Requests and completed failures at the start of the outlier interval.
+    counts: (u64, u64),
+    /// The flags as of the last reconcile.
+    seen_flags: u32,
+    /// When the endpoint was added or came back, while it ramps.
+    ramp_from: Option<Instant>,
+}
+
+impl Record {
+    fn health(&self, active: bool) -> Health {
+        health_of(self.seen_flags, active && self.probed.is_none())
+    }
+}
+
+fn health_of(flag_bits: u32, unknown: bool) -> Health {
+    if flag_bits & flags::DRAINING != 0 {
+        Health::Draining
+    } else if flag_bits & flags::EJECTED != 0 {
+        Health::Ejected
+    } else if unknown {
+        Health::Unknown
+    } else if flag_bits & flags::UNHEALTHY != 0 {
+        Health::Unhealthy
+    } else if flag_bits & flags::PROBATION != 0 {
+        Health::Probation
+    } else {
+        Health::Healthy
+    }
+}
+
+/// An endpoint as [`Runner::eligible`] sees it.
+pub(crate) struct Candidate<'a, K> {
+    pub(crate) key: &'a K,
+    pub(crate) weight: u32,
+    pub(crate) load: &'a Load,
+}
+
+/// What [`Runner::eligible`] decides for one snapshot.
+pub(crate) struct Eligibility {
+    /// For each candidate, its effective weight, or `None` when it gets no requests.
+    pub(crate) weights: Vec<Option<u32>>,
+    /// The flags that make a pick skip an endpoint, for the hot path.
+    pub(crate) skip: u32,
+    pub(crate) stats: HealthStats,
+}
+
+pub(crate) struct Runner<K> {
+    settings: HealthSettings,
+    signal: Arc<OutlierSignal>,
+    records: HashMap<K, Record>,
+    next_generation: u64,
+    probes: FuturesUnordered<ProbeTask<K>>,
+    /// Endpoints waiting for a probe slot, in order.
+    waiting: Vec<K>,
+    timer: Option<Pin<Box<Sleep>>>,
+    next_interval: Option<Instant>,
+    next_ramp_step: Option<Instant>,
+    /// Whether the first snapshot was published: endpoints added later ramp up.
+    started: bool,
+    rng: Rng,
+}
+
+impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
+    pub(crate) fn new(settings: HealthSettings, signal: Arc<OutlierSignal>) -> Self {
+        Runner {
+            settings,
+            signal,
+            records: HashMap::new(),
+            next_generation: 0,
+            probes: FuturesUnordered::new(),
+            waiting: Vec::new(),
+            timer: None,
+            next_interval: None,
+            next_ramp_step: None,
+            started: false,
+            rng: Rng::default(),
+        }
+    }
+
+    fn active(&self) -> Option<&(ActiveChecks, Arc<dyn DynProbe>)> {
+        self.settings.active.as_ref()
+    }
+
+    /// A new endpoint's counters, with its initial flags and outlier hook.
+    pub(crate) fn new_load(&self, timing: Option<crate::endpoint::Timing>) -> Load {
+        let initial = match self.active() {
+            Some((a, _)) if a.initial == super::Initial::Unhealthy => flags::UNHEALTHY,
+            _ => 0,
+        };
+        let outlier = self.settings.outlier.as_ref().map(|_| self.signal.clone());
+        Load::new(timing, outlier, initial)
+    }
+
+    /// Starts tracking an endpoint (new, or re-added with new counters), or updates its
+    /// target. A known endpoint keeps its record.
+    pub(crate) fn insert(&mut self, key: &K, load: &Arc<Load>, name: Arc<str>, metadata: Metadata) {
+        let now = Instant::now();
+        if let Some(record) = self.records.get_mut(key) {
+            if Arc::ptr_eq(&record.load, load) {
+                record.target = ProbeTarget { name, metadata };
+                return;
+            }
+        }
+        self.next_generation += 1;
+        let flags_now = load.health_flags();
+        let record = Record {
+            load: load.clone(),
+            target: ProbeTarget { name, metadata },
+            generation: self.next_generation,
+            probed: None,
+            in_row: 0,
+            next_probe: self.active().map(|_| now),
+            queued: false,
+            times_ejected: 0,
+            ejected_until: None,
+            counts: (load.completed(), completed_failures(load)),
+            seen_flags: flags_now,
+            ramp_from: (self.started && self.settings.slow_start.is_some()).then_some(now),
+        };
+        self.records.insert(key.clone(), record);
+    }
+
+    pub(crate) fn remove(&mut self, key: &K) {
+        if let Some(record) = self.records.remove(key) {
+            if record.load.health_flags() & flags::EJECTED != 0 {
+                self.signal.release_ejection();
+            }
+        }
+        self.waiting.retain(|k| k != key);
+    }
+
+    /// Runs everything that is due. Events go to `emit`. Returns whether eligibility or
+    /// effective weights changed, so the driver must publish a new snapshot.
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>, emit: &mut dyn FnMut(HealthEvent<K>)) -> bool {
+        self.signal.register_driver(cx.waker());
+        let now = Instant::now();
+        let mut changed = self.reconcile(now, emit);
+        changed |= self.poll_probes(cx, now, emit);
+        changed |= self.end_ejections(now, emit);
+        changed |= self.run_interval(now, emit);
+        if let Some(step) = self.next_ramp_step {
+            if step <= now {
+                self.next_ramp_step = None;
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// Turns flags changed outside the driver into records and events.
+    fn reconcile(&mut self, now: Instant, emit: &mut dyn FnMut(HealthEvent<K>)) -> bool {
+        let active = self.active().is_some();
+        let outlier = self.settings.outlier.clone();
+        let mut changed = false;
+        for (key, record) in &mut self.records {
+            let flags_now = record.load.health_flags();
+            let before = record.seen_flags;
+            if flags_now == before {
+                continue;
+            }
+            changed = true;
+            let from = record.health(active);
+            let newly = flags_now & !before;
+            let cleared = before & !flags_now;
+            let reason = if newly & flags::EJECTED != 0 {
+                // Ejected by the completion path: failures in a row (one, on probation).
+                record.times_ejected = record.times_ejected.saturating_add(1);
+                let time = outlier
+                    .as_ref()
+                    .map_or(Duration::from_secs(30), |o| o.ejection_time(record.times_ejected));
+                record.ejected_until = Some(now + time);
+                record.ramp_from = None;
+                let in_row = record.load.consecutive_failures().max(1);
+                if flags_now & flags::PROBATION != 0 {
+                    record.load.set_flags(flags::PROBATION, false);
+                }
+                HealthReason::ConsecutiveFailures(in_row)
+            } else if cleared & flags::PROBATION != 0 {
+                HealthReason::ProbationPassed
+            } else if newly & flags::DRAINING != 0 {
+                HealthReason::DrainStarted
+            } else if cleared & flags::DRAINING != 0 {
+                HealthReason::DrainStopped
+            } else {
+                record.seen_flags = flags_now;
+                continue;
+            };
+            record.seen_flags = record.load.health_flags();
+            emit(HealthEvent {
+                key: key.clone(),
+                from,
+                to: record.health(active),
+                reason,
+            });
+        }
+        changed
+    }
+
+    /// Collects probe answers and starts the probes that are due.
+    fn poll_probes(&mut self, cx: &mut Context<'_>, now: Instant, emit: &mut dyn FnMut(HealthEvent<K>)) -> bool {
+        let Some((checks, probe)) = self.settings.active.clone() else {
+            return false;
+        };
+        let mut changed = false;
+        loop {
+            while let Poll::Ready(Some((key, generation, result))) = self.probes.poll_next_unpin(cx) {
+                changed |= self.on_probe_result(&checks, key, generation, result, now, emit);
+            }
+            // Start due probes, up to the concurrency cap, in order of due time.
+            let mut due: Vec<(Instant, K)> = self
+                .records
+                .iter()
+                .filter(|(_, r)| !r.queued && r.next_probe.is_some_and(|t| t <= now))
+                .map(|(k, r)| (r.next_probe.unwrap_or(now), k.clone()))
+                .collect();
+            due.sort_by_key(|(t, _)| *t);
+            for (_, key) in due {
+                if let Some(record) = self.records.get_mut(&key) {
+                    record.next_probe = None;
+                    record.queued = true;
+                }
+                self.waiting.push(key);
+            }
+            let mut started = false;
+            while self.probes.len() < checks.concurrency && !self.waiting.is_empty() {
+                let key = self.waiting.remove(0);
+                let Some(record) = self.records.get(&key) else {
+                    continue;
+                };
+                let future = probe.probe_boxed(&record.target);
+                let timeout = checks.timeout;
+                let generation = record.generation;
+                self.probes.push(Box::pin(async move {
+                    let result = match tokio::time::timeout(timeout, future).await {
+                        Ok(result) => result,
+                        Err(_) => Err(super::ProbeFailure::Timeout(timeout)),
+                    };
+                    (key, generation, result)
+                }));
+                started = true;
+            }
+            if !started {
+                return changed;
+            }
+        }
+    }
+
+    fn on_probe_result(
+        &mut self,
+        checks: &ActiveChecks,
+        key: K,
+        generation: u64,
+        result: Result<(), super::ProbeFailure>,
+        now: Instant,
+        emit: &mut dyn FnMut(HealthEvent<K>),
+    ) -> bool {
+        let delay = checks.next_delay(self.rng.unit());
+        let Some(record) = self.records.get_mut(&key) else {
+            return false;
+        };
+        if record.generation != generation {
+            return false;
+        }
+        record.queued = false;
+        record.next_probe = Some(now + delay);
+        let ok = result.is_ok();
+        let from = record.health(true);
+        let first = record.probed.is_none();
+        if record.probed == Some(ok) {
+            record.in_row = record.in_row.saturating_add(1);
+        } else if !first {
+            record.in_row = 1;
+        }
+        let healthy_before = record.load.health_flags() & flags::UNHEALTHY == 0;
+        // The first answer decides at once; later ones need `rise` or `fall` in a row.
+        let flip = if first {
+            true
+        } else if ok {
+            !healthy_before && record.in_row >= checks.rise
+        } else {
+            healthy_before && record.in_row >= checks.fall
+        };
+        if first {
+            record.in_row = 1;
+        }
+        record.probed = Some(if flip { ok } else { record.probed.unwrap_or(ok) });
+        if !flip {
+            return false;
+        }
+        record.load.set_flags(flags::UNHEALTHY, !ok);
+        if ok && !healthy_before && self.started && self.settings.slow_start.is_some() {
+            record.ramp_from = Some(now);
+        }
+        record.seen_flags = record.load.health_flags();
+        let reason = match result {
+            Ok(()) => HealthReason::ProbeSucceeded,
+            Err(failure) => HealthReason::ProbeFailed(Arc::new(failure)),
+        };
+        emit(HealthEvent {
+            key,
+            from,
+            to: record.health(true),
+            reason,
+        });
+        true
+    }
+
+    /// Ends the ejections whose time is over: probation, or straight back.
+    fn end_ejections(&mut self, now: Instant, emit: &mut dyn FnMut(HealthEvent<K>)) -> bool {
+        let active = self.active().is_some();
+        let probation = self
+            .settings
+            .outlier
+            .as_ref()
+            .is_some_and(|o| o.probation_successes.is_some());
+        let slow_start = self.settings.slow_start.is_some();
+        let mut changed = false;
+        for (key, record) in &mut self.records {
+            if !record.ejected_until.is_some_and(|t| t <= now) {
+                continue;
+            }
+            record.ejected_until = None;
+            let from = record.health(active);
+            if probation {
+                record.load.begin_probation();
+            } else {
+                record.load.set_flags(flags::EJECTED, false);
+            }
+            self.signal.release_ejection();
+            if slow_start {
+                record.ramp_from = Some(now);
+            }
+            record.seen_flags = record.load.health_flags();
+            emit(HealthEvent {
+                key: key.clone(),
+                from,
+                to: record.health(active),
+                reason: HealthReason::EjectionEnded,
+            });
+            changed = true;
+        }
+        changed
+    }
+
+    /// Every outlier interval: the success-rate and failure-percentage detectors.
+    fn run_interval(&mut self, now: Instant, emit: &mut dyn FnMut(HealthEvent<K>)) -> bool {
+        let Some(settings) = self.settings.outlier.clone() else {
+            return false;
+        };
+        let due = *self.next_interval.get_or_insert(now + settings.interval);
+        if due > now {
+            return false;
+        }
+        self.next_interval = Some(now + settings.interval);
+        let active = self.active().is_some();
+        let keys: Vec<K> = self.records.keys().cloned().collect();
+        let samples: Vec<Option<Sample>> = keys
+            .iter()
+            .map(|k| {
+                let record = self.records.get_mut(k)?;
+                let counts = (record.load.completed(), completed_failures(&record.load));
+                let sample = Sample {
+                    requests: counts.0.saturating_sub(record.counts.0),
+                    failures: counts.1.saturating_sub(record.counts.1),
+                };
+                record.counts = counts;
+                let flag_bits = record.load.health_flags();
+                (flag_bits & (flags::EJECTED | flags::DRAINING) == 0).then_some(sample)
+            })
+            .collect();
+        let verdicts = outlier::evaluate(&settings, &samples);
+        let mut changed = false;
+        for (i, key) in keys.iter().enumerate() {
+            let Some(record) = self.records.get_mut(key) else {
+                continue;
+            };
+            let verdict = verdicts.iter().find(|(j, _)| *j == i).map(|(_, v)| *v);
+            let Some(verdict) = verdict else {
+                // An interval without ejection forgives one earlier ejection.
+                if record.ejected_until.is_none() {
+                    record.times_ejected = record.times_ejected.saturating_sub(1);
+                }
+                continue;
+            };
+            if !self.signal.reserve_ejection() {
+                continue;
+            }
+            let from = record.health(active);
+            record.load.set_flags(flags::EJECTED, true);
+            record.load.set_flags(flags::PROBATION, false);
+            record.times_ejected = record.times_ejected.saturating_add(1);
+            record.ejected_until = Some(now + settings.ejection_time(record.times_ejected));
+            record.ramp_from = None;
+            record.seen_flags = record.load.health_flags();
+            let reason = match verdict {
+                Verdict::SuccessRate { rate, threshold } => HealthReason::SuccessRate { rate, threshold },
+                Verdict::FailurePercentage { percent } => HealthReason::FailurePercentage { percent },
+            };
+            emit(HealthEvent {
+                key: key.clone(),
+                from,
+                to: record.health(active),
+                reason,
+            });
+            changed = true;
+        }
+        changed
+    }
+
+    /// Decides, for the endpoints about to be published, which take requests and with
+    /// which weights; applies panic mode.
+    pub(crate) fn eligible(&mut self, candidates: &[Candidate<'_, K>]) -> Eligibility {
+        let now = Instant::now();
+        self.started = true;
+        let mut stats = HealthStats::default();
+        let mut healthy = Vec::with_capacity(candidates.len());
+        for c in candidates {
+            let bits = c.load.health_flags();
+            let candidate = c.weight > 0 && bits & flags::DRAINING == 0;
+            let ok = candidate && bits & (flags::UNHEALTHY | flags::EJECTED) == 0;
+            stats.candidates += usize::from(candidate);
+            stats.healthy += usize::from(ok);
+            stats.ejected += usize::from(bits & flags::EJECTED != 0);
+            healthy.push((candidate, ok));
+        }
+        if let Some(outlier) = &self.settings.outlier {
+            self.signal.set_max_ejected(outlier.max_ejected(stats.candidates));
+        }
+        let panic = &self.settings.panic;
+        stats.panic = stats.candidates > 0
+            && (stats.healthy as f64) < panic.threshold * stats.candidates as f64;
+        let open = stats.panic && !panic.fail_closed;
+        let skip = if open { flags::DRAINING } else { flags::UNAVAILABLE };
+
+        // Slow start and probation: the share of its weight each endpoint gets.
+        let slow_start = self.settings.slow_start;
+        let mut ramping = false;
+        let factors: Vec<f64> = candidates
+            .iter()
+            .map(|c| {
+                let mut factor = 1.0;
+                if c.load.health_flags() & flags::PROBATION != 0 {
+                    factor = PROBATION_FACTOR;
+                }
+                if let (Some(s), Some(record)) = (slow_start, self.records.get(c.key)) {
+                    if let Some(from) = record.ramp_from {
+                        let f = s.factor(now.saturating_duration_since(from));
+                        if f < 1.0 {
+                            ramping = true;
+                            factor = f64::min(factor, f);
+                        }
+                    }
+                }
+                factor
+            })
+            .collect();
+        if ramping {
+            if let Some(s) = slow_start {
+                self.next_ramp_step = Some(now + (s.window / RAMP_STEPS).max(Duration::from_millis(1)));
+            }
+        } else {
+            self.next_ramp_step = None;
+            for record in self.records.values_mut() {
+                record.ramp_from = None;
+            }
+        }
+        let scaled = factors.iter().any(|f| *f < 1.0);
+        let weights = candidates
+            .iter()
+            .zip(&healthy)
+            .zip(&factors)
+            .map(|((c, (candidate, ok)), factor)| {
+                if !(if open { *candidate } else { *ok }) {
+                    return None;
+                }
+                if !scaled {
+                    return Some(c.weight);
+                }
+                let w = (u64::from(c.weight) * WEIGHT_SCALE) as f64 * factor;
+                Some(w.round().clamp(1.0, f64::from(u32::MAX)) as u32)
+            })
+            .collect();
+        Eligibility { weights, skip, stats }
+    }
+
+    /// Arms one timer for the earliest thing due: a probe, an ejection's end, the outlier
+    /// interval, the next slow-start step.
+    pub(crate) fn arm_timer(&mut self, cx: &mut Context<'_>) {
+        let mut next: Option<Instant> = self.next_interval.filter(|_| self.settings.outlier.is_some());
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        };
+        consider(self.next_ramp_step);
+        for record in self.records.values() {
+            consider(record.next_probe);
+            consider(record.ejected_until);
+        }
+        let Some(deadline) = next else {
+            self.timer = None;
+            return;
+        };
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        if timer.as_mut().poll(cx).is_ready() {
+            // Already due: come back at once.
+            cx.waker().wake_by_ref();
+        }
+    }
+
+}
+
+/// Completed requests that failed (failures minus failed readiness checks).
+fn completed_failures(load: &Load) -> u64 {
+    load.failures().saturating_sub(load.readiness_failures())
+}
