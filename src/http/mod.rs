@@ -18,5 +18,6 @@
 //! latency sample are still recorded when the response head arrives.
 
 mod body;
+pub mod key;
 
 pub use body::{OnBodyEnd, TrackedBody};
