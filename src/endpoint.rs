@@ -504,11 +504,15 @@ mod tests {
     use super::*;
 
     fn timed() -> Load {
-        Load::timed(Some(Timing {
-            epoch: Instant::now(),
-            decay_ns: 10e9,
-            penalty_ns: 1e9,
-        }))
+        Load::new(
+            Some(Timing {
+                epoch: Instant::now(),
+                decay_ns: 10e9,
+                penalty_ns: 1e9,
+            }),
+            None,
+            0,
+        )
     }
 
     #[tokio::test(start_paused = true)]

@@ -40,9 +40,7 @@ impl fmt::Display for UnavailableReason {
             UnavailableReason::NoEndpoints => "no endpoints have been discovered",
             UnavailableReason::AllZeroWeight => "every endpoint has weight 0",
             UnavailableReason::NoneReady => "no endpoint's service became ready",
-            UnavailableReason::AllUnhealthy => {
-                "every endpoint is unhealthy, ejected or draining"
-            }
+            UnavailableReason::AllUnhealthy => "every endpoint is unhealthy, ejected or draining",
         })
     }
 }

@@ -75,9 +75,9 @@ pub mod discover;
 pub mod endpoint;
 pub mod error;
 pub mod health;
-pub mod key;
 #[cfg(feature = "http")]
 pub mod http;
+pub mod key;
 pub mod strategy;
 
 pub use balance::{Balance, BalanceLayer, Builder, Monitor};

@@ -24,9 +24,7 @@ fn balance_is_clone_send_sync() {
     assert_shared::<Balance<String, Backend, Random, ErrorsAsFailures>>();
     assert_shared::<Balance<u64, Backend, PeakEwma, DefaultClassifier, OnResponse>>();
     assert_shared::<Balance<u64, Backend, LeastRequest, ErrorsAsFailures>>();
-    assert_send::<
-        tower_lb::balance::ResponseFuture<Backend, (), ErrorsAsFailures, OnResponse>,
-    >();
+    assert_send::<tower_lb::balance::ResponseFuture<Backend, (), ErrorsAsFailures, OnResponse>>();
     assert_shared::<
         BalanceLayer<
             SocketAddr,

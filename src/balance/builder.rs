@@ -15,7 +15,9 @@ use crate::classify::DefaultClassifier;
 use crate::completion::OnResponse;
 use crate::discover::{Change, Discover};
 use crate::error::BuildError;
-use crate::health::{ActiveChecks, HealthSettings, OutlierDetection, OutlierSignal, Probe, SlowStart};
+use crate::health::{
+    ActiveChecks, HealthSettings, OutlierDetection, OutlierSignal, Probe, SlowStart,
+};
 use crate::key::NoKey;
 use crate::strategy::{LatencyTracking, LeastRequest, Strategy};
 
@@ -270,6 +272,7 @@ impl<P, C, T, H> Builder<P, C, T, H> {
     /// its service (an address into a client, say). A key that already has a service keeps
     /// it when it is inserted again (a reweight) or listed in a reset, so its connections
     /// stay; a removed key's service is dropped.
+    #[allow(clippy::type_complexity)]
     pub fn build_with<K, D, M>(
         self,
         discovery: D,

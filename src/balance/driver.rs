@@ -225,8 +225,12 @@ where
             .name
             .clone()
             .unwrap_or_else(|| super::shared::default_name(&endpoint.key));
-        self.health
-            .insert(&endpoint.key, &load, name.clone(), endpoint.metadata.clone());
+        self.health.insert(
+            &endpoint.key,
+            &load,
+            name.clone(),
+            endpoint.metadata.clone(),
+        );
         let slot = Slot {
             name,
             key: endpoint.key.clone(),

@@ -84,14 +84,17 @@ impl<S, Req> Routing<S, Req> {
         }
         if !self.candidates.is_empty() && !self.fail_fast.is_zero() {
             let fail_fast = self.fail_fast;
-            let (_, sleep) = self.deadline.get_or_insert_with(|| {
-                (Instant::now(), Box::pin(tokio::time::sleep(fail_fast)))
-            });
+            let (_, sleep) = self
+                .deadline
+                .get_or_insert_with(|| (Instant::now(), Box::pin(tokio::time::sleep(fail_fast))));
             if sleep.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
         }
-        let waited = self.deadline.as_ref().map_or(Duration::ZERO, |d| d.0.elapsed());
+        let waited = self
+            .deadline
+            .as_ref()
+            .map_or(Duration::ZERO, |d| d.0.elapsed());
         Poll::Ready(Err(Unavailable {
             reason: UnavailableReason::NoneReady,
             waited,
@@ -188,9 +191,9 @@ where
             match this.state.as_mut().project() {
                 StateProj::NotReady => return Poll::Ready(Err(NotReady.into())),
                 StateProj::Failed { error } => {
-                    return Poll::Ready(Err(error
-                        .take()
-                        .unwrap_or_else(|| "tower-lb response future polled after completion".into())))
+                    return Poll::Ready(Err(error.take().unwrap_or_else(|| {
+                        "tower-lb response future polled after completion".into()
+                    })))
                 }
                 StateProj::Routing { routing } => match ready!(routing.poll_call(cx)) {
                     Ok((future, guard)) => this.state.set(State::Called {

@@ -125,9 +125,7 @@ impl<K, D: fmt::Debug, P: fmt::Debug, C: fmt::Debug, T: fmt::Debug, H: fmt::Debu
     }
 }
 
-impl<K, D: Clone, P: Clone, C: Clone, T: Clone, H: Clone> Clone
-    for BalanceLayer<K, D, P, C, T, H>
-{
+impl<K, D: Clone, P: Clone, C: Clone, T: Clone, H: Clone> Clone for BalanceLayer<K, D, P, C, T, H> {
     fn clone(&self) -> Self {
         BalanceLayer::from_builder(self.discovery.clone(), self.builder.clone())
     }

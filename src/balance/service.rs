@@ -137,12 +137,7 @@ impl Balance<(), ()> {
 }
 
 impl<K, S, P: Strategy, C, T, H> Balance<K, S, P, C, T, H> {
-    pub(crate) fn from_shared(
-        shared: Arc<Shared<K, S, P>>,
-        classify: C,
-        track: T,
-        key: H,
-    ) -> Self {
+    pub(crate) fn from_shared(shared: Arc<Shared<K, S, P>>, classify: C, track: T, key: H) -> Self {
         Balance {
             shared,
             classify,
@@ -228,7 +223,8 @@ impl<K, S, P: Strategy, C, T, H> Balance<K, S, P, C, T, H> {
                 key: format!("{key:?}"),
             });
         };
-        slot.load.set_flags(crate::endpoint::flags::DRAINING, draining);
+        slot.load
+            .set_flags(crate::endpoint::flags::DRAINING, draining);
         self.shared.signal.wake_driver();
         Ok(())
     }
@@ -554,7 +550,9 @@ where
         let set = self.shared.set.load();
         let Some(table) = set.table.as_ref() else {
             // The set emptied between poll_ready and call.
-            let reason = has_eligible(&set).err().unwrap_or(UnavailableReason::NoEndpoints);
+            let reason = has_eligible(&set)
+                .err()
+                .unwrap_or(UnavailableReason::NoEndpoints);
             return ResponseFuture::failed(
                 Unavailable {
                     reason,

@@ -108,10 +108,14 @@ impl ActiveChecks {
     pub(crate) fn validate(&self) -> Result<(), BuildError> {
         let invalid = BuildError::InvalidConfig;
         if self.interval.is_zero() {
-            return Err(invalid("active checks: the interval must be greater than zero"));
+            return Err(invalid(
+                "active checks: the interval must be greater than zero",
+            ));
         }
         if self.timeout.is_zero() {
-            return Err(invalid("active checks: the timeout must be greater than zero"));
+            return Err(invalid(
+                "active checks: the timeout must be greater than zero",
+            ));
         }
         if self.rise == 0 || self.fall == 0 {
             return Err(invalid("active checks: rise and fall must be at least 1"));
@@ -153,7 +157,9 @@ mod tests {
 
     #[test]
     fn jitter_spreads_the_interval() {
-        let s = ActiveChecks::new().interval(Duration::from_secs(2)).jitter(0.1);
+        let s = ActiveChecks::new()
+            .interval(Duration::from_secs(2))
+            .jitter(0.1);
         assert_eq!(s.next_delay(0.0), Duration::from_millis(1800));
         assert_eq!(s.next_delay(0.5), Duration::from_secs(2));
         assert!(s.next_delay(0.999_999) < Duration::from_millis(2200));

@@ -67,14 +67,13 @@ pub mod slow_start;
 mod tcp_probe;
 
 pub use active::{ActiveChecks, Initial};
+#[cfg(feature = "http")]
+pub use http_probe::HttpProbe;
 pub use outlier::OutlierDetection;
 pub(crate) use outlier::OutlierSignal;
 pub use probe::{Probe, ProbeFailure, ProbeTarget};
 pub use slow_start::SlowStart;
 pub use tcp_probe::TcpProbe;
-#[cfg(feature = "http")]
-pub use http_probe::HttpProbe;
-
 
 use std::fmt;
 use std::sync::Arc;
@@ -186,7 +185,11 @@ pub struct HealthEvent<K> {
 
 impl<K: fmt::Debug> fmt::Display for HealthEvent<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}: {} -> {} ({})", self.key, self.from, self.to, self.reason)
+        write!(
+            f,
+            "{:?}: {} -> {} ({})",
+            self.key, self.from, self.to, self.reason
+        )
     }
 }
 

@@ -168,22 +168,34 @@ impl OutlierDetection {
     pub(crate) fn validate(&self) -> Result<(), BuildError> {
         let invalid = BuildError::InvalidConfig;
         if self.consecutive_failures == Some(0) {
-            return Err(invalid("outlier detection: consecutive failures must be at least 1"));
+            return Err(invalid(
+                "outlier detection: consecutive failures must be at least 1",
+            ));
         }
         if self.interval.is_zero() {
-            return Err(invalid("outlier detection: the interval must be greater than zero"));
+            return Err(invalid(
+                "outlier detection: the interval must be greater than zero",
+            ));
         }
         if self.base_ejection.is_zero() {
-            return Err(invalid("outlier detection: the base ejection time must be greater than zero"));
+            return Err(invalid(
+                "outlier detection: the base ejection time must be greater than zero",
+            ));
         }
         if self.max_ejection < self.base_ejection {
-            return Err(invalid("outlier detection: the max ejection time is below the base ejection time"));
+            return Err(invalid(
+                "outlier detection: the max ejection time is below the base ejection time",
+            ));
         }
         if self.max_ejection_percent > 100 {
-            return Err(invalid("outlier detection: the max ejection percent is over 100"));
+            return Err(invalid(
+                "outlier detection: the max ejection percent is over 100",
+            ));
         }
         if self.probation_successes == Some(0) {
-            return Err(invalid("outlier detection: probation successes must be at least 1"));
+            return Err(invalid(
+                "outlier detection: probation successes must be at least 1",
+            ));
         }
         if let Some(sr) = &self.success_rate {
             if !(sr.stdev_factor.is_finite() && sr.stdev_factor >= 0.0) {
@@ -195,7 +207,9 @@ impl OutlierDetection {
         }
         if let Some(fp) = &self.failure_percentage {
             if !(fp.threshold.is_finite() && (0.0..=100.0).contains(&fp.threshold)) {
-                return Err(invalid("outlier detection: the failure-percentage threshold must be within 0..=100"));
+                return Err(invalid(
+                    "outlier detection: the failure-percentage threshold must be within 0..=100",
+                ));
             }
             if fp.minimum_hosts == 0 || fp.request_volume == 0 {
                 return Err(invalid("outlier detection: failure-percentage minimum hosts and request volume must be at least 1"));
@@ -254,7 +268,9 @@ impl OutlierSignal {
     pub(crate) fn reserve_ejection(&self) -> bool {
         let max = self.max_ejected.load(Ordering::Acquire);
         self.ejected
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
             .is_ok()
     }
 
@@ -295,7 +311,10 @@ pub(crate) enum Verdict {
 /// Runs the success-rate and failure-percentage detectors over one interval's samples
 /// (`None` for endpoints that are not judged, such as those already ejected). Returns the
 /// endpoints to eject, in index order.
-pub(crate) fn evaluate(settings: &OutlierDetection, samples: &[Option<Sample>]) -> Vec<(usize, Verdict)> {
+pub(crate) fn evaluate(
+    settings: &OutlierDetection,
+    samples: &[Option<Sample>],
+) -> Vec<(usize, Verdict)> {
     let mut verdicts: Vec<(usize, Verdict)> = Vec::new();
     if let Some(sr) = &settings.success_rate {
         let judged: Vec<(usize, f64)> = samples
@@ -304,7 +323,10 @@ pub(crate) fn evaluate(settings: &OutlierDetection, samples: &[Option<Sample>]) 
             .filter_map(|(i, s)| {
                 let s = (*s)?;
                 (s.requests >= sr.request_volume).then(|| {
-                    (i, (s.requests - s.failures.min(s.requests)) as f64 / s.requests as f64)
+                    (
+                        i,
+                        (s.requests - s.failures.min(s.requests)) as f64 / s.requests as f64,
+                    )
                 })
             })
             .collect();
@@ -326,8 +348,12 @@ pub(crate) fn evaluate(settings: &OutlierDetection, samples: &[Option<Sample>]) 
             .enumerate()
             .filter_map(|(i, s)| {
                 let s = (*s)?;
-                (s.requests >= fp.request_volume)
-                    .then(|| (i, 100.0 * s.failures.min(s.requests) as f64 / s.requests as f64))
+                (s.requests >= fp.request_volume).then(|| {
+                    (
+                        i,
+                        100.0 * s.failures.min(s.requests) as f64 / s.requests as f64,
+                    )
+                })
             })
             .collect();
         if judged.len() >= fp.minimum_hosts {
@@ -356,7 +382,10 @@ mod tests {
         // 0.941 - 1.9 × 0.147 = 0.662.
         let mut samples = vec![sample(100, 1); 9];
         samples.push(sample(100, 50));
-        let out = evaluate(&OutlierDetection::default().failure_percentage(None), &samples);
+        let out = evaluate(
+            &OutlierDetection::default().failure_percentage(None),
+            &samples,
+        );
         assert_eq!(out.len(), 1);
         let (i, Verdict::SuccessRate { rate, threshold }) = out[0] else {
             panic!("{out:?}")

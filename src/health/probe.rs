@@ -1,7 +1,7 @@
 //! Active health checks: the [`Probe`] trait and what a failed probe reports.
 //!
 //! A probe is an async check of one endpoint, run by the balancer's background task on a
-//! schedule (see [`ActiveChecks`](super::ActiveChecks)). It answers healthy (`Ok(())`) or
+//! schedule (see [`active`](super::active)). It answers healthy (`Ok(())`) or
 //! unhealthy with a [`ProbeFailure`] that says why. Built in:
 //!
 //! - [`TcpProbe`](super::TcpProbe): the endpoint accepts a TCP connection.

@@ -18,7 +18,9 @@ use tokio::time::{Instant, Sleep};
 
 use super::outlier::{self, Sample, Verdict};
 use super::probe::{DynProbe, ProbeTarget};
-use super::{ActiveChecks, Health, HealthEvent, HealthReason, HealthSettings, HealthStats, OutlierSignal};
+use super::{
+    ActiveChecks, Health, HealthEvent, HealthReason, HealthSettings, HealthStats, OutlierSignal,
+};
 use crate::endpoint::{flags, Load, Metadata};
 use crate::strategy::rng::Rng;
 
@@ -181,7 +183,11 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
 
     /// Runs everything that is due. Events go to `emit`. Returns whether eligibility or
     /// effective weights changed, so the driver must publish a new snapshot.
-    pub(crate) fn poll(&mut self, cx: &mut Context<'_>, emit: &mut dyn FnMut(HealthEvent<K>)) -> bool {
+    pub(crate) fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        emit: &mut dyn FnMut(HealthEvent<K>),
+    ) -> bool {
         self.signal.register_driver(cx.waker());
         let now = Instant::now();
         let mut changed = self.reconcile(now, emit);
@@ -215,9 +221,9 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
             let reason = if newly & flags::EJECTED != 0 {
                 // Ejected by the completion path: failures in a row (one, on probation).
                 record.times_ejected = record.times_ejected.saturating_add(1);
-                let time = outlier
-                    .as_ref()
-                    .map_or(Duration::from_secs(30), |o| o.ejection_time(record.times_ejected));
+                let time = outlier.as_ref().map_or(Duration::from_secs(30), |o| {
+                    o.ejection_time(record.times_ejected)
+                });
                 record.ejected_until = Some(now + time);
                 record.ramp_from = None;
                 let in_row = record.load.consecutive_failures().max(1);
@@ -247,13 +253,19 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
     }
 
     /// Collects probe answers and starts the probes that are due.
-    fn poll_probes(&mut self, cx: &mut Context<'_>, now: Instant, emit: &mut dyn FnMut(HealthEvent<K>)) -> bool {
+    fn poll_probes(
+        &mut self,
+        cx: &mut Context<'_>,
+        now: Instant,
+        emit: &mut dyn FnMut(HealthEvent<K>),
+    ) -> bool {
         let Some((checks, probe)) = self.settings.active.clone() else {
             return false;
         };
         let mut changed = false;
         loop {
-            while let Poll::Ready(Some((key, generation, result))) = self.probes.poll_next_unpin(cx) {
+            while let Poll::Ready(Some((key, generation, result))) = self.probes.poll_next_unpin(cx)
+            {
                 changed |= self.on_probe_result(&checks, key, generation, result, now, emit);
             }
             // Start due probes, up to the concurrency cap, in order of due time.
@@ -333,7 +345,11 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
         if first {
             record.in_row = 1;
         }
-        record.probed = Some(if flip { ok } else { record.probed.unwrap_or(ok) });
+        record.probed = Some(if flip {
+            ok
+        } else {
+            record.probed.unwrap_or(ok)
+        });
         if !flip {
             return false;
         }
@@ -366,7 +382,7 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
         let slow_start = self.settings.slow_start.is_some();
         let mut changed = false;
         for (key, record) in &mut self.records {
-            if !record.ejected_until.is_some_and(|t| t <= now) {
+            if record.ejected_until.is_none_or(|t| t > now) {
                 continue;
             }
             record.ejected_until = None;
@@ -443,8 +459,12 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
             record.ramp_from = None;
             record.seen_flags = record.load.health_flags();
             let reason = match verdict {
-                Verdict::SuccessRate { rate, threshold } => HealthReason::SuccessRate { rate, threshold },
-                Verdict::FailurePercentage { percent } => HealthReason::FailurePercentage { percent },
+                Verdict::SuccessRate { rate, threshold } => {
+                    HealthReason::SuccessRate { rate, threshold }
+                }
+                Verdict::FailurePercentage { percent } => {
+                    HealthReason::FailurePercentage { percent }
+                }
             };
             emit(HealthEvent {
                 key: key.clone(),
@@ -474,13 +494,18 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
             healthy.push((candidate, ok));
         }
         if let Some(outlier) = &self.settings.outlier {
-            self.signal.set_max_ejected(outlier.max_ejected(stats.candidates));
+            self.signal
+                .set_max_ejected(outlier.max_ejected(stats.candidates));
         }
         let panic = &self.settings.panic;
         stats.panic = stats.candidates > 0
             && (stats.healthy as f64) < panic.threshold * stats.candidates as f64;
         let open = stats.panic && !panic.fail_closed;
-        let skip = if open { flags::DRAINING } else { flags::UNAVAILABLE };
+        let skip = if open {
+            flags::DRAINING
+        } else {
+            flags::UNAVAILABLE
+        };
 
         // Slow start and probation: the share of its weight each endpoint gets.
         let slow_start = self.settings.slow_start;
@@ -506,7 +531,8 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
             .collect();
         if ramping {
             if let Some(s) = slow_start {
-                self.next_ramp_step = Some(now + (s.window / RAMP_STEPS).max(Duration::from_millis(1)));
+                self.next_ramp_step =
+                    Some(now + (s.window / RAMP_STEPS).max(Duration::from_millis(1)));
             }
         } else {
             self.next_ramp_step = None;
@@ -530,13 +556,19 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
                 Some(w.round().clamp(1.0, f64::from(u32::MAX)) as u32)
             })
             .collect();
-        Eligibility { weights, skip, stats }
+        Eligibility {
+            weights,
+            skip,
+            stats,
+        }
     }
 
     /// Arms one timer for the earliest thing due: a probe, an ejection's end, the outlier
     /// interval, the next slow-start step.
     pub(crate) fn arm_timer(&mut self, cx: &mut Context<'_>) {
-        let mut next: Option<Instant> = self.next_interval.filter(|_| self.settings.outlier.is_some());
+        let mut next: Option<Instant> = self
+            .next_interval
+            .filter(|_| self.settings.outlier.is_some());
         let mut consider = |t: Option<Instant>| {
             if let Some(t) = t {
                 next = Some(next.map_or(t, |n| n.min(t)));
@@ -562,7 +594,6 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
             cx.waker().wake_by_ref();
         }
     }
-
 }
 
 /// Completed requests that failed (failures minus failed readiness checks).

@@ -177,9 +177,8 @@ impl<'a> Endpoints<'a> {
     /// The name of endpoint `i`, which consistent-hashing strategies hash to place it.
     /// Panics if `i` is out of range.
     ///
-    /// The balancer derives it from the endpoint's key with
-    /// [`Builder::endpoint_name`](crate::Builder::endpoint_name); by default it is the key's
-    /// `Debug` form without surrounding quotes, so a `SocketAddr` key `127.0.0.1:8000` and a
+    /// It is the endpoint's [`Metadata::name`](crate::Metadata::name) if set, or else the
+    /// key's `Debug` form without surrounding quotes, so a `SocketAddr` key `127.0.0.1:8000` and a
     /// string key `"10.0.0.1:80"` are named `127.0.0.1:8000` and `10.0.0.1:80`.
     #[inline]
     pub fn name(&self, i: usize) -> &'a str {
