@@ -42,6 +42,8 @@
 //! - **Honest load.** Failures (errors, HTTP 5xx and 429) are not fast successes, and
 //!   in-flight counts return to zero on cancellation.
 //! - **Fails fast with a reason** instead of waiting forever when no endpoint is eligible.
+//! - **Health.** Active probes, outlier detection, panic mode, slow start and draining keep
+//!   traffic away from broken endpoints and bring it back when they recover.
 //!
 //! # Modules
 //!
@@ -53,14 +55,16 @@
 //! | [`endpoint`] | [`Endpoint`], per-endpoint [`Load`](endpoint::Load) and [`EndpointStats`] |
 //! | [`classify`] | which results count as failures |
 //! | [`completion`] | when a request stops counting as in flight |
+//! | [`health`] | active probes, outlier detection, panic mode, slow start, draining, events |
+//! | [`key`] | request keys for consistent hashing |
 //! | [`error`] | the balancer's errors |
-//! | `http` | (feature `http`) keep a request in flight until its body ends |
+//! | `http` | (feature `http`) HTTP request keys, and keep a request in flight until its body ends |
 //!
 //! # Features
 //!
 //! | feature | default | what it adds |
 //! |---|---|---|
-//! | `http` | no | `http::OnBodyEnd` and `http::TrackedBody` (depends on `http-body`) |
+//! | `http` | no | `http::OnBodyEnd` and `http::TrackedBody`, the request keys in `http::key`, and `health::HttpProbe` (depends on `http-body` and `bytes`) |
 //!
 //! [tower]: https://docs.rs/tower
 

@@ -1,4 +1,5 @@
-//! HTTP helpers (feature `http`): keep a request in flight until its response body ends.
+//! HTTP helpers (feature `http`): request keys for consistent hashing ([`key`]), and keeping
+//! a request in flight until its response body ends ([`OnBodyEnd`]).
 //!
 //! ```no_run
 //! # #[cfg(feature = "http")] {

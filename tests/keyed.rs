@@ -1,0 +1,215 @@
+//! Routing by request key through the balancer: strategies that use a key choose at `call`
+//! time, fall back along the key's preference order when an endpoint cannot take the
+//! request, and wait for a busy preferred endpoint rather than fail.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use tower::{Service, ServiceExt};
+use tower_lb::classify::ErrorsAsFailures;
+use tower_lb::error::{BoxError, Unavailable, UnavailableReason};
+use tower_lb::key::key_fn;
+use tower_lb::strategy::{self, Endpoints, Strategy};
+use tower_lb::{discover, Balance};
+
+/// Routes key byte `b` to endpoint `b % n`, then `b + 1`, ... on later attempts; requests
+/// without a key go to the last endpoint.
+struct ByFirstByte;
+
+impl Strategy for ByFirstByte {
+    type Table = ();
+
+    fn build(&self, _: &Endpoints<'_>) {}
+
+    fn pick(&self, _: &(), endpoints: &Endpoints<'_>, cx: &strategy::Context<'_>) -> usize {
+        let n = endpoints.len();
+        match cx.key() {
+            Some(key) => (key[0] as usize + cx.attempt() as usize) % n,
+            None => n - 1,
+        }
+    }
+
+    fn uses_request_key(&self) -> bool {
+        true
+    }
+}
+
+const READY: u8 = 0;
+const BUSY: u8 = 1;
+const BROKEN: u8 = 2;
+
+/// An endpoint answering with its name, whose readiness the test controls.
+#[derive(Clone)]
+struct Switch {
+    name: &'static str,
+    state: Arc<AtomicU8>,
+    waiters: Arc<Mutex<Vec<Waker>>>,
+}
+
+impl Switch {
+    fn new(name: &'static str) -> Self {
+        Switch {
+            name,
+            state: Arc::new(AtomicU8::new(READY)),
+            waiters: Arc::default(),
+        }
+    }
+
+    fn set(&self, state: u8) {
+        self.state.store(state, Ordering::SeqCst);
+        for w in self.waiters.lock().unwrap().drain(..) {
+            w.wake();
+        }
+    }
+}
+
+impl Service<Vec<u8>> for Switch {
+    type Response = &'static str;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<&'static str, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        match self.state.load(Ordering::SeqCst) {
+            READY => Poll::Ready(Ok(())),
+            BUSY => {
+                self.waiters.lock().unwrap().push(cx.waker().clone());
+                Poll::Pending
+            }
+            _ => Poll::Ready(Err("broken".into())),
+        }
+    }
+
+    fn call(&mut self, _: Vec<u8>) -> Self::Future {
+        std::future::ready(Ok(self.name))
+    }
+}
+
+fn balancer(
+    switches: &[Switch],
+) -> Balance<
+    &'static str,
+    Switch,
+    ByFirstByte,
+    ErrorsAsFailures,
+    tower_lb::completion::OnResponse,
+    impl tower_lb::key::RequestKey<Vec<u8>>,
+> {
+    Balance::builder()
+        .strategy(ByFirstByte)
+        .classify(ErrorsAsFailures)
+        .request_key(key_fn(|req: &Vec<u8>| Some(req.clone())))
+        .fail_fast(Duration::from_secs(1))
+        .build(discover::static_list(
+            switches.iter().map(|s| (s.name, s.clone())).collect::<Vec<_>>(),
+        ))
+        .unwrap()
+}
+
+fn three() -> Vec<Switch> {
+    vec![Switch::new("a"), Switch::new("b"), Switch::new("c")]
+}
+
+#[tokio::test]
+async fn the_same_key_reaches_the_same_endpoint() {
+    let switches = three();
+    let mut lb = balancer(&switches);
+    for _ in 0..3 {
+        assert_eq!(lb.ready().await.unwrap().call(vec![1]).await.unwrap(), "b");
+        assert_eq!(lb.ready().await.unwrap().call(vec![5]).await.unwrap(), "c");
+    }
+    // No key, and an empty key, take the strategy's missing-key route.
+    assert_eq!(lb.ready().await.unwrap().call(vec![]).await.unwrap(), "c");
+}
+
+#[tokio::test]
+async fn a_busy_or_broken_endpoint_falls_back_along_the_preference_order() {
+    let switches = three();
+    let mut lb = balancer(&switches);
+    switches[1].set(BUSY);
+    assert_eq!(lb.ready().await.unwrap().call(vec![1]).await.unwrap(), "c");
+    switches[2].set(BROKEN);
+    assert_eq!(lb.ready().await.unwrap().call(vec![1]).await.unwrap(), "a");
+    // Keys that prefer a ready endpoint are not disturbed.
+    assert_eq!(lb.ready().await.unwrap().call(vec![0]).await.unwrap(), "a");
+    let readiness_failures: u64 = lb.endpoints().iter().map(|e| e.readiness_failures).sum();
+    assert_eq!(readiness_failures, 1);
+}
+
+#[tokio::test]
+async fn when_every_endpoint_is_busy_the_request_waits_for_the_first_ready_one() {
+    let switches = three();
+    let mut lb = balancer(&switches);
+    for s in &switches {
+        s.set(BUSY);
+    }
+    let response = lb.ready().await.unwrap().call(vec![1]);
+    let task = tokio::spawn(response);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(!task.is_finished());
+    // A less preferred endpoint frees up first and takes it.
+    switches[0].set(READY);
+    assert_eq!(task.await.unwrap().unwrap(), "a");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_waiting_on_busy_endpoints_fails_fast() {
+    let switches = three();
+    let mut lb = balancer(&switches);
+    for s in &switches {
+        s.set(BUSY);
+    }
+    let err = lb
+        .ready()
+        .await
+        .unwrap()
+        .call(vec![1])
+        .await
+        .unwrap_err();
+    let unavailable = err.downcast_ref::<Unavailable>().expect("Unavailable");
+    assert_eq!(unavailable.reason(), UnavailableReason::NoneReady);
+    assert_eq!(unavailable.waited(), Duration::from_secs(1));
+    // Nothing stays counted in flight.
+    assert!(lb.endpoints().iter().all(|e| e.in_flight == 0));
+}
+
+#[tokio::test]
+async fn when_every_endpoint_is_broken_the_error_says_so_at_once() {
+    let switches = three();
+    let mut lb = balancer(&switches);
+    for s in &switches {
+        s.set(BROKEN);
+    }
+    let err = lb
+        .ready()
+        .await
+        .unwrap()
+        .call(vec![1])
+        .await
+        .unwrap_err();
+    let unavailable = err.downcast_ref::<Unavailable>().expect("Unavailable");
+    assert_eq!(unavailable.reason(), UnavailableReason::NoneReady);
+    assert_eq!(unavailable.endpoints(), 3);
+    assert!(std::error::Error::source(unavailable).is_some());
+}
+
+#[tokio::test]
+async fn call_without_poll_ready_is_an_error_not_a_panic() {
+    let switches = three();
+    let mut lb = balancer(&switches);
+    let err = lb.call(vec![1]).await.unwrap_err();
+    assert!(err.is::<tower_lb::error::NotReady>());
+}
+
+#[tokio::test]
+async fn a_drained_endpoint_is_passed_over_for_the_next_in_order() {
+    let switches = three();
+    let mut lb = balancer(&switches);
+    lb.set_draining(&"b", true).unwrap();
+    assert_eq!(lb.ready().await.unwrap().call(vec![1]).await.unwrap(), "c");
+    lb.set_draining(&"b", false).unwrap();
+    tokio::task::yield_now().await;
+    assert_eq!(lb.ready().await.unwrap().call(vec![1]).await.unwrap(), "b");
+    assert!(lb.set_draining(&"zzz", true).is_err());
+}
