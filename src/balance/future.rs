@@ -112,7 +112,7 @@ pin_project! {
         S: Service<Req>,
     {
         Called { #[pin] future: S::Future, guard: Option<InFlight> },
-        Routing { routing: Routing<S, Req> },
+        Routing { routing: Box<Routing<S, Req>> },
         Failed { error: Option<BoxError> },
         NotReady,
     }
@@ -153,7 +153,9 @@ impl<S: Service<Req>, Req, C, T> ResponseFuture<S, Req, C, T> {
 
     pub(crate) fn routing(routing: Routing<S, Req>, classify: C, track: T) -> Self {
         ResponseFuture {
-            state: State::Routing { routing },
+            state: State::Routing {
+                routing: Box::new(routing),
+            },
             classify,
             track,
         }
