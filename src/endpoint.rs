@@ -277,6 +277,13 @@ impl Load {
         self.set_flags(flags::PROBATION, true);
     }
 
+    /// Ends an ejection without probation: back at full weight, counting failures in a row
+    /// from zero (the failures that ejected it must not count again).
+    pub(crate) fn end_ejection(&self) {
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        self.set_flags(flags::EJECTED, false);
+    }
+
     /// Failures in a row, as outlier detection counts them.
     pub(crate) fn consecutive_failures(&self) -> u32 {
         self.consecutive_failures.load(Ordering::Relaxed)
@@ -291,6 +298,11 @@ impl Load {
         if failure {
             let in_row = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
             let on_probation = flags_now & flags::PROBATION != 0;
+            if on_probation {
+                // Probation ends after successes in a row: a failure that cannot eject
+                // (no ejection slot is free) still starts the count again.
+                self.probation_successes.store(0, Ordering::Relaxed);
+            }
             if flags_now & flags::EJECTED == 0
                 && (on_probation || outlier.consecutive_threshold_reached(in_row))
                 && outlier.reserve_ejection()

@@ -64,7 +64,7 @@
 //!
 //! | feature | default | what it adds |
 //! |---|---|---|
-//! | `http` | no | `http::OnBodyEnd` and `http::TrackedBody`, the request keys in `http::key`, and `health::HttpProbe` (depends on `http-body` and `bytes`) |
+//! | `http` | yes | `http::OnBodyEnd` and `http::TrackedBody`, the request keys in `http::key`, and `health::HttpProbe` (depends on `http-body` and `bytes`) |
 //!
 //! [tower]: https://docs.rs/tower
 

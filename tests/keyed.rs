@@ -102,7 +102,10 @@ fn balancer(
         .request_key(key_fn(|req: &Vec<u8>| Some(req.clone())))
         .fail_fast(Duration::from_secs(1))
         .build(discover::static_list(
-            switches.iter().map(|s| (s.name, s.clone())).collect::<Vec<_>>(),
+            switches
+                .iter()
+                .map(|s| (s.name, s.clone()))
+                .collect::<Vec<_>>(),
         ))
         .unwrap()
 }
@@ -160,13 +163,7 @@ async fn a_request_waiting_on_busy_endpoints_fails_fast() {
     for s in &switches {
         s.set(BUSY);
     }
-    let err = lb
-        .ready()
-        .await
-        .unwrap()
-        .call(vec![1])
-        .await
-        .unwrap_err();
+    let err = lb.ready().await.unwrap().call(vec![1]).await.unwrap_err();
     let unavailable = err.downcast_ref::<Unavailable>().expect("Unavailable");
     assert_eq!(unavailable.reason(), UnavailableReason::NoneReady);
     assert_eq!(unavailable.waited(), Duration::from_secs(1));
@@ -181,13 +178,7 @@ async fn when_every_endpoint_is_broken_the_error_says_so_at_once() {
     for s in &switches {
         s.set(BROKEN);
     }
-    let err = lb
-        .ready()
-        .await
-        .unwrap()
-        .call(vec![1])
-        .await
-        .unwrap_err();
+    let err = lb.ready().await.unwrap().call(vec![1]).await.unwrap_err();
     let unavailable = err.downcast_ref::<Unavailable>().expect("Unavailable");
     assert_eq!(unavailable.reason(), UnavailableReason::NoneReady);
     assert_eq!(unavailable.endpoints(), 3);

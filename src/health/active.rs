@@ -8,7 +8,8 @@
 //! - A **new endpoint** is probed at once. Its first result decides its state (one success
 //!   marks it healthy, as in Envoy; one failure marks it unhealthy), and an event reports
 //!   it either way. Until then it is [`Initial::Healthy`] (takes traffic, the default) or
-//!   [`Initial::Unhealthy`] (takes none until its first success).
+//!   [`Initial::Unhealthy`] (takes none until its first success; in panic mode, none
+//!   until its first answer).
 //! - After that, a healthy endpoint becomes unhealthy after [`fall`](ActiveChecks::fall)
 //!   failures in a row (default 3) and an unhealthy one healthy after
 //!   [`rise`](ActiveChecks::rise) successes in a row (default 2), HAProxy's defaults.
@@ -25,7 +26,8 @@ pub enum Initial {
     /// It takes traffic at once (the default).
     #[default]
     Healthy,
-    /// It takes no traffic until its first probe succeeds.
+    /// It takes no traffic until its first probe succeeds (in panic mode, until its first
+    /// probe answers).
     Unhealthy,
 }
 

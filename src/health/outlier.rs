@@ -16,8 +16,9 @@
 //!   failures are at least `threshold` percent (85) of their requests are ejected.
 //!
 //! An ejection lasts `base_ejection × times ejected` (30 s, 60 s, ...), capped at
-//! `max_ejection` (300 s). Each interval in which an endpoint is not ejected lowers its
-//! count of times ejected by one, so an endpoint that stays well is forgiven. At most
+//! `max_ejection` (300 s). Each interval that an endpoint spends wholly back in service
+//! (not ejected, no ejection ending in it, not on probation) lowers its count of times
+//! ejected by one, so an endpoint that stays well is forgiven. At most
 //! `max_ejection_percent` (10 %) of the endpoints are ejected at once, and at least one
 //! may always be (unless the percentage is 0).
 //!
@@ -159,7 +160,8 @@ impl OutlierDetection {
     }
 
     /// Successes in a row that end probation; `None` brings an endpoint back at full
-    /// weight at once. `Some(0)` is rejected when the balancer is built.
+    /// weight at once, counting failures in a row from zero. `Some(0)` is rejected when
+    /// the balancer is built.
     pub fn probation_successes(mut self, n: Option<u32>) -> Self {
         self.probation_successes = n;
         self

@@ -41,7 +41,7 @@ struct Record {
     target: ProbeTarget,
     /// Bumped when the endpoint is re-added, so a late probe answer for the old one is ignored.
     generation: u64,
-    /// The last probe verdict: `None` until the first answer.
+    /// The last probe answer (healthy or not): `None` until the first answer.
     probed: Option<bool>,
     /// Probe answers in a row that agree with the last one.
     in_row: u32,
@@ -50,6 +50,9 @@ struct Record {
     queued: bool,
     times_ejected: u32,
     ejected_until: Option<Instant>,
+    /// Whether an ejection ended during the current outlier interval: such an interval
+    /// does not forgive an ejection.
+    returned_in_interval: bool,
     /// Requests and completed failures at the start of the outlier interval.
     counts: (u64, u64),
     /// The flags as of the last reconcile.
@@ -165,6 +168,7 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
             queued: false,
             times_ejected: 0,
             ejected_until: None,
+            returned_in_interval: false,
             counts: (load.completed(), completed_failures(load)),
             seen_flags: flags_now,
             ramp_from: (self.started && self.settings.slow_start.is_some()).then_some(now),
@@ -328,11 +332,14 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
         let ok = result.is_ok();
         let from = record.health(true);
         let first = record.probed.is_none();
+        // `probed` is the last answer (not the state), so `in_row` counts the answers in a
+        // row that agree: a success after failures starts a new run of one.
         if record.probed == Some(ok) {
             record.in_row = record.in_row.saturating_add(1);
-        } else if !first {
+        } else {
             record.in_row = 1;
         }
+        record.probed = Some(ok);
         let healthy_before = record.load.health_flags() & flags::UNHEALTHY == 0;
         // The first answer decides at once; later ones need `rise` or `fall` in a row.
         let flip = if first {
@@ -342,14 +349,6 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
         } else {
             healthy_before && record.in_row >= checks.fall
         };
-        if first {
-            record.in_row = 1;
-        }
-        record.probed = Some(if flip {
-            ok
-        } else {
-            record.probed.unwrap_or(ok)
-        });
         if !flip {
             return false;
         }
@@ -386,11 +385,12 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
                 continue;
             }
             record.ejected_until = None;
+            record.returned_in_interval = true;
             let from = record.health(active);
             if probation {
                 record.load.begin_probation();
             } else {
-                record.load.set_flags(flags::EJECTED, false);
+                record.load.end_ejection();
             }
             self.signal.release_ejection();
             if slow_start {
@@ -441,9 +441,13 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
                 continue;
             };
             let verdict = verdicts.iter().find(|(j, _)| *j == i).map(|(_, v)| *v);
+            let returned = std::mem::take(&mut record.returned_in_interval);
             let Some(verdict) = verdict else {
-                // An interval without ejection forgives one earlier ejection.
-                if record.ejected_until.is_none() {
+                // An interval without ejection forgives one earlier ejection: not one in
+                // which an ejection ran or ended, nor one spent on probation (a failure on
+                // probation must find the count it left with, and double the ejection).
+                let on_probation = record.load.health_flags() & flags::PROBATION != 0;
+                if record.ejected_until.is_none() && !returned && !on_probation {
                     record.times_ejected = record.times_ejected.saturating_sub(1);
                 }
                 continue;
@@ -491,7 +495,12 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
             stats.candidates += usize::from(candidate);
             stats.healthy += usize::from(ok);
             stats.ejected += usize::from(bits & flags::EJECTED != 0);
-            healthy.push((candidate, ok));
+            // With `Initial::Unhealthy`, an endpoint whose first probe has not answered
+            // takes no traffic, not even in panic mode.
+            let awaiting = bits & flags::UNHEALTHY != 0
+                && self.settings.active.is_some()
+                && self.records.get(c.key).is_some_and(|r| r.probed.is_none());
+            healthy.push((candidate, ok, awaiting));
         }
         if let Some(outlier) = &self.settings.outlier {
             self.signal
@@ -545,8 +554,8 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
             .iter()
             .zip(&healthy)
             .zip(&factors)
-            .map(|((c, (candidate, ok)), factor)| {
-                if !(if open { *candidate } else { *ok }) {
+            .map(|((c, (candidate, ok, awaiting)), factor)| {
+                if !(if open { *candidate && !*awaiting } else { *ok }) {
                     return None;
                 }
                 if !scaled {

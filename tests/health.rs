@@ -1,0 +1,1800 @@
+//! Health through the balancer: active probes, passive outlier detection, panic mode, slow
+//! start, draining and health events.
+//!
+//! Two kinds of tests:
+//!
+//! - **Real hyper servers on 127.0.0.1** that answer 500 or 503, hang past the timeout,
+//!   refuse connections, then recover. They run on the real clock (tokio's paused clock
+//!   does not drive real sockets) with short intervals, and wait for conditions by polling
+//!   with a deadline of a few seconds, never by sleeping and hoping.
+//! - **In-memory endpoints and a scripted in-memory probe under tokio's paused clock**, for
+//!   everything that is about time: ejection lengths, probation, rise and fall, the outlier
+//!   interval, the slow-start ramp. These assert exact counts and exact times.
+//!
+//! `cargo test --all-features --test health` (the HTTP probe tests need feature `http`).
+
+mod common;
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::fmt::Debug;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::FutureExt;
+use futures::StreamExt;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::oneshot;
+use tokio::task::{JoinHandle, JoinSet};
+use tower::retry::budget::{Budget, TpsBudget};
+use tower::retry::{Policy, Retry};
+use tower::{Service, ServiceExt};
+use tower_lb::balance::HealthEvents;
+use tower_lb::classify::ErrorsAsFailures;
+use tower_lb::discover;
+use tower_lb::endpoint::EndpointState;
+use tower_lb::error::{BoxError, BuildError, Unavailable, UnavailableReason};
+use tower_lb::health::outlier::FailurePercentage;
+use tower_lb::health::{
+    ActiveChecks, HealthEvent, HealthReason, Initial, OutlierDetection, Probe, ProbeFailure,
+    ProbeTarget, SlowStart,
+};
+use tower_lb::strategy::RoundRobin;
+use tower_lb::{Balance, Builder};
+
+use common::{hold, picks, send, settle, stats_of, Backend, CallLog, Gate};
+
+// ------------------------------------------------------------------------------------------
+// Shared helpers
+// ------------------------------------------------------------------------------------------
+
+/// The events ready now, without waiting.
+fn drain<K>(events: &mut HealthEvents<K>) -> Vec<HealthEvent<K>> {
+    let mut out = Vec::new();
+    while let Some(Some(event)) = events.next().now_or_never() {
+        out.push(event);
+    }
+    out
+}
+
+/// A probe failure in a few words, for exact comparisons.
+fn failure_kind(failure: &ProbeFailure) -> String {
+    match failure {
+        ProbeFailure::Timeout(t) => format!("timeout {t:?}"),
+        ProbeFailure::Connect(e) => format!("connect {:?}", e.kind()),
+        ProbeFailure::Status(s) => format!("status {}", s.as_u16()),
+        ProbeFailure::Unhealthy(why) => format!("unhealthy: {why}"),
+        other => format!("other: {other}"),
+    }
+}
+
+/// `key: from -> to (reason)`, with the key's `Debug` form without quotes.
+fn summary<K: Debug>(event: &HealthEvent<K>) -> String {
+    let reason = match &event.reason {
+        HealthReason::ProbeSucceeded => "probe ok".to_string(),
+        HealthReason::ProbeFailed(f) => format!("probe failed: {}", failure_kind(f)),
+        HealthReason::ConsecutiveFailures(n) => format!("{n} in a row"),
+        HealthReason::SuccessRate { .. } => "success rate".into(),
+        HealthReason::FailurePercentage { .. } => "failure percentage".into(),
+        HealthReason::EjectionEnded => "ejection ended".into(),
+        HealthReason::ProbationPassed => "probation passed".into(),
+        HealthReason::DrainStarted => "drain started".into(),
+        HealthReason::DrainStopped => "drain stopped".into(),
+        other => format!("other: {other}"),
+    };
+    let key = format!("{:?}", event.key);
+    format!(
+        "{}: {} -> {} ({reason})",
+        key.trim_matches('"'),
+        event.from,
+        event.to
+    )
+}
+
+fn summaries<K: Debug>(events: &[HealthEvent<K>]) -> Vec<String> {
+    events.iter().map(summary).collect()
+}
+
+/// The summaries of the events ready now, sorted (events of different endpoints that
+/// happen at the same instant come in no particular order).
+fn sorted_events<K: Debug>(events: &mut HealthEvents<K>) -> Vec<String> {
+    let mut out = summaries(&drain(events));
+    out.sort();
+    out
+}
+
+/// Advances the paused clock by `d` in steps of at most 100 ms, letting the balancer's
+/// driver run after each step, as it would on the real clock.
+async fn advance(d: Duration) {
+    let step = Duration::from_millis(100);
+    let mut left = d;
+    while !left.is_zero() {
+        let s = left.min(step);
+        tokio::time::advance(s).await;
+        settle().await;
+        left -= s;
+    }
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+// ------------------------------------------------------------------------------------------
+// In-memory endpoints and probe (paused clock)
+// ------------------------------------------------------------------------------------------
+
+/// An in-memory endpoint answering `()` with its name, or failing: by a script of
+/// outcomes first, then by a failure percentage spread evenly over its calls.
+#[derive(Clone)]
+struct Node {
+    name: &'static str,
+    fail_percent: Arc<AtomicU32>,
+    /// `true` = fail.
+    script: Arc<Mutex<VecDeque<bool>>>,
+    calls: Arc<AtomicUsize>,
+    log: CallLog,
+}
+
+impl Node {
+    fn new(name: &'static str, log: &CallLog) -> Self {
+        Node {
+            name,
+            fail_percent: Arc::default(),
+            script: Arc::default(),
+            calls: Arc::default(),
+            log: log.clone(),
+        }
+    }
+
+    /// From now on, `percent` % of calls fail, evenly spread (0 = always succeed, 100 =
+    /// always fail).
+    fn fail_percent(&self, percent: u32) {
+        self.fail_percent.store(percent, Ordering::SeqCst);
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+impl Service<()> for Node {
+    type Response = &'static str;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<&'static str, BoxError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _req: ()) -> Self::Future {
+        let i = self.calls.fetch_add(1, Ordering::SeqCst) as u64;
+        self.log.push(self.name);
+        let scripted = self.script.lock().unwrap().pop_front();
+        let fail = scripted.unwrap_or_else(|| {
+            // Call i fails when the running count of failures, i × p / 100, steps up.
+            let p = u64::from(self.fail_percent.load(Ordering::SeqCst));
+            (i + 1) * p / 100 > i * p / 100
+        });
+        std::future::ready(if fail {
+            Err(format!("{} failed", self.name).into())
+        } else {
+            Ok(self.name)
+        })
+    }
+}
+
+type Nodes = Balance<&'static str, Node, RoundRobin, ErrorsAsFailures>;
+type NodeBuilder = Builder<RoundRobin, ErrorsAsFailures>;
+
+/// A round-robin balancer over in-memory nodes named `names`, configured by `configure`.
+fn build_nodes(
+    names: &[&'static str],
+    log: &CallLog,
+    configure: impl FnOnce(NodeBuilder) -> NodeBuilder,
+) -> (Nodes, HashMap<&'static str, Node>) {
+    let nodes: Vec<Node> = names.iter().map(|n| Node::new(n, log)).collect();
+    let builder = Balance::builder()
+        .strategy(RoundRobin::new())
+        .classify(ErrorsAsFailures);
+    let balance = configure(builder)
+        .build(discover::static_list(
+            nodes
+                .iter()
+                .map(|n| (n.name, n.clone()))
+                .collect::<Vec<_>>(),
+        ))
+        .unwrap();
+    (balance, nodes.into_iter().map(|n| (n.name, n)).collect())
+}
+
+/// Sends requests one at a time until `node` has received `calls` more of them; returns
+/// how many of all the requests sent failed. Panics after 1000 requests.
+async fn send_until_calls(balance: &mut Nodes, node: &Node, calls: usize) -> usize {
+    let target = node.calls() + calls;
+    let mut failed = 0;
+    for _ in 0..1000 {
+        if node.calls() >= target {
+            return failed;
+        }
+        failed += usize::from(send(balance).await.is_err());
+    }
+    panic!("{} never received {calls} calls", node.name);
+}
+
+/// Counts of each name among `names`.
+fn count(names: &[&'static str], name: &str) -> usize {
+    names.iter().filter(|n| **n == name).count()
+}
+
+fn state<S, P, C, T>(
+    balance: &Balance<&'static str, S, P, C, T>,
+    key: &'static str,
+) -> EndpointState
+where
+    P: tower_lb::strategy::Strategy,
+{
+    stats_of(balance, &key).state
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Answer {
+    Ok,
+    Fail,
+    Hang,
+}
+
+/// An in-memory probe: answers per endpoint name as scripted (default: healthy), and
+/// counts the probes it started.
+#[derive(Clone, Default)]
+struct ScriptProbe {
+    answers: Arc<Mutex<HashMap<String, Answer>>>,
+    probes: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl ScriptProbe {
+    fn set(&self, name: &str, answer: Answer) {
+        self.answers.lock().unwrap().insert(name.into(), answer);
+    }
+
+    fn count(&self, name: &str) -> usize {
+        self.probes.lock().unwrap().get(name).copied().unwrap_or(0)
+    }
+}
+
+impl Probe for ScriptProbe {
+    type Future = Pin<Box<dyn Future<Output = Result<(), ProbeFailure>> + Send>>;
+
+    fn probe(&self, target: &ProbeTarget) -> Self::Future {
+        *self
+            .probes
+            .lock()
+            .unwrap()
+            .entry(target.name().to_string())
+            .or_default() += 1;
+        let answer = self
+            .answers
+            .lock()
+            .unwrap()
+            .get(target.name())
+            .copied()
+            .unwrap_or(Answer::Ok);
+        match answer {
+            Answer::Ok => Box::pin(std::future::ready(Ok(()))),
+            Answer::Fail => Box::pin(std::future::ready(Err(ProbeFailure::Unhealthy(
+                "scripted".into(),
+            )))),
+            Answer::Hang => Box::pin(std::future::pending()),
+        }
+    }
+}
+
+/// Probes every second exactly (no jitter), 500 ms timeout.
+fn every_second() -> ActiveChecks {
+    ActiveChecks::new()
+        .interval(secs(1))
+        .jitter(0.0)
+        .timeout(ms(500))
+}
+
+// ------------------------------------------------------------------------------------------
+// Bad input
+// ------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn invalid_health_settings_are_rejected_when_the_balancer_is_built() {
+    let log = CallLog::new();
+    let probe = ScriptProbe::default();
+    let cases: Vec<(&str, NodeBuilder)> = vec![
+        (
+            "zero probe interval",
+            Balance::builder()
+                .active_checks(probe.clone(), ActiveChecks::new().interval(Duration::ZERO)),
+        ),
+        (
+            "zero probe timeout",
+            Balance::builder()
+                .active_checks(probe.clone(), ActiveChecks::new().timeout(Duration::ZERO)),
+        ),
+        (
+            "rise 0",
+            Balance::builder().active_checks(probe.clone(), ActiveChecks::new().rise(0)),
+        ),
+        (
+            "fall 0",
+            Balance::builder().active_checks(probe.clone(), ActiveChecks::new().fall(0)),
+        ),
+        (
+            "zero outlier interval",
+            Balance::builder().outlier_detection(OutlierDetection::new().interval(Duration::ZERO)),
+        ),
+        (
+            "consecutive failures 0",
+            Balance::builder()
+                .outlier_detection(OutlierDetection::new().consecutive_failures(Some(0))),
+        ),
+        (
+            "ejection percent 101",
+            Balance::builder().outlier_detection(OutlierDetection::new().max_ejection_percent(101)),
+        ),
+        (
+            "zero base ejection",
+            Balance::builder()
+                .outlier_detection(OutlierDetection::new().base_ejection(Duration::ZERO)),
+        ),
+        (
+            "probation successes 0",
+            Balance::builder()
+                .outlier_detection(OutlierDetection::new().probation_successes(Some(0))),
+        ),
+        (
+            "failure percentage threshold 101",
+            Balance::builder().outlier_detection(OutlierDetection::new().failure_percentage(Some(
+                FailurePercentage {
+                    threshold: 101.0,
+                    ..FailurePercentage::default()
+                },
+            ))),
+        ),
+        (
+            "zero slow-start window",
+            Balance::builder().slow_start(SlowStart::new(Duration::ZERO)),
+        ),
+        (
+            "panic threshold 1.5",
+            Balance::builder().panic_threshold(1.5),
+        ),
+        (
+            "panic threshold -0.1",
+            Balance::builder().panic_threshold(-0.1),
+        ),
+        (
+            "panic threshold NaN",
+            Balance::builder().panic_threshold(f64::NAN),
+        ),
+    ]
+    .into_iter()
+    .map(|(what, b)| {
+        (
+            what,
+            b.strategy(RoundRobin::new()).classify(ErrorsAsFailures),
+        )
+    })
+    .collect();
+    for (what, builder) in cases {
+        let result = builder.build(discover::static_list([("a", Node::new("a", &log))]));
+        match result {
+            Err(BuildError::InvalidConfig(message)) => assert!(!message.is_empty(), "{what}"),
+            other => panic!(
+                "{what}: expected InvalidConfig, got {:?}",
+                other.map(|_| ())
+            ),
+        }
+    }
+    // The edges of the valid ranges build.
+    let (_b, _) = build_nodes(&["a"], &log, |b| {
+        b.active_checks(probe.clone(), ActiveChecks::new().rise(1).fall(1))
+            .outlier_detection(
+                OutlierDetection::new()
+                    .consecutive_failures(Some(1))
+                    .max_ejection_percent(100),
+            )
+            .panic_threshold(1.0)
+    });
+    let (_b, _) = build_nodes(&["a"], &log, |b| b.panic_threshold(0.0));
+}
+
+// ------------------------------------------------------------------------------------------
+// Outlier detection: consecutive failures, ejection, probation (paused clock)
+// ------------------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn failures_in_a_row_eject_at_exactly_the_threshold_and_a_success_resets_the_count() {
+    let log = CallLog::new();
+    let (mut balance, nodes) = build_nodes(&["a", "b"], &log, |b| {
+        b.outlier_detection(OutlierDetection::new())
+    });
+    let mut events = balance.health_events();
+    let b = &nodes["b"];
+    // 4 failures, a success, 4 failures: never 5 in a row.
+    b.script
+        .lock()
+        .unwrap()
+        .extend([true, true, true, true, false, true, true, true, true]);
+    let failed = send_until_calls(&mut balance, b, 9).await;
+    assert_eq!(failed, 8);
+    settle().await;
+    assert_eq!(state(&balance, "b"), EndpointState::Active);
+    assert!(drain(&mut events).is_empty());
+
+    // The fifth failure in a row ejects it at once: the next pick already skips it.
+    b.fail_percent(100);
+    let failed = send_until_calls(&mut balance, b, 1).await;
+    assert_eq!(failed, 1);
+    assert_eq!(state(&balance, "b"), EndpointState::Ejected);
+    let sent = picks(&mut balance, &log, 20).await;
+    assert_eq!(count(&sent, "b"), 0, "{sent:?}");
+    settle().await;
+    assert_eq!(
+        summaries(&drain(&mut events)),
+        ["b: healthy -> ejected (5 in a row)"]
+    );
+    let stats = balance.health_stats();
+    assert_eq!(
+        (stats.candidates, stats.healthy, stats.ejected, stats.panic),
+        (2, 1, 1, false)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_ejection_lasts_its_time_then_probation_gives_a_tenth_and_a_failure_doubles_it() {
+    let log = CallLog::new();
+    let (mut balance, nodes) = build_nodes(&["a", "b"], &log, |b| {
+        b.outlier_detection(OutlierDetection::new())
+    });
+    let mut events = balance.health_events();
+    let b = &nodes["b"];
+    b.fail_percent(100);
+
+    // Ejected after exactly 5 failed requests, all on b.
+    let mut failed = 0;
+    for _ in 0..30 {
+        failed += usize::from(send(&mut balance).await.is_err());
+    }
+    assert_eq!((failed, b.calls()), (5, 5));
+    settle().await;
+    assert_eq!(
+        summaries(&drain(&mut events)),
+        ["b: healthy -> ejected (5 in a row)"]
+    );
+
+    // No traffic for the whole 30 s ejection (the outlier interval runs three times).
+    for _ in 0..299 {
+        advance(ms(100)).await;
+        let sent = picks(&mut balance, &log, 2).await;
+        assert_eq!(count(&sent, "b"), 0);
+    }
+    assert_eq!(state(&balance, "b"), EndpointState::Ejected);
+    assert!(drain(&mut events).is_empty());
+    // 30 s after the ejection: back, on probation.
+    advance(ms(100)).await;
+    assert_eq!(
+        summaries(&drain(&mut events)),
+        ["b: ejected -> probation (ejection ended)"]
+    );
+    assert_eq!(state(&balance, "b"), EndpointState::Probation);
+    // A tenth of its weight: round robin over weights 1 and 0.1 gives b 10 picks in 110.
+    let sent = picks(&mut balance, &log, 110).await;
+    assert_eq!(count(&sent, "b"), 10, "{sent:?}");
+
+    // One failure on probation ejects it again, for twice as long (60 s), even after an
+    // outlier interval spent on probation (which does not forgive the first ejection).
+    advance(secs(15)).await;
+    assert_eq!(state(&balance, "b"), EndpointState::Probation);
+    let failed = send_until_calls(&mut balance, b, 1).await;
+    assert_eq!(failed, 1);
+    settle().await;
+    assert_eq!(
+        summaries(&drain(&mut events)),
+        ["b: probation -> ejected (1 in a row)"]
+    );
+    for _ in 0..599 {
+        advance(ms(100)).await;
+        let sent = picks(&mut balance, &log, 2).await;
+        assert_eq!(count(&sent, "b"), 0);
+    }
+    assert_eq!(
+        state(&balance, "b"),
+        EndpointState::Ejected,
+        "the second ejection must last 60 s"
+    );
+    advance(ms(100)).await;
+    assert_eq!(
+        summaries(&drain(&mut events)),
+        ["b: ejected -> probation (ejection ended)"]
+    );
+
+    // Healthy now: 5 successes in a row end probation, and b gets its full share again.
+    b.fail_percent(0);
+    let failed = send_until_calls(&mut balance, b, 5).await;
+    assert_eq!(failed, 0);
+    settle().await;
+    assert_eq!(
+        summaries(&drain(&mut events)),
+        ["b: probation -> healthy (probation passed)"]
+    );
+    assert_eq!(state(&balance, "b"), EndpointState::Active);
+    let sent = picks(&mut balance, &log, 20).await;
+    assert_eq!(count(&sent, "b"), 10, "{sent:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_probation_an_endpoint_returns_at_full_weight_and_needs_the_threshold_again() {
+    let log = CallLog::new();
+    let (mut balance, nodes) = build_nodes(&["a", "b"], &log, |b| {
+        b.outlier_detection(OutlierDetection::new().probation_successes(None))
+    });
+    let mut events = balance.health_events();
+    let b = &nodes["b"];
+    b.fail_percent(100);
+    assert_eq!(send_until_calls(&mut balance, b, 5).await, 5);
+    settle().await;
+    advance(ms(29_900)).await;
+    assert_eq!(state(&balance, "b"), EndpointState::Ejected);
+    advance(ms(100)).await;
+    assert_eq!(
+        sorted_events(&mut events),
+        [
+            "b: ejected -> healthy (ejection ended)",
+            "b: healthy -> ejected (5 in a row)"
+        ]
+    );
+    let sent = picks(&mut balance, &log, 20).await;
+    assert_eq!(count(&sent, "b"), 10, "full weight at once: {sent:?}");
+
+    // Still failing: it takes 5 new failures in a row to eject it again, not one.
+    assert_eq!(send_until_calls(&mut balance, b, 4).await, 4);
+    settle().await;
+    assert_eq!(state(&balance, "b"), EndpointState::Active);
+    assert_eq!(send_until_calls(&mut balance, b, 1).await, 1);
+    settle().await;
+    assert_eq!(
+        summaries(&drain(&mut events)),
+        ["b: healthy -> ejected (5 in a row)"]
+    );
+    // The second ejection in a row lasts 60 s.
+    advance(ms(59_900)).await;
+    assert_eq!(state(&balance, "b"), EndpointState::Ejected);
+    advance(ms(100)).await;
+    assert_eq!(state(&balance, "b"), EndpointState::Active);
+}
+
+#[tokio::test(start_paused = true)]
+async fn probation_ends_only_after_its_successes_in_a_row() {
+    let log = CallLog::new();
+    let (mut balance, nodes) = build_nodes(&["a", "b"], &log, |b| {
+        b.outlier_detection(OutlierDetection::new())
+    });
+    let mut events = balance.health_events();
+    let (a, b) = (&nodes["a"], &nodes["b"]);
+    b.fail_percent(100);
+    assert_eq!(send_until_calls(&mut balance, b, 5).await, 5);
+    settle().await;
+    advance(secs(30)).await;
+    assert_eq!(state(&balance, "b"), EndpointState::Probation);
+    // a is ejected and holds the only ejection slot (2 endpoints: at most one ejected).
+    b.fail_percent(0);
+    a.fail_percent(100);
+    send_until_calls(&mut balance, a, 5).await;
+    settle().await;
+    assert_eq!(state(&balance, "a"), EndpointState::Ejected);
+    // A failure on probation that cannot eject (no slot) still breaks the run of successes.
+    let before = b.calls();
+    b.script
+        .lock()
+        .unwrap()
+        .extend([false, true, false, false, false, false]);
+    send_until_calls(&mut balance, b, 6).await;
+    settle().await;
+    assert_eq!(b.calls() - before, 6);
+    assert_eq!(
+        state(&balance, "b"),
+        EndpointState::Probation,
+        "4 successes after the failure are not 5 in a row"
+    );
+    send_until_calls(&mut balance, b, 1).await;
+    settle().await;
+    assert_eq!(state(&balance, "b"), EndpointState::Active);
+    assert_eq!(
+        summaries(&drain(&mut events)),
+        [
+            "b: healthy -> ejected (5 in a row)",
+            "b: ejected -> probation (ejection ended)",
+            "a: healthy -> ejected (5 in a row)",
+            "b: probation -> healthy (probation passed)",
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_most_the_max_ejection_percent_is_ejected_at_once() {
+    let names = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"];
+    for (percent, expected) in [(10, 1), (20, 2), (30, 3), (0, 0)] {
+        let log = CallLog::new();
+        let (mut balance, nodes) = build_nodes(&names, &log, |b| {
+            b.outlier_detection(OutlierDetection::new().max_ejection_percent(percent))
+        });
+        for bad in ["c", "f", "i"] {
+            nodes[bad].fail_percent(100);
+        }
+        for _ in 0..200 {
+            let _ = send(&mut balance).await;
+        }
+        settle().await;
+        assert_eq!(balance.health_stats().ejected, expected, "{percent} %");
+        let ejected = balance
+            .endpoints()
+            .iter()
+            .filter(|e| e.state == EndpointState::Ejected)
+            .count();
+        assert_eq!(ejected, expected, "{percent} %");
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Outlier detection: the interval detectors (paused clock)
+// ------------------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn success_rate_ejection_runs_every_interval() {
+    let log = CallLog::new();
+    let names = ["a", "b", "c", "d", "e", "f"];
+    let (mut balance, nodes) = build_nodes(&names, &log, |b| {
+        b.outlier_detection(
+            OutlierDetection::new()
+                .consecutive_failures(None)
+                .failure_percentage(None),
+        )
+    });
+    let mut events = balance.health_events();
+    nodes["f"].fail_percent(50);
+    // 100 requests each (the request volume), in the first interval.
+    let mut failed = 0;
+    for _ in 0..600 {
+        failed += usize::from(send(&mut balance).await.is_err());
+    }
+    assert_eq!(failed, 50);
+    // Nothing happens before the interval ends.
+    advance(ms(9_900)).await;
+    assert!(drain(&mut events).is_empty());
+    assert_eq!(state(&balance, "f"), EndpointState::Active);
+    advance(ms(100)).await;
+    let got = drain(&mut events);
+    assert_eq!(summaries(&got), ["f: healthy -> ejected (success rate)"]);
+    // Rates 1, 1, 1, 1, 1, 0.5: threshold = mean - 1.9 × stdev (population).
+    let rates = [1.0, 1.0, 1.0, 1.0, 1.0, 0.5];
+    let mean = rates.iter().sum::<f64>() / 6.0;
+    let stdev = (rates.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / 6.0).sqrt();
+    match got[0].reason {
+        HealthReason::SuccessRate { rate, threshold } => {
+            assert_eq!(rate, 0.5);
+            assert!(
+                (threshold - (mean - 1.9 * stdev)).abs() < 1e-9,
+                "{threshold}"
+            );
+        }
+        ref other => panic!("{other:?}"),
+    }
+    let sent = picks(&mut balance, &log, 50).await;
+    assert_eq!(count(&sent, "f"), 0);
+
+    // The next interval judges only its own requests: a quiet interval ejects nobody.
+    advance(secs(10)).await;
+    assert!(drain(&mut events).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn failure_percentage_ejection_runs_every_interval() {
+    let log = CallLog::new();
+    let names = ["a", "b", "c", "d", "e", "f"];
+    let (mut balance, nodes) = build_nodes(&names, &log, |b| {
+        b.outlier_detection(
+            OutlierDetection::new()
+                .consecutive_failures(None)
+                .success_rate(None)
+                .max_ejection_percent(100),
+        )
+    });
+    let mut events = balance.health_events();
+    nodes["e"].fail_percent(90);
+    nodes["f"].fail_percent(80);
+    // 60 requests each: over the volume of 50.
+    for _ in 0..360 {
+        let _ = send(&mut balance).await;
+    }
+    advance(ms(9_900)).await;
+    assert!(drain(&mut events).is_empty());
+    advance(ms(100)).await;
+    let got = drain(&mut events);
+    // 90 % is at or over the 85 % threshold; 80 % is not.
+    assert_eq!(
+        summaries(&got),
+        ["e: healthy -> ejected (failure percentage)"]
+    );
+    match got[0].reason {
+        HealthReason::FailurePercentage { percent } => assert_eq!(percent, 90.0),
+        ref other => panic!("{other:?}"),
+    }
+    assert_eq!(state(&balance, "f"), EndpointState::Active);
+}
+
+// ------------------------------------------------------------------------------------------
+// Active checks (paused clock, scripted probe)
+// ------------------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn the_first_probe_result_of_every_endpoint_is_an_event_success_or_failure() {
+    let log = CallLog::new();
+    let probe = ScriptProbe::default();
+    probe.set("b", Answer::Fail);
+    probe.set("d", Answer::Fail);
+    let (tx, discovery) = discover::channel();
+    tx.insert("a", Node::new("a", &log)).unwrap();
+    tx.insert("b", Node::new("b", &log)).unwrap();
+    let mut balance = Balance::builder()
+        .strategy(RoundRobin::new())
+        .classify(ErrorsAsFailures)
+        .active_checks(probe.clone(), every_second())
+        .build(discovery)
+        .unwrap();
+    let mut events = balance.health_events();
+    settle().await;
+    assert_eq!(
+        sorted_events(&mut events),
+        [
+            "a: unknown -> healthy (probe ok)",
+            "b: unknown -> unhealthy (probe failed: unhealthy: scripted)"
+        ]
+    );
+    // Endpoints added later: their first result too, at once, either way.
+    advance(ms(300)).await;
+    tx.insert("c", Node::new("c", &log)).unwrap();
+    tx.insert("d", Node::new("d", &log)).unwrap();
+    settle().await;
+    assert_eq!(
+        sorted_events(&mut events),
+        [
+            "c: unknown -> healthy (probe ok)",
+            "d: unknown -> unhealthy (probe failed: unhealthy: scripted)"
+        ]
+    );
+    assert_eq!((probe.count("c"), probe.count("d")), (1, 1));
+    // Later results that change nothing are not events.
+    advance(secs(3)).await;
+    assert!(drain(&mut events).is_empty());
+    assert_eq!(probe.count("a"), 4);
+    // Unhealthy endpoints get no traffic.
+    let sent = picks(&mut balance, &log, 40).await;
+    assert_eq!((count(&sent, "a"), count(&sent, "c")), (20, 20), "{sent:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn fall_and_rise_count_probe_answers_in_a_row() {
+    let log = CallLog::new();
+    let probe = ScriptProbe::default();
+    let (mut balance, _) = build_nodes(&["a", "b"], &log, |b| {
+        b.active_checks(probe.clone(), every_second().fall(3).rise(2))
+    });
+    let mut events = balance.health_events();
+    settle().await;
+    assert_eq!(sorted_events(&mut events).len(), 2);
+
+    // b starts failing: unhealthy at the third failure in a row (3 s), not before.
+    probe.set("b", Answer::Fail);
+    advance(secs(2)).await;
+    assert!(drain(&mut events).is_empty());
+    assert_eq!(state(&balance, "b"), EndpointState::Active);
+    advance(secs(1)).await;
+    assert_eq!(
+        summaries(&drain(&mut events)),
+        ["b: healthy -> unhealthy (probe failed: unhealthy: scripted)"]
+    );
+    assert_eq!(probe.count("b"), 4);
+    assert_eq!(state(&balance, "b"), EndpointState::Unhealthy);
+    let sent = picks(&mut balance, &log, 10).await;
+    assert_eq!(count(&sent, "b"), 0);
+
+    // Success, failure, success: never 2 in a row, still unhealthy.
+    probe.set("b", Answer::Ok);
+    advance(secs(1)).await;
+    probe.set("b", Answer::Fail);
+    advance(secs(1)).await;
+    probe.set("b", Answer::Ok);
+    advance(secs(1)).await;
+    assert!(drain(&mut events).is_empty());
+    assert_eq!(state(&balance, "b"), EndpointState::Unhealthy);
+    // The second success in a row brings it back: rise × interval after it recovered.
+    advance(secs(1)).await;
+    assert_eq!(
+        summaries(&drain(&mut events)),
+        ["b: unhealthy -> healthy (probe ok)"]
+    );
+    let sent = picks(&mut balance, &log, 10).await;
+    assert_eq!(count(&sent, "b"), 5);
+
+    // A failure between failures resets the count the other way too.
+    probe.set("b", Answer::Fail);
+    advance(secs(2)).await;
+    probe.set("b", Answer::Ok);
+    advance(secs(1)).await;
+    probe.set("b", Answer::Fail);
+    advance(secs(2)).await;
+    assert!(drain(&mut events).is_empty());
+    assert_eq!(state(&balance, "b"), EndpointState::Active);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_that_never_answers_fails_with_a_timeout_and_initial_unhealthy_waits_for_it() {
+    let log = CallLog::new();
+    let probe = ScriptProbe::default();
+    probe.set("b", Answer::Hang);
+    let (mut balance, _) = build_nodes(&["a", "b"], &log, |b| {
+        b.active_checks(
+            probe.clone(),
+            every_second().rise(1).initial(Initial::Unhealthy),
+        )
+    });
+    let mut events = balance.health_events();
+    settle().await;
+    assert_eq!(
+        summaries(&drain(&mut events)),
+        ["a: unknown -> healthy (probe ok)"]
+    );
+    // Until its first answer b is unknown, and with Initial::Unhealthy it takes no traffic.
+    assert_eq!(state(&balance, "b"), EndpointState::Unhealthy);
+    let sent = picks(&mut balance, &log, 10).await;
+    assert_eq!(count(&sent, "b"), 0);
+    advance(ms(400)).await;
+    assert!(drain(&mut events).is_empty());
+    // At the 500 ms timeout: a failure that says so.
+    advance(ms(100)).await;
+    assert_eq!(
+        summaries(&drain(&mut events)),
+        ["b: unknown -> unhealthy (probe failed: timeout 500ms)"]
+    );
+    // It answers again: healthy at the next probe (rise 1), which is due an interval
+    // after the failed answer.
+    probe.set("b", Answer::Ok);
+    advance(ms(900)).await;
+    assert!(drain(&mut events).is_empty());
+    advance(ms(100)).await;
+    assert_eq!(
+        summaries(&drain(&mut events)),
+        ["b: unhealthy -> healthy (probe ok)"]
+    );
+    let sent = picks(&mut balance, &log, 10).await;
+    assert_eq!(count(&sent, "b"), 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn initial_unhealthy_endpoints_take_no_traffic_before_their_first_answer_even_in_panic() {
+    let log = CallLog::new();
+    let probe = ScriptProbe::default();
+    probe.set("b", Answer::Hang);
+    probe.set("c", Answer::Hang);
+    let (mut balance, _) = build_nodes(&["a", "b", "c"], &log, |b| {
+        b.active_checks(probe.clone(), every_second().initial(Initial::Unhealthy))
+    });
+    settle().await;
+    // 1 healthy of 3: panic mode, but b and c have not answered yet.
+    let stats = balance.health_stats();
+    assert_eq!((stats.candidates, stats.healthy, stats.panic), (3, 1, true));
+    let sent = picks(&mut balance, &log, 30).await;
+    assert_eq!(count(&sent, "a"), 30, "{sent:?}");
+    // Once their probes have failed, they are unhealthy like any other: panic mode spreads
+    // traffic over them.
+    advance(ms(500)).await;
+    let sent = picks(&mut balance, &log, 30).await;
+    assert_eq!(["a", "b", "c"].map(|n| count(&sent, n)), [10, 10, 10]);
+}
+
+// ------------------------------------------------------------------------------------------
+// Panic mode (paused clock)
+// ------------------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn below_the_panic_threshold_the_balancer_fails_open_over_every_endpoint() {
+    let log = CallLog::new();
+    let probe = ScriptProbe::default();
+    for name in ["b", "c", "d"] {
+        probe.set(name, Answer::Fail);
+    }
+    let (mut balance, _) = build_nodes(&["a", "b", "c", "d"], &log, |b| {
+        b.active_checks(probe.clone(), every_second().rise(1).fall(1))
+    });
+    let mut events = balance.health_events();
+    settle().await;
+    assert_eq!(drain(&mut events).len(), 4);
+    // 1 healthy of 4 is below 50 %: panic, traffic over all four.
+    let stats = balance.health_stats();
+    assert_eq!(
+        (stats.candidates, stats.healthy, stats.ejected, stats.panic),
+        (4, 1, 0, true)
+    );
+    assert_eq!(state(&balance, "b"), EndpointState::Unhealthy);
+    let sent = picks(&mut balance, &log, 400).await;
+    for name in ["a", "b", "c", "d"] {
+        assert_eq!(count(&sent, name), 100, "{name}");
+    }
+    // 2 of 4 is not below 50 %: no panic, only the healthy two get traffic.
+    probe.set("b", Answer::Ok);
+    advance(secs(1)).await;
+    let stats = balance.health_stats();
+    assert_eq!((stats.healthy, stats.panic), (2, false));
+    let sent = picks(&mut balance, &log, 400).await;
+    assert_eq!(
+        ["a", "b", "c", "d"].map(|n| count(&sent, n)),
+        [200, 200, 0, 0]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn fail_closed_keeps_to_the_healthy_and_fails_with_all_unhealthy_when_none_is() {
+    let log = CallLog::new();
+    let probe = ScriptProbe::default();
+    for name in ["b", "c", "d"] {
+        probe.set(name, Answer::Fail);
+    }
+    let (mut balance, _) = build_nodes(&["a", "b", "c", "d"], &log, |b| {
+        b.active_checks(probe.clone(), every_second().rise(1).fall(1))
+            .fail_closed(true)
+            .fail_fast(ms(100))
+    });
+    settle().await;
+    let stats = balance.health_stats();
+    assert_eq!((stats.candidates, stats.healthy, stats.panic), (4, 1, true));
+    let sent = picks(&mut balance, &log, 40).await;
+    assert_eq!(count(&sent, "a"), 40);
+
+    // None healthy: poll_ready fails fast, saying why.
+    probe.set("a", Answer::Fail);
+    advance(secs(1)).await;
+    let stats = balance.health_stats();
+    assert_eq!((stats.healthy, stats.panic), (0, true));
+    let start = tokio::time::Instant::now();
+    let err = balance
+        .ready()
+        .await
+        .map(|_| ())
+        .expect_err("no endpoint is healthy");
+    let unavailable = err.downcast_ref::<Unavailable>().expect("Unavailable");
+    assert_eq!(unavailable.reason(), UnavailableReason::AllUnhealthy);
+    assert_eq!(unavailable.endpoints(), 4);
+    assert_eq!(start.elapsed(), ms(100));
+
+    // One recovers: traffic goes to it alone.
+    probe.set("c", Answer::Ok);
+    advance(secs(1)).await;
+    let sent = picks(&mut balance, &log, 10).await;
+    assert_eq!(count(&sent, "c"), 10);
+}
+
+// ------------------------------------------------------------------------------------------
+// Slow start (paused clock)
+// ------------------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn slow_start_ramps_a_new_endpoints_share_over_the_window() {
+    let log = CallLog::new();
+    let (tx, discovery) = discover::channel();
+    for name in ["a", "b", "c", "d"] {
+        tx.insert(name, Node::new(name, &log)).unwrap();
+    }
+    let mut balance = Balance::builder()
+        .strategy(RoundRobin::new())
+        .classify(ErrorsAsFailures)
+        .slow_start(SlowStart::new(secs(10)))
+        .build(discovery)
+        .unwrap();
+    settle().await;
+    // The endpoints present at the start do not ramp.
+    let sent = picks(&mut balance, &log, 400).await;
+    assert_eq!(count(&sent, "a"), 100);
+
+    tx.insert("e", Node::new("e", &log)).unwrap();
+    settle().await;
+    let start = tokio::time::Instant::now();
+    const N: usize = 2000;
+    let mut measured = Vec::new();
+    for (at_ms, factor) in [
+        (0, 0.1),
+        (1_000, 0.1),
+        (2_500, 0.25),
+        (5_000, 0.5),
+        (7_500, 0.75),
+        (10_000, 1.0),
+        (15_000, 1.0),
+    ] {
+        let target = start + ms(at_ms);
+        advance(target - tokio::time::Instant::now()).await;
+        let sent = picks(&mut balance, &log, N).await;
+        let got = count(&sent, "e");
+        // Four endpoints at weight 1, the new one at max(0.1, t / window).
+        let expected = N as f64 * factor / (4.0 + factor);
+        measured.push(format!(
+            "t={:.1}s share {:.3} (expected {:.3})",
+            at_ms as f64 / 1000.0,
+            got as f64 / N as f64,
+            expected / N as f64
+        ));
+        assert!(
+            (got as f64 - expected).abs() <= 2.0,
+            "at {at_ms} ms: {got} of {N} picks, expected {expected:.1}"
+        );
+    }
+    eprintln!("slow start, new endpoint's share: {measured:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_start_ramps_an_endpoint_back_from_unhealthy() {
+    let log = CallLog::new();
+    let probe = ScriptProbe::default();
+    let (mut balance, _) = build_nodes(&["a", "b", "c", "d"], &log, |b| {
+        b.active_checks(probe.clone(), every_second().rise(1).fall(1))
+            .slow_start(SlowStart::new(secs(10)))
+    });
+    settle().await;
+    probe.set("d", Answer::Fail);
+    advance(secs(1)).await;
+    assert_eq!(state(&balance, "d"), EndpointState::Unhealthy);
+    let sent = picks(&mut balance, &log, 30).await;
+    assert_eq!(count(&sent, "d"), 0);
+    // Back: 10 % of its weight at first, half at 5 s, all of it at 10 s.
+    probe.set("d", Answer::Ok);
+    advance(secs(1)).await;
+    assert_eq!(state(&balance, "d"), EndpointState::Active);
+    for (n, expected) in [(3100, 100), (3500, 500), (400, 100)] {
+        let sent = picks(&mut balance, &log, n).await;
+        let got = count(&sent, "d") as i64;
+        assert!(
+            (got - expected).abs() <= 2,
+            "{got} of {n}, expected {expected}"
+        );
+        advance(secs(5)).await;
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Draining (paused clock)
+// ------------------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn draining_takes_no_new_requests_and_lets_those_in_flight_finish() {
+    let log = CallLog::new();
+    let gate = Gate::closed();
+    let mut balance = Balance::builder()
+        .strategy(RoundRobin::new())
+        .classify(ErrorsAsFailures)
+        .build(discover::static_list([
+            ("a", Backend::new("a").gate(&gate).log(&log)),
+            ("b", Backend::new("b").gate(&gate).log(&log)),
+        ]))
+        .unwrap();
+    let mut events = balance.health_events();
+    let held = hold(&mut balance, 4).await;
+    assert_eq!(stats_of(&balance, &"a").in_flight, 2);
+
+    balance.set_draining(&"a", true).unwrap();
+    // At once, before the driver has run: no new request goes to a.
+    let sent = picks(&mut balance, &log, 10).await;
+    assert_eq!(count(&sent, "a"), 0, "{sent:?}");
+    settle().await;
+    assert_eq!(
+        summaries(&drain(&mut events)),
+        ["a: healthy -> draining (drain started)"]
+    );
+    let a = stats_of(&balance, &"a");
+    assert_eq!((a.state, a.in_flight), (EndpointState::Draining, 2));
+    let stats = balance.health_stats();
+    assert_eq!(
+        (stats.candidates, stats.healthy, stats.panic),
+        (1, 1, false)
+    );
+
+    // The requests in flight finish normally.
+    gate.open();
+    let results = futures::future::join_all(held).await;
+    assert_eq!(
+        results.into_iter().map(Result::unwrap).collect::<Vec<_>>(),
+        ["a", "b", "a", "b"]
+    );
+    let a = stats_of(&balance, &"a");
+    assert_eq!((a.in_flight, a.completed, a.failures), (0, 2, 0));
+
+    balance.set_draining(&"a", false).unwrap();
+    settle().await;
+    assert_eq!(
+        summaries(&drain(&mut events)),
+        ["a: draining -> healthy (drain stopped)"]
+    );
+    let sent = picks(&mut balance, &log, 10).await;
+    assert_eq!(count(&sent, "a"), 5);
+
+    let unknown = balance.set_draining(&"z", true).unwrap_err();
+    assert!(unknown.to_string().contains("\"z\""), "{unknown}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn draining_every_endpoint_fails_with_all_unhealthy() {
+    let log = CallLog::new();
+    let (mut balance, _) = build_nodes(&["a", "b"], &log, |b| b.fail_fast(ms(50)));
+    balance.set_draining(&"a", true).unwrap();
+    balance.set_draining(&"b", true).unwrap();
+    settle().await;
+    let err = balance.ready().await.map(|_| ()).expect_err("all draining");
+    let unavailable = err.downcast_ref::<Unavailable>().expect("Unavailable");
+    assert_eq!(unavailable.reason(), UnavailableReason::AllUnhealthy);
+}
+
+// ------------------------------------------------------------------------------------------
+// Real hyper servers (real clock)
+// ------------------------------------------------------------------------------------------
+
+/// The status of a server that hangs: it answers no request until it is told otherwise.
+const HANG: u16 = 0;
+
+/// A hyper HTTP/1 server on 127.0.0.1 answering with a status that can change (or hanging),
+/// with its address as the body. Requests to `/health` are probes; the others are counted.
+struct Server {
+    addr: SocketAddr,
+    status: Arc<AtomicU16>,
+    hits: Arc<AtomicUsize>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    async fn start(status: u16) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut server = Server {
+            addr: listener.local_addr().unwrap(),
+            status: Arc::new(AtomicU16::new(status)),
+            hits: Arc::default(),
+            shutdown: None,
+            task: None,
+        };
+        server.serve(listener);
+        server
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
+        let (tx, mut rx) = oneshot::channel::<()>();
+        let (addr, status, hits) = (self.addr, self.status.clone(), self.hits.clone());
+        let task = tokio::spawn(async move {
+            let mut connections = JoinSet::new();
+            loop {
+                tokio::select! {
+                    _ = &mut rx => break,
+                    accepted = listener.accept() => {
+                        let Ok((stream, _)) = accepted else { continue };
+                        let (status, hits) = (status.clone(), hits.clone());
+                        connections.spawn(async move {
+                            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                                let (status, hits) = (status.clone(), hits.clone());
+                                async move {
+                                    if req.uri().path() != "/health" {
+                                        hits.fetch_add(1, Ordering::SeqCst);
+                                    }
+                                    let mut code = status.load(Ordering::SeqCst);
+                                    while code == HANG {
+                                        tokio::time::sleep(ms(10)).await;
+                                        code = status.load(Ordering::SeqCst);
+                                    }
+                                    Ok::<_, Infallible>(
+                                        Response::builder()
+                                            .status(code)
+                                            .body(Full::new(Bytes::from(addr.to_string())))
+                                            .unwrap(),
+                                    )
+                                }
+                            });
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        });
+                    }
+                }
+            }
+            drop(listener);
+            connections.shutdown().await;
+        });
+        self.shutdown = Some(tx);
+        self.task = Some(task);
+    }
+
+    fn set(&self, status: u16) {
+        self.status.store(status, Ordering::SeqCst);
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Stops accepting and closes every connection. Returns a socket bound (not listening)
+    /// to the address, so connections are refused and the port stays ours.
+    async fn stop(&mut self) -> TcpSocket {
+        let _ = self.shutdown.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap();
+        let tombstone = TcpSocket::new_v4().unwrap();
+        tombstone.set_reuseaddr(true).unwrap();
+        tombstone.bind(self.addr).unwrap();
+        tombstone
+    }
+
+    /// Listens again on the same address.
+    fn restart(&mut self, tombstone: TcpSocket) {
+        let listener = tombstone.listen(1024).unwrap();
+        self.serve(listener);
+    }
+}
+
+/// One endpoint's service: a shared hyper-util client, each request sent to the endpoint.
+#[derive(Clone)]
+struct ToEndpoint {
+    client: Client<HttpConnector, Empty<Bytes>>,
+    addr: SocketAddr,
+}
+
+impl Service<Request<Empty<Bytes>>> for ToEndpoint {
+    type Response = Response<Incoming>;
+    type Error = hyper_util::client::legacy::Error;
+    type Future = hyper_util::client::legacy::ResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Service::<Request<Empty<Bytes>>>::poll_ready(&mut self.client, cx)
+    }
+
+    fn call(&mut self, mut req: Request<Empty<Bytes>>) -> Self::Future {
+        let path = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        *req.uri_mut() = format!("http://{}{}", self.addr, path).parse().unwrap();
+        self.client.request(req)
+    }
+}
+
+fn client() -> Client<HttpConnector, Empty<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+fn endpoints(servers: &[&Server]) -> Vec<(SocketAddr, ToEndpoint)> {
+    let client = client();
+    servers
+        .iter()
+        .map(|s| {
+            (
+                s.addr,
+                ToEndpoint {
+                    client: client.clone(),
+                    addr: s.addr,
+                },
+            )
+        })
+        .collect()
+}
+
+type Servers = Balance<SocketAddr, ToEndpoint, RoundRobin>;
+
+/// Sends `GET /` and returns the status and the body (the server's address).
+async fn get<S>(balance: &mut S) -> Result<(StatusCode, String), BoxError>
+where
+    S: Service<Request<Empty<Bytes>>, Response = Response<Incoming>, Error = BoxError>,
+{
+    let request = Request::get("/").body(Empty::new()).unwrap();
+    let response = tokio::time::timeout(secs(5), async {
+        balance.ready().await?.call(request).await
+    })
+    .await
+    .map_err(|_| "request timed out")??;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8(body.to_vec()).unwrap()))
+}
+
+/// Polls `condition` every 5 ms until it holds; fails the test after `deadline`. Returns
+/// how long it took.
+async fn wait_until(
+    what: &str,
+    deadline: Duration,
+    mut condition: impl FnMut() -> bool,
+) -> Duration {
+    let start = std::time::Instant::now();
+    loop {
+        if condition() {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(ms(5)).await;
+    }
+}
+
+fn real_state(balance: &Servers, addr: SocketAddr) -> EndpointState {
+    stats_of(balance, &addr).state
+}
+
+#[tokio::test]
+async fn a_server_answering_500_is_ejected_at_the_threshold_and_returns_after_the_ejection() {
+    let ok1 = Server::start(200).await;
+    let bad = Server::start(500).await;
+    let ok2 = Server::start(200).await;
+    let mut balance: Servers = Balance::builder()
+        .strategy(RoundRobin::new())
+        .outlier_detection(
+            OutlierDetection::new()
+                .consecutive_failures(Some(3))
+                .base_ejection(ms(300))
+                .max_ejection(secs(1))
+                .probation_successes(Some(2)),
+        )
+        .build(discover::static_list(endpoints(&[&ok1, &bad, &ok2])))
+        .unwrap();
+    let mut events = balance.health_events();
+
+    // Exactly 3 answers of 500 reach the caller, then the server gets nothing more.
+    let mut failed = 0;
+    let mut last_failure_sent = None;
+    for _ in 0..15 {
+        let sent_at = std::time::Instant::now();
+        let (status, body) = get(&mut balance).await.unwrap();
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            assert_eq!(body, bad.addr.to_string());
+            failed += 1;
+            last_failure_sent = Some(sent_at);
+        }
+    }
+    let ejected_after = last_failure_sent.unwrap();
+    assert_eq!((failed, bad.hits()), (3, 3));
+    assert_eq!(real_state(&balance, bad.addr), EndpointState::Ejected);
+
+    // While ejected, and after the server has recovered, it gets no traffic.
+    bad.set(200);
+    while ejected_after.elapsed() < ms(200) {
+        let (status, body) = get(&mut balance).await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert_ne!(body, bad.addr.to_string());
+    }
+    assert_eq!(bad.hits(), 3);
+
+    // Back on probation 300 ms after the ejection (not before), then probation passes.
+    wait_until("the end of the ejection", secs(3), || {
+        real_state(&balance, bad.addr) != EndpointState::Ejected
+    })
+    .await;
+    let back_after = ejected_after.elapsed();
+    assert!(
+        back_after >= ms(300) && back_after < ms(1300),
+        "back after {back_after:?}"
+    );
+    eprintln!("500 server: ejected after 3 failures, back after {back_after:?} (ejection 300 ms)");
+    for _ in 0..200 {
+        if bad.hits() >= 5 {
+            break;
+        }
+        let (status, _) = get(&mut balance).await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert_eq!(bad.hits(), 5);
+    // The completion path ends probation; the driver reports it.
+    assert_eq!(real_state(&balance, bad.addr), EndpointState::Active);
+    let mut seen = Vec::new();
+    wait_until("the probation passed event", secs(3), || {
+        seen.extend(drain(&mut events));
+        seen.len() >= 3
+    })
+    .await;
+    let name = bad.addr.to_string();
+    assert_eq!(
+        summaries(&seen),
+        [
+            format!("{name}: healthy -> ejected (3 in a row)"),
+            format!("{name}: ejected -> probation (ejection ended)"),
+            format!("{name}: probation -> healthy (probation passed)"),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_server_refusing_connections_is_ejected_and_returns_when_it_listens_again() {
+    let ok1 = Server::start(200).await;
+    let mut down = Server::start(200).await;
+    let ok2 = Server::start(200).await;
+    let tombstone = down.stop().await;
+    let mut balance: Servers = Balance::builder()
+        .strategy(RoundRobin::new())
+        .outlier_detection(
+            OutlierDetection::new()
+                .consecutive_failures(Some(3))
+                .base_ejection(ms(300))
+                .max_ejection(secs(1))
+                .probation_successes(None),
+        )
+        .build(discover::static_list(endpoints(&[&ok1, &down, &ok2])))
+        .unwrap();
+    let mut events = balance.health_events();
+    // Connection errors reach the caller 3 times, then the endpoint is skipped.
+    let mut errors = 0;
+    let mut last_error_sent = None;
+    for _ in 0..15 {
+        let sent_at = std::time::Instant::now();
+        match get(&mut balance).await {
+            Ok((status, _)) => assert_eq!(status, StatusCode::OK),
+            Err(_) => {
+                errors += 1;
+                last_error_sent = Some(sent_at);
+            }
+        }
+    }
+    assert_eq!(errors, 3);
+    assert_eq!(stats_of(&balance, &down.addr).failures, 3);
+    assert_eq!(real_state(&balance, down.addr), EndpointState::Ejected);
+
+    down.restart(tombstone);
+    wait_until("the end of the ejection", secs(3), || {
+        real_state(&balance, down.addr) == EndpointState::Active
+    })
+    .await;
+    let back_after = last_error_sent.unwrap().elapsed();
+    assert!(back_after >= ms(300), "back after {back_after:?}");
+    // Without probation it is back at full weight at once.
+    for _ in 0..30 {
+        let (status, _) = get(&mut balance).await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert_eq!(down.hits(), 10);
+    let name = down.addr.to_string();
+    assert_eq!(
+        summaries(&drain(&mut events)),
+        [
+            format!("{name}: healthy -> ejected (3 in a row)"),
+            format!("{name}: ejected -> healthy (ejection ended)"),
+        ]
+    );
+}
+
+/// Retries idempotent requests that failed (an error or a 5xx), within a shared budget.
+#[derive(Clone)]
+struct RetryIdempotent {
+    budget: Arc<TpsBudget>,
+    attempts_left: usize,
+    retries: Arc<AtomicUsize>,
+}
+
+impl RetryIdempotent {
+    /// 10 % of requests may be retried, plus 10 retries per second, over a 10 s window;
+    /// each request at most `attempts` times.
+    fn new(attempts: usize) -> Self {
+        RetryIdempotent {
+            budget: Arc::new(TpsBudget::new(secs(10), 10, 0.1)),
+            attempts_left: attempts,
+            retries: Arc::default(),
+        }
+    }
+}
+
+impl<B: Clone, Res, E> Policy<Request<B>, Response<Res>, E> for RetryIdempotent {
+    type Future = std::future::Ready<()>;
+
+    fn retry(
+        &mut self,
+        _request: &mut Request<B>,
+        result: &mut Result<Response<Res>, E>,
+    ) -> Option<Self::Future> {
+        let failed = result
+            .as_ref()
+            .map_or(true, |r| r.status().is_server_error());
+        if !failed {
+            self.budget.deposit();
+            return None;
+        }
+        if self.attempts_left == 0 || !self.budget.withdraw() {
+            return None;
+        }
+        self.attempts_left -= 1;
+        self.retries.fetch_add(1, Ordering::SeqCst);
+        Some(std::future::ready(()))
+    }
+
+    fn clone_request(&mut self, request: &Request<B>) -> Option<Request<B>> {
+        if !request.method().is_idempotent() {
+            return None;
+        }
+        let mut clone = Request::new(request.body().clone());
+        *clone.method_mut() = request.method().clone();
+        *clone.uri_mut() = request.uri().clone();
+        *clone.headers_mut() = request.headers().clone();
+        Some(clone)
+    }
+}
+
+async fn ten_servers_one_answering_503() -> (Vec<Server>, usize) {
+    let mut servers = Vec::new();
+    for i in 0..10 {
+        servers.push(Server::start(if i == 6 { 503 } else { 200 }).await);
+    }
+    (servers, 6)
+}
+
+#[tokio::test]
+async fn scenario_ten_servers_one_503_fails_at_most_the_threshold_before_ejection() {
+    let (servers, bad) = ten_servers_one_answering_503().await;
+    let mut balance: Servers = Balance::builder()
+        .strategy(RoundRobin::new())
+        .outlier_detection(OutlierDetection::new())
+        .build(discover::static_list(endpoints(
+            &servers.iter().collect::<Vec<_>>(),
+        )))
+        .unwrap();
+    let mut failed = 0;
+    for _ in 0..300 {
+        let (status, _) = get(&mut balance).await.unwrap();
+        failed += usize::from(status.is_server_error());
+    }
+    eprintln!("scenario, no retries: {failed} failed requests of 300 before ejection");
+    assert_eq!(failed, 5, "exactly the consecutive-failure threshold");
+    assert_eq!(servers[bad].hits(), 5);
+    assert_eq!(
+        real_state(&balance, servers[bad].addr),
+        EndpointState::Ejected
+    );
+    let others: usize = servers.iter().map(Server::hits).sum::<usize>() - 5;
+    assert_eq!(others, 295);
+}
+
+#[tokio::test]
+async fn scenario_ten_servers_one_503_with_retries_no_failure_reaches_the_caller() {
+    let (servers, bad) = ten_servers_one_answering_503().await;
+    let balance: Servers = Balance::builder()
+        .strategy(RoundRobin::new())
+        .outlier_detection(OutlierDetection::new())
+        .build(discover::static_list(endpoints(
+            &servers.iter().collect::<Vec<_>>(),
+        )))
+        .unwrap();
+    let policy = RetryIdempotent::new(2);
+    let retries = policy.retries.clone();
+    let mut retrying = Retry::new(policy, balance.clone());
+    for i in 0..300 {
+        let (status, body) = get(&mut retrying).await.unwrap();
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "request {i} reached the caller failed"
+        );
+        assert_ne!(body, servers[bad].addr.to_string());
+    }
+    let retried = retries.load(Ordering::SeqCst);
+    eprintln!(
+        "scenario, with retries: 0 failed of 300; {} attempts failed at the 503 server, {retried} retries",
+        servers[bad].hits()
+    );
+    assert_eq!((servers[bad].hits(), retried), (5, 5));
+    assert_eq!(
+        real_state(&balance, servers[bad].addr),
+        EndpointState::Ejected
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_concurrent_callers_with_retries_see_no_failure() {
+    let (servers, bad) = ten_servers_one_answering_503().await;
+    let balance = Balance::builder()
+        .outlier_detection(OutlierDetection::new())
+        .build(discover::static_list(endpoints(
+            &servers.iter().collect::<Vec<_>>(),
+        )))
+        .unwrap();
+    // Least request picks at random among two: a request can meet the 503 server again on
+    // its retry. It can fail there at most 5 times (its fifth failure there ejects it at
+    // the latest), so 5 retries always reach another server.
+    let policy = RetryIdempotent::new(5);
+    let retries = policy.retries.clone();
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let mut retrying = Retry::new(policy.clone(), balance.clone());
+            tokio::spawn(async move {
+                for _ in 0..40 {
+                    let (status, _) = get(&mut retrying).await.unwrap();
+                    assert_eq!(status, StatusCode::OK);
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let at_bad = servers[bad].hits();
+    eprintln!(
+        "scenario, 8 concurrent callers with retries: 0 failed of 320; {at_bad} attempts failed at the 503 server, {} retries",
+        retries.load(Ordering::SeqCst)
+    );
+    // Requests already in flight when the fifth failure ejects it may still fail: at
+    // most one per other caller.
+    assert!((5..=5 + 7).contains(&at_bad), "{at_bad}");
+    assert_eq!(retries.load(Ordering::SeqCst), at_bad);
+}
+
+/// Active HTTP probes through hyper (feature `http`).
+#[cfg(feature = "http")]
+mod http_probes {
+    use super::*;
+    use tower_lb::health::HttpProbe;
+
+    fn probe() -> HttpProbe<Client<HttpConnector, Empty<Bytes>>, Empty<Bytes>> {
+        HttpProbe::new(client()).path("/health").unwrap()
+    }
+
+    fn fast_checks() -> ActiveChecks {
+        ActiveChecks::new()
+            .interval(ms(50))
+            .jitter(0.0)
+            .timeout(ms(100))
+            .rise(2)
+            .fall(2)
+    }
+
+    #[tokio::test]
+    async fn a_hanging_server_becomes_unhealthy_with_a_probe_timeout() {
+        let ok = Server::start(200).await;
+        let hang = Server::start(HANG).await;
+        // The probe's own timeout (1 s) is longer: the balancer's 100 ms applies.
+        let mut balance: Servers = Balance::builder()
+            .strategy(RoundRobin::new())
+            .active_checks(probe(), fast_checks())
+            .build(discover::static_list(endpoints(&[&ok, &hang])))
+            .unwrap();
+        let mut events = balance.health_events();
+        let mut seen = Vec::new();
+        wait_until("the hanging server's first probe result", secs(3), || {
+            seen.extend(drain(&mut events));
+            seen.iter().any(|e| e.key == hang.addr)
+        })
+        .await;
+        let event = seen.iter().find(|e| e.key == hang.addr).unwrap();
+        assert_eq!(
+            summary(event),
+            format!(
+                "{}: unknown -> unhealthy (probe failed: timeout 100ms)",
+                hang.addr
+            )
+        );
+        assert!(matches!(
+            event.reason,
+            HealthReason::ProbeFailed(ref f) if matches!(**f, ProbeFailure::Timeout(t) if t == ms(100))
+        ));
+        assert_eq!(real_state(&balance, hang.addr), EndpointState::Unhealthy);
+        for _ in 0..10 {
+            let (status, body) = get(&mut balance).await.unwrap();
+            assert_eq!((status, body), (StatusCode::OK, ok.addr.to_string()));
+        }
+        assert_eq!(hang.hits(), 0);
+    }
+
+    #[tokio::test]
+    async fn servers_answering_500_hanging_or_refusing_are_unhealthy_until_they_recover() {
+        let ok = Server::start(200).await;
+        let err = Server::start(500).await;
+        let hang = Server::start(HANG).await;
+        let mut refused = Server::start(200).await;
+        let tombstone = refused.stop().await;
+        let mut balance: Servers = Balance::builder()
+            .strategy(RoundRobin::new())
+            .active_checks(probe(), fast_checks())
+            .panic_threshold(0.0)
+            .build(discover::static_list(endpoints(&[
+                &ok, &err, &hang, &refused,
+            ])))
+            .unwrap();
+        let mut events = balance.health_events();
+        let mut seen = Vec::new();
+        wait_until("every first probe result", secs(3), || {
+            seen.extend(drain(&mut events));
+            seen.len() >= 4
+        })
+        .await;
+        let mut got = summaries(&seen);
+        got.sort();
+        let mut expected = vec![
+            format!("{}: unknown -> healthy (probe ok)", ok.addr),
+            format!(
+                "{}: unknown -> unhealthy (probe failed: status 500)",
+                err.addr
+            ),
+            format!(
+                "{}: unknown -> unhealthy (probe failed: timeout 100ms)",
+                hang.addr
+            ),
+            format!(
+                "{}: unknown -> unhealthy (probe failed: connect ConnectionRefused)",
+                refused.addr
+            ),
+        ];
+        expected.sort();
+        assert_eq!(got, expected);
+        for s in [&err, &hang, &refused] {
+            assert_eq!(real_state(&balance, s.addr), EndpointState::Unhealthy);
+        }
+        // Only the healthy one gets traffic.
+        for _ in 0..12 {
+            let (status, body) = get(&mut balance).await.unwrap();
+            assert_eq!((status, body), (StatusCode::OK, ok.addr.to_string()));
+        }
+        assert_eq!(err.hits() + hang.hits() + refused.hits(), 0);
+
+        // They recover; each is back after `rise` (2) successful probes.
+        err.set(200);
+        hang.set(200);
+        refused.restart(tombstone);
+        let took = wait_until("every server back", secs(3), || {
+            [&err, &hang, &refused]
+                .iter()
+                .all(|s| real_state(&balance, s.addr) == EndpointState::Active)
+        })
+        .await;
+        eprintln!("HTTP probes: 500 / hanging / refusing servers back {took:?} after recovering (rise 2 × 50 ms)");
+        assert!(
+            took >= ms(50),
+            "back after {took:?}: rise 2 needs two probes"
+        );
+        // The driver reports each change as it makes it.
+        let mut got = summaries(&drain(&mut events));
+        got.sort();
+        let mut expected: Vec<String> = [&err, &hang, &refused]
+            .iter()
+            .map(|s| format!("{}: unhealthy -> healthy (probe ok)", s.addr))
+            .collect();
+        expected.sort();
+        assert_eq!(got, expected);
+        for _ in 0..40 {
+            let (status, _) = get(&mut balance).await.unwrap();
+            assert_eq!(status, StatusCode::OK);
+        }
+        for s in [&ok, &err, &hang, &refused] {
+            assert_eq!(
+                stats_of(&balance, &s.addr).completed,
+                if s.addr == ok.addr { 22 } else { 10 }
+            );
+        }
+
+        // A healthy server that starts failing: unhealthy after `fall` (2) failed probes.
+        ok.set(503);
+        wait_until("the 503 server unhealthy", secs(3), || {
+            real_state(&balance, ok.addr) == EndpointState::Unhealthy
+        })
+        .await;
+        assert_eq!(
+            summaries(&drain(&mut events)),
+            [format!(
+                "{}: healthy -> unhealthy (probe failed: status 503)",
+                ok.addr
+            )]
+        );
+    }
+}
