@@ -13,32 +13,52 @@
 //!
 //! Every endpoint ends up with `M / n` slots, give or take one, so the imbalance between
 //! endpoints is at most about `n / M`: under 1 % when `M > 100 n`. When an endpoint is
-//! removed, the slots it held are refilled by the others and only a few other slots change
-//! owner; the paper measures the share of keys that move beyond the removed endpoint's own
-//! as small, and smaller the larger `M / n` is (see the tests in `tests/hashing.rs` for the
-//! figures at the default size).
+//! removed, the slots it held are refilled by the others, and some other slots change owner
+//! too (see [Disruption](#disruption)).
 //!
 //! # Weights
 //!
 //! Each endpoint of weight `w` is given a quota of `1 + (M - n) × w / sum(weights)` slots
 //! (the fractions go to the largest remainders, ties to the lower index), so the table holds
 //! the weights exactly, to one slot, and every endpoint has at least one. Turns interleave in
-//! proportion to the quotas, as in the weighted variant Envoy uses: endpoint `i`'s `k`-th
-//! turn comes at time `(k + ½) / quota[i]`, ties in index order, so with equal weights the
-//! turns go round in index order exactly as in the paper. The turns are ordered by a
+//! proportion to the weights, as in the weighted variant Envoy uses: endpoint `i`'s `k`-th
+//! turn comes at time `(k + ½) / weight[i]`, ties in index order, so with equal weights the
+//! turns go round in index order exactly as in the paper (and the first `M mod n` endpoints
+//! get the extra slots). The times depend only on the weights, not on `n` or `M`, so adding
+//! or removing an endpoint does not reshuffle the others' turns. The turns are ordered by a
 //! counting sort on those times, in O(M). An endpoint of weight 0 gets no slot (if every
 //! weight is 0, all count as 1).
 //!
 //! # Table size
 //!
-//! By default `M` is the smallest prime at least `max(65 537, 100 n)` (65 537 is Envoy's
-//! default; `100 n` keeps the imbalance under 1 %), at most about 2²⁶. [`Maglev::table_size`]
-//! sets it: a prime from 101 to 2²⁶, checked by [`Strategy::validate`]. A configured size
-//! smaller than the number of endpoints that have weight is raised to the smallest prime at
-//! least that number, so that each can have a slot (validation cannot know `n`); the
-//! imbalance then grows, up to one endpoint holding twice the slots of another. The table
-//! costs 4 bytes a slot, plus 8 bytes per endpoint for the fallback order (16 when weights
-//! differ): about 400 bytes per endpoint at `M = 100 n`, 6.5 KB per endpoint for ten.
+//! By default `M` is the smallest prime at least `max(65 537, P)`, where `P` is the smallest
+//! power of two at least `100 n` (65 537 is Envoy's default; `M > 100 n` keeps the imbalance
+//! under 1 %), at most about 2²⁶: 65 537 up to 655 endpoints, 131 101 up to 1 310, 262 147 up
+//! to 2 621, 1 048 583 for 10 000. The size depends on `n` only through that power of two:
+//! a table of another size places nearly every key differently, so a size that followed
+//! `n` exactly (say the first prime above `100 n`) would move almost all keys whenever an
+//! endpoint came or went. With the power-of-two steps that happens only when `n` crosses
+//! 656, 1 311, 2 622, ...; set the size explicitly to rule it out.
+//!
+//! [`Maglev::table_size`] sets it: a prime from 101 to 2²⁶, checked by
+//! [`Strategy::validate`]. A configured size smaller than the number of endpoints that have
+//! weight is raised to the smallest prime at least that number, so that each can have a slot
+//! (validation cannot know `n`); the imbalance then grows, up to one endpoint holding twice
+//! the slots of another. The table costs 4 bytes a slot, plus 8 bytes per endpoint for the
+//! fallback order (16 when weights differ): 400 to 800 bytes per endpoint from 656
+//! endpoints on, 26 KB per endpoint for ten.
+//!
+//! # Disruption
+//!
+//! Refilling the table after a change reassigns some slots of endpoints that stayed (a slot
+//! freed early lets another endpoint take it sooner, which frees the slot it took before,
+//! and so on), more the fewer slots each endpoint has. Measured for removing one endpoint,
+//! as a multiple of the ideal `1/n` of keys: 1.03 at `n = 10` (`M` = 65 537), 1.6 at
+//! `n = 100` (65 537), about 5 to 7 at `n = 1000` (131 101); a table of `M = 6 500 n`
+//! brings `n = 1000` down to 1.7. [`RingHash`](super::RingHash) and
+//! [`Rendezvous`](super::Rendezvous) move only the removed endpoint's keys; Maglev trades that
+//! for its even spread and O(1) lookup (Envoy's documentation: "Maglev is not as stable as
+//! ring hash").
 //!
 //! # Fallback order
 //!
@@ -120,8 +140,13 @@ impl Maglev {
                 next_prime(m.clamp(placed.max(2), MAX_TABLE_SIZE.max(placed)) as u64) as usize
             }
             None => {
+                // A power of two at least 100 n, so that the size (and with it every slot)
+                // changes only when n crosses a power-of-two boundary, not with every
+                // endpoint that comes or goes.
                 let want = SLOTS_PER_ENDPOINT
                     .saturating_mul(placed)
+                    .checked_next_power_of_two()
+                    .unwrap_or(MAX_TABLE_SIZE)
                     .clamp(DEFAULT_MIN_TABLE_SIZE, MAX_TABLE_SIZE);
                 next_prime(want.max(placed) as u64) as usize
             }
@@ -219,22 +244,27 @@ fn populate(names: &[&str], weights: &[u64], m: usize) -> Vec<u32> {
     let q = quotas(weights, m);
     let m64 = m as u64;
 
-    // Turn order: endpoint i's k-th turn at bucket floor((2k + 1) m / (2 q_i)), counting sort.
-    let mut starts = vec![0u32; m + 1];
-    for &qi in &q {
-        let qi = u64::from(qi);
+    // Turn order: endpoint i's k-th turn comes at time (k + 1/2) / weight[i], scaled so
+    // that the heaviest endpoint takes one turn per bucket; ties (equal weights) go in index
+    // order. Turns of tiny weights that would come after bucket 2m all go in the last one.
+    let max_w = weights.iter().copied().max().unwrap_or(1) as f64;
+    let buckets = 2 * m;
+    let bucket = |k: u32, w: u64| -> usize {
+        (((f64::from(k) + 0.5) * (max_w / w as f64)) as usize).min(buckets - 1)
+    };
+    let mut starts = vec![0u32; buckets + 1];
+    for (&qi, &w) in q.iter().zip(weights) {
         for k in 0..qi {
-            starts[((2 * k + 1) * m64 / (2 * qi)) as usize + 1] += 1;
+            starts[bucket(k, w) + 1] += 1;
         }
     }
-    for b in 0..m {
+    for b in 0..buckets {
         starts[b + 1] += starts[b];
     }
     let mut order = vec![0u32; m];
-    for (i, &qi) in q.iter().enumerate() {
-        let qi = u64::from(qi);
+    for (i, (&qi, &w)) in q.iter().zip(weights).enumerate() {
         for k in 0..qi {
-            let b = ((2 * k + 1) * m64 / (2 * qi)) as usize;
+            let b = bucket(k, w);
             order[starts[b] as usize] = i as u32;
             starts[b] += 1;
         }
@@ -390,8 +420,11 @@ mod tests {
         let m = Maglev::new();
         assert_eq!(m.size_for(1), 65_537);
         assert_eq!(m.size_for(10), 65_537);
-        assert_eq!(m.size_for(1000), 100_003);
-        assert_eq!(m.size_for(10_000), 1_000_003);
+        assert_eq!(m.size_for(655), 65_537);
+        assert_eq!(m.size_for(656), 131_101);
+        assert_eq!(m.size_for(999), 131_101);
+        assert_eq!(m.size_for(1000), 131_101);
+        assert_eq!(m.size_for(10_000), 1_048_583);
         assert!(m.size_for(10_000_000) >= 10_000_000);
         // A configured size below n is raised to a prime at least n.
         let small = Maglev::new().table_size(101);
