@@ -15,6 +15,10 @@
 //! | [`Random`] | O(1) | yes (alias table) | no | [`random`] |
 //! | [`LeastRequest`] | O(choices), or O(n) full scan | yes, `weight / (in_flight + 1)^bias` | in-flight | [`least_request`] |
 //! | [`PeakEwma`] | O(choices) | no | in-flight and latency | [`peak_ewma`] |
+//! | [`RingHash`] | O(1) (bucket index), by request key | yes, 160 points per unit (nginx `hash $key consistent`) | no | [`ring_hash`] |
+//! | [`Maglev`] | O(1) (one slot), by request key | yes, slots in proportion | no | [`maglev`] |
+//! | [`Rendezvous`] | O(n), by request key | yes, `weight / -ln(u)` | no | [`rendezvous`] |
+//! | [`BoundedLoad`] | as the wrapped strategy, plus O(n) when the key's endpoint is busy | as the wrapped strategy | in-flight | [`bounded_load`] |
 //!
 //! # Writing a strategy
 //!
@@ -46,15 +50,25 @@ use tokio::time::Instant;
 use crate::endpoint::Load;
 use crate::error::BuildError;
 
+pub mod bounded_load;
+pub mod hashing;
 pub mod least_request;
+pub mod maglev;
 pub mod peak_ewma;
 pub mod random;
+pub mod rendezvous;
+pub mod ring_hash;
 pub(crate) mod rng;
 pub mod round_robin;
 
+pub use bounded_load::BoundedLoad;
+pub use hashing::{MissingKey, PreferenceOrder};
 pub use least_request::LeastRequest;
+pub use maglev::Maglev;
 pub use peak_ewma::PeakEwma;
 pub use random::Random;
+pub use rendezvous::Rendezvous;
+pub use ring_hash::RingHash;
 pub use round_robin::RoundRobin;
 
 /// How the balancer chooses an endpoint. See the [module docs](self).

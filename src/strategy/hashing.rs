@@ -1,0 +1,425 @@
+//! What the consistent-hashing strategies share: the hash functions, the missing-key
+//! fallback, and the preference order that [`BoundedLoad`](super::BoundedLoad) walks.
+//!
+//! # Hash functions
+//!
+//! - **CRC-32** (IEEE 802.3: reflected polynomial `0xEDB88320`, initial value and final xor
+//!   `0xFFFFFFFF`), the checksum nginx hashes with, so that [`RingHash`](super::RingHash)
+//!   places servers and keys exactly where nginx's `hash $key consistent` does. It streams
+//!   (nginx hashes a server's host, a NUL byte and its port as one message, then continues
+//!   from that state for every point) and reads eight bytes per step with eight 256-entry
+//!   tables ("slicing-by-8", Kounavis and Berry, "A Systematic Approach to Building High
+//!   Performance Software-Based CRC Generators", ISCC 2005), about four times faster than one
+//!   table on keys of a few dozen bytes. The tables are computed at compile time.
+//! - **A 64-bit keyed hash** for [`Maglev`](super::Maglev) and
+//!   [`Rendezvous`](super::Rendezvous), which owe nobody compatibility and need more than 32
+//!   bits: 16 bytes per step, each step one 64×64→128-bit multiply whose halves are xored
+//!   (the "folded multiply" of wyhash and foldhash), the length folded in at the end so that
+//!   `"a"` and `"a\0"` differ. It is not meant to resist an attacker who chooses keys to
+//!   collide; use keys the attacker cannot choose freely (or that the application has
+//!   authenticated) when that matters.
+//!
+//! # Keys
+//!
+//! A request without a key ([`Context::key`] is `None`), or with an empty key, is routed by
+//! the strategy's [`MissingKey`] fallback. Keys of any length are hashed whole, byte for byte.
+
+use super::rng::Rng;
+use super::round_robin::{Cycle, RoundRobin};
+use super::{Context, Endpoints, Strategy};
+
+// ---------------------------------------------------------------------------------------
+// CRC-32
+// ---------------------------------------------------------------------------------------
+
+/// The reflected IEEE polynomial.
+const CRC_POLY: u32 = 0xEDB8_8320;
+
+/// `TABLES[0]` is the classic byte-at-a-time table; `TABLES[k][b]` is the CRC of byte `b`
+/// followed by `k` zero bytes, which lets one step fold eight bytes.
+static CRC_TABLES: [[u32; 256]; 8] = crc_tables();
+
+const fn crc_tables() -> [[u32; 256]; 8] {
+    let mut t = [[0u32; 256]; 8];
+    let mut i = 0;
+    while i < 256 {
+        let mut c = i as u32;
+        let mut bit = 0;
+        while bit < 8 {
+            c = if c & 1 == 1 {
+                CRC_POLY ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+            bit += 1;
+        }
+        t[0][i] = c;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 256 {
+        let mut k = 1;
+        while k < 8 {
+            let prev = t[k - 1][i];
+            t[k][i] = (prev >> 8) ^ t[0][(prev & 0xff) as usize];
+            k += 1;
+        }
+        i += 1;
+    }
+    t
+}
+
+/// A CRC-32 computation in progress: feed it bytes with [`update`](Crc32::update) in as many
+/// pieces as you like, then read the checksum with [`finish`](Crc32::finish). A copy
+/// continues independently from the same state.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Crc32 {
+    state: u32,
+}
+
+impl Default for Crc32 {
+    fn default() -> Self {
+        Crc32::new()
+    }
+}
+
+impl Crc32 {
+    /// The state before any byte (all ones).
+    pub(crate) const fn new() -> Self {
+        Crc32 { state: 0xFFFF_FFFF }
+    }
+
+    /// Feeds `bytes`.
+    #[inline]
+    pub(crate) fn update(&mut self, bytes: &[u8]) {
+        let t = &CRC_TABLES;
+        let mut crc = self.state;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let lo = u32::from_le_bytes([c[0], c[1], c[2], c[3]]) ^ crc;
+            let hi = u32::from_le_bytes([c[4], c[5], c[6], c[7]]);
+            crc = t[7][(lo & 0xff) as usize]
+                ^ t[6][((lo >> 8) & 0xff) as usize]
+                ^ t[5][((lo >> 16) & 0xff) as usize]
+                ^ t[4][(lo >> 24) as usize]
+                ^ t[3][(hi & 0xff) as usize]
+                ^ t[2][((hi >> 8) & 0xff) as usize]
+                ^ t[1][((hi >> 16) & 0xff) as usize]
+                ^ t[0][(hi >> 24) as usize];
+        }
+        for &b in chunks.remainder() {
+            crc = t[0][((crc ^ u32::from(b)) & 0xff) as usize] ^ (crc >> 8);
+        }
+        self.state = crc;
+    }
+
+    /// The checksum of everything fed so far.
+    #[inline]
+    pub(crate) fn finish(&self) -> u32 {
+        !self.state
+    }
+}
+
+/// The CRC-32 of `bytes` (`crc32(b"123456789") == 0xCBF43926`).
+#[inline]
+pub(crate) fn crc32(bytes: &[u8]) -> u32 {
+    let mut c = Crc32::new();
+    c.update(bytes);
+    c.finish()
+}
+
+// ---------------------------------------------------------------------------------------
+// 64-bit hashing
+// ---------------------------------------------------------------------------------------
+
+const P0: u64 = 0xa076_1d64_78bd_642f;
+const P1: u64 = 0xe703_7ed1_a0b4_28db;
+const P2: u64 = 0x8ebc_6af0_9c88_c6e3;
+const P3: u64 = 0x5899_65cc_7537_4cc3;
+
+/// The seed request keys are hashed with.
+pub(crate) const KEY_SEED: u64 = 0x6b65_795f_7365_6564;
+
+/// The 128-bit product of `a` and `b`, its halves xored.
+#[inline]
+fn folded_mul(a: u64, b: u64) -> u64 {
+    let t = u128::from(a) * u128::from(b);
+    (t as u64) ^ ((t >> 64) as u64)
+}
+
+/// A 64-bit hash of `bytes` under `seed`. See the [module docs](self).
+#[inline]
+pub(crate) fn hash64(bytes: &[u8], seed: u64) -> u64 {
+    let mut s = seed ^ P0;
+    let mut chunks = bytes.chunks_exact(16);
+    for c in &mut chunks {
+        let a = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        let b = u64::from_le_bytes([c[8], c[9], c[10], c[11], c[12], c[13], c[14], c[15]]);
+        s = folded_mul(a ^ P1, b ^ s);
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut buf = [0u8; 16];
+        buf[..rest.len()].copy_from_slice(rest);
+        let a = u64::from_le_bytes([
+            buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], buf[6], buf[7],
+        ]);
+        let b = u64::from_le_bytes([
+            buf[8], buf[9], buf[10], buf[11], buf[12], buf[13], buf[14], buf[15],
+        ]);
+        s = folded_mul(a ^ P2, b ^ s);
+    }
+    folded_mul(s ^ P3, (bytes.len() as u64) ^ P1)
+}
+
+/// A bijective 64-bit mixer (the finaliser of MurmurHash3): every output bit depends on
+/// every input bit.
+#[inline]
+pub(crate) fn mix64(mut x: u64) -> u64 {
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^ (x >> 33)
+}
+
+/// The key hash that stands for a missing key drawn at random, from 32 random bits (kept
+/// in a cursor so that later attempts follow the same order).
+#[inline]
+pub(crate) fn random_key_hash(seed: u32) -> u64 {
+    mix64(u64::from(seed) ^ 0x5eed_0f4b_6579)
+}
+
+/// The key a strategy should hash: `None` for a missing or empty key.
+#[inline]
+pub(crate) fn present(key: Option<&[u8]>) -> Option<&[u8]> {
+    key.filter(|k| !k.is_empty())
+}
+
+// ---------------------------------------------------------------------------------------
+// Missing keys
+// ---------------------------------------------------------------------------------------
+
+/// How a hashing strategy routes a request that has no key (or an empty one).
+///
+/// Either way the choice honours weights, and later attempts of the same request
+/// ([`Context::attempt`] 1, 2, ...) return other endpoints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum MissingKey {
+    /// A random key hash, routed through the same table as real keys: each endpoint gets
+    /// its hashed share of keyless requests (its weight's share up to the table's
+    /// imbalance). Later attempts follow that random hash's preference order. The default.
+    #[default]
+    Random,
+    /// nginx's smooth weighted round robin over the endpoints (what nginx itself does
+    /// with an empty key since 1.17.1): over one cycle of `sum(weights)` keyless requests
+    /// each endpoint gets exactly its weight. Attempt `k` returns the endpoint `k` places
+    /// after the first choice in index order.
+    RoundRobin,
+}
+
+/// The missing-key fallback of one strategy, with its random source and round-robin cursor.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Keyless {
+    pub(crate) mode: MissingKey,
+    rng: Rng,
+    rr: RoundRobin,
+}
+
+impl Keyless {
+    pub(crate) fn set_seed(&mut self, seed: u64) {
+        self.rng = Rng::seeded(seed);
+    }
+
+    /// 32 random bits.
+    #[inline]
+    pub(crate) fn random32(&self) -> u32 {
+        (self.rng.next_u64() >> 32) as u32
+    }
+
+    /// The round-robin cycle, when the mode needs one.
+    pub(crate) fn build(&self, endpoints: &Endpoints<'_>) -> Option<Cycle> {
+        (self.mode == MissingKey::RoundRobin && !endpoints.is_empty())
+            .then(|| self.rr.build(endpoints))
+    }
+
+    /// Whether a request with `key` is routed by round robin.
+    #[inline]
+    pub(crate) fn round_robin(&self, key: Option<&[u8]>, cycle: &Option<Cycle>) -> bool {
+        self.mode == MissingKey::RoundRobin && present(key).is_none() && cycle.is_some()
+    }
+
+    /// The round-robin order: the cycle's next endpoint, then the endpoints after it in index
+    /// order. The cursor holds the first choice + 1 (low half) and the steps taken (high
+    /// half).
+    pub(crate) fn find_round_robin<F: FnMut(usize) -> bool>(
+        &self,
+        cycle: &Option<Cycle>,
+        endpoints: &Endpoints<'_>,
+        after: Option<u64>,
+        mut accept: F,
+    ) -> Option<(usize, u64)> {
+        let n = endpoints.len();
+        let cycle = cycle.as_ref()?;
+        if n == 0 {
+            return None;
+        }
+        let (first, mut step) = match after {
+            None => (self.rr.pick(cycle, endpoints, &Context::default()) % n, 0),
+            Some(c) => {
+                let first = ((c & LOW) as usize).wrapping_sub(1) % n;
+                (first, (c >> 32) as usize + 1)
+            }
+        };
+        while step < n {
+            let i = (first + step) % n;
+            if accept(i) {
+                return Some((i, ((step as u64) << 32) | (first as u64 + 1)));
+            }
+            step += 1;
+        }
+        None
+    }
+}
+
+/// The low 32 bits of a cursor.
+pub(crate) const LOW: u64 = 0xFFFF_FFFF;
+
+// ---------------------------------------------------------------------------------------
+// Preference order
+// ---------------------------------------------------------------------------------------
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+impl sealed::Sealed for super::RingHash {}
+impl sealed::Sealed for super::Maglev {}
+impl sealed::Sealed for super::Rendezvous {}
+
+/// A strategy that ranks all endpoints for each request key: a first choice, then
+/// fallbacks, each endpoint at most once. [`RingHash`](super::RingHash),
+/// [`Maglev`](super::Maglev) and [`Rendezvous`](super::Rendezvous) implement it (it is
+/// sealed), and [`BoundedLoad`](super::BoundedLoad) walks it to pass over busy endpoints.
+///
+/// Their [`Strategy::pick`] is this order: attempt 0 is the first endpoint of the key's
+/// order, and each later attempt (see [`Strategy::uses_request_key`]) the next one, with
+/// [`Context::cursor`] holding the place reached.
+pub trait PreferenceOrder: Strategy + sealed::Sealed {
+    /// The first endpoint in the preference order of `key` that `accept` accepts, and a
+    /// cursor that stands at it.
+    ///
+    /// With `after` `None` the search starts at the top of the order; with `Some(cursor)`,
+    /// just after the endpoint a previous call returned that cursor with. Endpoints that
+    /// `accept` rejects are passed over for good: a later search from the returned cursor
+    /// does not come back to them. `None` when no endpoint further down the order is
+    /// accepted. `key` `None` (or empty) follows the strategy's [`MissingKey`] fallback.
+    /// Never allocates, and looks at each endpoint at most once per call.
+    fn find<F: FnMut(usize) -> bool>(
+        &self,
+        table: &Self::Table,
+        endpoints: &Endpoints<'_>,
+        key: Option<&[u8]>,
+        after: Option<u64>,
+        accept: F,
+    ) -> Option<(usize, u64)>;
+}
+
+/// `Strategy::pick` for a preference order: attempt 0 starts the order, later attempts go on
+/// from the cursor, and once the order is used up `exhausted(attempt)` answers.
+#[inline]
+pub(crate) fn pick_in_order<S: PreferenceOrder>(
+    strategy: &S,
+    table: &S::Table,
+    endpoints: &Endpoints<'_>,
+    cx: &Context<'_>,
+    exhausted: impl FnOnce(u32) -> usize,
+) -> usize {
+    if endpoints.is_empty() {
+        return 0;
+    }
+    let after = (cx.attempt() > 0).then(|| cx.cursor());
+    match strategy.find(table, endpoints, cx.key(), after, |_| true) {
+        Some((i, cursor)) => {
+            cx.set_cursor(cursor);
+            i
+        }
+        None => exhausted(cx.attempt()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bit-at-a-time CRC-32, straight from the definition.
+    fn crc32_bitwise(bytes: &[u8]) -> u32 {
+        let mut crc = 0xFFFF_FFFFu32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ CRC_POLY
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    #[test]
+    fn crc32_known_vectors() {
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+        assert_eq!(crc32(b""), 0);
+        assert_eq!(crc32(b"a"), 0xE8B7_BE43);
+        assert_eq!(crc32(b"abc"), 0x3524_41C2);
+        assert_eq!(
+            crc32(b"The quick brown fox jumps over the lazy dog"),
+            0x414F_A339
+        );
+        // Published alongside a third-party reimplementation of nginx's chash (see
+        // tests/hashing.rs): the CRC-32 of two client addresses.
+        assert_eq!(crc32(b"192.168.0.1"), 2_307_365_224);
+        assert_eq!(crc32(b"192.168.0.10"), 3_074_142_674);
+    }
+
+    #[test]
+    fn crc32_matches_bitwise_at_every_length_and_split() {
+        let data: Vec<u8> = (0..300u32).map(|i| (i * 131 + 7) as u8).collect();
+        for len in 0..data.len() {
+            let want = crc32_bitwise(&data[..len]);
+            assert_eq!(crc32(&data[..len]), want, "len {len}");
+            for split in [0, 1, 3, 8, 9, len / 2, len] {
+                let split = split.min(len);
+                let mut c = Crc32::new();
+                c.update(&data[..split]);
+                c.update(&data[split..len]);
+                assert_eq!(c.finish(), want, "len {len} split {split}");
+            }
+        }
+    }
+
+    #[test]
+    fn hash64_differs_by_length_seed_and_content() {
+        assert_ne!(hash64(b"a", 0), hash64(b"a\0", 0));
+        assert_ne!(hash64(b"", 0), hash64(b"\0", 0));
+        assert_ne!(hash64(b"abc", 0), hash64(b"abc", 1));
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..100_000u32 {
+            assert!(seen.insert(hash64(&i.to_le_bytes(), KEY_SEED)));
+        }
+    }
+
+    #[test]
+    fn hash64_top_bits_are_uniform() {
+        // 64 buckets by the top 6 bits over sequential keys.
+        let mut counts = [0u32; 64];
+        for i in 0..64_000u32 {
+            counts[(hash64(format!("key-{i}").as_bytes(), KEY_SEED) >> 58) as usize] += 1;
+        }
+        for c in counts {
+            assert!((850..1150).contains(&c), "{counts:?}");
+        }
+    }
+}
