@@ -15,8 +15,8 @@
 //! upstream app {
 //!     random two least_conn;        # --strategy least-request (the default)
 //!     server 127.0.0.1:8000;        # --upstream 127.0.0.1:8000 ...
-//!     server 127.0.0.1:8001;        # (nginx's implicit max_fails=1 fail_timeout=10s
-//!     server 127.0.0.1:8002;        #  is reproduced by `PassiveHealth` below)
+//!     server 127.0.0.1:8001;        # (passive health: tower-lb's outlier detection,
+//!     server 127.0.0.1:8002;        #  active health: a TCP probe every 2 s)
 //!     keepalive 32;                 # pooled keep-alive connections to the upstreams
 //! }
 //!
@@ -39,6 +39,20 @@
 //! | `random` | [`Random`] | `random;` |
 //! | `least-request` | [`LeastRequest`] (power of two choices) | `random two least_conn;` |
 //! | `peak-ewma` | [`PeakEwma`] (latency and load) | none (NGINX Plus has `least_time`) |
+//! | `ring-hash` | [`RingHash`] (ketama, nginx-compatible placement) | `hash $key consistent;` |
+//! | `maglev` | [`Maglev`] | none |
+//! | `rendezvous` | [`Rendezvous`] (highest random weight) | none |
+//!
+//! The hashing strategies route by `--hash-key` (default `path`): `header:NAME`,
+//! `cookie:NAME`, `query:NAME`, `path`, `path-query` (nginx's `$request_uri`) or `client-ip`
+//! (nginx's `$remote_addr`). `--bounded-load C` caps each upstream of `ring-hash` or `maglev`
+//! at C times the average load (Google's consistent hashing with bounded loads; 1.25 is the
+//! usual value).
+//!
+//! Health, on by default: each upstream is probed with a TCP connect every 2 s (rise 2,
+//! fall 3, HAProxy's defaults), and outlier detection ejects an upstream after 5 failed
+//! requests in a row, or a poor success rate (Envoy's defaults); it comes back on probation.
+//! Every change of an upstream's health is printed as it happens.
 //!
 //! How the pieces fit:
 //!
@@ -58,14 +72,17 @@
 //! ```text
 //! --upstream ADDR     proxy to this IP:PORT (repeatable); no demo upstreams are started
 //! --strategy NAME     round-robin | random | least-request | peak-ewma
+//!                     | ring-hash | maglev | rendezvous
+//! --hash-key KEY      what hashing strategies hash: header:NAME | cookie:NAME | query:NAME
+//!                     | path | path-query | client-ip (default path)
+//! --bounded-load C    cap ring-hash and maglev upstreams at C × the average load
 //! --listen ADDR       where the proxy listens (default 127.0.0.1:8080)
 //! --self-test N       send N requests through the proxy, print the shares and exit
 //!                     (status 0 when all N got 200 OK, 1 otherwise)
 //! ```
 //!
-//! With the `http` feature of tower-lb enabled, a request keeps counting as in flight until
-//! its response body has been streamed to the client (`tower_lb::http::OnBodyEnd`), like
-//! nginx's connection count; without it, until the response head arrives.
+//! A request keeps counting as in flight until its response body has been streamed to the
+//! client (`tower_lb::http::OnBodyEnd`), like nginx's connection count.
 //!
 //! What this example does not do that nginx does: retry a failed request on the next
 //! upstream (`proxy_next_upstream`), upgrade connections (WebSocket), speak HTTP/2 or TLS,
@@ -76,7 +93,6 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::ExitCode;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -98,7 +114,12 @@ use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceExt};
 use tower_lb::discover;
 use tower_lb::error::{BoxError, BuildError, Unavailable};
-use tower_lb::strategy::{LeastRequest, PeakEwma, Random, RoundRobin, Strategy};
+use tower_lb::health::{ActiveChecks, OutlierDetection, TcpProbe};
+use tower_lb::http::key::HttpKey;
+use tower_lb::key::{NoKey, RequestKey};
+use tower_lb::strategy::{
+    BoundedLoad, LeastRequest, Maglev, PeakEwma, Random, Rendezvous, RingHash, RoundRobin, Strategy,
+};
 use tower_lb::{EndpointStats, Monitor};
 
 /// The demo upstreams started when no `--upstream` is given.
@@ -108,8 +129,6 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const REPORT_EVERY: Duration = Duration::from_secs(5);
 /// How long to wait for a TCP connection to an upstream (nginx: `proxy_connect_timeout`).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long an upstream is skipped after a failed connection (nginx: `fail_timeout`).
-const FAIL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a request waits for an upstream when all are down before it gets a 503.
 const FAIL_FAST: Duration = Duration::from_secs(1);
 /// Idle keep-alive connections kept per upstream (nginx: `keepalive`).
@@ -130,11 +149,17 @@ const HOP_BY_HOP: [&str; 7] = [
 ];
 
 const USAGE: &str = "\
-usage: reverse_proxy [--upstream ADDR]... [--strategy NAME] [--listen ADDR] [--self-test N]
+usage: reverse_proxy [--upstream ADDR]... [--strategy NAME] [--hash-key KEY]
+                     [--bounded-load C] [--listen ADDR] [--self-test N]
 
   --upstream ADDR   upstream IP:PORT to proxy to; repeat for more. Without it, three demo
                     upstreams are started on 127.0.0.1:8000, 8001 and 8002.
-  --strategy NAME   round-robin | random | least-request | peak-ewma (default least-request)
+  --strategy NAME   round-robin | random | least-request | peak-ewma | ring-hash | maglev
+                    | rendezvous (default least-request)
+  --hash-key KEY    what ring-hash, maglev and rendezvous hash: header:NAME | cookie:NAME
+                    | query:NAME | path | path-query | client-ip (default path)
+  --bounded-load C  with ring-hash or maglev: pass over upstreams with more than C times
+                    the average number of requests in flight (C >= 1, e.g. 1.25)
   --listen ADDR     IP:PORT the proxy listens on (default 127.0.0.1:8080)
   --self-test N     send N requests through the proxy, print each upstream's share, and exit
                     with status 0 if all of them got 200 OK (1 otherwise)
@@ -154,6 +179,8 @@ enum Command {
 struct Options {
     upstreams: Vec<SocketAddr>,
     strategy: StrategyKind,
+    hash_key: HttpKey,
+    bounded_load: Option<f64>,
     listen: SocketAddr,
     self_test: Option<usize>,
 }
@@ -164,6 +191,19 @@ enum StrategyKind {
     Random,
     LeastRequest,
     PeakEwma,
+    RingHash,
+    Maglev,
+    Rendezvous,
+}
+
+impl StrategyKind {
+    /// Whether the strategy routes by the request's hash key.
+    fn hashes(self) -> bool {
+        matches!(
+            self,
+            StrategyKind::RingHash | StrategyKind::Maglev | StrategyKind::Rendezvous
+        )
+    }
 }
 
 impl FromStr for StrategyKind {
@@ -175,8 +215,12 @@ impl FromStr for StrategyKind {
             "random" => Ok(StrategyKind::Random),
             "least-request" => Ok(StrategyKind::LeastRequest),
             "peak-ewma" => Ok(StrategyKind::PeakEwma),
+            "ring-hash" => Ok(StrategyKind::RingHash),
+            "maglev" => Ok(StrategyKind::Maglev),
+            "rendezvous" => Ok(StrategyKind::Rendezvous),
             _ => Err(format!(
-                "unknown strategy `{name}` (expected round-robin, random, least-request or peak-ewma)"
+                "unknown strategy `{name}` (expected round-robin, random, least-request, \
+                 peak-ewma, ring-hash, maglev or rendezvous)"
             )),
         }
     }
@@ -189,6 +233,9 @@ impl fmt::Display for StrategyKind {
             StrategyKind::Random => "random",
             StrategyKind::LeastRequest => "least-request",
             StrategyKind::PeakEwma => "peak-ewma",
+            StrategyKind::RingHash => "ring-hash",
+            StrategyKind::Maglev => "maglev",
+            StrategyKind::Rendezvous => "rendezvous",
         })
     }
 }
@@ -198,6 +245,8 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
     let mut options = Options {
         upstreams: Vec::new(),
         strategy: StrategyKind::LeastRequest,
+        hash_key: HttpKey::Path,
+        bounded_load: None,
         listen: parse_addr("--listen", DEFAULT_LISTEN)?,
         self_test: None,
     };
@@ -219,6 +268,17 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
                 let value = flag_value(&flag, inline, &mut args)?;
                 options.strategy = value.parse()?;
             }
+            "--hash-key" => {
+                let value = flag_value(&flag, inline, &mut args)?;
+                options.hash_key = value.parse().map_err(|e| format!("{flag}: {e}"))?;
+            }
+            "--bounded-load" => {
+                let value = flag_value(&flag, inline, &mut args)?;
+                match value.parse::<f64>() {
+                    Ok(c) if c.is_finite() && c >= 1.0 => options.bounded_load = Some(c),
+                    _ => return Err(format!("{flag}: `{value}` is not a number >= 1")),
+                }
+            }
             "--listen" => {
                 let value = flag_value(&flag, inline, &mut args)?;
                 options.listen = parse_addr(&flag, &value)?;
@@ -229,6 +289,14 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
             }
             _ => return Err(format!("unknown argument `{flag}`")),
         }
+    }
+    if options.bounded_load.is_some()
+        && !matches!(
+            options.strategy,
+            StrategyKind::RingHash | StrategyKind::Maglev
+        )
+    {
+        return Err("--bounded-load needs --strategy ring-hash or maglev".into());
     }
     Ok(Command::Run(options))
 }
@@ -289,9 +357,9 @@ async fn run(options: Options) -> Result<ExitCode, BoxError> {
     let upstreams = if options.upstreams.is_empty() {
         start_demo_upstreams().await?
     } else {
-        options.upstreams
+        options.upstreams.clone()
     };
-    let balancer = Balancer::new(options.strategy, &upstreams, &upstream_client())?;
+    let balancer = Balancer::new(&options, &upstreams, &upstream_client())?;
 
     let listener = bind(options.listen).await?;
     let proxy_addr = listener.local_addr()?;
@@ -300,14 +368,24 @@ async fn run(options: Options) -> Result<ExitCode, BoxError> {
         let upstream_service = upstream_service.clone();
         service_fn(move |request| forward(upstream_service.clone(), client_addr, request))
     }));
+    let hashing = if options.strategy.hashes() {
+        format!(" by {}", options.hash_key)
+    } else {
+        String::new()
+    };
     println!(
-        "proxy on http://{proxy_addr} balancing with {} over {}",
+        "proxy on http://{proxy_addr} balancing with {}{hashing} over {}",
         options.strategy,
         join(&upstreams)
     );
 
     if let Some(requests) = options.self_test {
-        return Ok(self_test(loopback(proxy_addr), requests, &balancer).await);
+        // Bounded load moves keys off busy upstreams by design, so affinity is checked
+        // only without it.
+        let affinity = options.strategy.hashes()
+            && options.hash_key == HttpKey::Path
+            && options.bounded_load.is_none();
+        return Ok(self_test(loopback(proxy_addr), requests, &balancer, affinity).await);
     }
     tokio::spawn(report_periodically(balancer.clone()));
     tokio::signal::ctrl_c().await?;
@@ -359,15 +437,9 @@ fn join(addrs: &[SocketAddr]) -> String {
 
 type HttpClient = Client<HttpConnector, Incoming>;
 
-/// Where a request stops counting as in flight, and the response body that results.
-#[cfg(feature = "http")]
+/// A request stops counting as in flight when its response body has been streamed.
 type Completion = tower_lb::http::OnBodyEnd;
-#[cfg(feature = "http")]
 type UpstreamBody = tower_lb::http::TrackedBody<Incoming>;
-#[cfg(not(feature = "http"))]
-type Completion = tower_lb::completion::OnResponse;
-#[cfg(not(feature = "http"))]
-type UpstreamBody = Incoming;
 
 /// A balancer with its strategy type erased.
 type BalancedService = BoxCloneSyncService<Request<Incoming>, Response<UpstreamBody>, BoxError>;
@@ -381,7 +453,7 @@ struct Balancer {
 
 impl Balancer {
     fn new(
-        kind: StrategyKind,
+        options: &Options,
         upstreams: &[SocketAddr],
         client: &HttpClient,
     ) -> Result<Self, BoxError> {
@@ -389,25 +461,54 @@ impl Balancer {
             .iter()
             .map(|&addr| Ok((addr, Upstream::new(addr, client.clone())?)))
             .collect::<Result<Vec<_>, BoxError>>()?;
-        let balancer = match kind {
-            StrategyKind::RoundRobin => Self::with_strategy(RoundRobin::new(), endpoints),
-            StrategyKind::Random => Self::with_strategy(Random::new(), endpoints),
-            StrategyKind::LeastRequest => Self::with_strategy(LeastRequest::new(), endpoints),
-            StrategyKind::PeakEwma => Self::with_strategy(PeakEwma::new(), endpoints),
+        let key = options.hash_key.clone();
+        let balancer = match (options.strategy, options.bounded_load) {
+            (StrategyKind::RoundRobin, _) => Self::build(RoundRobin::new(), NoKey, endpoints),
+            (StrategyKind::Random, _) => Self::build(Random::new(), NoKey, endpoints),
+            (StrategyKind::LeastRequest, _) => Self::build(LeastRequest::new(), NoKey, endpoints),
+            (StrategyKind::PeakEwma, _) => Self::build(PeakEwma::new(), NoKey, endpoints),
+            (StrategyKind::RingHash, None) => Self::build(RingHash::new(), key, endpoints),
+            (StrategyKind::RingHash, Some(c)) => {
+                Self::build(BoundedLoad::new(RingHash::new()).factor(c), key, endpoints)
+            }
+            (StrategyKind::Maglev, None) => Self::build(Maglev::new(), key, endpoints),
+            (StrategyKind::Maglev, Some(c)) => {
+                Self::build(BoundedLoad::new(Maglev::new()).factor(c), key, endpoints)
+            }
+            (StrategyKind::Rendezvous, _) => Self::build(Rendezvous::new(), key, endpoints),
         };
         Ok(balancer?)
     }
 
-    /// Builds a tower-lb balancer with `strategy` over `endpoints` and erases its type.
-    fn with_strategy<P: Strategy>(
+    /// Builds a tower-lb balancer with `strategy` (routing by `key`, for the hashing
+    /// strategies) over `endpoints`, with active health checks and outlier detection, and
+    /// erases its type.
+    fn build<P: Strategy, H: RequestKey<Request<Incoming>>>(
         strategy: P,
+        key: H,
         endpoints: Vec<(SocketAddr, Upstream)>,
     ) -> Result<Self, BuildError> {
         let balance = tower_lb::Builder::new()
             .strategy(strategy)
+            .request_key(key)
             .track_completion(Completion::default())
             .fail_fast(FAIL_FAST)
+            .active_checks(TcpProbe::new(), ActiveChecks::new())
+            .outlier_detection(OutlierDetection::new())
             .build(discover::static_list(endpoints))?;
+        // Print every change of an upstream's health as it happens.
+        let mut events = balance.health_events();
+        tokio::spawn(async move {
+            while let Some(event) = events.next().await {
+                // The first probe answer of a healthy upstream is routine; report the rest.
+                if event.to != event.from || event.to != tower_lb::health::Health::Healthy {
+                    println!(
+                        "health: {} {} -> {} ({})",
+                        event.key, event.from, event.to, event.reason
+                    );
+                }
+            }
+        });
         Ok(Balancer {
             stats: balance.monitor(),
             service: BoxCloneSyncService::new(balance),
@@ -429,7 +530,6 @@ impl Balancer {
 struct Upstream {
     authority: Authority,
     client: HttpClient,
-    health: Arc<PassiveHealth>,
 }
 
 impl Upstream {
@@ -437,7 +537,6 @@ impl Upstream {
         Ok(Upstream {
             authority: Authority::try_from(addr.to_string())?,
             client,
-            health: Arc::default(),
         })
     }
 }
@@ -447,16 +546,10 @@ impl Service<Request<Incoming>> for Upstream {
     type Error = BoxError;
     type Future = BoxFuture<'static, Result<Response<Incoming>, BoxError>>;
 
-    /// Not ready while the upstream is marked down, so the balancer picks another one.
+    /// Always ready: the client pools connections, and the balancer's health checks keep
+    /// requests away from upstreams that are down.
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        match self.health.down_for() {
-            Some(left) => Poll::Ready(Err(UpstreamDown {
-                authority: self.authority.clone(),
-                left,
-            }
-            .into())),
-            None => Poll::Ready(Ok(())),
-        }
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, mut request: Request<Incoming>) -> Self::Future {
@@ -464,14 +557,7 @@ impl Service<Request<Incoming>> for Upstream {
             *request.uri_mut() = uri;
             self.client.request(request)
         });
-        let health = self.health.clone();
-        Box::pin(async move {
-            let result = sent?.await;
-            if result.as_ref().is_err_and(|error| error.is_connect()) {
-                health.mark_down();
-            }
-            Ok(result?)
-        })
+        Box::pin(async move { Ok(sent?.await?) })
     }
 }
 
@@ -484,53 +570,6 @@ fn upstream_uri(upstream: &Authority, original: &Uri) -> Result<Uri, http::Error
         .path_and_query(path_and_query)
         .build()
 }
-
-/// nginx's passive health check with its defaults (`max_fails=1 fail_timeout=10s`): after a
-/// failed connection the upstream is skipped for [`FAIL_TIMEOUT`], then tried again.
-#[derive(Debug, Default)]
-struct PassiveHealth {
-    down_until: Mutex<Option<Instant>>,
-}
-
-impl PassiveHealth {
-    fn mark_down(&self) {
-        *self
-            .down_until
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now() + FAIL_TIMEOUT);
-    }
-
-    /// How much longer the upstream stays down, if it is down.
-    fn down_for(&self) -> Option<Duration> {
-        let until = (*self
-            .down_until
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner))?;
-        until
-            .checked_duration_since(Instant::now())
-            .filter(|left| !left.is_zero())
-    }
-}
-
-/// The readiness error of an upstream that is marked down.
-#[derive(Debug)]
-struct UpstreamDown {
-    authority: Authority,
-    left: Duration,
-}
-
-impl fmt::Display for UpstreamDown {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "upstream {} is down after a failed connection; next try in {:.1}s",
-            self.authority,
-            self.left.as_secs_f64()
-        )
-    }
-}
-
-impl std::error::Error for UpstreamDown {}
 
 // ----------------------------------------------------------------------------------------
 // The proxy
@@ -547,6 +586,8 @@ async fn forward(
 ) -> Result<Response<ProxyBody>, Infallible> {
     strip_hop_by_hop(request.headers_mut());
     append_forwarded_for(request.headers_mut(), client.ip());
+    // The `client-ip` hash key reads the peer address from the extensions.
+    request.extensions_mut().insert(client);
     let response = match upstreams.oneshot(request).await {
         Ok(response) => {
             let mut response = response.map(Either::Left);
@@ -799,28 +840,58 @@ fn render_table(stats: &[EndpointStats<SocketAddr>]) -> String {
 
 /// Sends `requests` GETs through the proxy at `proxy`, prints the shares, and returns
 /// success if every one was answered 200 OK.
-async fn self_test(proxy: SocketAddr, requests: usize, balancer: &Balancer) -> ExitCode {
+///
+/// With `affinity` (a hashing strategy keyed by path), every path is requested twice, and
+/// both answers must come from the same upstream.
+async fn self_test(
+    proxy: SocketAddr,
+    requests: usize,
+    balancer: &Balancer,
+    affinity: bool,
+) -> ExitCode {
     let client: Client<HttpConnector, Empty<Bytes>> =
         Client::builder(TokioExecutor::new()).build_http();
-    let results: Vec<Result<StatusCode, BoxError>> = futures::stream::iter(0..requests)
-        .map(|i| self_test_request(&client, proxy, i))
+    let path_of = |i: usize| if affinity { i / 2 } else { i };
+    let results: Vec<(usize, Result<Answer, BoxError>)> = futures::stream::iter(0..requests)
+        .map(|i| {
+            let client = &client;
+            async move {
+                let path = path_of(i);
+                (path, self_test_request(client, proxy, path).await)
+            }
+        })
         .buffer_unordered(SELF_TEST_CONCURRENCY)
         .collect()
         .await;
 
     let ok = results
         .iter()
-        .filter(|r| matches!(r, Ok(StatusCode::OK)))
+        .filter(|(_, r)| matches!(r, Ok((StatusCode::OK, _))))
         .count();
-    for failure in results
+    for (_, failure) in results
         .iter()
-        .filter(|r| !matches!(r, Ok(StatusCode::OK)))
+        .filter(|(_, r)| !matches!(r, Ok((StatusCode::OK, _))))
         .take(5)
     {
         match failure {
-            Ok(status) => eprintln!("self-test: got {status}"),
+            Ok((status, _)) => eprintln!("self-test: got {status}"),
             Err(error) => eprintln!("self-test: {}", error_chain(error.as_ref())),
         }
+    }
+    let mut moved = 0;
+    if affinity {
+        let mut served_by: std::collections::HashMap<usize, &str> = Default::default();
+        for (path, result) in &results {
+            if let Ok((_, upstream)) = result {
+                if *served_by.entry(*path).or_insert(upstream) != upstream.as_str() {
+                    moved += 1;
+                }
+            }
+        }
+        println!(
+            "self-test: {moved} of {} paths answered by two upstreams",
+            served_by.len()
+        );
     }
     let stats = balancer.endpoints();
     println!("{}", render_table(&stats));
@@ -828,22 +899,32 @@ async fn self_test(proxy: SocketAddr, requests: usize, balancer: &Balancer) -> E
         println!("note: upstream {} got no requests", idle.key);
     }
     println!("self-test: {ok} of {requests} requests answered 200 OK");
-    if ok == requests {
+    if ok == requests && moved == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     }
 }
 
-/// One self-test request; the body is read to the end so that it streams through.
+/// A self-test answer: its status and the upstream that sent it.
+type Answer = (StatusCode, String);
+
+/// One self-test request: its status and the upstream that answered (`x-upstream`). The
+/// body is read to the end so that it streams through.
 async fn self_test_request(
     client: &Client<HttpConnector, Empty<Bytes>>,
     proxy: SocketAddr,
-    i: usize,
-) -> Result<StatusCode, BoxError> {
-    let uri: Uri = format!("http://{proxy}/self-test/{i}").parse()?;
+    path: usize,
+) -> Result<Answer, BoxError> {
+    let uri: Uri = format!("http://{proxy}/self-test/{path}").parse()?;
     let response = client.get(uri).await?;
     let status = response.status();
+    let upstream = response
+        .headers()
+        .get("x-upstream")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
     response.into_body().collect().await?;
-    Ok(status)
+    Ok((status, upstream))
 }
