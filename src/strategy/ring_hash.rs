@@ -17,16 +17,16 @@
 //! was. The rules below are those of nginx's `ngx_http_upstream_hash_module.c`: functions
 //! `ngx_http_upstream_init_chash` (in current nginx `ngx_http_upstream_update_chash`, which
 //! also rebuilds the ring when the servers of a `zone` upstream change),
-//! `ngx_http_upstream_find_chash_point` and `ngx_http_upstream_get_chash_peer`. They read
-//! the same in nginx 1.9 and in the current source; the code here is written from those
-//! facts, not from nginx's code.
+//! `ngx_http_upstream_find_chash_point` and `ngx_http_upstream_get_chash_peer`. The
+//! placement rules read the same in older sources and in the current one; the code here is
+//! written from those facts, not from nginx's code.
 //!
 //! - **Server string.** nginx hashes the text of each `server` directive as written, not the
 //!   addresses it resolves to (`server backend.example:8080` is hashed as
 //!   `backend.example:8080`, whichever addresses it resolves to; see nginx issue #523). This
 //!   strategy hashes [`Endpoints::name`]: give each endpoint the name nginx had as its
 //!   `server` string, for example `10.0.0.1:8080` (the default name of a `SocketAddr` key),
-//!   with [`Builder::endpoint_name`](crate::Builder::endpoint_name) when the key differs.
+//!   with the balancer builder's `endpoint_name` when the key differs.
 //! - **Host and port.** If the name starts with `unix:` (any case), the host is everything
 //!   after those five bytes and the port is empty. Otherwise the name is scanned from its end
 //!   over ASCII digits: if a `:` comes before any other byte, the host is what precedes that
@@ -44,9 +44,12 @@
 //! - **Ring.** All points sorted by value; of points with equal values only one is kept. In
 //!   nginx which one survives depends on its `qsort` when two servers collide; here the
 //!   endpoint listed first keeps it. (With 160 points per server a collision between two
-//!   servers has a probability of about `(160 n)² / 2³³`; 2 × 10⁻⁴ for ten servers.)
+//!   servers has a probability of about `(160 n)² / 2³³`: 3 × 10⁻⁴ for ten servers.)
 //! - **Lookup.** The key's hash is the CRC-32 of its bytes. It goes to the first point whose
 //!   value is at least the key's hash; past the last point it wraps to the first.
+//! - **Down servers.** nginx keeps a `down` (or failed) server's points and skips them; this
+//!   strategy is rebuilt without an endpoint that leaves the eligible set. Both send the
+//!   endpoint's keys to the first point clockwise of another server, and no other key moves.
 //! - **Fallback.** When the chosen server cannot take the request, nginx moves to the next
 //!   point clockwise and skips points of servers it has already tried; attempt `k` here does
 //!   the same: it returns the endpoint of the next point clockwise whose endpoint no earlier
