@@ -17,16 +17,16 @@
 //! was. The rules below are those of nginx's `ngx_http_upstream_hash_module.c`: functions
 //! `ngx_http_upstream_init_chash` (in current nginx `ngx_http_upstream_update_chash`, which
 //! also rebuilds the ring when the servers of a `zone` upstream change),
-//! `ngx_http_upstream_find_chash_point` and `ngx_http_upstream_get_chash_peer`. They read
-//! the same in nginx 1.9 and in the current source; the code here is written from those
-//! facts, not from nginx's code.
+//! `ngx_http_upstream_find_chash_point` and `ngx_http_upstream_get_chash_peer`. The
+//! placement rules read the same in older sources and in the current one; the code here is
+//! written from those facts, not from nginx's code.
 //!
 //! - **Server string.** nginx hashes the text of each `server` directive as written, not the
 //!   addresses it resolves to (`server backend.example:8080` is hashed as
 //!   `backend.example:8080`, whichever addresses it resolves to; see nginx issue #523). This
 //!   strategy hashes [`Endpoints::name`]: give each endpoint the name nginx had as its
 //!   `server` string, for example `10.0.0.1:8080` (the default name of a `SocketAddr` key),
-//!   with [`Builder::endpoint_name`](crate::Builder::endpoint_name) when the key differs.
+//!   with the balancer builder's `endpoint_name` when the key differs.
 //! - **Host and port.** If the name starts with `unix:` (any case), the host is everything
 //!   after those five bytes and the port is empty. Otherwise the name is scanned from its end
 //!   over ASCII digits: if a `:` comes before any other byte, the host is what precedes that
@@ -44,14 +44,18 @@
 //! - **Ring.** All points sorted by value; of points with equal values only one is kept. In
 //!   nginx which one survives depends on its `qsort` when two servers collide; here the
 //!   endpoint listed first keeps it. (With 160 points per server a collision between two
-//!   servers has a probability of about `(160 n)² / 2³³`; 2 × 10⁻⁴ for ten servers.)
+//!   servers has a probability of about `(160 n)² / 2³³`: 3 × 10⁻⁴ for ten servers.)
 //! - **Lookup.** The key's hash is the CRC-32 of its bytes. It goes to the first point whose
 //!   value is at least the key's hash; past the last point it wraps to the first.
+//! - **Down servers.** nginx keeps a `down` (or failed) server's points and skips them; this
+//!   strategy is rebuilt without an endpoint that leaves the eligible set. Both send the
+//!   endpoint's keys to the first point clockwise of another server, and no other key moves.
 //! - **Fallback.** When the chosen server cannot take the request, nginx moves to the next
 //!   point clockwise and skips points of servers it has already tried; attempt `k` here does
 //!   the same: it returns the endpoint of the next point clockwise whose endpoint no earlier
-//!   attempt returned, so attempts return distinct endpoints in ring order (nginx gives up
-//!   after 20 tries and falls back to round robin; the balancer instead tries every endpoint).
+//!   attempt returned, so attempts return distinct endpoints in ring order (current nginx
+//!   gives up after 20 points and falls back to round robin; the balancer instead tries
+//!   every endpoint).
 //!
 //! Where this differs from nginx: requests with an empty or missing key follow
 //! [`MissingKey`] (random by default; nginx 1.17.1 and later use round robin, which is
@@ -64,8 +68,8 @@
 //! weight is scaled to `max(1, weight × max(2²⁰, 160 n) / (160 × sum(weights)))`, as if the
 //! user had configured those smaller weights, so the ring never exceeds `2 × max(2²⁰, 160 n)`
 //! points. [`Ring::is_nginx_compatible`] tells which case applies. Each point costs 12 bytes
-//! (value, endpoint, distance to the endpoint's previous point) plus about 2 bytes of index:
-//! about 2.2 KB per endpoint of weight 1.
+//! (value, endpoint, distance to the endpoint's previous point) plus 2 to 4 bytes of index:
+//! about 2.3 KB per endpoint of weight 1.
 //!
 //! An endpoint of weight 0 gets no points (as nginx would do) and is reached only after
 //! every endpoint on the ring has been tried; if every weight is 0, all count as 1.
@@ -121,10 +125,9 @@ impl RingHash {
 /// The ring [`RingHash`] builds: sorted points and an index over them.
 #[derive(Debug, Clone)]
 pub struct Ring {
-    /// Point values, ascending and distinct.
-    hashes: Box<[u32]>,
-    /// The endpoint of each point.
-    owners: Box<[u32]>,
+    /// Point values, ascending and distinct, each with its endpoint (side by side: a
+    /// lookup reads one cache line for both).
+    points: Box<[(u32, u32)]>,
     /// For each point, how many points back (clockwise distance) the previous point of the
     /// same endpoint is; the ring's length if it has only this one.
     back: Box<[u32]>,
@@ -145,7 +148,7 @@ pub struct Ring {
 impl Ring {
     /// The number of points on the ring.
     pub fn points(&self) -> usize {
-        self.hashes.len()
+        self.points.len()
     }
 
     /// Whether the ring is exactly nginx's for these names and weights (weights were not
@@ -156,7 +159,8 @@ impl Ring {
 
     /// Bytes of heap memory the ring holds.
     pub fn heap_size(&self) -> usize {
-        (self.hashes.len() + self.owners.len() + self.back.len() + self.index.len()) * 4
+        self.points.len() * 8
+            + (self.back.len() + self.index.len()) * 4
             + self.unplaced.len() * 4
             + self.cycle.as_ref().map_or(0, |c| c.order().len() * 4)
     }
@@ -167,8 +171,8 @@ impl Ring {
         let bucket = (u64::from(hash) >> self.shift) as usize;
         let lo = self.index[bucket] as usize;
         let hi = self.index[bucket + 1] as usize;
-        let p = lo + self.hashes[lo..hi].partition_point(|&x| x < hash);
-        if p == self.hashes.len() {
+        let p = lo + self.points[lo..hi].partition_point(|&(x, _)| x < hash);
+        if p == self.points.len() {
             0
         } else {
             p
@@ -184,8 +188,16 @@ impl Ring {
         from: u64,
         mut accept: F,
     ) -> Option<(usize, u64)> {
-        let len = self.hashes.len();
+        let len = self.points.len();
         let mut t = from as usize;
+        if t == 0 {
+            // The first point is always new: no need to read its `back`.
+            let e = self.points[start].1 as usize;
+            if accept(e) {
+                return Some((e, (start as u64) << 32));
+            }
+            t = 1;
+        }
         let mut p = start + t;
         if p >= len {
             p -= len;
@@ -194,7 +206,7 @@ impl Ring {
             // The endpoint's previous point is `back` points behind: before `start` (so
             // this endpoint was not seen yet) exactly when `back > t`.
             if self.back[p] as usize > t {
-                let e = self.owners[p] as usize;
+                let e = self.points[p].1 as usize;
                 if accept(e) {
                     return Some((e, ((start as u64) << 32) | t as u64));
                 }
@@ -298,17 +310,18 @@ impl Strategy for RingHash {
         points.dedup_by_key(|p| *p >> 32);
 
         let len = points.len();
-        let hashes: Box<[u32]> = points.iter().map(|&p| (p >> 32) as u32).collect();
-        let owners: Box<[u32]> = points.iter().map(|&p| p as u32).collect();
-        drop(points);
+        let points: Box<[(u32, u32)]> = points
+            .iter()
+            .map(|&p| ((p >> 32) as u32, p as u32))
+            .collect();
 
         // Distance back to the same endpoint's previous point, around the ring.
         let mut last = vec![u32::MAX; n];
-        for (p, &e) in owners.iter().enumerate() {
+        for (p, &(_, e)) in points.iter().enumerate() {
             last[e as usize] = p as u32;
         }
         let mut back = vec![0u32; len].into_boxed_slice();
-        for (p, &e) in owners.iter().enumerate() {
+        for (p, &(_, e)) in points.iter().enumerate() {
             let prev = last[e as usize] as usize;
             let d = (p + len - prev) % len.max(1);
             back[p] = if d == 0 { len as u32 } else { d as u32 };
@@ -327,15 +340,14 @@ impl Strategy for RingHash {
         let mut index = Vec::with_capacity(buckets + 1);
         let mut p = 0usize;
         for b in 0..=buckets as u64 {
-            while p < len && (u64::from(hashes[p]) >> shift) < b {
+            while p < len && (u64::from(points[p].0) >> shift) < b {
                 p += 1;
             }
             index.push(p as u32);
         }
 
         Ring {
-            hashes,
-            owners,
+            points,
             back,
             index: index.into_boxed_slice(),
             shift,
@@ -374,7 +386,7 @@ impl PreferenceOrder for RingHash {
                 .keyless
                 .find_round_robin(&table.cycle, endpoints, after, accept);
         }
-        let len = table.hashes.len();
+        let len = table.points.len();
         if len == 0 || endpoints.len() != table.endpoints {
             return None;
         }
@@ -429,16 +441,17 @@ mod tests {
         let ring = RingHash::new().build(&list.endpoints());
         let len = ring.points();
         assert_eq!(len, 4 * 160);
-        assert!(ring.hashes.windows(2).all(|w| w[0] < w[1]));
+        assert!(ring.points.windows(2).all(|w| w[0].0 < w[1].0));
+        let owner = |p: usize| ring.points[p].1;
         for p in 0..len {
             let prev = (p + len - ring.back[p] as usize) % len;
-            assert_eq!(ring.owners[prev], ring.owners[p]);
+            assert_eq!(owner(prev), owner(p));
             for q in 1..ring.back[p] as usize {
-                assert_ne!(ring.owners[(p + len - q) % len], ring.owners[p]);
+                assert_ne!(owner((p + len - q) % len), owner(p));
             }
         }
         for h in (0..=u32::MAX).step_by(1 << 20).chain([u32::MAX, 0, 1]) {
-            let want = ring.hashes.partition_point(|&x| x < h) % len;
+            let want = ring.points.partition_point(|&(x, _)| x < h) % len;
             assert_eq!(ring.lookup(h), want, "{h}");
         }
     }
