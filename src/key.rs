@@ -8,8 +8,8 @@
 //!
 //! - A request without a key (`None`), or with an empty key, is routed by the strategy's
 //!   missing-key fallback (random or round robin), so such requests spread out instead of
-//!   all landing on one endpoint. nginx hashes an empty `$key` like any other string, which
-//!   sends every keyless request to the same server; tower-lb does not.
+//!   all landing on one endpoint. nginx (since 1.17.1) also balances requests with an empty
+//!   `$key` by round robin.
 //! - Keys of any length and any bytes (non-UTF-8 header values included) are hashed as they
 //!   are.
 //!

@@ -327,13 +327,13 @@ fn maglev_keeps_almost_all_unrelated_keys() {
     stability("maglev", &Maglev::new(), 0.01);
 }
 
-/// When endpoint n / 2 of n is removed: the share of keys that move, and the share that
+/// When endpoint `gone` of n is removed: the share of keys that move, and the share that
 /// was on the removed endpoint.
-fn disruption<S: Strategy>(strategy: &S, n: usize, keys: &[Vec<u8>]) -> (f64, f64) {
+fn disruption<S: Strategy>(strategy: &S, n: usize, gone: usize, keys: &[Vec<u8>]) -> (f64, f64) {
     let all = names(n);
     let before = assign(strategy, &list_of(&all), keys);
     let mut fewer = all.clone();
-    let gone = fewer.remove(n / 2);
+    let gone = fewer.remove(gone);
     let after = assign(strategy, &list_of(&fewer), keys);
     let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count();
     let owned = before.iter().filter(|b| **b == gone).count();
@@ -341,18 +341,33 @@ fn disruption<S: Strategy>(strategy: &S, n: usize, keys: &[Vec<u8>]) -> (f64, f6
     (moved as f64 / total, owned as f64 / total)
 }
 
+/// The mean share of keys that move when one endpoint of n is removed, over `REMOVALS`
+/// endpoints spread evenly over the list (which one is removed matters: on a ring, the
+/// removed endpoint's arc is 1/n give or take the ring's spread).
+fn mean_disruption<S: Strategy>(strategy: &S, n: usize, keys: &[Vec<u8>]) -> (f64, f64) {
+    const REMOVALS: usize = 8;
+    let (mut moved, mut owned) = (0.0, 0.0);
+    for r in 0..REMOVALS {
+        let (m, o) = disruption(strategy, n, r * n / REMOVALS + n / (2 * REMOVALS), keys);
+        moved += m;
+        owned += o;
+    }
+    (moved / REMOVALS as f64, owned / REMOVALS as f64)
+}
+
 #[test]
 fn removing_one_of_n_moves_about_one_nth() {
     let keys = keys(scaled(100_000, 30_000));
     for n in [10, 100, 1000] {
         let ideal = 1.0 / n as f64;
-        // Sampling noise of a share of 1/n measured over these keys: 3 standard deviations.
-        let noise = 3.0 * (n as f64 / keys.len() as f64).sqrt();
-        let (ring, ring_owned) = disruption(&RingHash::new(), n, &keys);
-        let (maglev, _) = disruption(&Maglev::new(), n, &keys);
-        // Rendezvous at n = 1000 costs 10⁸ mixes: release builds only.
+        // Sampling noise of a share of 1/n measured over these keys, averaged over the
+        // removals: 3 standard deviations.
+        let noise = 3.0 * (n as f64 / keys.len() as f64 / 8.0).sqrt();
+        let (ring, ring_owned) = mean_disruption(&RingHash::new(), n, &keys);
+        let (maglev, _) = mean_disruption(&Maglev::new(), n, &keys);
+        // Rendezvous at n = 1000 costs 10⁹ mixes: release builds only.
         let hrw = (n <= 100 || !cfg!(debug_assertions))
-            .then(|| disruption(&Rendezvous::new(), n, &keys).0);
+            .then(|| mean_disruption(&Rendezvous::new(), n, &keys).0);
         eprintln!(
             "remove 1 of {n}: moved x 1/n: ring {:.3} (its arc {:.3}), maglev {:.3}, \
              rendezvous {}",
@@ -361,18 +376,18 @@ fn removing_one_of_n_moves_about_one_nth() {
             maglev / ideal,
             hrw.map_or("-".into(), |h| format!("{:.3}", h / ideal)),
         );
-        // Ring: exactly the removed endpoint's keys move; its arc is 1/n give or take the
-        // ring's spread (160 points: about 8 % standard deviation).
+        // Ring: exactly the removed endpoint's keys move, 1/n on average.
         assert_eq!(ring, ring_owned, "ring n={n}");
-        assert!(ring <= ideal * (1.35 + noise), "ring n={n}: {ring}");
+        assert!(ring <= ideal * (1.2 + noise), "ring n={n}: {ring}");
         // Rendezvous: exactly the removed endpoint's keys, 1/n in expectation.
         if let Some(hrw) = hrw {
             assert!(hrw <= ideal * (1.2 + noise), "rendezvous n={n}: {hrw}");
         }
         // Maglev moves more than the removed endpoint's slots: refilling the table
         // reassigns others too, the more the fewer slots each endpoint has (see the maglev
-        // module docs). Measured at the default sizes: 1.01 x at n = 10 (M = 65 537),
-        // 1.66 x at n = 100 (M = 65 537), 6.6 x at n = 1000 (M = 131 101).
+        // module docs; Envoy's documentation measures "approximately double"). Measured at
+        // the default sizes: about 1.0 x at n = 10 (M = 65 537), 1.7 x at n = 100
+        // (M = 65 537), 6.6 x at n = 1000 (M = 131 101).
         let maglev_bound = match n {
             10 => 1.2,
             100 => 2.0,

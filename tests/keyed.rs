@@ -204,3 +204,51 @@ async fn a_drained_endpoint_is_passed_over_for_the_next_in_order() {
     assert_eq!(lb.ready().await.unwrap().call(vec![1]).await.unwrap(), "b");
     assert!(lb.set_draining(&"zzz", true).is_err());
 }
+
+/// Through a real balancer, the nginx-compatible ring places HTTP requests exactly as the
+/// strategy alone does for the same server names: a `SocketAddr` key is named `ip:port`.
+#[cfg(feature = "http")]
+#[tokio::test]
+async fn ring_hash_through_the_balancer_matches_the_ring_for_the_same_names() {
+    use std::net::SocketAddr;
+    use tower_lb::http::key::Header;
+    use tower_lb::strategy::{EndpointList, RingHash};
+
+    let addrs: Vec<SocketAddr> = (8000..8005)
+        .map(|port| format!("127.0.0.1:{port}").parse().unwrap())
+        .collect();
+    let echo = |addr: SocketAddr| {
+        tower::service_fn(move |_req: http::Request<()>| async move {
+            Ok::<_, BoxError>(http::Response::new(addr))
+        })
+    };
+    let mut lb = Balance::builder()
+        .strategy(RingHash::new())
+        .request_key(Header::new(http::HeaderName::from_static("x-user")))
+        .build(discover::static_list(
+            addrs.iter().map(|&a| (a, echo(a))).collect::<Vec<_>>(),
+        ))
+        .unwrap();
+
+    let ring = RingHash::new();
+    let names = EndpointList::from_named(addrs.iter().map(|a| (a.to_string(), 1)));
+    let table = ring.build(&names.endpoints());
+    for user in 0..200 {
+        let user = format!("user-{user}");
+        let request = http::Request::builder()
+            .header("x-user", &user)
+            .body(())
+            .unwrap();
+        let served_by = *lb
+            .ready()
+            .await
+            .unwrap()
+            .call(request)
+            .await
+            .unwrap()
+            .body();
+        let cx = strategy::Context::with_key(Some(user.as_bytes()));
+        let expected = addrs[ring.pick(&table, &names.endpoints(), &cx)];
+        assert_eq!(served_by, expected, "{user}");
+    }
+}

@@ -48,7 +48,7 @@ impl ProbeTarget {
     }
 }
 
-/// An async check of one endpoint. See the [module docs](self).
+/// An async check of one endpoint, run on the schedule of [`ActiveChecks`](super::ActiveChecks).
 ///
 /// The balancer applies its own timeout around every probe, so a probe that never answers
 /// counts as a [`ProbeFailure::Timeout`].
