@@ -258,14 +258,15 @@ where
         drop(candidates);
         let mut eligible: Vec<Arc<Slot<K, S>>> = Vec::new();
         let mut entries: Vec<Entry> = Vec::new();
+        let mut names: Vec<Arc<str>> = Vec::new();
         for (slot, weight) in all.iter().zip(&decided.weights) {
             if let Some(weight) = *weight {
                 eligible.push(slot.clone());
                 entries.push(Entry {
                     weight,
                     load: slot.load.clone(),
-                    name: slot.name.clone(),
                 });
+                names.push(slot.name.clone());
             }
         }
         let empty_reason = if all.is_empty() {
@@ -281,7 +282,7 @@ where
             // A strategy is user code: if its `build` panics, keep serving the last snapshot
             // rather than let the driver die and discovery stop.
             let built = panic::catch_unwind(AssertUnwindSafe(|| {
-                shared.strategy.build(&Endpoints::new(&entries))
+                shared.strategy.build(&Endpoints::new(&entries, &names))
             }));
             match built {
                 Ok(table) => Some(table),
@@ -301,6 +302,7 @@ where
             all,
             eligible,
             entries,
+            names,
             table,
             skip: decided.skip,
             health: decided.stats,

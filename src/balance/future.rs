@@ -105,6 +105,12 @@ impl<S, Req> Routing<S, Req> {
     }
 }
 
+/// A request waiting for a routed endpoint, or one that failed before it was sent.
+enum Slow<S, Req> {
+    Routing(Routing<S, Req>),
+    Failed(Option<BoxError>),
+}
+
 pin_project! {
     #[project = StateProj]
     enum State<S, Req>
@@ -112,8 +118,8 @@ pin_project! {
         S: Service<Req>,
     {
         Called { #[pin] future: S::Future, guard: Option<InFlight> },
-        Routing { routing: Box<Routing<S, Req>> },
-        Failed { error: Option<BoxError> },
+        // The rare states, boxed so the common one stays small and cheap to drop.
+        Slow { slow: Box<Slow<S, Req>> },
         NotReady,
     }
 }
@@ -153,8 +159,8 @@ impl<S: Service<Req>, Req, C, T> ResponseFuture<S, Req, C, T> {
 
     pub(crate) fn routing(routing: Routing<S, Req>, classify: C, track: T) -> Self {
         ResponseFuture {
-            state: State::Routing {
-                routing: Box::new(routing),
+            state: State::Slow {
+                slow: Box::new(Slow::Routing(routing)),
             },
             classify,
             track,
@@ -163,7 +169,9 @@ impl<S: Service<Req>, Req, C, T> ResponseFuture<S, Req, C, T> {
 
     pub(crate) fn failed(error: BoxError, classify: C, track: T) -> Self {
         ResponseFuture {
-            state: State::Failed { error: Some(error) },
+            state: State::Slow {
+                slow: Box::new(Slow::Failed(Some(error))),
+            },
             classify,
             track,
         }
@@ -192,20 +200,22 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::NotReady => return Poll::Ready(Err(NotReady.into())),
-                StateProj::Failed { error } => {
-                    return Poll::Ready(Err(error.take().unwrap_or_else(|| {
-                        "tower-lb response future polled after completion".into()
-                    })))
-                }
-                StateProj::Routing { routing } => match ready!(routing.poll_call(cx)) {
-                    Ok((future, guard)) => this.state.set(State::Called {
-                        future,
-                        guard: Some(guard),
-                    }),
-                    Err(error) => {
-                        this.state.set(State::Failed { error: None });
-                        return Poll::Ready(Err(error));
+                StateProj::Slow { slow } => match &mut **slow {
+                    Slow::Failed(error) => {
+                        return Poll::Ready(Err(error.take().unwrap_or_else(|| {
+                            "tower-lb response future polled after completion".into()
+                        })))
                     }
+                    Slow::Routing(routing) => match ready!(routing.poll_call(cx)) {
+                        Ok((future, guard)) => this.state.set(State::Called {
+                            future,
+                            guard: Some(guard),
+                        }),
+                        Err(error) => {
+                            **slow = Slow::Failed(None);
+                            return Poll::Ready(Err(error));
+                        }
+                    },
                 },
                 StateProj::Called { future, guard } => {
                     let result = ready!(future.poll(cx));

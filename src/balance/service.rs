@@ -274,7 +274,7 @@ impl<K, S, P: Strategy, C, T, H> Balance<K, S, P, C, T, H> {
         }
 
         let pick_cx = strategy::Context::new(self.shared.timing.map(|t| t.epoch));
-        let endpoints = Endpoints::new(&set.entries);
+        let endpoints = Endpoints::new(&set.entries, &set.names);
         // The strategy's choice first; if it is not ready, the strategy chooses again (a
         // random strategy draws new candidates, round robin moves on in its cycle), and
         // only then are the remaining endpoints scanned from a random place, so a busy
@@ -443,13 +443,7 @@ where
             let set = self.shared.set.load();
             let found = if self.shared.keyed {
                 // The endpoint is chosen by the request's key in `call`.
-                match has_eligible(&set) {
-                    Ok(()) => {
-                        self.armed = true;
-                        Ok(())
-                    }
-                    Err(reason) => Err(reason),
-                }
+                self.arm(&set)
             } else {
                 self.find_ready(&set, cx)
             };
@@ -474,6 +468,7 @@ where
         }
     }
 
+    #[inline]
     fn call(&mut self, request: Req) -> Self::Future {
         if std::mem::take(&mut self.armed) {
             return self.route(request);
@@ -538,9 +533,19 @@ where
     C: Clone,
     T: Clone,
 {
+    /// Arms the next `call` of a balancer whose strategy routes by key, if the set has an
+    /// endpoint to route to. Kept out of line so the common `poll_ready` stays small.
+    #[inline(never)]
+    fn arm(&mut self, set: &Set<K, S, P::Table>) -> Result<(), UnavailableReason> {
+        has_eligible(set)?;
+        self.armed = true;
+        Ok(())
+    }
+
     /// Routes a request by its key: the strategy's choices in the key's preference order,
     /// then the endpoints no choice reached. The first whose service is ready now takes the
     /// request; if none is, the response future waits for the first ready one.
+    #[inline(never)]
     fn route<Req>(&mut self, request: Req) -> ResponseFuture<S, Req, C, T>
     where
         S: Service<Req> + Clone,
@@ -620,7 +625,7 @@ where
         H: RequestKey<Req>,
     {
         let n = set.entries.len();
-        let endpoints = Endpoints::new(&set.entries);
+        let endpoints = Endpoints::new(&set.entries, &set.names);
         let key = self.key.key(request);
         let mut pick_cx = strategy::Context::new(self.shared.timing.map(|t| t.epoch));
         pick_cx.set_key(key.as_deref().filter(|k| !k.is_empty()));

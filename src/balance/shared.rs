@@ -51,6 +51,8 @@ pub(crate) struct Set<K, S, T> {
     pub(crate) eligible: Vec<Arc<Slot<K, S>>>,
     /// `eligible` as strategies see it.
     pub(crate) entries: Vec<Entry>,
+    /// The names of `eligible`, for strategies that hash them.
+    pub(crate) names: Vec<Arc<str>>,
     /// `None` exactly when `entries` is empty.
     pub(crate) table: Option<T>,
     /// Health flags that make a pick pass an endpoint over (they may be set after this
@@ -69,6 +71,7 @@ impl<K, S, T> Set<K, S, T> {
             all: Vec::new(),
             eligible: Vec::new(),
             entries: Vec::new(),
+            names: Vec::new(),
             table: None,
             skip: flags::UNAVAILABLE,
             health: HealthStats::default(),

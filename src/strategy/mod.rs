@@ -144,19 +144,22 @@ impl Default for LatencyTracking {
 pub(crate) struct Entry {
     pub(crate) weight: u32,
     pub(crate) load: Arc<Load>,
-    /// The endpoint's name, which hashing strategies hash (see [`Endpoints::name`]).
-    pub(crate) name: Arc<str>,
 }
 
 /// The eligible endpoints, in discovery order, as a strategy sees them.
 #[derive(Debug, Clone, Copy)]
 pub struct Endpoints<'a> {
     entries: &'a [Entry],
+    /// The names, beside the entries rather than in them: only hashing strategies read
+    /// them, and only when they build, so picks touch half the memory.
+    names: &'a [Arc<str>],
 }
 
 impl<'a> Endpoints<'a> {
-    pub(crate) fn new(entries: &'a [Entry]) -> Self {
-        Endpoints { entries }
+    /// `names` has one name per entry.
+    pub(crate) fn new(entries: &'a [Entry], names: &'a [Arc<str>]) -> Self {
+        debug_assert_eq!(entries.len(), names.len());
+        Endpoints { entries, names }
     }
 
     /// The number of eligible endpoints.
@@ -196,7 +199,7 @@ impl<'a> Endpoints<'a> {
     /// string key `"10.0.0.1:80"` are named `127.0.0.1:8000` and `10.0.0.1:80`.
     #[inline]
     pub fn name(&self, i: usize) -> &'a str {
-        &self.entries[i].name
+        &self.names[i]
     }
 
     /// Requests in flight over all these endpoints (the sum of their in-flight counts).
@@ -222,6 +225,7 @@ impl<'a> Endpoints<'a> {
 #[derive(Debug, Clone, Default)]
 pub struct EndpointList {
     entries: Vec<Entry>,
+    names: Vec<Arc<str>>,
 }
 
 impl EndpointList {
@@ -254,16 +258,13 @@ impl EndpointList {
 
     /// Adds an endpoint with the given name, weight and counters.
     pub fn push_named(&mut self, name: impl Into<Arc<str>>, weight: u32, load: Arc<Load>) {
-        self.entries.push(Entry {
-            weight,
-            load,
-            name: name.into(),
-        });
+        self.entries.push(Entry { weight, load });
+        self.names.push(name.into());
     }
 
     /// The view strategies take.
     pub fn endpoints(&self) -> Endpoints<'_> {
-        Endpoints::new(&self.entries)
+        Endpoints::new(&self.entries, &self.names)
     }
 }
 

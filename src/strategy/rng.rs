@@ -76,13 +76,13 @@ impl Rng {
         }
     }
 
-    /// A uniform index in `0..n` (`n >= 1`), by Lemire's multiply-shift reduction.
-    #[inline]
     /// A uniform number in `[0, 1)`.
     pub(crate) fn unit(&self) -> f64 {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 
+    /// A uniform index in `0..n` (`n >= 1`), by Lemire's multiply-shift reduction.
+    #[inline]
     pub(crate) fn below(&self, n: usize) -> usize {
         ((u128::from(self.next_u64()) * n as u128) >> 64) as usize
     }
