@@ -28,7 +28,7 @@ use criterion::{
     black_box, criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion,
 };
 use tower_lb::strategy::{
-    BoundedLoad, Context, EndpointList, Maglev, Rendezvous, RingHash, Strategy,
+    BoundedLoad, Context, EndpointList, Endpoints, Maglev, Rendezvous, RingHash, Strategy,
 };
 
 const SIZES: [usize; 4] = [10, 100, 1_000, 10_000];
@@ -48,7 +48,15 @@ fn keys() -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn bench_lookup<S: Strategy>(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, n: usize, s: S) {
+/// Times `pick` (one call of it per iteration) for N endpoints, with keys cycling through
+/// [`keys`].
+fn bench_keyed<S: Strategy>(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    n: usize,
+    s: S,
+    pick: impl Fn(&S, &S::Table, &Endpoints<'_>, &Context<'_>) -> usize,
+) {
     let list = list(n);
     let endpoints = list.endpoints();
     let table = s.build(&endpoints);
@@ -58,25 +66,24 @@ fn bench_lookup<S: Strategy>(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, n
         b.iter(|| {
             k = (k + 1) & 4095;
             let cx = Context::with_key(Some(&keys[k]));
-            s.pick(black_box(&table), black_box(&endpoints), &cx)
+            pick(&s, black_box(&table), black_box(&endpoints), &cx)
         })
     });
 }
 
+/// One pick with a key: attempt 0.
+fn bench_lookup<S: Strategy>(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, n: usize, s: S) {
+    bench_keyed(g, name, n, s, |s, table, endpoints, cx| {
+        s.pick(table, endpoints, cx)
+    });
+}
+
+/// Attempts 0 and 1 of one request: the first fallback.
 fn bench_fallback<S: Strategy>(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, n: usize, s: S) {
-    let list = list(n);
-    let endpoints = list.endpoints();
-    let table = s.build(&endpoints);
-    let keys = keys();
-    let mut k = 0usize;
-    g.bench_function(BenchmarkId::new(name, n), |b| {
-        b.iter(|| {
-            k = (k + 1) & 4095;
-            let cx = Context::with_key(Some(&keys[k]));
-            let first = s.pick(black_box(&table), black_box(&endpoints), &cx);
-            let second = s.pick(black_box(&table), black_box(&endpoints), &cx.next_attempt());
-            first ^ second
-        })
+    bench_keyed(g, name, n, s, |s, table, endpoints, cx| {
+        let first = s.pick(table, endpoints, cx);
+        let second = s.pick(table, black_box(endpoints), &cx.next_attempt());
+        first ^ second
     });
 }
 
@@ -117,12 +124,18 @@ fn memory() {
     }
 }
 
-fn lookup(c: &mut Criterion) {
-    memory();
-    let mut g = c.benchmark_group("lookup");
-    g.sample_size(30)
+/// A benchmark group of `samples` samples, warmed up for 0.5 s and measured for 2 s.
+fn group<'a>(c: &'a mut Criterion, name: &str, samples: usize) -> BenchmarkGroup<'a, WallTime> {
+    let mut g = c.benchmark_group(name);
+    g.sample_size(samples)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
+    g
+}
+
+fn lookup(c: &mut Criterion) {
+    memory();
+    let mut g = group(c, "lookup", 30);
     for n in SIZES {
         bench_lookup(&mut g, "ring", n, RingHash::new());
         bench_lookup(&mut g, "maglev", n, Maglev::new());
@@ -134,10 +147,7 @@ fn lookup(c: &mut Criterion) {
 }
 
 fn fallback(c: &mut Criterion) {
-    let mut g = c.benchmark_group("fallback");
-    g.sample_size(30)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2));
+    let mut g = group(c, "fallback", 30);
     for n in [10, 100, 1_000] {
         bench_fallback(&mut g, "ring", n, RingHash::new());
         bench_fallback(&mut g, "maglev", n, Maglev::new());
@@ -147,10 +157,7 @@ fn fallback(c: &mut Criterion) {
 }
 
 fn build(c: &mut Criterion) {
-    let mut g = c.benchmark_group("build");
-    g.sample_size(10)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2));
+    let mut g = group(c, "build", 10);
     bench_build(&mut g, "ring", 1_000, RingHash::new());
     bench_build(&mut g, "maglev", 1_000, Maglev::new());
     bench_build(&mut g, "rendezvous", 1_000, Rendezvous::new());

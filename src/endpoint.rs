@@ -211,6 +211,9 @@ pub(crate) mod flags {
     pub(crate) const DRAINING: u32 = 4;
     /// Back from an ejection, on limited traffic until it proves healthy.
     pub(crate) const PROBATION: u32 = 8;
+    /// The endpoint left the set: requests still in flight may finish on it, but they must
+    /// not eject it (nothing would end that ejection or give back its slot).
+    pub(crate) const REMOVED: u32 = 16;
     /// Flags that keep an endpoint from new requests (outside panic mode).
     pub(crate) const UNAVAILABLE: u32 = UNHEALTHY | EJECTED | DRAINING;
 }
@@ -221,6 +224,18 @@ pub(crate) struct Timing {
     pub(crate) epoch: Instant,
     pub(crate) decay_ns: f64,
     pub(crate) penalty_ns: f64,
+}
+
+/// `exp(-elapsed / decay)`: how much of an estimate is left after `elapsed_ns`.
+#[inline]
+fn decay_weight(elapsed_ns: u64, decay_ns: f64) -> f64 {
+    let x = -(elapsed_ns as f64) / decay_ns;
+    // e^x to within 5e-7 for the tiny exponents of steady traffic, without `exp`.
+    if x > -1e-3 {
+        1.0 + x
+    } else {
+        x.exp()
+    }
 }
 
 /// Nanoseconds from `epoch` to now, in integer arithmetic (no u128).
@@ -269,12 +284,13 @@ impl Load {
         }
     }
 
-    /// Starts probation: counts successes from zero.
+    /// Starts probation: counts successes from zero. Probation starts before the ejection
+    /// ends, so that the first failure after the ejection finds the endpoint on probation.
     pub(crate) fn begin_probation(&self) {
         self.consecutive_failures.store(0, Ordering::Relaxed);
         self.probation_successes.store(0, Ordering::Relaxed);
-        self.set_flags(flags::EJECTED, false);
         self.set_flags(flags::PROBATION, true);
+        self.set_flags(flags::EJECTED, false);
     }
 
     /// Ends an ejection without probation: back at full weight, counting failures in a row
@@ -303,13 +319,15 @@ impl Load {
                 // (no ejection slot is free) still starts the count again.
                 self.probation_successes.store(0, Ordering::Relaxed);
             }
-            if flags_now & flags::EJECTED == 0
+            if flags_now & (flags::EJECTED | flags::REMOVED) == 0
                 && (on_probation || outlier.consecutive_threshold_reached(in_row))
                 && outlier.reserve_ejection()
             {
                 let before = self.set_flags(flags::EJECTED, true);
-                if before & flags::EJECTED != 0 {
-                    // Another completion ejected it first.
+                if before & (flags::EJECTED | flags::REMOVED) != 0 {
+                    // Another completion (or the driver) ejected it first, or it was removed
+                    // meanwhile: the removal gave back (or will give back) the slot of an
+                    // ejection it saw, and none other, so this one's slot goes back now.
                     outlier.release_ejection();
                 }
                 outlier.wake_driver();
@@ -347,7 +365,10 @@ impl Load {
     #[cold]
     pub(crate) fn sample_cancelled(&self, start_ns: u64) {
         if let Some((t, now_ns, waited)) = self.elapsed_since(start_ns) {
-            if waited > self.rtt_raw().0 {
+            let (est, at) = self.rtt_raw();
+            // Against the estimate as picks see it now (decayed), not as last stored: a
+            // request cancelled after 1 s must refresh a 1 s estimate that has since decayed.
+            if waited > est * decay_weight(now_ns.saturating_sub(at), t.decay_ns) {
                 self.observe_rtt(waited, now_ns, t.decay_ns);
             }
         }
@@ -467,19 +488,20 @@ impl Load {
 
     /// Folds one latency sample into the peak-EWMA estimate.
     ///
-    /// A sample above the estimate replaces it at once (the "peak"); a lower one is blended
-    /// in with weight `1 - exp(-elapsed / decay)`, where `elapsed` is the time since the last
-    /// update (Finagle's and linkerd's peak-EWMA). Concurrent updates may overwrite each other;
-    /// the estimate stays within the range of the samples either way.
+    /// The estimate as picks see it now is the stored one decayed by
+    /// `w = exp(-elapsed / decay)`, where `elapsed` is the time since the last update. A
+    /// sample above that replaces it at once (the "peak"); a lower one is blended in:
+    /// `estimate × w + sample × (1 - w)` (Finagle's and linkerd's peak-EWMA). Comparing with
+    /// the decayed estimate matters for an endpoint that stays slow: its samples keep the
+    /// estimate up instead of letting it decay between them. Concurrent updates may
+    /// overwrite each other; the estimate stays within the range of the samples either way.
     #[inline]
     pub(crate) fn observe_rtt(&self, sample_ns: f64, now_ns: u64, decay_ns: f64) {
         let (est, at) = self.rtt_raw();
-        let next = if est == 0.0 || sample_ns > est {
+        let w = decay_weight(now_ns.saturating_sub(at), decay_ns);
+        let next = if est == 0.0 || sample_ns > est * w {
             sample_ns
         } else {
-            let x = -(now_ns.saturating_sub(at) as f64) / decay_ns;
-            // e^x to within 5e-7 for the tiny exponents of steady traffic, without `exp`.
-            let w = if x > -1e-3 { 1.0 + x } else { x.exp() };
             est * w + sample_ns * (1.0 - w)
         };
         // A sample of 0 ns (paused clock, instant reply) must not read back as "no sample".
@@ -551,6 +573,24 @@ mod tests {
         tokio::time::advance(Duration::from_millis(500)).await;
         load.sample_cancelled(start);
         assert_eq!(load.latency(), Some(Duration::from_millis(500)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancellation_refreshes_an_estimate_that_has_decayed_below_it() {
+        let load = timed();
+        let timing = load.timing.unwrap();
+        // A 1 s sample, then 20 s without one: picks see 1 s × e^-2 = 135 ms.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        load.sample_latency(0, false);
+        tokio::time::advance(Duration::from_secs(20)).await;
+        // A request to the endpoint is cancelled after 1 s (the caller's timeout): the
+        // endpoint is still that slow, so the estimate is refreshed to 1 s as of now.
+        let start = timing.now_ns();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        load.sample_cancelled(start);
+        let (estimate, at) = load.rtt_raw();
+        assert_eq!(estimate, 1e9);
+        assert_eq!(at, timing.now_ns());
     }
 
     #[tokio::test(start_paused = true)]

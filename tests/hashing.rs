@@ -675,89 +675,66 @@ fn missing_key_attempts_are_distinct_and_seeds_repeat() {
 // Bad input
 // -----------------------------------------------------------------------------------------
 
+/// Inputs at the edges: a 1 MiB key and one that differs from it in one byte, a list of 50
+/// endpoints, one of a single endpoint and an empty one.
+struct Edges {
+    long: Vec<u8>,
+    almost: Vec<u8>,
+    list: EndpointList,
+    single: EndpointList,
+    empty: EndpointList,
+}
+
+impl Edges {
+    fn new() -> Self {
+        let long = vec![0xABu8; 1 << 20];
+        let mut almost = long.clone();
+        almost[500_000] = 0;
+        Edges {
+            long,
+            almost,
+            list: list_of(&names(50)),
+            single: list_of(&names(1)),
+            empty: EndpointList::default(),
+        }
+    }
+
+    /// Long keys pick consistently; one endpoint is every attempt's answer, with or without
+    /// a key; an empty list picks 0 without panicking.
+    fn check<S: Strategy>(&self, s: &S) {
+        let table = s.build(&self.list.endpoints());
+        let pick = |key: &[u8]| {
+            s.pick(
+                &table,
+                &self.list.endpoints(),
+                &Context::with_key(Some(key)),
+            )
+        };
+        assert_eq!(pick(&self.long), pick(&self.long));
+        let _ = pick(&self.almost);
+        let t1 = s.build(&self.single.endpoints());
+        for key in [Some(&b"x"[..]), None, Some(b"")] {
+            assert_eq!(attempts(s, &t1, &self.single, key, 4), [0, 0, 0, 0]);
+        }
+        let t0 = s.build(&self.empty.endpoints());
+        for key in [Some(&b"x"[..]), None] {
+            assert_eq!(
+                s.pick(&t0, &self.empty.endpoints(), &Context::with_key(key)),
+                0
+            );
+        }
+    }
+}
+
 #[test]
 fn long_keys_single_endpoints_and_empty_lists() {
-    let long = vec![0xABu8; 1 << 20];
-    let almost = {
-        let mut k = long.clone();
-        k[500_000] = 0;
-        k
-    };
-    let list = list_of(&names(50));
-    let single = list_of(&names(1));
-    let empty = EndpointList::default();
-    fn check<S: Strategy>(
-        s: &S,
-        list: &EndpointList,
-        single: &EndpointList,
-        empty: &EndpointList,
-        long: &[u8],
-        almost: &[u8],
-    ) {
-        let table = s.build(&list.endpoints());
-        let a = s.pick(&table, &list.endpoints(), &Context::with_key(Some(long)));
-        let b = s.pick(&table, &list.endpoints(), &Context::with_key(Some(long)));
-        assert_eq!(a, b);
-        let _ = s.pick(&table, &list.endpoints(), &Context::with_key(Some(almost)));
-        let t1 = s.build(&single.endpoints());
-        for got in [
-            attempts(s, &t1, single, Some(b"x"), 4),
-            attempts(s, &t1, single, None, 4),
-            attempts(s, &t1, single, Some(b""), 4),
-        ] {
-            assert_eq!(got, [0, 0, 0, 0]);
-        }
-        let t0 = s.build(&empty.endpoints());
-        assert_eq!(
-            s.pick(&t0, &empty.endpoints(), &Context::with_key(Some(b"x"))),
-            0
-        );
-        assert_eq!(s.pick(&t0, &empty.endpoints(), &Context::with_key(None)), 0);
-    }
-    check(&RingHash::new(), &list, &single, &empty, &long, &almost);
-    check(&Maglev::new(), &list, &single, &empty, &long, &almost);
-    check(&Rendezvous::new(), &list, &single, &empty, &long, &almost);
-    check(
-        &BoundedLoad::new(RingHash::new()),
-        &list,
-        &single,
-        &empty,
-        &long,
-        &almost,
-    );
-    check(
-        &BoundedLoad::new(Maglev::new()),
-        &list,
-        &single,
-        &empty,
-        &long,
-        &almost,
-    );
+    let edges = Edges::new();
+    edges.check(&BoundedLoad::new(RingHash::new()));
+    edges.check(&BoundedLoad::new(Maglev::new()));
     for mode in [MissingKey::Random, MissingKey::RoundRobin] {
-        check(
-            &RingHash::new().missing_key(mode),
-            &list,
-            &single,
-            &empty,
-            &long,
-            &almost,
-        );
-        check(
-            &Maglev::new().missing_key(mode),
-            &list,
-            &single,
-            &empty,
-            &long,
-            &almost,
-        );
-        check(
-            &Rendezvous::new().missing_key(mode),
-            &list,
-            &single,
-            &empty,
-            &long,
-            &almost,
-        );
+        edges.check(&RingHash::new().missing_key(mode));
+        edges.check(&Maglev::new().missing_key(mode));
+        edges.check(&Rendezvous::new().missing_key(mode));
     }
 }
 

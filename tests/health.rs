@@ -16,12 +16,11 @@
 mod common;
 
 use std::collections::{HashMap, VecDeque};
-use std::convert::Infallible;
 use std::fmt::Debug;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU16, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -29,15 +28,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::FutureExt;
 use futures::StreamExt;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::oneshot;
-use tokio::task::{JoinHandle, JoinSet};
 use tower::retry::budget::{Budget, TpsBudget};
 use tower::retry::{Policy, Retry};
 use tower::{Service, ServiceExt};
@@ -51,10 +44,13 @@ use tower_lb::health::{
     ActiveChecks, HealthEvent, HealthReason, Initial, OutlierDetection, Probe, ProbeFailure,
     ProbeTarget, SlowStart,
 };
-use tower_lb::strategy::RoundRobin;
+use tower_lb::strategy::{LeastRequest, RoundRobin, Strategy};
 use tower_lb::{Balance, Builder};
 
-use common::{hold, picks, send, settle, stats_of, Backend, CallLog, Gate};
+use common::{
+    endpoints, hold, picks, send, settle, stats_of, Backend, CallLog, Gate, Server, ToEndpoint,
+    HANG,
+};
 
 // ------------------------------------------------------------------------------------------
 // Shared helpers
@@ -105,6 +101,21 @@ fn summary<K: Debug>(event: &HealthEvent<K>) -> String {
 
 fn summaries<K: Debug>(events: &[HealthEvent<K>]) -> Vec<String> {
     events.iter().map(summary).collect()
+}
+
+/// The summaries of the events ready now must be `expected`, in order.
+#[track_caller]
+fn expect_events<K: Debug>(events: &mut HealthEvents<K>, expected: &[impl AsRef<str>]) {
+    let expected: Vec<&str> = expected.iter().map(AsRef::as_ref).collect();
+    assert_eq!(summaries(&drain(events)), expected);
+}
+
+/// The balancer-wide health picture: (candidates, healthy, ejected, panic).
+fn picture<K, S, P: Strategy, C, T, H>(
+    balance: &Balance<K, S, P, C, T, H>,
+) -> (usize, usize, usize, bool) {
+    let stats = balance.health_stats();
+    (stats.candidates, stats.healthy, stats.ejected, stats.panic)
 }
 
 /// The summaries of the events ready now, sorted (events of different endpoints that
@@ -203,6 +214,13 @@ impl Service<()> for Node {
 type Nodes = Balance<&'static str, Node, RoundRobin, ErrorsAsFailures>;
 type NodeBuilder = Builder<RoundRobin, ErrorsAsFailures>;
 
+/// The builder every in-memory balancer starts from: round robin, errors are failures.
+fn node_builder() -> NodeBuilder {
+    Balance::builder()
+        .strategy(RoundRobin::new())
+        .classify(ErrorsAsFailures)
+}
+
 /// A round-robin balancer over in-memory nodes named `names`, configured by `configure`.
 fn build_nodes(
     names: &[&'static str],
@@ -210,18 +228,50 @@ fn build_nodes(
     configure: impl FnOnce(NodeBuilder) -> NodeBuilder,
 ) -> (Nodes, HashMap<&'static str, Node>) {
     let nodes: Vec<Node> = names.iter().map(|n| Node::new(n, log)).collect();
-    let builder = Balance::builder()
-        .strategy(RoundRobin::new())
-        .classify(ErrorsAsFailures);
-    let balance = configure(builder)
-        .build(discover::static_list(
-            nodes
-                .iter()
-                .map(|n| (n.name, n.clone()))
-                .collect::<Vec<_>>(),
-        ))
+    let list: Vec<(&'static str, Node)> = nodes.iter().map(|n| (n.name, n.clone())).collect();
+    let balance = configure(node_builder())
+        .build(discover::static_list(list))
         .unwrap();
     (balance, nodes.into_iter().map(|n| (n.name, n)).collect())
+}
+
+/// A balancer over in-memory nodes, with its call log and a subscription to its events.
+type Setup = (
+    CallLog,
+    Nodes,
+    HashMap<&'static str, Node>,
+    HealthEvents<&'static str>,
+);
+
+/// [`build_nodes`] with a new log, subscribed to health events at once.
+fn setup(names: &[&'static str], configure: impl FnOnce(NodeBuilder) -> NodeBuilder) -> Setup {
+    let log = CallLog::new();
+    let (balance, nodes) = build_nodes(names, &log, configure);
+    let events = balance.health_events();
+    (log, balance, nodes, events)
+}
+
+/// Configures outlier detection alone.
+fn outliers(settings: OutlierDetection) -> impl FnOnce(NodeBuilder) -> NodeBuilder {
+    move |b| b.outlier_detection(settings)
+}
+
+/// Makes every call of `node` fail, sends requests until it has failed `calls` more times
+/// (no other request fails), then lets the driver run.
+async fn fail_calls(balance: &mut Nodes, node: &Node, calls: usize) {
+    node.fail_percent(100);
+    assert_eq!(send_until_calls(balance, node, calls).await, calls);
+    settle().await;
+}
+
+/// For `d`, in steps of 100 ms (the driver running after each): two picks per step, none
+/// of them `name`.
+async fn no_traffic_for(balance: &mut Nodes, log: &CallLog, name: &str, d: Duration) {
+    for _ in 0..d.as_millis() / 100 {
+        advance(ms(100)).await;
+        let sent = picks(balance, log, 2).await;
+        assert_eq!(count(&sent, name), 0, "{sent:?}");
+    }
 }
 
 /// Sends requests one at a time until `node` has received `calls` more of them; returns
@@ -238,18 +288,23 @@ async fn send_until_calls(balance: &mut Nodes, node: &Node, calls: usize) -> usi
     panic!("{} never received {calls} calls", node.name);
 }
 
+/// The error of `poll_ready`, which must be [`Unavailable`].
+async fn unavailable<B: Service<(), Error = BoxError>>(balance: &mut B) -> Unavailable {
+    let err = balance.ready().await.map(|_| ()).expect_err("no endpoint");
+    err.downcast_ref::<Unavailable>()
+        .expect("Unavailable")
+        .clone()
+}
+
 /// Counts of each name among `names`.
 fn count(names: &[&'static str], name: &str) -> usize {
     names.iter().filter(|n| **n == name).count()
 }
 
-fn state<S, P, C, T>(
+fn state<S, P: Strategy, C, T>(
     balance: &Balance<&'static str, S, P, C, T>,
     key: &'static str,
-) -> EndpointState
-where
-    P: tower_lb::strategy::Strategy,
-{
+) -> EndpointState {
     stats_of(balance, &key).state
 }
 
@@ -258,6 +313,10 @@ enum Answer {
     Ok,
     Fail,
     Hang,
+    /// The probe's future panics when polled.
+    Panic,
+    /// `Probe::probe` itself panics.
+    PanicAtStart,
 }
 
 /// An in-memory probe: answers per endpoint name as scripted (default: healthy), and
@@ -269,6 +328,15 @@ struct ScriptProbe {
 }
 
 impl ScriptProbe {
+    /// A probe that finds `names` unhealthy, and every other endpoint healthy.
+    fn failing(names: &[&str]) -> Self {
+        let probe = ScriptProbe::default();
+        for name in names {
+            probe.set(name, Answer::Fail);
+        }
+        probe
+    }
+
     fn set(&self, name: &str, answer: Answer) {
         self.answers.lock().unwrap().insert(name.into(), answer);
     }
@@ -301,7 +369,17 @@ impl Probe for ScriptProbe {
                 "scripted".into(),
             )))),
             Answer::Hang => Box::pin(std::future::pending()),
+            Answer::Panic => Box::pin(async { panic!("scripted probe panic") }),
+            Answer::PanicAtStart => panic!("scripted probe panic at start"),
         }
+    }
+}
+
+/// Sets `name`'s answer to each of `script` in turn, and lets that many seconds pass.
+async fn script_answers(probe: &ScriptProbe, name: &str, script: &[(Answer, u64)]) {
+    for &(answer, seconds) in script {
+        probe.set(name, answer);
+        advance(secs(seconds)).await;
     }
 }
 
@@ -426,11 +504,8 @@ async fn invalid_health_settings_are_rejected_when_the_balancer_is_built() {
 
 #[tokio::test(start_paused = true)]
 async fn failures_in_a_row_eject_at_exactly_the_threshold_and_a_success_resets_the_count() {
-    let log = CallLog::new();
-    let (mut balance, nodes) = build_nodes(&["a", "b"], &log, |b| {
-        b.outlier_detection(OutlierDetection::new())
-    });
-    let mut events = balance.health_events();
+    let (log, mut balance, nodes, mut events) =
+        setup(&["a", "b"], outliers(OutlierDetection::new()));
     let b = &nodes["b"];
     // 4 failures, a success, 4 failures: never 5 in a row.
     b.script
@@ -451,24 +526,14 @@ async fn failures_in_a_row_eject_at_exactly_the_threshold_and_a_success_resets_t
     let sent = picks(&mut balance, &log, 20).await;
     assert_eq!(count(&sent, "b"), 0, "{sent:?}");
     settle().await;
-    assert_eq!(
-        summaries(&drain(&mut events)),
-        ["b: healthy -> ejected (5 in a row)"]
-    );
-    let stats = balance.health_stats();
-    assert_eq!(
-        (stats.candidates, stats.healthy, stats.ejected, stats.panic),
-        (2, 1, 1, false)
-    );
+    expect_events(&mut events, &["b: healthy -> ejected (5 in a row)"]);
+    assert_eq!(picture(&balance), (2, 1, 1, false));
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_ejection_lasts_its_time_then_probation_gives_a_tenth_and_a_failure_doubles_it() {
-    let log = CallLog::new();
-    let (mut balance, nodes) = build_nodes(&["a", "b"], &log, |b| {
-        b.outlier_detection(OutlierDetection::new())
-    });
-    let mut events = balance.health_events();
+    let (log, mut balance, nodes, mut events) =
+        setup(&["a", "b"], outliers(OutlierDetection::new()));
     let b = &nodes["b"];
     b.fail_percent(100);
 
@@ -479,25 +544,15 @@ async fn an_ejection_lasts_its_time_then_probation_gives_a_tenth_and_a_failure_d
     }
     assert_eq!((failed, b.calls()), (5, 5));
     settle().await;
-    assert_eq!(
-        summaries(&drain(&mut events)),
-        ["b: healthy -> ejected (5 in a row)"]
-    );
+    expect_events(&mut events, &["b: healthy -> ejected (5 in a row)"]);
 
     // No traffic for the whole 30 s ejection (the outlier interval runs three times).
-    for _ in 0..299 {
-        advance(ms(100)).await;
-        let sent = picks(&mut balance, &log, 2).await;
-        assert_eq!(count(&sent, "b"), 0);
-    }
+    no_traffic_for(&mut balance, &log, "b", ms(29_900)).await;
     assert_eq!(state(&balance, "b"), EndpointState::Ejected);
     assert!(drain(&mut events).is_empty());
     // 30 s after the ejection: back, on probation.
     advance(ms(100)).await;
-    assert_eq!(
-        summaries(&drain(&mut events)),
-        ["b: ejected -> probation (ejection ended)"]
-    );
+    expect_events(&mut events, &["b: ejected -> probation (ejection ended)"]);
     assert_eq!(state(&balance, "b"), EndpointState::Probation);
     // A tenth of its weight: round robin over weights 1 and 0.1 gives b 10 picks in 110.
     let sent = picks(&mut balance, &log, 110).await;
@@ -507,38 +562,23 @@ async fn an_ejection_lasts_its_time_then_probation_gives_a_tenth_and_a_failure_d
     // outlier interval spent on probation (which does not forgive the first ejection).
     advance(secs(15)).await;
     assert_eq!(state(&balance, "b"), EndpointState::Probation);
-    let failed = send_until_calls(&mut balance, b, 1).await;
-    assert_eq!(failed, 1);
-    settle().await;
-    assert_eq!(
-        summaries(&drain(&mut events)),
-        ["b: probation -> ejected (1 in a row)"]
-    );
-    for _ in 0..599 {
-        advance(ms(100)).await;
-        let sent = picks(&mut balance, &log, 2).await;
-        assert_eq!(count(&sent, "b"), 0);
-    }
+    fail_calls(&mut balance, b, 1).await;
+    expect_events(&mut events, &["b: probation -> ejected (1 in a row)"]);
+    no_traffic_for(&mut balance, &log, "b", ms(59_900)).await;
     assert_eq!(
         state(&balance, "b"),
         EndpointState::Ejected,
         "the second ejection must last 60 s"
     );
     advance(ms(100)).await;
-    assert_eq!(
-        summaries(&drain(&mut events)),
-        ["b: ejected -> probation (ejection ended)"]
-    );
+    expect_events(&mut events, &["b: ejected -> probation (ejection ended)"]);
 
     // Healthy now: 5 successes in a row end probation, and b gets its full share again.
     b.fail_percent(0);
     let failed = send_until_calls(&mut balance, b, 5).await;
     assert_eq!(failed, 0);
     settle().await;
-    assert_eq!(
-        summaries(&drain(&mut events)),
-        ["b: probation -> healthy (probation passed)"]
-    );
+    expect_events(&mut events, &["b: probation -> healthy (probation passed)"]);
     assert_eq!(state(&balance, "b"), EndpointState::Active);
     let sent = picks(&mut balance, &log, 20).await;
     assert_eq!(count(&sent, "b"), 10, "{sent:?}");
@@ -546,15 +586,12 @@ async fn an_ejection_lasts_its_time_then_probation_gives_a_tenth_and_a_failure_d
 
 #[tokio::test(start_paused = true)]
 async fn without_probation_an_endpoint_returns_at_full_weight_and_needs_the_threshold_again() {
-    let log = CallLog::new();
-    let (mut balance, nodes) = build_nodes(&["a", "b"], &log, |b| {
-        b.outlier_detection(OutlierDetection::new().probation_successes(None))
-    });
-    let mut events = balance.health_events();
+    let (log, mut balance, nodes, mut events) = setup(
+        &["a", "b"],
+        outliers(OutlierDetection::new().probation_successes(None)),
+    );
     let b = &nodes["b"];
-    b.fail_percent(100);
-    assert_eq!(send_until_calls(&mut balance, b, 5).await, 5);
-    settle().await;
+    fail_calls(&mut balance, b, 5).await;
     advance(ms(29_900)).await;
     assert_eq!(state(&balance, "b"), EndpointState::Ejected);
     advance(ms(100)).await;
@@ -569,15 +606,10 @@ async fn without_probation_an_endpoint_returns_at_full_weight_and_needs_the_thre
     assert_eq!(count(&sent, "b"), 10, "full weight at once: {sent:?}");
 
     // Still failing: it takes 5 new failures in a row to eject it again, not one.
-    assert_eq!(send_until_calls(&mut balance, b, 4).await, 4);
-    settle().await;
+    fail_calls(&mut balance, b, 4).await;
     assert_eq!(state(&balance, "b"), EndpointState::Active);
-    assert_eq!(send_until_calls(&mut balance, b, 1).await, 1);
-    settle().await;
-    assert_eq!(
-        summaries(&drain(&mut events)),
-        ["b: healthy -> ejected (5 in a row)"]
-    );
+    fail_calls(&mut balance, b, 1).await;
+    expect_events(&mut events, &["b: healthy -> ejected (5 in a row)"]);
     // The second ejection in a row lasts 60 s.
     advance(ms(59_900)).await;
     assert_eq!(state(&balance, "b"), EndpointState::Ejected);
@@ -587,22 +619,14 @@ async fn without_probation_an_endpoint_returns_at_full_weight_and_needs_the_thre
 
 #[tokio::test(start_paused = true)]
 async fn probation_ends_only_after_its_successes_in_a_row() {
-    let log = CallLog::new();
-    let (mut balance, nodes) = build_nodes(&["a", "b"], &log, |b| {
-        b.outlier_detection(OutlierDetection::new())
-    });
-    let mut events = balance.health_events();
+    let (_, mut balance, nodes, mut events) = setup(&["a", "b"], outliers(OutlierDetection::new()));
     let (a, b) = (&nodes["a"], &nodes["b"]);
-    b.fail_percent(100);
-    assert_eq!(send_until_calls(&mut balance, b, 5).await, 5);
-    settle().await;
+    fail_calls(&mut balance, b, 5).await;
     advance(secs(30)).await;
     assert_eq!(state(&balance, "b"), EndpointState::Probation);
     // a is ejected and holds the only ejection slot (2 endpoints: at most one ejected).
     b.fail_percent(0);
-    a.fail_percent(100);
-    send_until_calls(&mut balance, a, 5).await;
-    settle().await;
+    fail_calls(&mut balance, a, 5).await;
     assert_eq!(state(&balance, "a"), EndpointState::Ejected);
     // A failure on probation that cannot eject (no slot) still breaks the run of successes.
     let before = b.calls();
@@ -621,14 +645,14 @@ async fn probation_ends_only_after_its_successes_in_a_row() {
     send_until_calls(&mut balance, b, 1).await;
     settle().await;
     assert_eq!(state(&balance, "b"), EndpointState::Active);
-    assert_eq!(
-        summaries(&drain(&mut events)),
-        [
+    expect_events(
+        &mut events,
+        &[
             "b: healthy -> ejected (5 in a row)",
             "b: ejected -> probation (ejection ended)",
             "a: healthy -> ejected (5 in a row)",
             "b: probation -> healthy (probation passed)",
-        ]
+        ],
     );
 }
 
@@ -637,9 +661,11 @@ async fn at_most_the_max_ejection_percent_is_ejected_at_once() {
     let names = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"];
     for (percent, expected) in [(10, 1), (20, 2), (30, 3), (0, 0)] {
         let log = CallLog::new();
-        let (mut balance, nodes) = build_nodes(&names, &log, |b| {
-            b.outlier_detection(OutlierDetection::new().max_ejection_percent(percent))
-        });
+        let (mut balance, nodes) = build_nodes(
+            &names,
+            &log,
+            outliers(OutlierDetection::new().max_ejection_percent(percent)),
+        );
         for bad in ["c", "f", "i"] {
             nodes[bad].fail_percent(100);
         }
@@ -657,22 +683,133 @@ async fn at_most_the_max_ejection_percent_is_ejected_at_once() {
     }
 }
 
+#[tokio::test(start_paused = true)]
+async fn an_endpoint_removed_with_failing_requests_in_flight_holds_no_ejection_slot() {
+    let log = CallLog::new();
+    let gate = Gate::closed();
+    let (tx, discovery) = discover::channel();
+    let a = Backend::new("a").failing().log(&log);
+    tx.insert("x", Backend::new("x").gate(&gate).failing().log(&log))
+        .unwrap();
+    tx.insert("a", a.clone()).unwrap();
+    tx.insert("b", Backend::new("b").log(&log)).unwrap();
+    // One failure ejects; of 2 or 3 endpoints, one may be ejected at a time.
+    let mut balance = node_builder()
+        .outlier_detection(OutlierDetection::new().consecutive_failures(Some(1)))
+        .build(discovery)
+        .unwrap();
+    settle().await;
+    let held = hold(&mut balance, 1).await;
+    assert_eq!(log.take(), ["x"]);
+    // x leaves while its request is in flight; that request fails afterwards.
+    tx.remove("x").unwrap();
+    settle().await;
+    gate.open();
+    for response in held {
+        assert!(response.await.is_err());
+    }
+    settle().await;
+    // The ejection slot is still free for the endpoints in the set.
+    while a.calls() == 0 {
+        let _ = send(&mut balance).await;
+    }
+    assert_eq!(state(&balance, "a"), EndpointState::Ejected);
+    settle().await;
+    assert_eq!(balance.health_stats().ejected, 1);
+
+    // Removed while ejected and added again: the slot came back with the removal.
+    tx.remove("a").unwrap();
+    let a = Backend::new("a").failing().log(&log);
+    tx.insert("a", a.clone()).unwrap();
+    settle().await;
+    assert_eq!(state(&balance, "a"), EndpointState::Active);
+    while a.calls() == 0 {
+        let _ = send(&mut balance).await;
+    }
+    assert_eq!(state(&balance, "a"), EndpointState::Ejected);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_ejection_and_a_drain_between_two_driver_runs_are_two_events() {
+    let (_, mut balance, nodes, mut events) = setup(
+        &["a", "b", "c"],
+        outliers(
+            OutlierDetection::new()
+                .consecutive_failures(Some(1))
+                .max_ejection_percent(100),
+        ),
+    );
+    settle().await;
+    nodes["a"].script.lock().unwrap().push_back(true);
+    // The failure ejects a on the completion path, and a drain starts, before the driver
+    // runs again.
+    assert_eq!(send_until_calls(&mut balance, &nodes["a"], 1).await, 1);
+    balance.set_draining(&"a", true).unwrap();
+    settle().await;
+    expect_events(
+        &mut events,
+        &[
+            "a: healthy -> ejected (1 in a row)",
+            "a: ejected -> draining (drain started)",
+        ],
+    );
+    // The ejection is timed as any other: it ends after 30 s (a still drains).
+    advance(secs(30)).await;
+    expect_events(&mut events, &["a: draining -> draining (ejection ended)"]);
+    balance.set_draining(&"a", false).unwrap();
+    settle().await;
+    expect_events(&mut events, &["a: draining -> probation (drain stopped)"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn settings_of_duration_max_mean_never_not_a_panic() {
+    let probe = ScriptProbe::default();
+    let (log, mut balance, nodes, mut events) = setup(&["a", "b", "c"], |b| {
+        b.active_checks(
+            probe.clone(),
+            ActiveChecks::new()
+                .interval(Duration::MAX)
+                .timeout(Duration::MAX),
+        )
+        .outlier_detection(
+            OutlierDetection::new()
+                .consecutive_failures(Some(1))
+                .interval(Duration::MAX)
+                .base_ejection(Duration::MAX)
+                .max_ejection(Duration::MAX)
+                .max_ejection_percent(100),
+        )
+        .slow_start(SlowStart::new(Duration::MAX))
+    });
+    settle().await;
+    assert_eq!(drain(&mut events).len(), 3, "first probe answers");
+    fail_calls(&mut balance, &nodes["a"], 1).await;
+    expect_events(&mut events, &["a: healthy -> ejected (1 in a row)"]);
+    // The driver lives on: it still applies changes and serves requests.
+    advance(secs(3600)).await;
+    assert_eq!(state(&balance, "a"), EndpointState::Ejected);
+    balance.set_draining(&"b", true).unwrap();
+    settle().await;
+    expect_events(&mut events, &["b: healthy -> draining (drain started)"]);
+    let sent = picks(&mut balance, &log, 4).await;
+    assert_eq!(sent, ["c", "c", "c", "c"]);
+    assert_eq!(probe.count("a"), 1);
+}
+
 // ------------------------------------------------------------------------------------------
 // Outlier detection: the interval detectors (paused clock)
 // ------------------------------------------------------------------------------------------
 
 #[tokio::test(start_paused = true)]
 async fn success_rate_ejection_runs_every_interval() {
-    let log = CallLog::new();
-    let names = ["a", "b", "c", "d", "e", "f"];
-    let (mut balance, nodes) = build_nodes(&names, &log, |b| {
-        b.outlier_detection(
+    let (log, mut balance, nodes, mut events) = setup(
+        &["a", "b", "c", "d", "e", "f"],
+        outliers(
             OutlierDetection::new()
                 .consecutive_failures(None)
                 .failure_percentage(None),
-        )
-    });
-    let mut events = balance.health_events();
+        ),
+    );
     nodes["f"].fail_percent(50);
     // 100 requests each (the request volume), in the first interval.
     let mut failed = 0;
@@ -681,11 +818,7 @@ async fn success_rate_ejection_runs_every_interval() {
     }
     assert_eq!(failed, 50);
     // Nothing happens before the interval ends.
-    advance(ms(9_900)).await;
-    assert!(drain(&mut events).is_empty());
-    assert_eq!(state(&balance, "f"), EndpointState::Active);
-    advance(ms(100)).await;
-    let got = drain(&mut events);
+    let got = interval_verdicts(&mut events).await;
     assert_eq!(summaries(&got), ["f: healthy -> ejected (success rate)"]);
     // Rates 1, 1, 1, 1, 1, 0.5: threshold = mean - 1.9 × stdev (population).
     let rates = [1.0, 1.0, 1.0, 1.0, 1.0, 0.5];
@@ -709,29 +842,35 @@ async fn success_rate_ejection_runs_every_interval() {
     assert!(drain(&mut events).is_empty());
 }
 
+/// Lets the first 10 s outlier interval pass: no event before its end; returns those at
+/// its end.
+async fn interval_verdicts(
+    events: &mut HealthEvents<&'static str>,
+) -> Vec<HealthEvent<&'static str>> {
+    advance(ms(9_900)).await;
+    assert!(drain(events).is_empty());
+    advance(ms(100)).await;
+    drain(events)
+}
+
 #[tokio::test(start_paused = true)]
 async fn failure_percentage_ejection_runs_every_interval() {
-    let log = CallLog::new();
-    let names = ["a", "b", "c", "d", "e", "f"];
-    let (mut balance, nodes) = build_nodes(&names, &log, |b| {
-        b.outlier_detection(
+    let (_, mut balance, nodes, mut events) = setup(
+        &["a", "b", "c", "d", "e", "f"],
+        outliers(
             OutlierDetection::new()
                 .consecutive_failures(None)
                 .success_rate(None)
                 .max_ejection_percent(100),
-        )
-    });
-    let mut events = balance.health_events();
+        ),
+    );
     nodes["e"].fail_percent(90);
     nodes["f"].fail_percent(80);
     // 60 requests each: over the volume of 50.
     for _ in 0..360 {
         let _ = send(&mut balance).await;
     }
-    advance(ms(9_900)).await;
-    assert!(drain(&mut events).is_empty());
-    advance(ms(100)).await;
-    let got = drain(&mut events);
+    let got = interval_verdicts(&mut events).await;
     // 90 % is at or over the 85 % threshold; 80 % is not.
     assert_eq!(
         summaries(&got),
@@ -751,15 +890,11 @@ async fn failure_percentage_ejection_runs_every_interval() {
 #[tokio::test(start_paused = true)]
 async fn the_first_probe_result_of_every_endpoint_is_an_event_success_or_failure() {
     let log = CallLog::new();
-    let probe = ScriptProbe::default();
-    probe.set("b", Answer::Fail);
-    probe.set("d", Answer::Fail);
+    let probe = ScriptProbe::failing(&["b", "d"]);
     let (tx, discovery) = discover::channel();
     tx.insert("a", Node::new("a", &log)).unwrap();
     tx.insert("b", Node::new("b", &log)).unwrap();
-    let mut balance = Balance::builder()
-        .strategy(RoundRobin::new())
-        .classify(ErrorsAsFailures)
+    let mut balance = node_builder()
         .active_checks(probe.clone(), every_second())
         .build(discovery)
         .unwrap();
@@ -795,25 +930,51 @@ async fn the_first_probe_result_of_every_endpoint_is_an_event_success_or_failure
 }
 
 #[tokio::test(start_paused = true)]
-async fn fall_and_rise_count_probe_answers_in_a_row() {
-    let log = CallLog::new();
+async fn a_probe_that_panics_fails_and_the_driver_carries_on() {
     let probe = ScriptProbe::default();
-    let (mut balance, _) = build_nodes(&["a", "b"], &log, |b| {
+    probe.set("b", Answer::Panic);
+    probe.set("c", Answer::PanicAtStart);
+    let (log, mut balance, _, mut events) = setup(&["a", "b", "c"], |b| {
+        b.active_checks(probe.clone(), every_second())
+            .panic_threshold(0.0)
+    });
+    settle().await;
+    assert_eq!(
+        sorted_events(&mut events),
+        [
+            "a: unknown -> healthy (probe ok)",
+            "b: unknown -> unhealthy (probe failed: unhealthy: the probe panicked)",
+            "c: unknown -> unhealthy (probe failed: unhealthy: the probe panicked)",
+        ]
+    );
+    // Probes keep their schedule, and the driver still applies changes.
+    script_answers(&probe, "b", &[(Answer::Ok, 2)]).await;
+    expect_events(&mut events, &["b: unhealthy -> healthy (probe ok)"]);
+    assert_eq!(probe.count("c"), 3);
+    balance.set_draining(&"a", true).unwrap();
+    settle().await;
+    expect_events(&mut events, &["a: healthy -> draining (drain started)"]);
+    let sent = picks(&mut balance, &log, 4).await;
+    assert_eq!(sent, ["b", "b", "b", "b"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn fall_and_rise_count_probe_answers_in_a_row() {
+    let probe = ScriptProbe::default();
+    let (log, mut balance, _, mut events) = setup(&["a", "b"], |b| {
         b.active_checks(probe.clone(), every_second().fall(3).rise(2))
     });
-    let mut events = balance.health_events();
     settle().await;
     assert_eq!(sorted_events(&mut events).len(), 2);
 
     // b starts failing: unhealthy at the third failure in a row (3 s), not before.
-    probe.set("b", Answer::Fail);
-    advance(secs(2)).await;
+    script_answers(&probe, "b", &[(Answer::Fail, 2)]).await;
     assert!(drain(&mut events).is_empty());
     assert_eq!(state(&balance, "b"), EndpointState::Active);
     advance(secs(1)).await;
-    assert_eq!(
-        summaries(&drain(&mut events)),
-        ["b: healthy -> unhealthy (probe failed: unhealthy: scripted)"]
+    expect_events(
+        &mut events,
+        &["b: healthy -> unhealthy (probe failed: unhealthy: scripted)"],
     );
     assert_eq!(probe.count("b"), 4);
     assert_eq!(state(&balance, "b"), EndpointState::Unhealthy);
@@ -821,51 +982,35 @@ async fn fall_and_rise_count_probe_answers_in_a_row() {
     assert_eq!(count(&sent, "b"), 0);
 
     // Success, failure, success: never 2 in a row, still unhealthy.
-    probe.set("b", Answer::Ok);
-    advance(secs(1)).await;
-    probe.set("b", Answer::Fail);
-    advance(secs(1)).await;
-    probe.set("b", Answer::Ok);
-    advance(secs(1)).await;
+    let answers = [(Answer::Ok, 1), (Answer::Fail, 1), (Answer::Ok, 1)];
+    script_answers(&probe, "b", &answers).await;
     assert!(drain(&mut events).is_empty());
     assert_eq!(state(&balance, "b"), EndpointState::Unhealthy);
     // The second success in a row brings it back: rise × interval after it recovered.
     advance(secs(1)).await;
-    assert_eq!(
-        summaries(&drain(&mut events)),
-        ["b: unhealthy -> healthy (probe ok)"]
-    );
+    expect_events(&mut events, &["b: unhealthy -> healthy (probe ok)"]);
     let sent = picks(&mut balance, &log, 10).await;
     assert_eq!(count(&sent, "b"), 5);
 
     // A failure between failures resets the count the other way too.
-    probe.set("b", Answer::Fail);
-    advance(secs(2)).await;
-    probe.set("b", Answer::Ok);
-    advance(secs(1)).await;
-    probe.set("b", Answer::Fail);
-    advance(secs(2)).await;
+    let answers = [(Answer::Fail, 2), (Answer::Ok, 1), (Answer::Fail, 2)];
+    script_answers(&probe, "b", &answers).await;
     assert!(drain(&mut events).is_empty());
     assert_eq!(state(&balance, "b"), EndpointState::Active);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_probe_that_never_answers_fails_with_a_timeout_and_initial_unhealthy_waits_for_it() {
-    let log = CallLog::new();
     let probe = ScriptProbe::default();
     probe.set("b", Answer::Hang);
-    let (mut balance, _) = build_nodes(&["a", "b"], &log, |b| {
+    let (log, mut balance, _, mut events) = setup(&["a", "b"], |b| {
         b.active_checks(
             probe.clone(),
             every_second().rise(1).initial(Initial::Unhealthy),
         )
     });
-    let mut events = balance.health_events();
     settle().await;
-    assert_eq!(
-        summaries(&drain(&mut events)),
-        ["a: unknown -> healthy (probe ok)"]
-    );
+    expect_events(&mut events, &["a: unknown -> healthy (probe ok)"]);
     // Until its first answer b is unknown, and with Initial::Unhealthy it takes no traffic.
     assert_eq!(state(&balance, "b"), EndpointState::Unhealthy);
     let sent = picks(&mut balance, &log, 10).await;
@@ -874,9 +1019,9 @@ async fn a_probe_that_never_answers_fails_with_a_timeout_and_initial_unhealthy_w
     assert!(drain(&mut events).is_empty());
     // At the 500 ms timeout: a failure that says so.
     advance(ms(100)).await;
-    assert_eq!(
-        summaries(&drain(&mut events)),
-        ["b: unknown -> unhealthy (probe failed: timeout 500ms)"]
+    expect_events(
+        &mut events,
+        &["b: unknown -> unhealthy (probe failed: timeout 500ms)"],
     );
     // It answers again: healthy at the next probe (rise 1), which is due an interval
     // after the failed answer.
@@ -884,10 +1029,7 @@ async fn a_probe_that_never_answers_fails_with_a_timeout_and_initial_unhealthy_w
     advance(ms(900)).await;
     assert!(drain(&mut events).is_empty());
     advance(ms(100)).await;
-    assert_eq!(
-        summaries(&drain(&mut events)),
-        ["b: unhealthy -> healthy (probe ok)"]
-    );
+    expect_events(&mut events, &["b: unhealthy -> healthy (probe ok)"]);
     let sent = picks(&mut balance, &log, 10).await;
     assert_eq!(count(&sent, "b"), 5);
 }
@@ -903,8 +1045,7 @@ async fn initial_unhealthy_endpoints_take_no_traffic_before_their_first_answer_e
     });
     settle().await;
     // 1 healthy of 3: panic mode, but b and c have not answered yet.
-    let stats = balance.health_stats();
-    assert_eq!((stats.candidates, stats.healthy, stats.panic), (3, 1, true));
+    assert_eq!(picture(&balance), (3, 1, 0, true));
     let sent = picks(&mut balance, &log, 30).await;
     assert_eq!(count(&sent, "a"), 30, "{sent:?}");
     // Once their probes have failed, they are unhealthy like any other: panic mode spreads
@@ -920,33 +1061,22 @@ async fn initial_unhealthy_endpoints_take_no_traffic_before_their_first_answer_e
 
 #[tokio::test(start_paused = true)]
 async fn below_the_panic_threshold_the_balancer_fails_open_over_every_endpoint() {
-    let log = CallLog::new();
-    let probe = ScriptProbe::default();
-    for name in ["b", "c", "d"] {
-        probe.set(name, Answer::Fail);
-    }
-    let (mut balance, _) = build_nodes(&["a", "b", "c", "d"], &log, |b| {
+    let probe = ScriptProbe::failing(&["b", "c", "d"]);
+    let (log, mut balance, _, mut events) = setup(&["a", "b", "c", "d"], |b| {
         b.active_checks(probe.clone(), every_second().rise(1).fall(1))
     });
-    let mut events = balance.health_events();
     settle().await;
     assert_eq!(drain(&mut events).len(), 4);
     // 1 healthy of 4 is below 50 %: panic, traffic over all four.
-    let stats = balance.health_stats();
-    assert_eq!(
-        (stats.candidates, stats.healthy, stats.ejected, stats.panic),
-        (4, 1, 0, true)
-    );
+    assert_eq!(picture(&balance), (4, 1, 0, true));
     assert_eq!(state(&balance, "b"), EndpointState::Unhealthy);
     let sent = picks(&mut balance, &log, 400).await;
     for name in ["a", "b", "c", "d"] {
         assert_eq!(count(&sent, name), 100, "{name}");
     }
     // 2 of 4 is not below 50 %: no panic, only the healthy two get traffic.
-    probe.set("b", Answer::Ok);
-    advance(secs(1)).await;
-    let stats = balance.health_stats();
-    assert_eq!((stats.healthy, stats.panic), (2, false));
+    script_answers(&probe, "b", &[(Answer::Ok, 1)]).await;
+    assert_eq!(picture(&balance), (4, 2, 0, false));
     let sent = picks(&mut balance, &log, 400).await;
     assert_eq!(
         ["a", "b", "c", "d"].map(|n| count(&sent, n)),
@@ -957,40 +1087,28 @@ async fn below_the_panic_threshold_the_balancer_fails_open_over_every_endpoint()
 #[tokio::test(start_paused = true)]
 async fn fail_closed_keeps_to_the_healthy_and_fails_with_all_unhealthy_when_none_is() {
     let log = CallLog::new();
-    let probe = ScriptProbe::default();
-    for name in ["b", "c", "d"] {
-        probe.set(name, Answer::Fail);
-    }
+    let probe = ScriptProbe::failing(&["b", "c", "d"]);
     let (mut balance, _) = build_nodes(&["a", "b", "c", "d"], &log, |b| {
         b.active_checks(probe.clone(), every_second().rise(1).fall(1))
             .fail_closed(true)
             .fail_fast(ms(100))
     });
     settle().await;
-    let stats = balance.health_stats();
-    assert_eq!((stats.candidates, stats.healthy, stats.panic), (4, 1, true));
+    assert_eq!(picture(&balance), (4, 1, 0, true));
     let sent = picks(&mut balance, &log, 40).await;
     assert_eq!(count(&sent, "a"), 40);
 
     // None healthy: poll_ready fails fast, saying why.
-    probe.set("a", Answer::Fail);
-    advance(secs(1)).await;
-    let stats = balance.health_stats();
-    assert_eq!((stats.healthy, stats.panic), (0, true));
+    script_answers(&probe, "a", &[(Answer::Fail, 1)]).await;
+    assert_eq!(picture(&balance), (4, 0, 0, true));
     let start = tokio::time::Instant::now();
-    let err = balance
-        .ready()
-        .await
-        .map(|_| ())
-        .expect_err("no endpoint is healthy");
-    let unavailable = err.downcast_ref::<Unavailable>().expect("Unavailable");
+    let unavailable = unavailable(&mut balance).await;
     assert_eq!(unavailable.reason(), UnavailableReason::AllUnhealthy);
     assert_eq!(unavailable.endpoints(), 4);
     assert_eq!(start.elapsed(), ms(100));
 
     // One recovers: traffic goes to it alone.
-    probe.set("c", Answer::Ok);
-    advance(secs(1)).await;
+    script_answers(&probe, "c", &[(Answer::Ok, 1)]).await;
     let sent = picks(&mut balance, &log, 10).await;
     assert_eq!(count(&sent, "c"), 10);
 }
@@ -1006,9 +1124,7 @@ async fn slow_start_ramps_a_new_endpoints_share_over_the_window() {
     for name in ["a", "b", "c", "d"] {
         tx.insert(name, Node::new(name, &log)).unwrap();
     }
-    let mut balance = Balance::builder()
-        .strategy(RoundRobin::new())
-        .classify(ErrorsAsFailures)
+    let mut balance = node_builder()
         .slow_start(SlowStart::new(secs(10)))
         .build(discovery)
         .unwrap();
@@ -1060,14 +1176,12 @@ async fn slow_start_ramps_an_endpoint_back_from_unhealthy() {
             .slow_start(SlowStart::new(secs(10)))
     });
     settle().await;
-    probe.set("d", Answer::Fail);
-    advance(secs(1)).await;
+    script_answers(&probe, "d", &[(Answer::Fail, 1)]).await;
     assert_eq!(state(&balance, "d"), EndpointState::Unhealthy);
     let sent = picks(&mut balance, &log, 30).await;
     assert_eq!(count(&sent, "d"), 0);
     // Back: 10 % of its weight at first, half at 5 s, all of it at 10 s.
-    probe.set("d", Answer::Ok);
-    advance(secs(1)).await;
+    script_answers(&probe, "d", &[(Answer::Ok, 1)]).await;
     assert_eq!(state(&balance, "d"), EndpointState::Active);
     for (n, expected) in [(3100, 100), (3500, 500), (400, 100)] {
         let sent = picks(&mut balance, &log, n).await;
@@ -1088,9 +1202,7 @@ async fn slow_start_ramps_an_endpoint_back_from_unhealthy() {
 async fn draining_takes_no_new_requests_and_lets_those_in_flight_finish() {
     let log = CallLog::new();
     let gate = Gate::closed();
-    let mut balance = Balance::builder()
-        .strategy(RoundRobin::new())
-        .classify(ErrorsAsFailures)
+    let mut balance = node_builder()
         .build(discover::static_list([
             ("a", Backend::new("a").gate(&gate).log(&log)),
             ("b", Backend::new("b").gate(&gate).log(&log)),
@@ -1105,17 +1217,10 @@ async fn draining_takes_no_new_requests_and_lets_those_in_flight_finish() {
     let sent = picks(&mut balance, &log, 10).await;
     assert_eq!(count(&sent, "a"), 0, "{sent:?}");
     settle().await;
-    assert_eq!(
-        summaries(&drain(&mut events)),
-        ["a: healthy -> draining (drain started)"]
-    );
+    expect_events(&mut events, &["a: healthy -> draining (drain started)"]);
     let a = stats_of(&balance, &"a");
     assert_eq!((a.state, a.in_flight), (EndpointState::Draining, 2));
-    let stats = balance.health_stats();
-    assert_eq!(
-        (stats.candidates, stats.healthy, stats.panic),
-        (1, 1, false)
-    );
+    assert_eq!(picture(&balance), (1, 1, 0, false));
 
     // The requests in flight finish normally.
     gate.open();
@@ -1129,10 +1234,7 @@ async fn draining_takes_no_new_requests_and_lets_those_in_flight_finish() {
 
     balance.set_draining(&"a", false).unwrap();
     settle().await;
-    assert_eq!(
-        summaries(&drain(&mut events)),
-        ["a: draining -> healthy (drain stopped)"]
-    );
+    expect_events(&mut events, &["a: draining -> healthy (drain stopped)"]);
     let sent = picks(&mut balance, &log, 10).await;
     assert_eq!(count(&sent, "a"), 5);
 
@@ -1142,166 +1244,25 @@ async fn draining_takes_no_new_requests_and_lets_those_in_flight_finish() {
 
 #[tokio::test(start_paused = true)]
 async fn draining_every_endpoint_fails_with_all_unhealthy() {
-    let log = CallLog::new();
-    let (mut balance, _) = build_nodes(&["a", "b"], &log, |b| b.fail_fast(ms(50)));
-    balance.set_draining(&"a", true).unwrap();
-    balance.set_draining(&"b", true).unwrap();
-    settle().await;
-    let err = balance.ready().await.map(|_| ()).expect_err("all draining");
-    let unavailable = err.downcast_ref::<Unavailable>().expect("Unavailable");
-    assert_eq!(unavailable.reason(), UnavailableReason::AllUnhealthy);
+    // After the driver has published the drains (a wait of the fail-fast timeout), and
+    // before (no wait at all): the flags say why.
+    for (fail_fast, driver_runs) in [(ms(50), true), (Duration::ZERO, false)] {
+        let log = CallLog::new();
+        let (mut balance, _) = build_nodes(&["a", "b"], &log, |b| b.fail_fast(fail_fast));
+        settle().await;
+        balance.set_draining(&"a", true).unwrap();
+        balance.set_draining(&"b", true).unwrap();
+        if driver_runs {
+            settle().await;
+        }
+        let unavailable = unavailable(&mut balance).await;
+        assert_eq!(unavailable.reason(), UnavailableReason::AllUnhealthy);
+    }
 }
 
 // ------------------------------------------------------------------------------------------
 // Real hyper servers (real clock)
 // ------------------------------------------------------------------------------------------
-
-/// The status of a server that hangs: it answers no request until it is told otherwise.
-const HANG: u16 = 0;
-
-/// A hyper HTTP/1 server on 127.0.0.1 answering with a status that can change (or hanging),
-/// with its address as the body. Requests to `/health` are probes; the others are counted.
-struct Server {
-    addr: SocketAddr,
-    status: Arc<AtomicU16>,
-    hits: Arc<AtomicUsize>,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
-}
-
-impl Server {
-    async fn start(status: u16) -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut server = Server {
-            addr: listener.local_addr().unwrap(),
-            status: Arc::new(AtomicU16::new(status)),
-            hits: Arc::default(),
-            shutdown: None,
-            task: None,
-        };
-        server.serve(listener);
-        server
-    }
-
-    fn serve(&mut self, listener: TcpListener) {
-        let (tx, mut rx) = oneshot::channel::<()>();
-        let (addr, status, hits) = (self.addr, self.status.clone(), self.hits.clone());
-        let task = tokio::spawn(async move {
-            let mut connections = JoinSet::new();
-            loop {
-                tokio::select! {
-                    _ = &mut rx => break,
-                    accepted = listener.accept() => {
-                        let Ok((stream, _)) = accepted else { continue };
-                        let (status, hits) = (status.clone(), hits.clone());
-                        connections.spawn(async move {
-                            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                                let (status, hits) = (status.clone(), hits.clone());
-                                async move {
-                                    if req.uri().path() != "/health" {
-                                        hits.fetch_add(1, Ordering::SeqCst);
-                                    }
-                                    let mut code = status.load(Ordering::SeqCst);
-                                    while code == HANG {
-                                        tokio::time::sleep(ms(10)).await;
-                                        code = status.load(Ordering::SeqCst);
-                                    }
-                                    Ok::<_, Infallible>(
-                                        Response::builder()
-                                            .status(code)
-                                            .body(Full::new(Bytes::from(addr.to_string())))
-                                            .unwrap(),
-                                    )
-                                }
-                            });
-                            let _ = hyper::server::conn::http1::Builder::new()
-                                .serve_connection(TokioIo::new(stream), service)
-                                .await;
-                        });
-                    }
-                }
-            }
-            drop(listener);
-            connections.shutdown().await;
-        });
-        self.shutdown = Some(tx);
-        self.task = Some(task);
-    }
-
-    fn set(&self, status: u16) {
-        self.status.store(status, Ordering::SeqCst);
-    }
-
-    fn hits(&self) -> usize {
-        self.hits.load(Ordering::SeqCst)
-    }
-
-    /// Stops accepting and closes every connection. Returns a socket bound (not listening)
-    /// to the address, so connections are refused and the port stays ours.
-    async fn stop(&mut self) -> TcpSocket {
-        let _ = self.shutdown.take().unwrap().send(());
-        self.task.take().unwrap().await.unwrap();
-        let tombstone = TcpSocket::new_v4().unwrap();
-        tombstone.set_reuseaddr(true).unwrap();
-        tombstone.bind(self.addr).unwrap();
-        tombstone
-    }
-
-    /// Listens again on the same address.
-    fn restart(&mut self, tombstone: TcpSocket) {
-        let listener = tombstone.listen(1024).unwrap();
-        self.serve(listener);
-    }
-}
-
-/// One endpoint's service: a shared hyper-util client, each request sent to the endpoint.
-#[derive(Clone)]
-struct ToEndpoint {
-    client: Client<HttpConnector, Empty<Bytes>>,
-    addr: SocketAddr,
-}
-
-impl Service<Request<Empty<Bytes>>> for ToEndpoint {
-    type Response = Response<Incoming>;
-    type Error = hyper_util::client::legacy::Error;
-    type Future = hyper_util::client::legacy::ResponseFuture;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Service::<Request<Empty<Bytes>>>::poll_ready(&mut self.client, cx)
-    }
-
-    fn call(&mut self, mut req: Request<Empty<Bytes>>) -> Self::Future {
-        let path = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
-        *req.uri_mut() = format!("http://{}{}", self.addr, path).parse().unwrap();
-        self.client.request(req)
-    }
-}
-
-fn client() -> Client<HttpConnector, Empty<Bytes>> {
-    Client::builder(TokioExecutor::new()).build_http()
-}
-
-fn endpoints(servers: &[&Server]) -> Vec<(SocketAddr, ToEndpoint)> {
-    let client = client();
-    servers
-        .iter()
-        .map(|s| {
-            (
-                s.addr,
-                ToEndpoint {
-                    client: client.clone(),
-                    addr: s.addr,
-                },
-            )
-        })
-        .collect()
-}
-
-type Servers = Balance<SocketAddr, ToEndpoint, RoundRobin>;
 
 /// Sends `GET /` and returns the status and the body (the server's address).
 async fn get<S>(balance: &mut S) -> Result<(StatusCode, String), BoxError>
@@ -1316,7 +1277,10 @@ where
     .map_err(|_| "request timed out")??;
     let status = response.status();
     let body = response.into_body().collect().await?.to_bytes();
-    Ok((status, String::from_utf8(body.to_vec()).unwrap()))
+    let body = String::from_utf8(body.to_vec()).unwrap();
+    // The body is `"{addr} {path}"`: the server's address is what the tests compare.
+    let addr = body.split_once(' ').map_or(&*body, |(addr, _)| addr);
+    Ok((status, addr.to_string()))
 }
 
 /// Polls `condition` every 5 ms until it holds; fails the test after `deadline`. Returns
@@ -1336,8 +1300,87 @@ async fn wait_until(
     }
 }
 
-fn real_state(balance: &Servers, addr: SocketAddr) -> EndpointState {
+fn real_state<P: Strategy>(
+    balance: &Balance<SocketAddr, ToEndpoint, P>,
+    addr: SocketAddr,
+) -> EndpointState {
     stats_of(balance, &addr).state
+}
+
+/// Sends `n` requests (`GET /`), each of them answered with 200 by the server at `only`
+/// (or by any server, if `None`).
+async fn get_ok<S>(balance: &mut S, n: usize, only: Option<SocketAddr>)
+where
+    S: Service<Request<Empty<Bytes>>, Response = Response<Incoming>, Error = BoxError>,
+{
+    for _ in 0..n {
+        let (status, body) = get(balance).await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        if let Some(addr) = only {
+            assert_eq!(body, addr.to_string());
+        }
+    }
+}
+
+/// Sends `n` requests (`GET /`). Returns the failed ones in order (`Some` server address
+/// for a 5xx answer, `None` for an error), and when the last of them was sent. Every other
+/// answer must be 200.
+async fn get_failures<S>(
+    balance: &mut S,
+    n: usize,
+) -> (Vec<Option<String>>, Option<std::time::Instant>)
+where
+    S: Service<Request<Empty<Bytes>>, Response = Response<Incoming>, Error = BoxError>,
+{
+    let (mut failures, mut last) = (Vec::new(), None);
+    for _ in 0..n {
+        let sent_at = std::time::Instant::now();
+        match get(balance).await {
+            Ok((status, _)) if status == StatusCode::OK => continue,
+            Ok((status, body)) if status.is_server_error() => failures.push(Some(body)),
+            Ok((status, _)) => panic!("unexpected status {status}"),
+            Err(_) => failures.push(None),
+        }
+        last = Some(sent_at);
+    }
+    (failures, last)
+}
+
+/// A balancer over `servers` with `strategy` and outlier detection `outliers`.
+fn with_outliers<P: Strategy>(
+    strategy: P,
+    outliers: OutlierDetection,
+    servers: &[&Server],
+) -> Balance<SocketAddr, ToEndpoint, P> {
+    Balance::builder()
+        .strategy(strategy)
+        .outlier_detection(outliers)
+        .build(discover::static_list(endpoints(servers)))
+        .unwrap()
+}
+
+/// Ejection after 3 failures in a row, for 300 ms (at most 1 s), then `probation`.
+fn quick_ejection(probation: Option<u32>) -> OutlierDetection {
+    OutlierDetection::new()
+        .consecutive_failures(Some(3))
+        .base_ejection(ms(300))
+        .max_ejection(secs(1))
+        .probation_successes(probation)
+}
+
+/// Waits (real clock, up to 3 s) until at least `n` events have come, and returns them.
+async fn wait_for_events<K: Debug>(
+    events: &mut HealthEvents<K>,
+    what: &str,
+    n: usize,
+) -> Vec<HealthEvent<K>> {
+    let mut seen = Vec::new();
+    wait_until(what, secs(3), || {
+        seen.extend(drain(events));
+        seen.len() >= n
+    })
+    .await;
+    seen
 }
 
 #[tokio::test]
@@ -1345,33 +1388,18 @@ async fn a_server_answering_500_is_ejected_at_the_threshold_and_returns_after_th
     let ok1 = Server::start(200).await;
     let bad = Server::start(500).await;
     let ok2 = Server::start(200).await;
-    let mut balance: Servers = Balance::builder()
-        .strategy(RoundRobin::new())
-        .outlier_detection(
-            OutlierDetection::new()
-                .consecutive_failures(Some(3))
-                .base_ejection(ms(300))
-                .max_ejection(secs(1))
-                .probation_successes(Some(2)),
-        )
-        .build(discover::static_list(endpoints(&[&ok1, &bad, &ok2])))
-        .unwrap();
+    let mut balance = with_outliers(
+        RoundRobin::new(),
+        quick_ejection(Some(2)),
+        &[&ok1, &bad, &ok2],
+    );
     let mut events = balance.health_events();
 
     // Exactly 3 answers of 500 reach the caller, then the server gets nothing more.
-    let mut failed = 0;
-    let mut last_failure_sent = None;
-    for _ in 0..15 {
-        let sent_at = std::time::Instant::now();
-        let (status, body) = get(&mut balance).await.unwrap();
-        if status == StatusCode::INTERNAL_SERVER_ERROR {
-            assert_eq!(body, bad.addr.to_string());
-            failed += 1;
-            last_failure_sent = Some(sent_at);
-        }
-    }
+    let (failures, last_failure_sent) = get_failures(&mut balance, 15).await;
     let ejected_after = last_failure_sent.unwrap();
-    assert_eq!((failed, bad.hits()), (3, 3));
+    assert_eq!(failures, vec![Some(bad.addr.to_string()); 3]);
+    assert_eq!(bad.hits(), 3);
     assert_eq!(real_state(&balance, bad.addr), EndpointState::Ejected);
 
     // While ejected, and after the server has recovered, it gets no traffic.
@@ -1404,12 +1432,7 @@ async fn a_server_answering_500_is_ejected_at_the_threshold_and_returns_after_th
     assert_eq!(bad.hits(), 5);
     // The completion path ends probation; the driver reports it.
     assert_eq!(real_state(&balance, bad.addr), EndpointState::Active);
-    let mut seen = Vec::new();
-    wait_until("the probation passed event", secs(3), || {
-        seen.extend(drain(&mut events));
-        seen.len() >= 3
-    })
-    .await;
+    let seen = wait_for_events(&mut events, "the probation passed event", 3).await;
     let name = bad.addr.to_string();
     assert_eq!(
         summaries(&seen),
@@ -1427,32 +1450,15 @@ async fn a_server_refusing_connections_is_ejected_and_returns_when_it_listens_ag
     let mut down = Server::start(200).await;
     let ok2 = Server::start(200).await;
     let tombstone = down.stop().await;
-    let mut balance: Servers = Balance::builder()
-        .strategy(RoundRobin::new())
-        .outlier_detection(
-            OutlierDetection::new()
-                .consecutive_failures(Some(3))
-                .base_ejection(ms(300))
-                .max_ejection(secs(1))
-                .probation_successes(None),
-        )
-        .build(discover::static_list(endpoints(&[&ok1, &down, &ok2])))
-        .unwrap();
+    let mut balance = with_outliers(
+        RoundRobin::new(),
+        quick_ejection(None),
+        &[&ok1, &down, &ok2],
+    );
     let mut events = balance.health_events();
     // Connection errors reach the caller 3 times, then the endpoint is skipped.
-    let mut errors = 0;
-    let mut last_error_sent = None;
-    for _ in 0..15 {
-        let sent_at = std::time::Instant::now();
-        match get(&mut balance).await {
-            Ok((status, _)) => assert_eq!(status, StatusCode::OK),
-            Err(_) => {
-                errors += 1;
-                last_error_sent = Some(sent_at);
-            }
-        }
-    }
-    assert_eq!(errors, 3);
+    let (failures, last_error_sent) = get_failures(&mut balance, 15).await;
+    assert_eq!(failures, [None, None, None]);
     assert_eq!(stats_of(&balance, &down.addr).failures, 3);
     assert_eq!(real_state(&balance, down.addr), EndpointState::Ejected);
 
@@ -1464,18 +1470,15 @@ async fn a_server_refusing_connections_is_ejected_and_returns_when_it_listens_ag
     let back_after = last_error_sent.unwrap().elapsed();
     assert!(back_after >= ms(300), "back after {back_after:?}");
     // Without probation it is back at full weight at once.
-    for _ in 0..30 {
-        let (status, _) = get(&mut balance).await.unwrap();
-        assert_eq!(status, StatusCode::OK);
-    }
+    get_ok(&mut balance, 30, None).await;
     assert_eq!(down.hits(), 10);
     let name = down.addr.to_string();
-    assert_eq!(
-        summaries(&drain(&mut events)),
-        [
+    expect_events(
+        &mut events,
+        &[
             format!("{name}: healthy -> ejected (3 in a row)"),
             format!("{name}: ejected -> healthy (ejection ended)"),
-        ]
+        ],
     );
 }
 
@@ -1545,13 +1548,8 @@ async fn ten_servers_one_answering_503() -> (Vec<Server>, usize) {
 #[tokio::test]
 async fn scenario_ten_servers_one_503_fails_at_most_the_threshold_before_ejection() {
     let (servers, bad) = ten_servers_one_answering_503().await;
-    let mut balance: Servers = Balance::builder()
-        .strategy(RoundRobin::new())
-        .outlier_detection(OutlierDetection::new())
-        .build(discover::static_list(endpoints(
-            &servers.iter().collect::<Vec<_>>(),
-        )))
-        .unwrap();
+    let all: Vec<&Server> = servers.iter().collect();
+    let mut balance = with_outliers(RoundRobin::new(), OutlierDetection::new(), &all);
     let mut failed = 0;
     for _ in 0..300 {
         let (status, _) = get(&mut balance).await.unwrap();
@@ -1571,13 +1569,8 @@ async fn scenario_ten_servers_one_503_fails_at_most_the_threshold_before_ejectio
 #[tokio::test]
 async fn scenario_ten_servers_one_503_with_retries_no_failure_reaches_the_caller() {
     let (servers, bad) = ten_servers_one_answering_503().await;
-    let balance: Servers = Balance::builder()
-        .strategy(RoundRobin::new())
-        .outlier_detection(OutlierDetection::new())
-        .build(discover::static_list(endpoints(
-            &servers.iter().collect::<Vec<_>>(),
-        )))
-        .unwrap();
+    let all: Vec<&Server> = servers.iter().collect();
+    let balance = with_outliers(RoundRobin::new(), OutlierDetection::new(), &all);
     let policy = RetryIdempotent::new(2);
     let retries = policy.retries.clone();
     let mut retrying = Retry::new(policy, balance.clone());
@@ -1605,12 +1598,8 @@ async fn scenario_ten_servers_one_503_with_retries_no_failure_reaches_the_caller
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_concurrent_callers_with_retries_see_no_failure() {
     let (servers, bad) = ten_servers_one_answering_503().await;
-    let balance = Balance::builder()
-        .outlier_detection(OutlierDetection::new())
-        .build(discover::static_list(endpoints(
-            &servers.iter().collect::<Vec<_>>(),
-        )))
-        .unwrap();
+    let all: Vec<&Server> = servers.iter().collect();
+    let balance = with_outliers(LeastRequest::new(), OutlierDetection::new(), &all);
     // Least request picks at random among two: a request can meet the 503 server again on
     // its retry. It can fail there at most 5 times (its fifth failure there ejects it at
     // the latest), so 5 retries always reach another server.
@@ -1619,12 +1608,7 @@ async fn scenario_concurrent_callers_with_retries_see_no_failure() {
     let tasks: Vec<_> = (0..8)
         .map(|_| {
             let mut retrying = Retry::new(policy.clone(), balance.clone());
-            tokio::spawn(async move {
-                for _ in 0..40 {
-                    let (status, _) = get(&mut retrying).await.unwrap();
-                    assert_eq!(status, StatusCode::OK);
-                }
-            })
+            tokio::spawn(async move { get_ok(&mut retrying, 40, None).await })
         })
         .collect();
     for task in tasks {
@@ -1645,6 +1629,9 @@ async fn scenario_concurrent_callers_with_retries_see_no_failure() {
 #[cfg(feature = "http")]
 mod http_probes {
     use super::*;
+    use common::client;
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use hyper_util::client::legacy::Client;
     use tower_lb::health::HttpProbe;
 
     fn probe() -> HttpProbe<Client<HttpConnector, Empty<Bytes>>, Empty<Bytes>> {
@@ -1660,23 +1647,27 @@ mod http_probes {
             .fall(2)
     }
 
+    /// A round-robin balancer over `servers`, from `builder`, probed by HTTP every 50 ms.
+    fn probed(
+        builder: Builder,
+        servers: &[&Server],
+    ) -> Balance<SocketAddr, ToEndpoint, RoundRobin> {
+        builder
+            .strategy(RoundRobin::new())
+            .active_checks(probe(), fast_checks())
+            .build(discover::static_list(endpoints(servers)))
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn a_hanging_server_becomes_unhealthy_with_a_probe_timeout() {
         let ok = Server::start(200).await;
         let hang = Server::start(HANG).await;
         // The probe's own timeout (1 s) is longer: the balancer's 100 ms applies.
-        let mut balance: Servers = Balance::builder()
-            .strategy(RoundRobin::new())
-            .active_checks(probe(), fast_checks())
-            .build(discover::static_list(endpoints(&[&ok, &hang])))
-            .unwrap();
+        let mut balance = probed(Balance::builder(), &[&ok, &hang]);
         let mut events = balance.health_events();
-        let mut seen = Vec::new();
-        wait_until("the hanging server's first probe result", secs(3), || {
-            seen.extend(drain(&mut events));
-            seen.iter().any(|e| e.key == hang.addr)
-        })
-        .await;
+        // Two first results: the healthy one's, and the hanging one's after its timeout.
+        let seen = wait_for_events(&mut events, "the hanging server's first probe result", 2).await;
         let event = seen.iter().find(|e| e.key == hang.addr).unwrap();
         assert_eq!(
             summary(event),
@@ -1690,10 +1681,7 @@ mod http_probes {
             HealthReason::ProbeFailed(ref f) if matches!(**f, ProbeFailure::Timeout(t) if t == ms(100))
         ));
         assert_eq!(real_state(&balance, hang.addr), EndpointState::Unhealthy);
-        for _ in 0..10 {
-            let (status, body) = get(&mut balance).await.unwrap();
-            assert_eq!((status, body), (StatusCode::OK, ok.addr.to_string()));
-        }
+        get_ok(&mut balance, 10, Some(ok.addr)).await;
         assert_eq!(hang.hits(), 0);
     }
 
@@ -1704,21 +1692,10 @@ mod http_probes {
         let hang = Server::start(HANG).await;
         let mut refused = Server::start(200).await;
         let tombstone = refused.stop().await;
-        let mut balance: Servers = Balance::builder()
-            .strategy(RoundRobin::new())
-            .active_checks(probe(), fast_checks())
-            .panic_threshold(0.0)
-            .build(discover::static_list(endpoints(&[
-                &ok, &err, &hang, &refused,
-            ])))
-            .unwrap();
+        let builder = Balance::builder().panic_threshold(0.0);
+        let mut balance = probed(builder, &[&ok, &err, &hang, &refused]);
         let mut events = balance.health_events();
-        let mut seen = Vec::new();
-        wait_until("every first probe result", secs(3), || {
-            seen.extend(drain(&mut events));
-            seen.len() >= 4
-        })
-        .await;
+        let seen = wait_for_events(&mut events, "every first probe result", 4).await;
         let mut got = summaries(&seen);
         got.sort();
         let mut expected = vec![
@@ -1742,10 +1719,7 @@ mod http_probes {
             assert_eq!(real_state(&balance, s.addr), EndpointState::Unhealthy);
         }
         // Only the healthy one gets traffic.
-        for _ in 0..12 {
-            let (status, body) = get(&mut balance).await.unwrap();
-            assert_eq!((status, body), (StatusCode::OK, ok.addr.to_string()));
-        }
+        get_ok(&mut balance, 12, Some(ok.addr)).await;
         assert_eq!(err.hits() + hang.hits() + refused.hits(), 0);
 
         // They recover; each is back after `rise` (2) successful probes.
@@ -1772,10 +1746,7 @@ mod http_probes {
             .collect();
         expected.sort();
         assert_eq!(got, expected);
-        for _ in 0..40 {
-            let (status, _) = get(&mut balance).await.unwrap();
-            assert_eq!(status, StatusCode::OK);
-        }
+        get_ok(&mut balance, 40, None).await;
         for s in [&ok, &err, &hang, &refused] {
             assert_eq!(
                 stats_of(&balance, &s.addr).completed,
@@ -1789,12 +1760,12 @@ mod http_probes {
             real_state(&balance, ok.addr) == EndpointState::Unhealthy
         })
         .await;
-        assert_eq!(
-            summaries(&drain(&mut events)),
-            [format!(
+        expect_events(
+            &mut events,
+            &[format!(
                 "{}: healthy -> unhealthy (probe failed: status 503)",
                 ok.addr
-            )]
+            )],
         );
     }
 }

@@ -1,135 +1,25 @@
 //! Real hyper servers on 127.0.0.1 behind a balancer of hyper-util legacy clients.
 
-use std::convert::Infallible;
+mod common;
+
 use std::net::SocketAddr;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::oneshot;
-use tokio::task::{JoinHandle, JoinSet};
 use tower::{Service, ServiceExt};
 use tower_lb::discover;
 use tower_lb::error::BoxError;
 use tower_lb::strategy::{LeastRequest, RoundRobin, Strategy};
 use tower_lb::Balance;
 
-/// A hyper HTTP/1 server answering every request with `status` and `"{addr} {path}"`.
-struct Server {
-    addr: SocketAddr,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
-}
-
-impl Server {
-    async fn start(status: StatusCode) -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, mut rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let mut connections = JoinSet::new();
-            loop {
-                tokio::select! {
-                    _ = &mut rx => break,
-                    accepted = listener.accept() => {
-                        let Ok((stream, _)) = accepted else { continue };
-                        connections.spawn(async move {
-                            let service = hyper::service::service_fn(move |req: Request<Incoming>| async move {
-                                let path = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
-                                Ok::<_, Infallible>(
-                                    Response::builder()
-                                        .status(status)
-                                        .body(Full::new(Bytes::from(format!("{addr} {path}"))))
-                                        .unwrap(),
-                                )
-                            });
-                            let _ = hyper::server::conn::http1::Builder::new()
-                                .serve_connection(TokioIo::new(stream), service)
-                                .await;
-                        });
-                    }
-                }
-            }
-            drop(listener);
-            // Closes every open connection before the task ends.
-            connections.shutdown().await;
-        });
-        Server {
-            addr,
-            shutdown: Some(tx),
-            task: Some(task),
-        }
-    }
-
-    /// Stops accepting, closes every connection, and waits until that is done. Returns a
-    /// socket bound (not listening) to the old address, so that connections are refused and
-    /// the port is not handed to another test while it lives.
-    async fn stop(&mut self) -> Option<TcpSocket> {
-        let _ = self.shutdown.take().unwrap().send(());
-        self.task.take().unwrap().await.unwrap();
-        let tombstone = TcpSocket::new_v4().ok()?;
-        tombstone.set_reuseaddr(true).ok()?;
-        tombstone.bind(self.addr).ok()?;
-        Some(tombstone)
-    }
-}
-
-/// The client for one endpoint: a shared hyper-util client, with each request's URI rewritten
-/// to the endpoint's address.
-#[derive(Clone)]
-struct ToEndpoint {
-    client: Client<HttpConnector, Empty<Bytes>>,
-    addr: SocketAddr,
-}
-
-impl Service<Request<Empty<Bytes>>> for ToEndpoint {
-    type Response = Response<Incoming>;
-    type Error = hyper_util::client::legacy::Error;
-    type Future = hyper_util::client::legacy::ResponseFuture;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Service::<Request<Empty<Bytes>>>::poll_ready(&mut self.client, cx)
-    }
-
-    fn call(&mut self, mut req: Request<Empty<Bytes>>) -> Self::Future {
-        let path = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
-        *req.uri_mut() = format!("http://{}{}", self.addr, path).parse().unwrap();
-        self.client.request(req)
-    }
-}
-
-fn client() -> Client<HttpConnector, Empty<Bytes>> {
-    Client::builder(TokioExecutor::new()).build_http()
-}
+use common::{client, endpoints, Server, ToEndpoint};
 
 fn balancer<P: Strategy>(strategy: P, servers: &[&Server]) -> Balance<SocketAddr, ToEndpoint, P> {
-    let client = client();
     Balance::builder()
         .strategy(strategy)
-        .build(discover::static_list(
-            servers
-                .iter()
-                .map(|s| {
-                    (
-                        s.addr,
-                        ToEndpoint {
-                            client: client.clone(),
-                            addr: s.addr,
-                        },
-                    )
-                })
-                .collect::<Vec<_>>(),
-        ))
+        .build(discover::static_list(endpoints(servers)))
         .unwrap()
 }
 
@@ -148,9 +38,9 @@ where
 #[tokio::test]
 async fn round_robin_alternates_exactly_across_three_servers() {
     let servers = [
-        Server::start(StatusCode::OK).await,
-        Server::start(StatusCode::OK).await,
-        Server::start(StatusCode::OK).await,
+        Server::start(200).await,
+        Server::start(200).await,
+        Server::start(200).await,
     ];
     let mut balance = balancer(RoundRobin::new(), &servers.iter().collect::<Vec<_>>());
     for round in 0..10 {
@@ -171,9 +61,9 @@ async fn round_robin_alternates_exactly_across_three_servers() {
 
 #[tokio::test]
 async fn server_errors_are_counted_as_failures_by_the_default_classifier() {
-    let ok1 = Server::start(StatusCode::OK).await;
-    let broken = Server::start(StatusCode::INTERNAL_SERVER_ERROR).await;
-    let ok2 = Server::start(StatusCode::OK).await;
+    let ok1 = Server::start(200).await;
+    let broken = Server::start(500).await;
+    let ok2 = Server::start(200).await;
     let mut balance = balancer(RoundRobin::new(), &[&ok1, &broken, &ok2]);
     let mut statuses = Vec::new();
     for _ in 0..30 {
@@ -193,9 +83,9 @@ async fn server_errors_are_counted_as_failures_by_the_default_classifier() {
 
 #[tokio::test]
 async fn a_server_that_shuts_down_fails_while_the_others_keep_serving() {
-    let a = Server::start(StatusCode::OK).await;
-    let mut b = Server::start(StatusCode::OK).await;
-    let c = Server::start(StatusCode::OK).await;
+    let a = Server::start(200).await;
+    let mut b = Server::start(200).await;
+    let c = Server::start(200).await;
     let mut balance = balancer(RoundRobin::new(), &[&a, &b, &c]);
     for _ in 0..9 {
         get(&mut balance, "/").await.unwrap();
@@ -232,9 +122,9 @@ async fn a_server_that_shuts_down_fails_while_the_others_keep_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_clients_through_build_with_reach_every_server() {
     let servers = [
-        Server::start(StatusCode::OK).await,
-        Server::start(StatusCode::OK).await,
-        Server::start(StatusCode::OK).await,
+        Server::start(200).await,
+        Server::start(200).await,
+        Server::start(200).await,
     ];
     let client = client();
     let balance = Balance::builder()

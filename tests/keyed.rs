@@ -205,6 +205,57 @@ async fn a_drained_endpoint_is_passed_over_for_the_next_in_order() {
     assert!(lb.set_draining(&"zzz", true).is_err());
 }
 
+#[tokio::test]
+async fn when_every_endpoint_was_drained_since_the_snapshot_the_request_waits_for_the_next() {
+    let switches = three();
+    let lb = balancer(&switches);
+    for name in ["a", "b", "c"] {
+        lb.set_draining(&name, true).unwrap();
+    }
+    // Polled before the driver has published a snapshot without them: poll_ready waits
+    // for that snapshot (as without a key), instead of arming a call that can only fail.
+    let mut other = lb.clone();
+    let mut request = Box::pin(async move { other.ready().await?.call(vec![1]).await });
+    assert!(futures::poll!(request.as_mut()).is_pending());
+    lb.set_draining(&"c", false).unwrap();
+    assert_eq!(request.await.unwrap(), "c");
+}
+
+#[tokio::test]
+async fn a_request_waiting_on_busy_endpoints_is_not_sent_to_one_drained_meanwhile() {
+    let switches = three();
+    let mut lb = balancer(&switches);
+    for s in &switches {
+        s.set(BUSY);
+    }
+    // Key 1 prefers b, then c, then a.
+    let task = tokio::spawn(lb.ready().await.unwrap().call(vec![1]));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    lb.set_draining(&"b", true).unwrap();
+    switches[1].set(READY);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(!task.is_finished(), "sent to the drained endpoint");
+    switches[0].set(READY);
+    assert_eq!(task.await.unwrap().unwrap(), "a");
+
+    // When every endpoint it waits on is drained, it fails at once, saying why.
+    switches[0].set(BUSY);
+    switches[2].set(BUSY);
+    lb.set_draining(&"b", false).unwrap();
+    switches[1].set(BUSY);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let task = tokio::spawn(lb.ready().await.unwrap().call(vec![1]));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    for name in ["a", "b", "c"] {
+        lb.set_draining(&name, true).unwrap();
+    }
+    switches[1].set(READY);
+    let err = task.await.unwrap().unwrap_err();
+    let unavailable = err.downcast_ref::<Unavailable>().expect("Unavailable");
+    assert_eq!(unavailable.reason(), UnavailableReason::AllUnhealthy);
+    assert!(unavailable.waited() < Duration::from_millis(500));
+}
+
 /// Through a real balancer, the nginx-compatible ring places HTTP requests exactly as the
 /// strategy alone does for the same server names: a `SocketAddr` key is named `ip:port`.
 #[cfg(feature = "http")]

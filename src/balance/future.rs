@@ -9,10 +9,11 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
+use super::service::PassedOver;
 use crate::classify::Classify;
 use crate::completion::{InFlight, TrackCompletion};
 use crate::endpoint::{Load, Timing};
-use crate::error::{BoxError, NotReady, Unavailable, UnavailableReason};
+use crate::error::{BoxError, NotReady, Unavailable};
 
 /// An endpoint whose service was not ready when a request was routed to it by key, kept in
 /// the key's preference order until one of them is.
@@ -26,6 +27,9 @@ pub(crate) struct Candidate<S> {
 pub(crate) struct Routing<S, Req> {
     pub(crate) candidates: Vec<Candidate<S>>,
     pub(crate) request: Option<Req>,
+    /// Health flags that take a candidate out (it was ejected or drained while waiting).
+    skip: u32,
+    passed: PassedOver,
     pub(crate) timing: Option<Timing>,
     pub(crate) fail_fast: Duration,
     pub(crate) endpoints: usize,
@@ -37,6 +41,7 @@ impl<S, Req> Routing<S, Req> {
     pub(crate) fn new(
         candidates: Vec<Candidate<S>>,
         request: Req,
+        skip: u32,
         timing: Option<Timing>,
         fail_fast: Duration,
         endpoints: usize,
@@ -44,6 +49,8 @@ impl<S, Req> Routing<S, Req> {
         Routing {
             candidates,
             request: Some(request),
+            skip,
+            passed: PassedOver::default(),
             timing,
             fail_fast,
             endpoints,
@@ -52,7 +59,8 @@ impl<S, Req> Routing<S, Req> {
         }
     }
 
-    /// Polls the candidates in order; the first ready one gets the request.
+    /// Polls the candidates in order; the first ready one gets the request. A candidate
+    /// ejected or drained while the request waited is passed over for good.
     fn poll_call(&mut self, cx: &mut Context<'_>) -> Poll<Result<(S::Future, InFlight), BoxError>>
     where
         S: Service<Req>,
@@ -60,6 +68,11 @@ impl<S, Req> Routing<S, Req> {
     {
         let mut i = 0;
         while i < self.candidates.len() {
+            if self.candidates[i].load.health_flags() & self.skip != 0 {
+                self.candidates.remove(i);
+                self.passed.flagged = true;
+                continue;
+            }
             match self.candidates[i].service.poll_ready(cx) {
                 Poll::Ready(Ok(())) => {
                     let Candidate { mut service, load } = self.candidates.swap_remove(i);
@@ -79,6 +92,7 @@ impl<S, Req> Routing<S, Req> {
                         &candidate.load,
                         error.into(),
                     ));
+                    self.passed.broken = true;
                 }
             }
         }
@@ -96,7 +110,7 @@ impl<S, Req> Routing<S, Req> {
             .as_ref()
             .map_or(Duration::ZERO, |d| d.0.elapsed());
         Poll::Ready(Err(Unavailable {
-            reason: UnavailableReason::NoneReady,
+            reason: self.passed.reason(!self.candidates.is_empty()),
             waited,
             endpoints: self.endpoints,
             source: self.last_error.take(),

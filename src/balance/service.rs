@@ -111,6 +111,28 @@ impl Tried {
     }
 }
 
+/// What a search for a ready endpoint passed over, besides busy endpoints.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct PassedOver {
+    /// An endpoint with a health flag set since the snapshot (ejected or drained meanwhile).
+    pub(crate) flagged: bool,
+    /// An endpoint whose service failed its readiness check.
+    pub(crate) broken: bool,
+}
+
+impl PassedOver {
+    /// Why no endpoint took a request: `AllUnhealthy` when the endpoints were passed over
+    /// only for their flags (as the next snapshot, on its way, will say too), `NoneReady`
+    /// when one was `busy` or broken.
+    pub(crate) fn reason(self, busy: bool) -> UnavailableReason {
+        if self.flagged && !self.broken && !busy {
+            UnavailableReason::AllUnhealthy
+        } else {
+            UnavailableReason::NoneReady
+        }
+    }
+}
+
 /// A clone of endpoint `index`'s service that was not ready, kept so its wake-up reaches
 /// the caller. Only kept while the set is still at `version`, so `index` stays valid.
 struct PendingEndpoint<S> {
@@ -247,6 +269,7 @@ impl<K, S, P: Strategy, C, T, H> Balance<K, S, P, C, T, H> {
 
         // Endpoints polled during this call, so none is polled (or counted) twice.
         let mut tried = Tried::default();
+        let mut passed = PassedOver::default();
 
         if !self.pending.is_empty() {
             self.pending.retain(|p| p.version == set.version);
@@ -268,6 +291,7 @@ impl<K, S, P: Strategy, C, T, H> Balance<K, S, P, C, T, H> {
                         let p = self.pending.swap_remove(i);
                         let load = &set.eligible[p.index].load;
                         self.last_error = Some(readiness_failed(load, error.into()));
+                        passed.broken = true;
                     }
                 }
             }
@@ -282,19 +306,19 @@ impl<K, S, P: Strategy, C, T, H> Balance<K, S, P, C, T, H> {
         for _ in 0..PICKS_BEFORE_SCAN {
             let index = self.shared.strategy.pick(table, &endpoints, &pick_cx);
             let index = if index < n { index } else { index % n };
-            if tried.insert(index, n) && self.try_endpoint(set, index, cx) {
+            if tried.insert(index, n) && self.try_endpoint(set, index, cx, &mut passed) {
                 return Ok(());
             }
         }
         if tried.len() < n {
             let start = Rng::default().below(n);
             for index in (start..n).chain(0..start) {
-                if tried.insert(index, n) && self.try_endpoint(set, index, cx) {
+                if tried.insert(index, n) && self.try_endpoint(set, index, cx, &mut passed) {
                     return Ok(());
                 }
             }
         }
-        Err(UnavailableReason::NoneReady)
+        Err(passed.reason(!self.pending.is_empty()))
     }
 
     /// Clones endpoint `index`'s service and polls it: keeps it as this handle's ready
@@ -304,6 +328,7 @@ impl<K, S, P: Strategy, C, T, H> Balance<K, S, P, C, T, H> {
         set: &Set<K, S, P::Table>,
         index: usize,
         cx: &mut Context<'_>,
+        passed: &mut PassedOver,
     ) -> bool
     where
         S: Service<Req> + Clone,
@@ -312,6 +337,7 @@ impl<K, S, P: Strategy, C, T, H> Balance<K, S, P, C, T, H> {
         let slot = &set.eligible[index];
         if slot.load.health_flags() & set.skip != 0 {
             // Ejected or drained since the snapshot was published.
+            passed.flagged = true;
             return false;
         }
         let mut service = slot.service.clone();
@@ -334,6 +360,7 @@ impl<K, S, P: Strategy, C, T, H> Balance<K, S, P, C, T, H> {
             }
             Poll::Ready(Err(error)) => {
                 self.last_error = Some(readiness_failed(&slot.load, error.into()));
+                passed.broken = true;
                 false
             }
         }
@@ -538,8 +565,37 @@ where
     #[inline(never)]
     fn arm(&mut self, set: &Set<K, S, P::Table>) -> Result<(), UnavailableReason> {
         has_eligible(set)?;
+        // Every eligible endpoint may have been ejected or drained since the snapshot was
+        // published: then wait for the driver's next one, as `find_ready` does, rather than
+        // arm a call that can only fail. (The first endpoint usually decides.)
+        if set
+            .eligible
+            .iter()
+            .all(|slot| slot.load.health_flags() & set.skip != 0)
+        {
+            return Err(UnavailableReason::AllUnhealthy);
+        }
         self.armed = true;
         Ok(())
+    }
+
+    /// A response future that fails at once with [`Unavailable`].
+    fn unavailable<Req>(
+        &self,
+        reason: UnavailableReason,
+        endpoints: usize,
+        source: Option<Arc<BoxError>>,
+    ) -> ResponseFuture<S, Req, C, T>
+    where
+        S: Service<Req>,
+    {
+        let error = Unavailable {
+            reason,
+            waited: Duration::ZERO,
+            endpoints,
+            source,
+        };
+        ResponseFuture::failed(error.into(), self.classify.clone(), self.track.clone())
     }
 
     /// Routes a request by its key: the strategy's choices in the key's preference order,
@@ -555,26 +611,14 @@ where
         let set = self.shared.set.load();
         let Some(table) = set.table.as_ref() else {
             // The set emptied between poll_ready and call.
-            let reason = has_eligible(&set)
-                .err()
-                .unwrap_or(UnavailableReason::NoEndpoints);
-            return ResponseFuture::failed(
-                Unavailable {
-                    reason,
-                    waited: Duration::ZERO,
-                    endpoints: set.all.len(),
-                    source: None,
-                }
-                .into(),
-                self.classify.clone(),
-                self.track.clone(),
-            );
+            return self.unavailable(set.empty_reason, set.all.len(), None);
         };
-        let mut busy: Vec<Candidate<S>> = Vec::new();
-        let mut last_error = None;
-        if let Some((mut service, load)) =
-            self.walk_preference(&set, table, &request, &mut busy, &mut last_error)
-        {
+        let mut walk = Walk {
+            busy: Vec::new(),
+            last_error: None,
+            passed: PassedOver::default(),
+        };
+        if let Some((mut service, load)) = self.walk_preference(&set, table, &request, &mut walk) {
             let start_ns = self.shared.timing.map_or(0, |t| t.now_ns());
             let guard = InFlight::new(load, start_ns);
             return ResponseFuture::called(
@@ -584,22 +628,14 @@ where
                 self.track.clone(),
             );
         }
-        if busy.is_empty() {
-            return ResponseFuture::failed(
-                Unavailable {
-                    reason: UnavailableReason::NoneReady,
-                    waited: Duration::ZERO,
-                    endpoints: set.all.len(),
-                    source: last_error,
-                }
-                .into(),
-                self.classify.clone(),
-                self.track.clone(),
-            );
+        if walk.busy.is_empty() {
+            let reason = walk.passed.reason(false);
+            return self.unavailable(reason, set.all.len(), walk.last_error);
         }
         let routing = Routing::new(
-            busy,
+            walk.busy,
             request,
+            set.skip,
             self.shared.timing,
             self.shared.fail_fast,
             set.all.len(),
@@ -609,15 +645,14 @@ where
 
     /// Polls the endpoints in the key's preference order (one strategy attempt per endpoint,
     /// then the endpoints no attempt reached, from the first choice onwards; at most `n`
-    /// polls in all) and returns the first that is ready now. Busy ones are kept in `busy`,
-    /// in order.
+    /// polls in all) and returns the first that is ready now. What it passed over is kept
+    /// in `walk`: busy ones in order, the last readiness error, whether any was flagged.
     fn walk_preference<Req>(
         &self,
         set: &Set<K, S, P::Table>,
         table: &P::Table,
         request: &Req,
-        busy: &mut Vec<Candidate<S>>,
-        last_error: &mut Option<Arc<BoxError>>,
+        walk: &mut Walk<S>,
     ) -> Option<(S, Arc<Load>)>
     where
         S: Service<Req> + Clone,
@@ -654,22 +689,33 @@ where
             }
             let slot = &set.eligible[index];
             if slot.load.health_flags() & set.skip != 0 {
+                walk.passed.flagged = true;
                 continue;
             }
             let mut service = slot.service.clone();
             match service.poll_ready(&mut noop) {
                 Poll::Ready(Ok(())) => return Some((service, slot.load.clone())),
-                Poll::Pending => busy.push(Candidate {
+                Poll::Pending => walk.busy.push(Candidate {
                     service,
                     load: slot.load.clone(),
                 }),
                 Poll::Ready(Err(error)) => {
-                    *last_error = Some(readiness_failed(&slot.load, error.into()));
+                    walk.last_error = Some(readiness_failed(&slot.load, error.into()));
+                    walk.passed.broken = true;
                 }
             }
         }
         None
     }
+}
+
+/// What [`Balance::walk_preference`] passed over.
+struct Walk<S> {
+    /// Endpoints whose services were not ready, in preference order.
+    busy: Vec<Candidate<S>>,
+    /// The last readiness error.
+    last_error: Option<Arc<BoxError>>,
+    passed: PassedOver,
 }
 
 /// A stream of [`HealthEvent`]s; see [`Balance::health_events`].

@@ -134,7 +134,9 @@ impl ActiveChecks {
     /// The pause before the next probe, given a uniform random number in `[0, 1)`.
     pub(crate) fn next_delay(&self, unit: f64) -> Duration {
         let spread = 1.0 + self.jitter * (2.0 * unit - 1.0);
-        self.interval.mul_f64(spread.max(0.0))
+        // `Duration::mul_f64` panics past `Duration::MAX`; a huge interval means "rarely".
+        Duration::try_from_secs_f64(self.interval.as_secs_f64() * spread.max(0.0))
+            .unwrap_or(Duration::MAX)
     }
 }
 
@@ -166,5 +168,9 @@ mod tests {
         assert_eq!(s.next_delay(0.5), Duration::from_secs(2));
         assert!(s.next_delay(0.999_999) < Duration::from_millis(2200));
         assert_eq!(s.jitter(0.0).next_delay(0.9), Duration::from_secs(2));
+        // No overflow panic at the largest interval.
+        let max = ActiveChecks::new().interval(Duration::MAX);
+        assert_eq!(max.next_delay(0.999), Duration::MAX);
+        assert!(max.next_delay(0.0) > Duration::from_secs(1 << 62));
     }
 }

@@ -283,6 +283,12 @@ impl OutlierSignal {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
     }
 
+    /// Ejection slots taken now.
+    #[cfg(test)]
+    pub(crate) fn ejected(&self) -> usize {
+        self.ejected.load(Ordering::Acquire)
+    }
+
     pub(crate) fn set_max_ejected(&self, max: usize) {
         self.max_ejected.store(max, Ordering::Release);
     }

@@ -8,18 +8,21 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
+use std::panic::{self, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
 use tokio::time::{Instant, Sleep};
 
 use super::outlier::{self, Sample, Verdict};
 use super::probe::{DynProbe, ProbeTarget};
 use super::{
-    ActiveChecks, Health, HealthEvent, HealthReason, HealthSettings, HealthStats, OutlierSignal,
+    ActiveChecks, Health, HealthEvent, HealthReason, HealthSettings, HealthStats, OutlierDetection,
+    OutlierSignal,
 };
 use crate::endpoint::{flags, Load, Metadata};
 use crate::strategy::rng::Rng;
@@ -31,6 +34,14 @@ const PROBATION_FACTOR: f64 = 0.1;
 const WEIGHT_SCALE: u64 = 100;
 /// A slow-start ramp is published in this many steps over its window.
 const RAMP_STEPS: u32 = 20;
+/// The latest deadline the runner sets (about 30 years, as tokio's own "far future"): a
+/// configured `Duration::MAX` means "never", not an overflow.
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
+
+/// `now + d`, without overflow.
+fn after(now: Instant, d: Duration) -> Instant {
+    now + d.min(FAR_FUTURE)
+}
 
 type ProbeResult<K> = (K, u64, Result<(), super::ProbeFailure>);
 type ProbeTask<K> = Pin<Box<dyn Future<Output = ProbeResult<K>> + Send>>;
@@ -55,7 +66,9 @@ struct Record {
     returned_in_interval: bool,
     /// Requests and completed failures at the start of the outlier interval.
     counts: (u64, u64),
-    /// The flags as of the last reconcile.
+    /// The flags the runner has accounted for: those of the last reconcile, with the
+    /// runner's own changes since applied (never read back from the load, so that a change
+    /// the completion path or `set_draining` makes meanwhile is still reconciled).
     seen_flags: u32,
     /// When the endpoint was added or came back, while it ramps.
     ramp_from: Option<Instant>,
@@ -64,6 +77,26 @@ struct Record {
 impl Record {
     fn health(&self, active: bool) -> Health {
         health_of(self.seen_flags, active && self.probed.is_none())
+    }
+
+    /// Sets (`on`) or clears the flags in `mask` as the runner's own change. Returns the
+    /// flags before.
+    fn set_flags(&mut self, mask: u32, on: bool) -> u32 {
+        if on {
+            self.seen_flags |= mask;
+        } else {
+            self.seen_flags &= !mask;
+        }
+        self.load.set_flags(mask, on)
+    }
+
+    /// Ends tracking: requests still in flight on the endpoint can no longer eject it, and
+    /// an ejection it holds gives back its slot.
+    fn detach(&self, signal: &OutlierSignal) {
+        let before = self.load.set_flags(flags::REMOVED, true);
+        if before & flags::EJECTED != 0 {
+            signal.release_ejection();
+        }
     }
 }
 
@@ -155,6 +188,7 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
                 record.target = ProbeTarget { name, metadata };
                 return;
             }
+            record.detach(&self.signal);
         }
         self.next_generation += 1;
         let flags_now = load.health_flags();
@@ -178,9 +212,7 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
 
     pub(crate) fn remove(&mut self, key: &K) {
         if let Some(record) = self.records.remove(key) {
-            if record.load.health_flags() & flags::EJECTED != 0 {
-                self.signal.release_ejection();
-            }
+            record.detach(&self.signal);
         }
         self.waiting.retain(|k| k != key);
     }
@@ -207,7 +239,9 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
         changed
     }
 
-    /// Turns flags changed outside the driver into records and events.
+    /// Turns flags changed outside the driver into records and events: one event per
+    /// change, in a fixed order (ejection or end of probation, then draining), even when
+    /// several happened since the last reconcile.
     fn reconcile(&mut self, now: Instant, emit: &mut dyn FnMut(HealthEvent<K>)) -> bool {
         let active = self.active().is_some();
         let outlier = self.settings.outlier.clone();
@@ -219,39 +253,46 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
                 continue;
             }
             changed = true;
-            let from = record.health(active);
+            record.seen_flags = flags_now;
+            let unknown = active && record.probed.is_none();
             let newly = flags_now & !before;
             let cleared = before & !flags_now;
-            let reason = if newly & flags::EJECTED != 0 {
+            // Each change as its own event, each from where the one before left off.
+            let mut shown = before;
+            let mut events: [Option<(u32, u32, HealthReason)>; 2] = [None, None];
+            if newly & flags::EJECTED != 0 {
                 // Ejected by the completion path: failures in a row (one, on probation).
                 record.times_ejected = record.times_ejected.saturating_add(1);
                 let time = outlier.as_ref().map_or(Duration::from_secs(30), |o| {
                     o.ejection_time(record.times_ejected)
                 });
-                record.ejected_until = Some(now + time);
+                record.ejected_until = Some(after(now, time));
                 record.ramp_from = None;
                 let in_row = record.load.consecutive_failures().max(1);
                 if flags_now & flags::PROBATION != 0 {
-                    record.load.set_flags(flags::PROBATION, false);
+                    record.set_flags(flags::PROBATION, false);
                 }
-                HealthReason::ConsecutiveFailures(in_row)
+                let to = (shown | flags::EJECTED) & !flags::PROBATION;
+                events[0] = Some((shown, to, HealthReason::ConsecutiveFailures(in_row)));
+                shown = to;
             } else if cleared & flags::PROBATION != 0 {
-                HealthReason::ProbationPassed
-            } else if newly & flags::DRAINING != 0 {
-                HealthReason::DrainStarted
+                let to = shown & !flags::PROBATION;
+                events[0] = Some((shown, to, HealthReason::ProbationPassed));
+                shown = to;
+            }
+            if newly & flags::DRAINING != 0 {
+                events[1] = Some((shown, shown | flags::DRAINING, HealthReason::DrainStarted));
             } else if cleared & flags::DRAINING != 0 {
-                HealthReason::DrainStopped
-            } else {
-                record.seen_flags = flags_now;
-                continue;
-            };
-            record.seen_flags = record.load.health_flags();
-            emit(HealthEvent {
-                key: key.clone(),
-                from,
-                to: record.health(active),
-                reason,
-            });
+                events[1] = Some((shown, shown & !flags::DRAINING, HealthReason::DrainStopped));
+            }
+            for (from, to, reason) in events.into_iter().flatten() {
+                emit(HealthEvent {
+                    key: key.clone(),
+                    from: health_of(from, unknown),
+                    to: health_of(to, unknown),
+                    reason,
+                });
+            }
         }
         changed
     }
@@ -293,13 +334,23 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
                 let Some(record) = self.records.get(&key) else {
                     continue;
                 };
-                let future = probe.probe_boxed(&record.target);
+                // A probe is user code: if it panics (starting or running), that probe
+                // failed, and the driver (discovery, the other probes) carries on.
+                let future =
+                    panic::catch_unwind(AssertUnwindSafe(|| probe.probe_boxed(&record.target)));
                 let timeout = checks.timeout;
                 let generation = record.generation;
                 self.probes.push(Box::pin(async move {
-                    let result = match tokio::time::timeout(timeout, future).await {
-                        Ok(result) => result,
-                        Err(_) => Err(super::ProbeFailure::Timeout(timeout)),
+                    let result = match future {
+                        Ok(future) => {
+                            let checked = AssertUnwindSafe(future).catch_unwind();
+                            match tokio::time::timeout(timeout, checked).await {
+                                Ok(Ok(result)) => result,
+                                Ok(Err(_)) => Err(probe_panicked()),
+                                Err(_) => Err(super::ProbeFailure::Timeout(timeout)),
+                            }
+                        }
+                        Err(_) => Err(probe_panicked()),
                     };
                     (key, generation, result)
                 }));
@@ -328,7 +379,7 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
             return false;
         }
         record.queued = false;
-        record.next_probe = Some(now + delay);
+        record.next_probe = Some(after(now, delay));
         let ok = result.is_ok();
         let from = record.health(true);
         let first = record.probed.is_none();
@@ -352,11 +403,10 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
         if !flip {
             return false;
         }
-        record.load.set_flags(flags::UNHEALTHY, !ok);
+        record.set_flags(flags::UNHEALTHY, !ok);
         if ok && !healthy_before && self.started && self.settings.slow_start.is_some() {
             record.ramp_from = Some(now);
         }
-        record.seen_flags = record.load.health_flags();
         let reason = match result {
             Ok(()) => HealthReason::ProbeSucceeded,
             Err(failure) => HealthReason::ProbeFailed(Arc::new(failure)),
@@ -389,14 +439,15 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
             let from = record.health(active);
             if probation {
                 record.load.begin_probation();
+                record.seen_flags |= flags::PROBATION;
             } else {
                 record.load.end_ejection();
             }
+            record.seen_flags &= !flags::EJECTED;
             self.signal.release_ejection();
             if slow_start {
                 record.ramp_from = Some(now);
             }
-            record.seen_flags = record.load.health_flags();
             emit(HealthEvent {
                 key: key.clone(),
                 from,
@@ -413,12 +464,21 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
         let Some(settings) = self.settings.outlier.clone() else {
             return false;
         };
-        let due = *self.next_interval.get_or_insert(now + settings.interval);
+        let due = *self
+            .next_interval
+            .get_or_insert_with(|| after(now, settings.interval));
         if due > now {
             return false;
         }
-        self.next_interval = Some(now + settings.interval);
-        let active = self.active().is_some();
+        self.next_interval = Some(after(now, settings.interval));
+        let (keys, verdicts) = self.judge_interval(&settings);
+        self.apply_verdicts(&settings, &keys, &verdicts, now, emit)
+    }
+
+    /// Takes each endpoint's requests and failures over the interval that ends now, and
+    /// runs the detectors on them. Returns the endpoints in the order judged, and the
+    /// verdicts by index into that order.
+    fn judge_interval(&mut self, settings: &OutlierDetection) -> (Vec<K>, Vec<(usize, Verdict)>) {
         let keys: Vec<K> = self.records.keys().cloned().collect();
         let samples: Vec<Option<Sample>> = keys
             .iter()
@@ -434,7 +494,21 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
                 (flag_bits & (flags::EJECTED | flags::DRAINING) == 0).then_some(sample)
             })
             .collect();
-        let verdicts = outlier::evaluate(&settings, &samples);
+        let verdicts = outlier::evaluate(settings, &samples);
+        (keys, verdicts)
+    }
+
+    /// Ejects the endpoints the detectors judged, as far as the ejection slots allow, and
+    /// forgives each of the others one earlier ejection.
+    fn apply_verdicts(
+        &mut self,
+        settings: &OutlierDetection,
+        keys: &[K],
+        verdicts: &[(usize, Verdict)],
+        now: Instant,
+        emit: &mut dyn FnMut(HealthEvent<K>),
+    ) -> bool {
+        let active = self.active().is_some();
         let mut changed = false;
         for (i, key) in keys.iter().enumerate() {
             let Some(record) = self.records.get_mut(key) else {
@@ -446,8 +520,9 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
                 // An interval without ejection forgives one earlier ejection: not one in
                 // which an ejection ran or ended, nor one spent on probation (a failure on
                 // probation must find the count it left with, and double the ejection).
-                let on_probation = record.load.health_flags() & flags::PROBATION != 0;
-                if record.ejected_until.is_none() && !returned && !on_probation {
+                let flag_bits = record.load.health_flags();
+                let held = flag_bits & (flags::PROBATION | flags::EJECTED) != 0;
+                if record.ejected_until.is_none() && !returned && !held {
                     record.times_ejected = record.times_ejected.saturating_sub(1);
                 }
                 continue;
@@ -456,12 +531,17 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
                 continue;
             }
             let from = record.health(active);
-            record.load.set_flags(flags::EJECTED, true);
-            record.load.set_flags(flags::PROBATION, false);
+            if record.load.set_flags(flags::EJECTED, true) & flags::EJECTED != 0 {
+                // The completion path ejected it since it was sampled: that ejection holds
+                // its own slot, and the next reconcile reports it.
+                self.signal.release_ejection();
+                continue;
+            }
+            record.seen_flags |= flags::EJECTED;
+            record.set_flags(flags::PROBATION, false);
             record.times_ejected = record.times_ejected.saturating_add(1);
-            record.ejected_until = Some(now + settings.ejection_time(record.times_ejected));
+            record.ejected_until = Some(after(now, settings.ejection_time(record.times_ejected)));
             record.ramp_from = None;
-            record.seen_flags = record.load.health_flags();
             let reason = match verdict {
                 Verdict::SuccessRate { rate, threshold } => {
                     HealthReason::SuccessRate { rate, threshold }
@@ -540,8 +620,10 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
             .collect();
         if ramping {
             if let Some(s) = slow_start {
-                self.next_ramp_step =
-                    Some(now + (s.window / RAMP_STEPS).max(Duration::from_millis(1)));
+                self.next_ramp_step = Some(after(
+                    now,
+                    (s.window / RAMP_STEPS).max(Duration::from_millis(1)),
+                ));
             }
         } else {
             self.next_ramp_step = None;
@@ -605,7 +687,140 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
     }
 }
 
+#[cold]
+fn probe_panicked() -> super::ProbeFailure {
+    tracing::error!("a health probe panicked; counting it as a failed probe");
+    super::ProbeFailure::Unhealthy("the probe panicked".into())
+}
+
 /// Completed requests that failed (failures minus failed readiness checks).
 fn completed_failures(load: &Load) -> u64 {
     load.failures().saturating_sub(load.readiness_failures())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::outlier::FailurePercentage;
+    use crate::health::{ProbeFailure, TcpProbe};
+
+    /// A runner with active checks and outlier detection (ejecting after `consecutive`
+    /// failures in a row, or at 85 % failures of at least one request), tracking endpoint
+    /// "a".
+    fn runner(consecutive: u32) -> (Runner<&'static str>, Arc<Load>, Arc<OutlierSignal>) {
+        let outlier = OutlierDetection::new()
+            .consecutive_failures(Some(consecutive))
+            .success_rate(None)
+            .failure_percentage(Some(FailurePercentage {
+                minimum_hosts: 1,
+                request_volume: 1,
+                ..FailurePercentage::default()
+            }));
+        let signal = Arc::new(OutlierSignal::new(&outlier));
+        signal.set_max_ejected(5);
+        let settings = HealthSettings {
+            active: Some((ActiveChecks::new(), Arc::new(TcpProbe::new()))),
+            outlier: Some(outlier),
+            ..HealthSettings::default()
+        };
+        let mut runner = Runner::new(settings, signal.clone());
+        let load = Arc::new(runner.new_load(None));
+        runner.insert(&"a", &load, "a".into(), Metadata::default());
+        (runner, load, signal)
+    }
+
+    /// One request that completed on `load`, failed or not.
+    fn complete(load: &Load, failure: bool) {
+        load.start();
+        load.record(failure);
+        load.finish();
+    }
+
+    fn reasons(events: &[HealthEvent<&'static str>]) -> Vec<String> {
+        events
+            .iter()
+            .map(|e| format!("{} -> {} ({})", e.from, e.to, e.reason))
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ejection_on_the_completion_path_during_a_probe_answer_is_still_reconciled() {
+        let (mut runner, load, signal) = runner(1);
+        let checks = ActiveChecks::new();
+        let mut events = Vec::new();
+        let now = Instant::now();
+        assert!(!runner.reconcile(now, &mut |e| events.push(e)));
+        // Another thread's request fails after the driver reconciled, before it handles
+        // the endpoint's first probe answer.
+        complete(&load, true);
+        assert_ne!(load.health_flags() & flags::EJECTED, 0);
+        let generation = runner.records[&"a"].generation;
+        let answer: Result<(), ProbeFailure> = Ok(());
+        runner.on_probe_result(&checks, "a", generation, answer, now, &mut |e| {
+            events.push(e)
+        });
+        // The next reconcile reports the ejection and times it.
+        assert!(runner.reconcile(now, &mut |e| events.push(e)));
+        assert_eq!(
+            reasons(&events),
+            [
+                "unknown -> healthy (probe succeeded)",
+                "healthy -> ejected (1 failures in a row)"
+            ]
+        );
+        let until = runner.records[&"a"]
+            .ejected_until
+            .expect("the ejection ends");
+        assert_eq!(until, now + Duration::from_secs(30));
+        runner.end_ejections(until, &mut |e| events.push(e));
+        assert_eq!(load.health_flags() & flags::EJECTED, 0);
+        assert_eq!(signal.ejected(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_interval_ejection_racing_a_completion_path_ejection_takes_one_slot() {
+        let (mut runner, load, signal) = runner(3);
+        let settings = runner.settings.outlier.clone().unwrap();
+        let mut events = Vec::new();
+        let now = Instant::now();
+        // Two failures: not yet three in a row, but 100 % of the interval's requests.
+        complete(&load, true);
+        complete(&load, true);
+        let (keys, verdicts) = runner.judge_interval(&settings);
+        assert_eq!(verdicts.len(), 1);
+        // The third failure ejects it on the completion path before the verdict applies.
+        complete(&load, true);
+        assert_eq!(signal.ejected(), 1);
+        runner.apply_verdicts(&settings, &keys, &verdicts, now, &mut |e| events.push(e));
+        assert_eq!(signal.ejected(), 1, "one ejection, one slot");
+        // The completion path's ejection is the one reported and timed.
+        runner.reconcile(now, &mut |e| events.push(e));
+        assert_eq!(
+            reasons(&events),
+            ["unknown -> ejected (3 failures in a row)"]
+        );
+        let until = runner.records[&"a"]
+            .ejected_until
+            .expect("the ejection ends");
+        runner.end_ejections(until, &mut |e| events.push(e));
+        assert_eq!(signal.ejected(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_removed_endpoints_late_failures_take_no_ejection_slot() {
+        // Removed with a request in flight that then fails.
+        let (mut health, load, signal) = runner(1);
+        health.remove(&"a");
+        complete(&load, true);
+        assert_eq!(load.health_flags() & flags::EJECTED, 0);
+        assert_eq!(signal.ejected(), 0);
+        // Removed while ejected: the slot comes back at the removal, once.
+        let (mut health, load, signal) = runner(1);
+        complete(&load, true);
+        assert_eq!(signal.ejected(), 1);
+        health.remove(&"a");
+        assert_eq!(signal.ejected(), 0);
+        complete(&load, true);
+        assert_eq!(signal.ejected(), 0);
+    }
 }

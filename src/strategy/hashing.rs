@@ -262,14 +262,34 @@ impl Keyless {
 
     /// Whether a request with `key` is routed by round robin.
     #[inline]
-    pub(crate) fn round_robin(&self, key: Option<&[u8]>, cycle: &Option<Cycle>) -> bool {
+    fn round_robin(&self, key: Option<&[u8]>, cycle: &Option<Cycle>) -> bool {
         self.mode == MissingKey::RoundRobin && present(key).is_none() && cycle.is_some()
+    }
+
+    /// [`PreferenceOrder::find`] of a hashing strategy whose table holds `cycle`: the
+    /// round-robin order for a keyless request when the mode says so, else `hashed`, the
+    /// strategy's own order (which gets `accept`).
+    #[inline]
+    pub(crate) fn find<F: FnMut(usize) -> bool>(
+        &self,
+        cycle: &Option<Cycle>,
+        endpoints: &Endpoints<'_>,
+        key: Option<&[u8]>,
+        after: Option<u64>,
+        accept: F,
+        hashed: impl FnOnce(F) -> Option<(usize, u64)>,
+    ) -> Option<(usize, u64)> {
+        if self.round_robin(key, cycle) {
+            self.find_round_robin(cycle, endpoints, after, accept)
+        } else {
+            hashed(accept)
+        }
     }
 
     /// The round-robin order: the cycle's next endpoint, then the endpoints after it in index
     /// order. The cursor holds the first choice + 1 (low half) and the steps taken (high
     /// half).
-    pub(crate) fn find_round_robin<F: FnMut(usize) -> bool>(
+    fn find_round_robin<F: FnMut(usize) -> bool>(
         &self,
         cycle: &Option<Cycle>,
         endpoints: &Endpoints<'_>,
@@ -301,6 +321,34 @@ impl Keyless {
 
 /// The low 32 bits of a cursor.
 pub(crate) const LOW: u64 = 0xFFFF_FFFF;
+
+/// The builder methods of a hashing strategy's missing-key fallback, `missing_key` and
+/// `seed`, for a strategy with a `keyless: Keyless` field. `$random` says where a keyless
+/// request goes in `MissingKey::Random` mode.
+macro_rules! keyless_options {
+    ($strategy:ty, $random:literal) => {
+        impl $strategy {
+            #[doc = concat!(
+                                "How requests without a key are routed (default ",
+                                "[`MissingKey::Random`](crate::strategy::MissingKey::Random): ",
+                                $random,
+                                ")."
+                            )]
+            pub fn missing_key(mut self, missing: $crate::strategy::MissingKey) -> Self {
+                self.keyless.mode = missing;
+                self
+            }
+
+            /// Draws the random choices for keyless requests from one reproducible sequence
+            /// (see [`Random::with_seed`](crate::strategy::Random::with_seed)).
+            pub fn seed(mut self, seed: u64) -> Self {
+                self.keyless.set_seed(seed);
+                self
+            }
+        }
+    };
+}
+pub(crate) use keyless_options;
 
 // ---------------------------------------------------------------------------------------
 // Preference order
@@ -363,6 +411,21 @@ pub(crate) fn pick_in_order<S: PreferenceOrder>(
         }
         None => exhausted(cx.attempt()),
     }
+}
+
+/// [`pick_in_order`] where, once the order is used up, attempt `k` returns endpoint
+/// `k mod n`.
+#[inline]
+pub(crate) fn pick_in_order_wrapping<S: PreferenceOrder>(
+    strategy: &S,
+    table: &S::Table,
+    endpoints: &Endpoints<'_>,
+    cx: &Context<'_>,
+) -> usize {
+    let n = endpoints.len().max(1);
+    pick_in_order(strategy, table, endpoints, cx, |attempt| {
+        attempt as usize % n
+    })
 }
 
 #[cfg(test)]

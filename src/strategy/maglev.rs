@@ -70,14 +70,16 @@
 //! fallback attempt costs O(n) (one mix per endpoint); the first choice stays O(1). Once all
 //! endpoints have been returned, attempt `k` returns endpoint `k mod n`.
 //!
-//! Requests without a key (or with an empty one) follow [`MissingKey`]: `Random` reads a
-//! random slot (slots are weight-proportional), `RoundRobin` uses nginx's smooth weighted
-//! round robin.
+//! Requests without a key (or with an empty one) follow [`MissingKey`](super::MissingKey):
+//! `Random` reads a random slot (slots are weight-proportional), `RoundRobin` uses nginx's
+//! smooth weighted round robin.
 //!
 //! Building the table costs about `M ln M` slot probes (the last empty slots take the most
 //! finding): a few milliseconds for 1 000 endpoints, off the hot path.
 
-use super::hashing::{hash64, pick_in_order, Keyless, MissingKey, PreferenceOrder, LOW};
+use super::hashing::{
+    hash64, keyless_options, pick_in_order_wrapping, Keyless, PreferenceOrder, LOW,
+};
 use super::rendezvous::{key_hash, Scorer};
 use super::round_robin::Cycle;
 use super::{Context, Endpoints, Strategy};
@@ -117,20 +119,6 @@ impl Maglev {
         self
     }
 
-    /// How requests without a key are routed (default [`MissingKey::Random`]: a random
-    /// slot).
-    pub fn missing_key(mut self, missing: MissingKey) -> Self {
-        self.keyless.mode = missing;
-        self
-    }
-
-    /// Draws the random slots for keyless requests from one reproducible sequence
-    /// (see [`Random::with_seed`](super::Random::with_seed)).
-    pub fn seed(mut self, seed: u64) -> Self {
-        self.keyless.set_seed(seed);
-        self
-    }
-
     /// The table size for `placed` endpoints with weight.
     fn size_for(&self, placed: usize) -> usize {
         let placed = placed.max(1);
@@ -153,6 +141,8 @@ impl Maglev {
         }
     }
 }
+
+keyless_options!(Maglev, "a random slot");
 
 /// The lookup table [`Maglev`] builds.
 #[derive(Debug, Clone)]
@@ -327,8 +317,7 @@ impl Strategy for Maglev {
 
     #[inline]
     fn pick(&self, table: &MaglevTable, endpoints: &Endpoints<'_>, cx: &Context<'_>) -> usize {
-        let n = endpoints.len().max(1);
-        pick_in_order(self, table, endpoints, cx, |attempt| attempt as usize % n)
+        pick_in_order_wrapping(self, table, endpoints, cx)
     }
 
     fn uses_request_key(&self) -> bool {
@@ -356,38 +345,36 @@ impl PreferenceOrder for Maglev {
         endpoints: &Endpoints<'_>,
         key: Option<&[u8]>,
         after: Option<u64>,
-        mut accept: F,
+        accept: F,
     ) -> Option<(usize, u64)> {
-        if self.keyless.round_robin(key, &table.cycle) {
-            return self
-                .keyless
-                .find_round_robin(&table.cycle, endpoints, after, accept);
-        }
-        let n = endpoints.len();
-        if table.slots.is_empty() || table.scorer.len() != n {
-            return None;
-        }
-        let (h, seed) = key_hash(&self.keyless, key, after);
-        let first = table.slots[table.slot(h)] as usize;
-        let seed = u64::from(seed) << 32;
-        let below = match after.map(|c| c & LOW) {
-            None => {
-                if accept(first) {
-                    return Some((first, seed));
-                }
-                None
+        let keyless = &self.keyless;
+        keyless.find(&table.cycle, endpoints, key, after, accept, |mut accept| {
+            let n = endpoints.len();
+            if table.slots.is_empty() || table.scorer.len() != n {
+                return None;
             }
-            Some(0) => None,
-            Some(prev) => {
-                let prev = prev as usize - 1;
-                if prev >= n {
-                    return None;
+            let (h, seed) = key_hash(keyless, key, after);
+            let first = table.slots[table.slot(h)] as usize;
+            let seed = u64::from(seed) << 32;
+            let below = match after.map(|c| c & LOW) {
+                None => {
+                    if accept(first) {
+                        return Some((first, seed));
+                    }
+                    None
                 }
-                Some(table.scorer.rank(h, prev))
-            }
-        };
-        let i = table.scorer.best(h, below, first, accept)?;
-        Some((i, seed | (i as u64 + 1)))
+                Some(0) => None,
+                Some(prev) => {
+                    let prev = prev as usize - 1;
+                    if prev >= n {
+                        return None;
+                    }
+                    Some(table.scorer.rank(h, prev))
+                }
+            };
+            let i = table.scorer.best(h, below, first, accept)?;
+            Some((i, seed | (i as u64 + 1)))
+        })
     }
 }
 

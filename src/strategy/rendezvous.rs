@@ -37,14 +37,14 @@
 //!   `f32`), ties broken by the lower index; the order is the same at every attempt.
 //! - An endpoint of weight 0 scores lowest: it is never the first choice unless every
 //!   endpoint has weight 0 (then all count as equal).
-//! - A request without a key (or with an empty one) follows the [`MissingKey`] fallback:
-//!   `Random` ranks by a random key hash (32 random bits, kept in the cursor), `RoundRobin`
-//!   uses nginx's smooth weighted round robin.
+//! - A request without a key (or with an empty one) follows the
+//!   [`MissingKey`](super::MissingKey) fallback: `Random` ranks by a random key hash (32
+//!   random bits, kept in the cursor), `RoundRobin` uses nginx's smooth weighted round robin.
 //! - Once all endpoints have been returned, attempt `k` returns endpoint `k mod n`.
 
 use super::hashing::{
-    hash64, mix64, pick_in_order, present, random_key_hash, Keyless, MissingKey, PreferenceOrder,
-    KEY_SEED, LOW,
+    hash64, keyless_options, mix64, pick_in_order_wrapping, present, random_key_hash, Keyless,
+    PreferenceOrder, KEY_SEED, LOW,
 };
 use super::round_robin::Cycle;
 use super::{Context, Endpoints, Strategy};
@@ -63,20 +63,9 @@ impl Rendezvous {
     pub fn new() -> Self {
         Self::default()
     }
-
-    /// How requests without a key are routed (default [`MissingKey::Random`]).
-    pub fn missing_key(mut self, missing: MissingKey) -> Self {
-        self.keyless.mode = missing;
-        self
-    }
-
-    /// Draws the random choices for keyless requests from one reproducible sequence
-    /// (see [`Random::with_seed`](super::Random::with_seed)).
-    pub fn seed(mut self, seed: u64) -> Self {
-        self.keyless.set_seed(seed);
-        self
-    }
 }
+
+keyless_options!(Rendezvous, "a random key hash, ranked like a real key");
 
 /// What [`Rendezvous`] precomputes: each endpoint's name hash (and weight, when weights
 /// differ).
@@ -194,8 +183,7 @@ impl Strategy for Rendezvous {
 
     #[inline]
     fn pick(&self, table: &RendezvousTable, endpoints: &Endpoints<'_>, cx: &Context<'_>) -> usize {
-        let n = endpoints.len().max(1);
-        pick_in_order(self, table, endpoints, cx, |attempt| attempt as usize % n)
+        pick_in_order_wrapping(self, table, endpoints, cx)
     }
 
     fn uses_request_key(&self) -> bool {
@@ -212,27 +200,26 @@ impl PreferenceOrder for Rendezvous {
         after: Option<u64>,
         accept: F,
     ) -> Option<(usize, u64)> {
-        if self.keyless.round_robin(key, &table.cycle) {
-            return self
-                .keyless
-                .find_round_robin(&table.cycle, endpoints, after, accept);
-        }
-        if table.scorer.len() == 0 || table.scorer.len() != endpoints.len() {
-            return None;
-        }
-        let (h, seed) = key_hash(&self.keyless, key, after);
-        let below = match after.map(|c| c & LOW) {
-            None | Some(0) => None,
-            Some(prev) => {
-                let prev = prev as usize - 1;
-                if prev >= table.scorer.len() {
-                    return None;
-                }
-                Some(table.scorer.rank(h, prev))
+        let keyless = &self.keyless;
+        keyless.find(&table.cycle, endpoints, key, after, accept, |accept| {
+            let n = table.scorer.len();
+            if n == 0 || n != endpoints.len() {
+                return None;
             }
-        };
-        let i = table.scorer.best(h, below, usize::MAX, accept)?;
-        Some((i, (u64::from(seed) << 32) | (i as u64 + 1)))
+            let (h, seed) = key_hash(keyless, key, after);
+            let below = match after.map(|c| c & LOW) {
+                None | Some(0) => None,
+                Some(prev) => {
+                    let prev = prev as usize - 1;
+                    if prev >= n {
+                        return None;
+                    }
+                    Some(table.scorer.rank(h, prev))
+                }
+            };
+            let i = table.scorer.best(h, below, usize::MAX, accept)?;
+            Some((i, (u64::from(seed) << 32) | (i as u64 + 1)))
+        })
     }
 }
 

@@ -58,8 +58,9 @@
 //!   every endpoint).
 //!
 //! Where this differs from nginx: requests with an empty or missing key follow
-//! [`MissingKey`] (random by default; nginx 1.17.1 and later use round robin, which is
-//! [`MissingKey::RoundRobin`]), and very large weights are scaled down (below).
+//! [`MissingKey`](super::MissingKey) (random by default; nginx 1.17.1 and later use round
+//! robin, which is [`MissingKey::RoundRobin`](super::MissingKey::RoundRobin)), and very
+//! large weights are scaled down (below).
 //!
 //! # Weights and memory
 //!
@@ -84,7 +85,7 @@
 //! endpoint's previous point is); no allocation on any path.
 
 use super::hashing::{
-    crc32, pick_in_order, present, Crc32, Keyless, MissingKey, PreferenceOrder, LOW,
+    crc32, keyless_options, pick_in_order, present, Crc32, Keyless, PreferenceOrder, LOW,
 };
 use super::round_robin::Cycle;
 use super::{Context, Endpoints, Strategy};
@@ -106,21 +107,9 @@ impl RingHash {
     pub fn new() -> Self {
         Self::default()
     }
-
-    /// How requests without a key are routed (default [`MissingKey::Random`]: a random
-    /// position on the ring).
-    pub fn missing_key(mut self, missing: MissingKey) -> Self {
-        self.keyless.mode = missing;
-        self
-    }
-
-    /// Draws the random positions for keyless requests from one reproducible sequence
-    /// (see [`Random::with_seed`](super::Random::with_seed)).
-    pub fn seed(mut self, seed: u64) -> Self {
-        self.keyless.set_seed(seed);
-        self
-    }
 }
+
+keyless_options!(RingHash, "a random position on the ring");
 
 /// The ring [`RingHash`] builds: sorted points and an index over them.
 #[derive(Debug, Clone)]
@@ -381,29 +370,27 @@ impl PreferenceOrder for RingHash {
         after: Option<u64>,
         accept: F,
     ) -> Option<(usize, u64)> {
-        if self.keyless.round_robin(key, &table.cycle) {
-            return self
-                .keyless
-                .find_round_robin(&table.cycle, endpoints, after, accept);
-        }
-        let len = table.points.len();
-        if len == 0 || endpoints.len() != table.endpoints {
-            return None;
-        }
-        match after {
-            None => {
-                let hash = match present(key) {
-                    Some(k) => crc32(k),
-                    None => self.keyless.random32(),
-                };
-                table.walk(table.lookup(hash), 0, accept)
+        let keyless = &self.keyless;
+        keyless.find(&table.cycle, endpoints, key, after, accept, |accept| {
+            let len = table.points.len();
+            if len == 0 || endpoints.len() != table.endpoints {
+                return None;
             }
-            Some(c) => {
-                let start = (c >> 32) as usize % len;
-                let from = (c & LOW) + 1;
-                table.walk(start, from, accept)
+            match after {
+                None => {
+                    let hash = match present(key) {
+                        Some(k) => crc32(k),
+                        None => keyless.random32(),
+                    };
+                    table.walk(table.lookup(hash), 0, accept)
+                }
+                Some(c) => {
+                    let start = (c >> 32) as usize % len;
+                    let from = (c & LOW) + 1;
+                    table.walk(start, from, accept)
+                }
             }
-        }
+        })
     }
 }
 

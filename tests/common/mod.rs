@@ -4,17 +4,31 @@
 //! Its behaviour is configurable: a delay (tokio's clock, so paused-clock tests stay instant),
 //! a gate that holds responses until the test opens it, failures, readiness errors, and a log
 //! of the calls it received in the order `call` was invoked.
+//!
+//! For tests over real sockets: [`Server`], a hyper HTTP/1 server on 127.0.0.1, and
+//! [`ToEndpoint`], a hyper-util client for one endpoint.
 
 #![allow(dead_code)]
 
+use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use bytes::Bytes;
+use http_body_util::{Empty, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::{oneshot, watch};
+use tokio::task::{JoinHandle, JoinSet};
 use tower::Service;
 use tower_lb::error::BoxError;
 use tower_lb::Balance;
@@ -325,4 +339,168 @@ where
         .into_iter()
         .find(|e| &e.key == key)
         .unwrap_or_else(|| panic!("no endpoint {key:?}"))
+}
+
+// ------------------------------------------------------------------------------------------
+// Real HTTP servers and clients (hyper, real sockets, real clock)
+// ------------------------------------------------------------------------------------------
+
+/// The status of a server that hangs: it answers no request until it is told otherwise.
+pub const HANG: u16 = 0;
+
+/// A hyper HTTP/1 server on 127.0.0.1 answering every request with a status that can change
+/// (or hanging), and `"{addr} {path and query}"` as the body. Requests to `/health` are
+/// probes; the others are counted as hits.
+pub struct Server {
+    pub addr: SocketAddr,
+    status: Arc<AtomicU16>,
+    hits: Arc<AtomicUsize>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    pub async fn start(status: u16) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut server = Server {
+            addr: listener.local_addr().unwrap(),
+            status: Arc::new(AtomicU16::new(status)),
+            hits: Arc::default(),
+            shutdown: None,
+            task: None,
+        };
+        server.serve(listener);
+        server
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
+        let (tx, mut rx) = oneshot::channel::<()>();
+        let (addr, status, hits) = (self.addr, self.status.clone(), self.hits.clone());
+        let task = tokio::spawn(async move {
+            let mut connections = JoinSet::new();
+            loop {
+                tokio::select! {
+                    _ = &mut rx => break,
+                    accepted = listener.accept() => {
+                        let Ok((stream, _)) = accepted else { continue };
+                        let (status, hits) = (status.clone(), hits.clone());
+                        connections.spawn(async move {
+                            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                                answer(addr, req, status.clone(), hits.clone())
+                            });
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        });
+                    }
+                }
+            }
+            drop(listener);
+            // Closes every open connection before the task ends.
+            connections.shutdown().await;
+        });
+        self.shutdown = Some(tx);
+        self.task = Some(task);
+    }
+
+    /// Answers with `status` from now on ([`HANG`]: holds every answer until it changes).
+    pub fn set(&self, status: u16) {
+        self.status.store(status, Ordering::SeqCst);
+    }
+
+    /// Requests received, not counting `/health` probes.
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Stops accepting, closes every connection, and waits until that is done. Returns a
+    /// socket bound (not listening) to the old address, so that connections are refused and
+    /// the port is not handed to another test while it lives.
+    pub async fn stop(&mut self) -> TcpSocket {
+        let _ = self.shutdown.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap();
+        let tombstone = TcpSocket::new_v4().unwrap();
+        tombstone.set_reuseaddr(true).unwrap();
+        tombstone.bind(self.addr).unwrap();
+        tombstone
+    }
+
+    /// Listens again on the same address.
+    pub fn restart(&mut self, tombstone: TcpSocket) {
+        let listener = tombstone.listen(1024).unwrap();
+        self.serve(listener);
+    }
+}
+
+/// One request's answer from the server at `addr`.
+async fn answer(
+    addr: SocketAddr,
+    req: Request<Incoming>,
+    status: Arc<AtomicU16>,
+    hits: Arc<AtomicUsize>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.uri().path() != "/health" {
+        hits.fetch_add(1, Ordering::SeqCst);
+    }
+    let mut code = status.load(Ordering::SeqCst);
+    while code == HANG {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        code = status.load(Ordering::SeqCst);
+    }
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    Ok(Response::builder()
+        .status(code)
+        .body(Full::new(Bytes::from(format!("{addr} {path}"))))
+        .unwrap())
+}
+
+/// The client for one endpoint: a shared hyper-util client, with each request's URI
+/// rewritten to the endpoint's address.
+#[derive(Clone)]
+pub struct ToEndpoint {
+    pub client: Client<HttpConnector, Empty<Bytes>>,
+    pub addr: SocketAddr,
+}
+
+impl Service<Request<Empty<Bytes>>> for ToEndpoint {
+    type Response = Response<Incoming>;
+    type Error = hyper_util::client::legacy::Error;
+    type Future = hyper_util::client::legacy::ResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Service::<Request<Empty<Bytes>>>::poll_ready(&mut self.client, cx)
+    }
+
+    fn call(&mut self, mut req: Request<Empty<Bytes>>) -> Self::Future {
+        let path = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        *req.uri_mut() = format!("http://{}{}", self.addr, path).parse().unwrap();
+        self.client.request(req)
+    }
+}
+
+pub fn client() -> Client<HttpConnector, Empty<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// An endpoint per server, keyed by its address, all sharing one client.
+pub fn endpoints(servers: &[&Server]) -> Vec<(SocketAddr, ToEndpoint)> {
+    let client = client();
+    servers
+        .iter()
+        .map(|s| {
+            let endpoint = ToEndpoint {
+                client: client.clone(),
+                addr: s.addr,
+            };
+            (s.addr, endpoint)
+        })
+        .collect()
 }
