@@ -57,7 +57,10 @@ fn buoyant_orders_round_robin_below_load_aware_strategies() {
     let rr_ok = success(&report, rr);
     assert!((94.0..97.0).contains(&rr_ok), "round robin {rr_ok}");
     assert!(success(&report, pe) > rr_ok, "peak-EWMA above round robin");
-    assert!(success(&report, lr) > rr_ok, "least request above round robin");
+    assert!(
+        success(&report, lr) > rr_ok,
+        "least request above round robin"
+    );
     // With the timeout inside the balancer, timeouts are failures: outlier detection ejects
     // the slow backend and peak-EWMA sees it as slow, so this beats least request and
     // tower's peak-EWMA, on success and on the tail.
@@ -86,7 +89,11 @@ fn mixed_speed_load_aware_strategies_stay_near_the_oracle() {
     let top = report.step("0.85×");
     let p99 = |c: Contestant| report.run(&c.name()).steps[top].p99;
     for strategy in [lr, pe] {
-        assert!(p99(strategy) * 3.0 < p99(rr), "{} vs round robin", strategy.name());
+        assert!(
+            p99(strategy) * 3.0 < p99(rr),
+            "{} vs round robin",
+            strategy.name()
+        );
         assert!(
             p99(strategy) <= 1.25 * p99(oracle),
             "{}: {} vs oracle {}",
@@ -160,7 +167,10 @@ fn hot_keys_bounded_load_spreads_hot_keys() {
     let bounded_ring = c(Algo::BoundedRing);
     let bounded_maglev = c(Algo::BoundedMaglev);
     let lr = c(Algo::LeastRequest);
-    let report = run("hot-keys", &[ring, maglev, bounded_ring, bounded_maglev, lr]);
+    let report = run(
+        "hot-keys",
+        &[ring, maglev, bounded_ring, bounded_maglev, lr],
+    );
     let get = |c: Contestant| report.run(&c.name()).clone();
     for (plain, bounded) in [(ring, bounded_ring), (maglev, bounded_maglev)] {
         let (plain, bounded) = (get(plain), get(bounded));

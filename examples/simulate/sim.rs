@@ -59,8 +59,7 @@ use tower::{Service, ServiceExt};
 use tower_lb::health::{OutlierDetection, SlowStart};
 use tower_lb::key::key_fn;
 use tower_lb::strategy::{
-    BoundedLoad, LeastRequest, Maglev, PeakEwma, Random, Rendezvous, RingHash, RoundRobin,
-    Strategy,
+    BoundedLoad, LeastRequest, Maglev, PeakEwma, Random, Rendezvous, RingHash, RoundRobin, Strategy,
 };
 
 pub type BoxError = tower_lb::error::BoxError;
@@ -231,8 +230,7 @@ impl BackendSpec {
 
     /// Requests per second this backend serves at speed 1 with its base latency.
     pub fn capacity(&self) -> Option<f64> {
-        self.slots
-            .map(|s| s as f64 * 1000.0 / self.latency.mean())
+        self.slots.map(|s| s as f64 * 1000.0 / self.latency.mean())
     }
 }
 
@@ -409,7 +407,8 @@ impl Service<SimRequest> for Backend {
                 ticket.permit = Some(slots.clone().acquire_owned().await.expect("never closed"));
             }
             let start = Instant::now();
-            let end = start + backend.service_time(start.saturating_duration_since(backend.0.epoch));
+            let end =
+                start + backend.service_time(start.saturating_duration_since(backend.0.epoch));
             ticket.end = Some(end);
             tokio::time::sleep_until(end).await;
             drop(ticket);
@@ -471,7 +470,9 @@ impl Zipf {
 
     pub fn sample(&self, rng: &mut SimRng) -> u64 {
         let u = rng.unit();
-        self.cdf.partition_point(|c| *c <= u).min(self.cdf.len() - 1) as u64
+        self.cdf
+            .partition_point(|c| *c <= u)
+            .min(self.cdf.len() - 1) as u64
     }
 }
 
@@ -754,6 +755,7 @@ fn buoyant(o: &Options) -> Scenario {
             ),
             format!("{rate:.0} req/s (Poisson) for {:.0} s; 1 s timeout.", duration.as_secs_f64()),
             "Published (Buoyant): round robin ~95 % success, least loaded ~99 %, peak-EWMA ~99.9 %.".into(),
+            "The oracle knows every queue but not the backends' speeds: it sends the slow backend a request whenever its queue is the shortest.".into(),
         ],
         duration,
         deadline: Duration::from_secs(1),
@@ -928,7 +930,9 @@ fn churn(o: &Options) -> Scenario {
         .collect();
     let mut membership = Vec::new();
     // Two restarts per minute (10 % of 20), one every 30 s.
-    let restarts: Vec<(f64, usize)> = (0..4).map(|k| (15.0 + 30.0 * k as f64, 2 + 5 * k)).collect();
+    let restarts: Vec<(f64, usize)> = (0..4)
+        .map(|k| (15.0 + 30.0 * k as f64, 2 + 5 * k))
+        .collect();
     for &(at, b) in &restarts {
         backends[b] = backends[b]
             .clone()
@@ -1201,9 +1205,8 @@ where
         tx.send(tower::discover::Change::Insert(i, wrap(b)))
             .expect("balancer alive");
     }
-    let discover = futures::stream::poll_fn(move |cx| {
-        rx.poll_recv(cx).map(|c| c.map(Ok::<_, Infallible>))
-    });
+    let discover =
+        futures::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|c| c.map(Ok::<_, Infallible>)));
     let balance = tower::balance::p2c::Balance::from_rng(discover, SimRng::new(env.seed));
     drive(env, balance, |i, listed| {
         let _ = if listed {

@@ -22,7 +22,9 @@ fn style(run: &Run, i: usize) -> (String, &'static str) {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// Latency (log scale, x) against percentile (y, in nines: 0, 90, 99, 99.9, 99.99 %), one
@@ -261,10 +263,10 @@ pub fn backend_load(report: &Report) -> String {
     s
 }
 
-/// 1, 2 or 5 times a power of ten, at least `v`.
+/// A round number (1, 1.5, 2, 2.5, 3, 4, 5, 6 or 8 times a power of ten) at least `v`.
 fn nice_ceiling(v: f64) -> f64 {
     let p = 10f64.powf(v.log10().floor());
-    for m in [1.0, 2.0, 5.0, 10.0] {
+    for m in [1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0] {
         if p * m >= v {
             return p * m;
         }
