@@ -15,6 +15,7 @@ const SHORT: Options = Options {
     seed: 1,
     time_scale: 0.25,
     rate_scale: 0.5,
+    clients: 1,
 };
 
 fn run(name: &str, contestants: &[Contestant]) -> Report {

@@ -15,6 +15,7 @@
 //! | `--seed N` | the seed every random number derives from | 1 |
 //! | `--time-scale F` | multiplies each scenario's duration and timeline | 1 |
 //! | `--rate-scale F` | multiplies the request rate (and the slot counts, keeping the load) | 1 |
+//! | `--clients N` | independent balancers per contestant, each sent a random share of the requests | 1 |
 //! | `--only A,B` | runs only the contestants whose names contain one of these | all |
 //!
 //! For each scenario it prints the table to stdout and writes `DIR/NAME.md`,
@@ -29,7 +30,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 fn usage() -> &'static str {
-    "usage: simulate [--scenario NAME|all] [--out DIR] [--seed N] [--time-scale F] [--rate-scale F] [--only A,B]\n\
+    "usage: simulate [--scenario NAME|all] [--out DIR] [--seed N] [--time-scale F] [--rate-scale F] [--clients N] [--only A,B]\n\
      scenarios: buoyant, mixed-speed, overload-ramp, fast-fail, churn, hot-keys"
 }
 
@@ -61,6 +62,9 @@ fn parse() -> Result<Args, String> {
             "--rate-scale" => {
                 args.options.rate_scale =
                     value()?.parse().map_err(|e| format!("--rate-scale: {e}"))?
+            }
+            "--clients" => {
+                args.options.clients = value()?.parse().map_err(|e| format!("--clients: {e}"))?
             }
             "--only" => {
                 args.only = value()?
@@ -111,8 +115,8 @@ fn main() -> ExitCode {
     let total = std::time::Instant::now();
     let mut summary = String::from("# Scenario simulator results\n\n");
     summary.push_str(&format!(
-        "`cargo run --release --example simulate -- --scenario all` (seed {}, time scale {}, rate scale {}).\n\n",
-        args.options.seed, args.options.time_scale, args.options.rate_scale
+        "`cargo run --release --example simulate -- --scenario all` (seed {}, time scale {}, rate scale {}, clients {}).\n\n",
+        args.options.seed, args.options.time_scale, args.options.rate_scale, args.options.clients
     ));
     for name in names {
         let sc = sim::scenario(name, &args.options).expect("known scenario");

@@ -487,6 +487,9 @@ pub struct Options {
     /// (rounded, at least 1), and the rates follow the resulting capacity, so the load
     /// relative to capacity stays the same.
     pub rate_scale: f64,
+    /// Independent balancers (clients), each sent a random share of the requests; every
+    /// client sees only its own requests, as separate processes would. 1 by default.
+    pub clients: usize,
 }
 
 impl Default for Options {
@@ -495,6 +498,7 @@ impl Default for Options {
             seed: 1,
             time_scale: 1.0,
             rate_scale: 1.0,
+            clients: 1,
         }
     }
 }
@@ -654,6 +658,8 @@ pub struct Scenario {
     pub bin: Duration,
     /// Requests per second all backends serve at speed 1, where they have slots.
     pub capacity: Option<f64>,
+    /// Independent balancers per contestant (see [`Options::clients`]).
+    pub clients: usize,
 }
 
 impl Scenario {
@@ -771,6 +777,7 @@ fn buoyant(o: &Options) -> Scenario {
         seed: derive_seed(o.seed, "buoyant"),
         bin: t(1.0),
         capacity: None,
+        clients: o.clients.max(1),
     }
 }
 
@@ -806,6 +813,7 @@ fn mixed_speed(o: &Options) -> Scenario {
         seed: derive_seed(o.seed, "mixed-speed"),
         bin: t(1.0),
         capacity: Some(capacity),
+        clients: o.clients.max(1),
     }
 }
 
@@ -859,6 +867,7 @@ fn overload_ramp(o: &Options) -> Scenario {
         seed: derive_seed(o.seed, "overload-ramp"),
         bin: t(1.0),
         capacity: Some(capacity),
+        clients: o.clients.max(1),
     }
 }
 
@@ -909,6 +918,7 @@ fn fast_fail(o: &Options) -> Scenario {
         seed: derive_seed(o.seed, "fast-fail"),
         bin: t(1.0),
         capacity: Some(capacity),
+        clients: o.clients.max(1),
     }
 }
 
@@ -983,6 +993,7 @@ fn churn(o: &Options) -> Scenario {
         seed: derive_seed(o.seed, "churn"),
         bin: t(1.0),
         capacity: Some(capacity),
+        clients: o.clients.max(1),
     }
 }
 
@@ -1026,6 +1037,7 @@ fn hot_keys(o: &Options) -> Scenario {
         seed: derive_seed(o.seed, "hot-keys"),
         bin: t(1.0),
         capacity: Some(capacity),
+        clients: o.clients.max(1),
     }
 }
 
@@ -1036,6 +1048,8 @@ fn hot_keys(o: &Options) -> Scenario {
 pub struct Arrival {
     pub at_ms: u64,
     pub step: u16,
+    /// Which client (balancer) sends it.
+    pub client: u16,
     pub key: Option<u64>,
 }
 
@@ -1043,6 +1057,7 @@ pub struct Arrival {
 pub fn arrivals(sc: &Scenario) -> Vec<Arrival> {
     let mut rng = SimRng::derived(sc.seed, "arrivals");
     let mut keys = SimRng::derived(sc.seed, "keys");
+    let mut clients = SimRng::derived(sc.seed, "clients");
     let end = sc.duration.as_secs_f64();
     let mut out = Vec::new();
     let mut t = 0.0;
@@ -1061,6 +1076,7 @@ pub fn arrivals(sc: &Scenario) -> Vec<Arrival> {
         out.push(Arrival {
             at_ms: (t * 1000.0) as u64,
             step: step as u16,
+            client: ((u128::from(clients.next_u64()) * sc.clients as u128) >> 64) as u16,
             key: sc.keys.as_ref().map(|z| z.sample(&mut keys)),
         });
     }
@@ -1091,7 +1107,9 @@ struct Env<'a> {
 }
 
 /// The open-loop dispatcher, the same for every contestant.
-async fn drive<S>(env: &Env<'_>, mut svc: S, mut change: impl FnMut(usize, bool))
+///
+/// `clients` holds one service per client; each request goes to its arrival's client.
+async fn drive<S>(env: &Env<'_>, mut clients: Vec<S>, mut change: impl FnMut(usize, bool))
 where
     S: Service<SimRequest, Response = http::Response<()>>,
     S::Error: Into<BoxError>,
@@ -1115,6 +1133,8 @@ where
         }
         let due = at + deadline;
         let request = SimRequest { key: arrival.key };
+        let n = clients.len();
+        let svc = &mut clients[usize::from(arrival.client) % n];
         match tokio::time::timeout_at(due, svc.ready()).await {
             Ok(Ok(ready)) => {
                 let future = ready.call(request);
@@ -1142,7 +1162,7 @@ where
 }
 
 /// One of our balancers, with the contestant's health features.
-async fn ours<P: Strategy>(env: &Env<'_>, c: Contestant, strategy: P) {
+async fn ours<P: Strategy + Clone>(env: &Env<'_>, c: Contestant, strategy: P) {
     if c.endpoint_timeout {
         let deadline = env.sc.deadline;
         ours_with(env, c, strategy, move |b: &Backend| {
@@ -1156,7 +1176,7 @@ async fn ours<P: Strategy>(env: &Env<'_>, c: Contestant, strategy: P) {
 
 async fn ours_with<P, S, W>(env: &Env<'_>, c: Contestant, strategy: P, wrap: W)
 where
-    P: Strategy,
+    P: Strategy + Clone,
     W: Fn(&Backend) -> S,
     S: Service<SimRequest, Response = http::Response<()>, Error = BoxError>
         + Clone
@@ -1165,26 +1185,33 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    let (tx, rx) = tower_lb::discover::channel::<usize, S>();
-    for (i, b) in env.backends.iter().enumerate() {
-        tx.insert(i, wrap(b)).expect("balancer alive");
+    let mut senders = Vec::new();
+    let mut balancers = Vec::new();
+    for _ in 0..env.sc.clients {
+        let (tx, rx) = tower_lb::discover::channel::<usize, S>();
+        for (i, b) in env.backends.iter().enumerate() {
+            tx.insert(i, wrap(b)).expect("balancer alive");
+        }
+        let mut builder = tower_lb::Builder::new()
+            .strategy(strategy.clone())
+            .request_key(key_fn(sim_key as fn(&SimRequest) -> Option<Vec<u8>>));
+        if c.outlier {
+            builder = builder.outlier_detection(OutlierDetection::new());
+        }
+        if c.slow_start {
+            builder = builder.slow_start(SlowStart::new(Duration::from_secs(10)));
+        }
+        balancers.push(builder.build(rx).expect("valid configuration"));
+        senders.push(tx);
     }
-    let mut builder = tower_lb::Builder::new()
-        .strategy(strategy)
-        .request_key(key_fn(sim_key as fn(&SimRequest) -> Option<Vec<u8>>));
-    if c.outlier {
-        builder = builder.outlier_detection(OutlierDetection::new());
-    }
-    if c.slow_start {
-        builder = builder.slow_start(SlowStart::new(Duration::from_secs(10)));
-    }
-    let balance = builder.build(rx).expect("valid configuration");
-    drive(env, balance, |i, listed| {
-        let _ = if listed {
-            tx.insert(i, wrap(&env.backends[i]))
-        } else {
-            tx.remove(i)
-        };
+    drive(env, balancers, |i, listed| {
+        for tx in &senders {
+            let _ = if listed {
+                tx.insert(i, wrap(&env.backends[i]))
+            } else {
+                tx.remove(i)
+            };
+        }
     })
     .await;
 }
@@ -1200,20 +1227,30 @@ where
     <S as tower::load::Load>::Metric: fmt::Debug,
     S::Future: Send + 'static,
 {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<tower::discover::Change<usize, S>>();
-    for (i, b) in env.backends.iter().enumerate() {
-        tx.send(tower::discover::Change::Insert(i, wrap(b)))
-            .expect("balancer alive");
+    let mut senders = Vec::new();
+    let mut balancers = Vec::new();
+    for client in 0..env.sc.clients {
+        let (tx, mut rx) =
+            tokio::sync::mpsc::unbounded_channel::<tower::discover::Change<usize, S>>();
+        for (i, b) in env.backends.iter().enumerate() {
+            tx.send(tower::discover::Change::Insert(i, wrap(b)))
+                .expect("balancer alive");
+        }
+        let discover = futures::stream::poll_fn(move |cx| {
+            rx.poll_recv(cx).map(|c| c.map(Ok::<_, Infallible>))
+        });
+        let rng = SimRng::new(env.seed.wrapping_add(client as u64));
+        balancers.push(tower::balance::p2c::Balance::from_rng(discover, rng));
+        senders.push(tx);
     }
-    let discover =
-        futures::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|c| c.map(Ok::<_, Infallible>)));
-    let balance = tower::balance::p2c::Balance::from_rng(discover, SimRng::new(env.seed));
-    drive(env, balance, |i, listed| {
-        let _ = if listed {
-            tx.send(tower::discover::Change::Insert(i, wrap(&env.backends[i])))
-        } else {
-            tx.send(tower::discover::Change::Remove(i))
-        };
+    drive(env, balancers, |i, listed| {
+        for tx in &senders {
+            let _ = if listed {
+                tx.send(tower::discover::Change::Insert(i, wrap(&env.backends[i])))
+            } else {
+                tx.send(tower::discover::Change::Remove(i))
+            };
+        }
     })
     .await;
 }
@@ -1254,7 +1291,8 @@ async fn oracle(env: &Env<'_>) {
         listed: Arc::new(env.backends.iter().map(|_| AtomicBool::new(true)).collect()),
     };
     let listed = oracle.listed.clone();
-    drive(env, oracle, |i, l| listed[i].store(l, Relaxed)).await;
+    // One oracle, whatever the number of clients: it sees everything anyway.
+    drive(env, vec![oracle], |i, l| listed[i].store(l, Relaxed)).await;
 }
 
 async fn contest(env: &Env<'_>, c: Contestant) {
@@ -1528,6 +1566,13 @@ pub fn markdown(report: &Report) -> String {
     let _ = writeln!(s, "## {}: {}\n", sc.name, sc.title);
     for note in &sc.notes {
         let _ = writeln!(s, "- {note}");
+    }
+    if sc.clients > 1 {
+        let _ = writeln!(
+            s,
+            "- {} clients: each contestant runs {} independent balancers, each sent a random share of the requests (the oracle stays global).",
+            sc.clients, sc.clients
+        );
     }
     let _ = writeln!(
         s,
