@@ -1,0 +1,207 @@
+//! Short runs of the simulator's scenarios (`examples/simulate`), checking the orderings
+//! that published results establish, and that a run is deterministic.
+//!
+//! Each scenario runs at a quarter of its length (`time_scale` 0.25) and half its request
+//! rate (`rate_scale` 0.5: half the slots too, so the load relative to capacity is the
+//! same), with only the contestants an assertion needs. `cargo test --test simulate --
+//! --nocapture` prints the tables.
+
+#[path = "../examples/simulate/sim.rs"]
+mod sim;
+
+use sim::{Algo, Contestant, Options, Report};
+
+const SHORT: Options = Options {
+    seed: 1,
+    time_scale: 0.25,
+    rate_scale: 0.5,
+    clients: 1,
+};
+
+fn run(name: &str, contestants: &[Contestant]) -> Report {
+    run_with(name, &SHORT, contestants)
+}
+
+fn run_with(name: &str, options: &Options, contestants: &[Contestant]) -> Report {
+    let sc = sim::scenario(name, options)
+        .expect("known scenario")
+        .only(|c| contestants.contains(c));
+    assert_eq!(
+        sc.contestants.len(),
+        contestants.len(),
+        "{name}: a contestant is not in the scenario"
+    );
+    let report = sim::run(&sc);
+    println!("{}", sim::markdown(&report));
+    report
+}
+
+fn c(algo: Algo) -> Contestant {
+    Contestant::new(algo)
+}
+
+fn success(report: &Report, c: Contestant) -> f64 {
+    report.run(&c.name()).summary.success
+}
+
+/// Buoyant: round robin ~95 %, least loaded ~99 %, peak-EWMA ~99.9 %.
+#[test]
+fn buoyant_orders_round_robin_below_load_aware_strategies() {
+    let rr = c(Algo::RoundRobin);
+    let lr = c(Algo::LeastRequest);
+    let pe = c(Algo::PeakEwma);
+    let pe_health = c(Algo::PeakEwma).outlier().endpoint_timeout();
+    let tower_pe = c(Algo::TowerPeakEwma);
+    let report = run("buoyant", &[rr, lr, pe, pe_health, tower_pe]);
+
+    // One backend in eleven fails every request for half the run: about 95.5 %.
+    let rr_ok = success(&report, rr);
+    assert!((94.0..97.0).contains(&rr_ok), "round robin {rr_ok}");
+    assert!(success(&report, pe) > rr_ok, "peak-EWMA above round robin");
+    assert!(
+        success(&report, lr) > rr_ok,
+        "least request above round robin"
+    );
+    // With the timeout inside the balancer, timeouts are failures: outlier detection ejects
+    // the slow backend and peak-EWMA sees it as slow, so this beats least request and
+    // tower's peak-EWMA, on success and on the tail.
+    let best = report.run(&pe_health.name()).summary;
+    let tower = report.run(&tower_pe.name()).summary;
+    assert!(best.success > success(&report, lr));
+    assert!(best.success > tower.success, "{best:?} vs {tower:?}");
+    assert!(best.p999 <= tower.p999, "{best:?} vs {tower:?}");
+}
+
+/// Mixed speeds: round robin overloads the slow backends; the load-aware strategies stay
+/// near the oracle. (All four slots per backend and half the length: with two slots and a
+/// quarter, the 0.85 step has too few requests for a stable p99.)
+#[test]
+fn mixed_speed_load_aware_strategies_stay_near_the_oracle() {
+    let rr = c(Algo::RoundRobin);
+    let lr = c(Algo::LeastRequest);
+    let pe = c(Algo::PeakEwma);
+    let oracle = c(Algo::Oracle);
+    let options = Options {
+        time_scale: 0.5,
+        rate_scale: 1.0,
+        ..SHORT
+    };
+    let report = run_with("mixed-speed", &options, &[rr, lr, pe, oracle]);
+    let top = report.step("0.85×");
+    let p99 = |c: Contestant| report.run(&c.name()).steps[top].p99;
+    for strategy in [lr, pe] {
+        assert!(
+            p99(strategy) * 3.0 < p99(rr),
+            "{} vs round robin",
+            strategy.name()
+        );
+        assert!(
+            p99(strategy) <= 1.25 * p99(oracle),
+            "{}: {} vs oracle {}",
+            strategy.name(),
+            p99(strategy),
+            p99(oracle)
+        );
+    }
+}
+
+/// Prequal: under overload with noisy neighbours, round robin's tail runs away while
+/// load-aware choices keep it short.
+#[test]
+fn overload_ramp_halves_round_robins_tail() {
+    let rr = c(Algo::RoundRobin);
+    let lr = c(Algo::LeastRequest);
+    let pe = c(Algo::PeakEwma);
+    let report = run("overload-ramp", &[rr, lr, pe]);
+    let step = report.step("1.50×");
+    let p999 = |c: Contestant| report.run(&c.name()).steps[step].p999;
+    for strategy in [lr, pe] {
+        assert!(
+            p999(strategy) <= 0.5 * p999(rr),
+            "{}: {} vs round robin {}",
+            strategy.name(),
+            p999(strategy),
+            p999(rr)
+        );
+    }
+}
+
+/// A backend that answers 503 at once: tower counts the 503s as fast successes and
+/// favours it; our peak-EWMA counts them as slow failures, and outlier detection ejects it.
+#[test]
+fn fast_fail_failures_are_not_fast_successes() {
+    let rr = c(Algo::RoundRobin);
+    let lr = c(Algo::LeastRequest);
+    let pe = c(Algo::PeakEwma);
+    let tower_pe = c(Algo::TowerPeakEwma);
+    let report = run(
+        "fast-fail",
+        &[rr, rr.outlier(), lr, lr.outlier(), pe, tower_pe],
+    );
+    assert!(success(&report, pe) > success(&report, tower_pe) + 5.0);
+    // Least request over in-flight counts favours the failing backend (it has nothing in
+    // flight), as does tower's: worse than round robin.
+    assert!(success(&report, lr) < success(&report, rr));
+    assert!(success(&report, rr.outlier()) > success(&report, rr) + 5.0);
+    assert!(success(&report, lr.outlier()) > success(&report, lr) + 5.0);
+    assert!(success(&report, pe) > 99.5);
+}
+
+/// A rolling restart: requests refused before discovery removes the backend; ours see the
+/// refusals as failures, tower's peak-EWMA as fast successes.
+#[test]
+fn churn_refusals_are_avoided() {
+    let lr = c(Algo::LeastRequest);
+    let pe = c(Algo::PeakEwma);
+    let tower_pe = c(Algo::TowerPeakEwma);
+    let report = run("churn", &[lr, lr.outlier(), pe, tower_pe]);
+    assert!(success(&report, pe) > success(&report, tower_pe));
+    assert!(success(&report, lr.outlier()) > success(&report, lr));
+}
+
+/// Hot keys: plain consistent hashing overloads the hottest key's backend; bounded load
+/// spreads it and keeps most of the affinity.
+#[test]
+fn hot_keys_bounded_load_spreads_hot_keys() {
+    let ring = c(Algo::RingHash);
+    let maglev = c(Algo::Maglev);
+    let bounded_ring = c(Algo::BoundedRing);
+    let bounded_maglev = c(Algo::BoundedMaglev);
+    let lr = c(Algo::LeastRequest);
+    let report = run(
+        "hot-keys",
+        &[ring, maglev, bounded_ring, bounded_maglev, lr],
+    );
+    let get = |c: Contestant| report.run(&c.name()).clone();
+    for (plain, bounded) in [(ring, bounded_ring), (maglev, bounded_maglev)] {
+        let (plain, bounded) = (get(plain), get(bounded));
+        assert!(bounded.summary.success > plain.summary.success);
+        assert!(bounded.summary.p99 < plain.summary.p99);
+        assert!(bounded.backend_min_max().1 < plain.backend_min_max().1);
+        assert!(plain.affinity.unwrap() > 0.99, "{}", plain.name);
+        assert!(bounded.affinity.unwrap() > get(lr).affinity.unwrap() + 0.2);
+    }
+}
+
+/// The same seed gives the same numbers.
+#[test]
+fn runs_are_deterministic() {
+    let contestants = [
+        c(Algo::LeastRequest).outlier(),
+        c(Algo::TowerPeakEwma),
+        c(Algo::Oracle),
+    ];
+    let options = Options {
+        time_scale: 0.1,
+        ..SHORT
+    };
+    let sc = sim::scenario("fast-fail", &options)
+        .unwrap()
+        .only(|c| contestants.contains(c));
+    let (a, b) = (sim::run(&sc), sim::run(&sc));
+    for (x, y) in a.runs.iter().zip(&b.runs) {
+        assert_eq!(x.summary, y.summary, "{}", x.name);
+        assert_eq!(x.per_backend, y.per_backend, "{}", x.name);
+        assert_eq!(x.sorted_us, y.sorted_us, "{}", x.name);
+    }
+}
