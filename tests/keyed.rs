@@ -303,3 +303,58 @@ async fn ring_hash_through_the_balancer_matches_the_ring_for_the_same_names() {
         assert_eq!(served_by, expected, "{user}");
     }
 }
+
+/// Slow start leaves a hashing strategy's weights alone: a weight that ramped would move
+/// keys between endpoints at every step. A new endpoint takes its keys at once, and no key
+/// moves again while the window passes.
+#[tokio::test(start_paused = true)]
+async fn slow_start_does_not_move_the_keys_of_a_hashing_strategy() {
+    use tower_lb::health::SlowStart;
+    use tower_lb::strategy::RingHash;
+
+    let (tx, rx) = discover::channel();
+    let mut lb = Balance::builder()
+        .strategy(RingHash::new())
+        .classify(ErrorsAsFailures)
+        .request_key(key_fn(|req: &Vec<u8>| Some(req.clone())))
+        .slow_start(SlowStart::new(Duration::from_secs(10)))
+        .build(rx)
+        .unwrap();
+    let switches = three();
+    for s in &switches[..2] {
+        tx.insert(s.name, s.clone()).unwrap();
+    }
+    tokio::task::yield_now().await;
+    let route = |lb: &mut _| {
+        let lb: &mut Balance<_, _, _, _, _, _> = lb;
+        let mut served = Vec::new();
+        for key in 0..200u32 {
+            let answer = lb
+                .ready()
+                .now_or_never()
+                .expect("ready")
+                .unwrap()
+                .call(key.to_be_bytes().to_vec())
+                .now_or_never()
+                .expect("answered")
+                .unwrap();
+            served.push(answer);
+        }
+        served
+    };
+    use futures::FutureExt;
+    let before = route(&mut lb);
+    tx.insert(switches[2].name, switches[2].clone()).unwrap();
+    tokio::task::yield_now().await;
+    let at_start = route(&mut lb);
+    // Keys only moved to the new endpoint.
+    for (b, a) in before.iter().zip(&at_start) {
+        assert!(a == b || *a == "c", "{b} -> {a}");
+    }
+    assert!(at_start.contains(&"c"));
+    for _ in 0..4 {
+        tokio::time::advance(Duration::from_millis(2500)).await;
+        tokio::task::yield_now().await;
+        assert_eq!(route(&mut lb), at_start);
+    }
+}

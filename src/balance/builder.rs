@@ -243,8 +243,11 @@ impl<P, C, T, H> Builder<P, C, T, H> {
     {
         let (stop_tx, stop_rx) = oneshot::channel();
         let latency = self.strategy.latency().or(self.settings.latency);
+        // A hashing strategy places keys by weight: slow start and probation must not move them.
+        let mut health = self.settings.health;
+        health.fixed_weights = self.strategy.uses_request_key();
         let signal = Arc::new(OutlierSignal::new(
-            &self.settings.health.outlier.clone().unwrap_or_default(),
+            &health.outlier.clone().unwrap_or_default(),
         ));
         let shared = Arc::new(Shared::new(
             self.strategy,
@@ -258,7 +261,7 @@ impl<P, C, T, H> Builder<P, C, T, H> {
             boxed(discovery),
             stop_rx,
             self.settings.allow_empty_reset,
-            self.settings.health,
+            health,
         );
         shared.set_driver(Box::pin(driver));
         // Inside a runtime this applies what the source has ready and spawns the driver, so a

@@ -231,6 +231,9 @@ pub(crate) struct HealthSettings {
     pub(crate) outlier: Option<OutlierDetection>,
     pub(crate) slow_start: Option<SlowStart>,
     pub(crate) panic: PanicMode,
+    /// Set for strategies that hash request keys: slow start and probation leave their
+    /// weights alone, since a changed weight moves keys between endpoints.
+    pub(crate) fixed_weights: bool,
 }
 
 impl fmt::Debug for HealthSettings {

@@ -23,7 +23,8 @@
 //! may always be (unless the percentage is 0).
 //!
 //! **Probation.** When an ejection ends the endpoint comes back on probation: it gets a
-//! tenth of its weight (or its [slow start](super::SlowStart) ramp, whichever is lower) and
+//! tenth of its weight (or its [slow start](super::SlowStart) ramp, whichever is lower;
+//! with a consistent-hashing strategy, its whole weight, so that keys do not move) and
 //! a single failure ejects it again, until it has answered `probation_successes` (5)
 //! requests in a row successfully.
 //!

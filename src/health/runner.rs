@@ -596,14 +596,16 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
             flags::UNAVAILABLE
         };
 
-        // Slow start and probation: the share of its weight each endpoint gets.
-        let slow_start = self.settings.slow_start;
+        // Slow start and probation: the share of its weight each endpoint gets (none for
+        // hashing strategies, whose keys would move with the weights).
+        let fixed = self.settings.fixed_weights;
+        let slow_start = self.settings.slow_start.filter(|_| !fixed);
         let mut ramping = false;
         let factors: Vec<f64> = candidates
             .iter()
             .map(|c| {
                 let mut factor = 1.0;
-                if c.load.health_flags() & flags::PROBATION != 0 {
+                if !fixed && c.load.health_flags() & flags::PROBATION != 0 {
                     factor = PROBATION_FACTOR;
                 }
                 if let (Some(s), Some(record)) = (slow_start, self.records.get(c.key)) {

@@ -15,8 +15,10 @@
 //! The balancer rebuilds its strategy tables as the ramp progresses (in 20 steps over
 //! the window, off the hot path). The endpoints present when the balancer starts do not
 //! ramp: they all start together. Slow start works with the strategies that honour
-//! weights: round robin, random and least request (and the hashing strategies, which
-//! place by weight). Peak-EWMA ignores weights, so it ignores slow start.
+//! weights: round robin, random and least request. Peak-EWMA ignores weights, so it ignores
+//! slow start, and so do the consistent-hashing strategies: they place keys by weight, so
+//! a ramping weight would move keys to and from the endpoint at every step (Envoy, too,
+//! offers slow start only for round robin and least request).
 
 use std::time::Duration;
 
