@@ -1242,6 +1242,33 @@ async fn draining_takes_no_new_requests_and_lets_those_in_flight_finish() {
     assert!(unknown.to_string().contains("\"z\""), "{unknown}");
 }
 
+/// A boxed balancer is drained, watched and listened to through its `Monitor`.
+#[tokio::test(start_paused = true)]
+async fn a_monitor_drains_and_reports_health_for_a_boxed_balancer() {
+    let log = CallLog::new();
+    let (balance, _) = build_nodes(&["a", "b"], &log, |b| b);
+    let monitor = balance.monitor();
+    let mut boxed = tower::util::BoxCloneSyncService::new(balance);
+    let mut events = monitor.health_events().expect("alive");
+    settle().await;
+
+    monitor.set_draining(&"a", true).unwrap();
+    settle().await;
+    expect_events(&mut events, &["a: healthy -> draining (drain started)"]);
+    let stats = monitor.health_stats().expect("alive");
+    assert_eq!(
+        (stats.candidates, stats.healthy, stats.panic),
+        (1, 1, false)
+    );
+    let sent = picks(&mut boxed, &log, 6).await;
+    assert_eq!(count(&sent, "a"), 0, "{sent:?}");
+    assert!(monitor.set_draining(&"z", true).is_err());
+
+    drop(boxed);
+    assert_eq!(monitor.health_stats(), None);
+    assert!(monitor.set_draining(&"a", false).is_err());
+}
+
 #[tokio::test(start_paused = true)]
 async fn draining_every_endpoint_fails_with_all_unhealthy() {
     // After the driver has published the drains (a wait of the fail-fast timeout), and

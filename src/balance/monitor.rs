@@ -4,11 +4,14 @@ use std::fmt;
 use std::sync::Weak;
 
 use super::shared::{lock, Shared};
+use super::HealthEvents;
 use crate::discover::DiscoveryStats;
 use crate::endpoint::EndpointStats;
+use crate::error::UnknownEndpoint;
+use crate::health::HealthStats;
 use crate::strategy::Strategy;
 
-/// Reads a balancer's statistics without naming its type.
+/// Reads a balancer's statistics, and drains its endpoints, without naming its type.
 ///
 /// Get one with [`Balance::monitor`](crate::Balance::monitor). It stays usable after the
 /// balancer is boxed (for example into a `BoxCloneSyncService`) and does not keep the
@@ -20,11 +23,14 @@ pub struct Monitor<K> {
 trait Source<K>: Send + Sync {
     fn endpoints(&self) -> Vec<EndpointStats<K>>;
     fn discovery(&self) -> DiscoveryStats;
+    fn health(&self) -> HealthStats;
+    fn events(&self) -> HealthEvents<K>;
+    fn drain(&self, key: &K, draining: bool) -> Result<(), UnknownEndpoint>;
 }
 
 impl<K, S, P> Source<K> for Shared<K, S, P>
 where
-    K: Clone + Send + Sync,
+    K: Clone + PartialEq + fmt::Debug + Send + Sync,
     S: Send + Sync,
     P: Strategy,
 {
@@ -35,12 +41,24 @@ where
     fn discovery(&self) -> DiscoveryStats {
         lock(&self.discovery).clone()
     }
+
+    fn health(&self) -> HealthStats {
+        self.set.load().health
+    }
+
+    fn events(&self) -> HealthEvents<K> {
+        self.health_events()
+    }
+
+    fn drain(&self, key: &K, draining: bool) -> Result<(), UnknownEndpoint> {
+        self.set_draining(key, draining)
+    }
 }
 
 impl<K> Monitor<K> {
     pub(crate) fn new<S, P>(shared: Weak<Shared<K, S, P>>) -> Self
     where
-        K: Clone + Send + Sync + 'static,
+        K: Clone + PartialEq + fmt::Debug + Send + Sync + 'static,
         S: Send + Sync + 'static,
         P: Strategy,
     {
@@ -61,6 +79,34 @@ impl<K> Monitor<K> {
     /// is gone.
     pub fn discovery_stats(&self) -> Option<DiscoveryStats> {
         self.shared.upgrade().map(|s| s.discovery())
+    }
+
+    /// The health picture, as [`Balance::health_stats`](crate::Balance::health_stats);
+    /// `None` once the balancer is gone.
+    pub fn health_stats(&self) -> Option<HealthStats> {
+        self.shared.upgrade().map(|s| s.health())
+    }
+
+    /// A stream of health events, as
+    /// [`Balance::health_events`](crate::Balance::health_events); `None` once the balancer
+    /// is gone.
+    pub fn health_events(&self) -> Option<HealthEvents<K>> {
+        self.shared.upgrade().map(|s| s.events())
+    }
+
+    /// Starts or stops draining an endpoint, as
+    /// [`Balance::set_draining`](crate::Balance::set_draining). Fails with
+    /// [`UnknownEndpoint`] when the balancer has no such endpoint, or is gone.
+    pub fn set_draining(&self, key: &K, draining: bool) -> Result<(), UnknownEndpoint>
+    where
+        K: fmt::Debug,
+    {
+        match self.shared.upgrade() {
+            Some(s) => s.drain(key, draining),
+            None => Err(UnknownEndpoint {
+                key: format!("{key:?}"),
+            }),
+        }
     }
 
     /// Whether any handle of the balancer is still alive.

@@ -193,7 +193,7 @@ impl<K, S, P: Strategy, C, T, H> Balance<K, S, P, C, T, H> {
     /// does not keep it alive; see [`Monitor`](super::Monitor).
     pub fn monitor(&self) -> super::Monitor<K>
     where
-        K: Clone + Send + Sync + 'static,
+        K: Clone + PartialEq + fmt::Debug + Send + Sync + 'static,
         S: Send + Sync + 'static,
     {
         super::Monitor::new(Arc::downgrade(&self.shared))
@@ -222,9 +222,7 @@ impl<K, S, P: Strategy, C, T, H> Balance<K, S, P, C, T, H> {
     where
         K: Clone,
     {
-        HealthEvents {
-            inner: super::shared::lock(&self.shared.events).subscribe(),
-        }
+        self.shared.health_events()
     }
 
     /// Starts (`true`) or stops (`false`) draining the endpoint `key`: while draining it
@@ -239,16 +237,7 @@ impl<K, S, P: Strategy, C, T, H> Balance<K, S, P, C, T, H> {
     where
         K: PartialEq + fmt::Debug,
     {
-        let set = self.shared.set.load();
-        let Some(slot) = set.all.iter().find(|s| s.key == *key) else {
-            return Err(crate::error::UnknownEndpoint {
-                key: format!("{key:?}"),
-            });
-        };
-        slot.load
-            .set_flags(crate::endpoint::flags::DRAINING, draining);
-        self.shared.signal.wake_driver();
-        Ok(())
+        self.shared.set_draining(key, draining)
     }
 
     /// Tries the endpoints kept from an earlier poll, then picks new ones.
@@ -720,7 +709,7 @@ struct Walk<S> {
 
 /// A stream of [`HealthEvent`]s; see [`Balance::health_events`].
 pub struct HealthEvents<K> {
-    inner: tokio::sync::mpsc::UnboundedReceiver<HealthEvent<K>>,
+    pub(crate) inner: tokio::sync::mpsc::UnboundedReceiver<HealthEvent<K>>,
 }
 
 impl<K> futures_core::Stream for HealthEvents<K> {

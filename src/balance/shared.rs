@@ -237,6 +237,36 @@ impl<K, S, P: Strategy> Shared<K, S, P> {
         Ok(())
     }
 
+    /// See [`Balance::set_draining`](crate::Balance::set_draining).
+    pub(crate) fn set_draining(
+        &self,
+        key: &K,
+        draining: bool,
+    ) -> Result<(), crate::error::UnknownEndpoint>
+    where
+        K: PartialEq + std::fmt::Debug,
+    {
+        let set = self.set.load();
+        let Some(slot) = set.all.iter().find(|s| s.key == *key) else {
+            return Err(crate::error::UnknownEndpoint {
+                key: format!("{key:?}"),
+            });
+        };
+        slot.load.set_flags(flags::DRAINING, draining);
+        self.signal.wake_driver();
+        Ok(())
+    }
+
+    /// See [`Balance::health_events`](crate::Balance::health_events).
+    pub(crate) fn health_events(&self) -> super::HealthEvents<K>
+    where
+        K: Clone,
+    {
+        super::HealthEvents {
+            inner: lock(&self.events).subscribe(),
+        }
+    }
+
     pub(crate) fn endpoint_stats(&self) -> Vec<EndpointStats<K>>
     where
         K: Clone,
