@@ -49,6 +49,9 @@ use crate::endpoint::{Endpoint, Metadata};
 use crate::error::BoxError;
 
 mod channel;
+#[cfg(feature = "dns")]
+#[cfg_attr(docsrs, doc(cfg(feature = "dns")))]
+pub mod dns;
 pub(crate) mod snapshots;
 mod static_list;
 mod tower_compat;
