@@ -128,7 +128,10 @@ async fn main() -> Result<(), BoxError> {
         std::fs::remove_file(&path)?;
         tokio::time::sleep(Duration::from_millis(300)).await;
         wait_for(&balance, &[("10.0.0.3:80", 2)]).await?;
-        println!("discovery errors so far: {}", balance.discovery_stats().errors);
+        println!(
+            "discovery errors so far: {}",
+            balance.discovery_stats().errors
+        );
         Ok::<_, BoxError>(())
     }
     .await;
