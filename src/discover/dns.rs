@@ -262,8 +262,8 @@ enum Query {
 
 enum ResolverSource {
     System,
-    Config(ResolverConfig, ResolverOpts),
-    Given(TokioResolver),
+    Config(Box<(ResolverConfig, ResolverOpts)>),
+    Given(Box<TokioResolver>),
 }
 
 struct Settings {
@@ -425,13 +425,13 @@ impl Dns {
     /// Builds the resolver from this configuration and these options, with its cache
     /// turned off and both A and AAAA queried.
     pub fn resolver_config(mut self, config: ResolverConfig, options: ResolverOpts) -> Self {
-        self.settings().resolver = ResolverSource::Config(config, options);
+        self.settings().resolver = ResolverSource::Config(Box::new((config, options)));
         self
     }
 
     /// Uses this resolver as it is (its cache and address-family strategy included).
     pub fn resolver(mut self, resolver: TokioResolver) -> Self {
-        self.settings().resolver = ResolverSource::Given(resolver);
+        self.settings().resolver = ResolverSource::Given(Box::new(resolver));
         self
     }
 }
@@ -445,8 +445,9 @@ fn no_cache(mut options: ResolverOpts) -> ResolverOpts {
 fn build_resolver(source: &ResolverSource) -> Result<TokioResolver, DnsError> {
     let provider = TokioConnectionProvider::default();
     Ok(match source {
-        ResolverSource::Given(r) => r.clone(),
-        ResolverSource::Config(config, options) => {
+        ResolverSource::Given(r) => (**r).clone(),
+        ResolverSource::Config(c) => {
+            let (config, options) = &**c;
             TokioResolver::builder_with_config(config.clone(), provider)
                 .with_options(no_cache(options.clone()))
                 .build()
