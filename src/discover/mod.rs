@@ -10,6 +10,7 @@
 //! | [`channel`] | a [`Sender`] that pushes changes from anywhere |
 //! | [`from_tower`] | any [`tower::discover::Discover`] |
 //! | [`from_snapshots`] | a [`Snapshots`] source that yields whole endpoint lists, diffed into changes |
+//! | `dns` (feature `dns`) | A/AAAA or SRV records of a DNS name, refreshed by TTL: Kubernetes headless services, Consul |
 //! | anything implementing [`Discover`] | every `Stream<Item = Result<Change<K, S>, E>>` does |
 //!
 //! # What each change does
@@ -39,6 +40,13 @@
 //! [`futures_util::stream::unfold`](https://docs.rs/futures-util) or a channel is usually
 //! simplest. A source that can only list the current endpoints implements [`Snapshots`] and
 //! goes through [`from_snapshots`], which sends only what changed.
+//!
+//! A good source: sends its first list promptly; yields `Err` for a failed lookup instead
+//! of an empty list (the balancer keeps the last set and counts the error); paces itself
+//! (a timer or a watch) rather than relying on being polled; and keys endpoints by
+//! something stable (an address), so the balancer keeps each endpoint's connections and
+//! statistics across lists. The `custom_discovery` example watches a file of addresses
+//! this way.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -49,6 +57,9 @@ use crate::endpoint::{Endpoint, Metadata};
 use crate::error::BoxError;
 
 mod channel;
+#[cfg(feature = "dns")]
+#[cfg_attr(docsrs, doc(cfg(feature = "dns")))]
+pub mod dns;
 pub(crate) mod snapshots;
 mod static_list;
 mod tower_compat;
