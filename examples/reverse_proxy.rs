@@ -288,8 +288,14 @@ async fn run(options: Options) -> Result<ExitCode, BoxError> {
     let mut config = options.config;
     let mut demo = Vec::new();
     if config.upstream.servers.is_empty() || options.upstreams_only {
-        for addr in DEMO_UPSTREAMS {
-            let upstream = proxy::spawn_demo_upstream(addr.parse()?).await?;
+        // `--upstreams-only --upstream ADDR...` starts the demo upstreams on those addresses.
+        let addrs: Vec<SocketAddr> = if config.upstream.servers.is_empty() {
+            DEMO_UPSTREAMS.iter().map(|a| a.parse()).collect::<Result<_, _>>()?
+        } else {
+            config.upstream.servers.drain(..).map(|s| s.address).collect()
+        };
+        for addr in addrs {
+            let upstream = proxy::spawn_demo_upstream(addr).await?;
             config.upstream.servers.push(Server {
                 address: upstream.addr,
                 weight: 1,
