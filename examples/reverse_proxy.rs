@@ -290,9 +290,17 @@ async fn run(options: Options) -> Result<ExitCode, BoxError> {
     if config.upstream.servers.is_empty() || options.upstreams_only {
         // `--upstreams-only --upstream ADDR...` starts the demo upstreams on those addresses.
         let addrs: Vec<SocketAddr> = if config.upstream.servers.is_empty() {
-            DEMO_UPSTREAMS.iter().map(|a| a.parse()).collect::<Result<_, _>>()?
+            DEMO_UPSTREAMS
+                .iter()
+                .map(|a| a.parse())
+                .collect::<Result<_, _>>()?
         } else {
-            config.upstream.servers.drain(..).map(|s| s.address).collect()
+            config
+                .upstream
+                .servers
+                .drain(..)
+                .map(|s| s.address)
+                .collect()
         };
         for addr in addrs {
             let upstream = proxy::spawn_demo_upstream(addr).await?;
@@ -304,7 +312,10 @@ async fn run(options: Options) -> Result<ExitCode, BoxError> {
         }
     }
     if options.upstreams_only {
-        println!("demo upstreams on {} (Ctrl-C stops them)", join(&demo.iter().map(|u| u.addr).collect::<Vec<_>>()));
+        println!(
+            "demo upstreams on {} (Ctrl-C stops them)",
+            join(&demo.iter().map(|u| u.addr).collect::<Vec<_>>())
+        );
         tokio::signal::ctrl_c().await?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -315,7 +326,11 @@ async fn run(options: Options) -> Result<ExitCode, BoxError> {
     } else {
         String::new()
     };
-    let h2c = if upstream.protocol == Protocol::H2c { " (h2c)" } else { "" };
+    let h2c = if upstream.protocol == Protocol::H2c {
+        " (h2c)"
+    } else {
+        ""
+    };
     let servers: Vec<SocketAddr> = upstream.servers.iter().map(|s| s.address).collect();
     println!(
         "proxy on http://{} balancing with {}{hashing} over {}{h2c}",

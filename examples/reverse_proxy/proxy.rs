@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::StreamExt;
-use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_TYPE, HOST};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Either, Full};
@@ -379,9 +379,9 @@ impl FromStr for StrategyKind {
     type Err = String;
 
     fn from_str(name: &str) -> Result<Self, String> {
-        StrategyKind::deserialize(serde::de::value::StrDeserializer::<serde::de::value::Error>::new(
-            name,
-        ))
+        StrategyKind::deserialize(
+            serde::de::value::StrDeserializer::<serde::de::value::Error>::new(name),
+        )
         .map_err(|_| {
             format!(
                 "unknown strategy `{name}` (expected round-robin, random, least-request, \
@@ -594,9 +594,8 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let connection = Arc::new(ClientConn::new(client));
         let state = state.clone();
-        let service = service_fn(move |request| {
-            forward(state.clone(), connection.clone(), request)
-        });
+        let service =
+            service_fn(move |request| forward(state.clone(), connection.clone(), request));
         let conn = builder.serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
@@ -748,17 +747,9 @@ async fn forward(
     client: Arc<ClientConn>,
     mut request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    // Request smuggling: a message with both framings is rejected outright (RFC 9112,
-    // section 6.1: a server MAY reject it; a proxy that forwards it is the attack's
-    // second half).
-    let headers = request.headers();
-    if headers.contains_key(TRANSFER_ENCODING) && headers.contains_key(CONTENT_LENGTH) {
-        return Ok(proxy_error(
-            StatusCode::BAD_REQUEST,
-            "the request has both Content-Length and Transfer-Encoding",
-            true,
-        ));
-    }
+    // Request smuggling (both Content-Length and Transfer-Encoding) is handled by hyper
+    // before this point: Transfer-Encoding wins, Content-Length is removed, and the client
+    // connection is closed after the answer (RFC 9112, section 6.3).
     let idempotent = request.method().is_idempotent();
     let headers = request.headers_mut();
     strip_hop_by_hop(headers);
@@ -797,7 +788,6 @@ async fn forward(
                         "the upstream did not answer within {:?}",
                         state.request_timeout
                     ),
-                    false,
                 ))
             }
         };
@@ -903,7 +893,7 @@ fn error_response(error: &(dyn std::error::Error + 'static), attempts: u32) -> R
             format!("the upstream request failed{tries}: {}", error_chain(error)),
         )
     };
-    proxy_error(status, &reason, false)
+    proxy_error(status, &reason)
 }
 
 fn find<'a, E: std::error::Error + 'static>(
@@ -918,20 +908,16 @@ fn find<'a, E: std::error::Error + 'static>(
 }
 
 /// An answer of the proxy's own, with a plain text body that says what happened.
-fn proxy_error(status: StatusCode, reason: &str, close: bool) -> Response<ProxyBody> {
+fn proxy_error(status: StatusCode, reason: &str) -> Response<ProxyBody> {
     if status.is_server_error() {
         eprintln!("proxy: {status}: {reason}");
     }
     let mut response = Response::new(Either::Right(Full::from(format!("{status}\n{reason}\n"))));
     *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(
+    response.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    if close {
-        headers.insert(CONNECTION, HeaderValue::from_static("close"));
-    }
     response
 }
 
@@ -984,7 +970,11 @@ struct UpstreamInner {
 }
 
 impl Upstream {
-    fn new(addr: SocketAddr, host: HostMode, settings: Arc<PoolSettings>) -> Result<Self, BoxError> {
+    fn new(
+        addr: SocketAddr,
+        host: HostMode,
+        settings: Arc<PoolSettings>,
+    ) -> Result<Self, BoxError> {
         let authority = Authority::try_from(addr.to_string())?;
         let host = match host {
             HostMode::Upstream => Some(HeaderValue::from_str(authority.as_str())?),
@@ -1083,7 +1073,10 @@ impl UpstreamInner {
         }
     }
 
-    async fn send(self: Arc<Self>, mut request: Request<Incoming>) -> Result<Response<PooledBody>, BoxError> {
+    async fn send(
+        self: Arc<Self>,
+        mut request: Request<Incoming>,
+    ) -> Result<Response<PooledBody>, BoxError> {
         if let Some(host) = &self.host {
             request.headers_mut().insert(HOST, host.clone());
         }
@@ -1138,11 +1131,11 @@ impl UpstreamInner {
                         Ok(stream) => stream,
                         Err(error) => return Err(NotSent::new(request, error)),
                     };
-                    let (sender, connection) =
-                        match client1::handshake(TokioIo::new(stream)).await {
-                            Ok(handshake) => handshake,
-                            Err(error) => return Err(NotSent::new(request, error)),
-                        };
+                    let (sender, connection) = match client1::handshake(TokioIo::new(stream)).await
+                    {
+                        Ok(handshake) => handshake,
+                        Err(error) => return Err(NotSent::new(request, error)),
+                    };
                     tokio::spawn(async move {
                         let _ = connection.await;
                     });
@@ -1177,7 +1170,10 @@ impl UpstreamInner {
         }
     }
 
-    async fn send_h2(self: Arc<Self>, request: Request<Incoming>) -> Result<Response<PooledBody>, BoxError> {
+    async fn send_h2(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+    ) -> Result<Response<PooledBody>, BoxError> {
         let existing = {
             let pool = self.pool().lock().unwrap();
             pool.h2.clone().filter(|s| !s.is_closed())
