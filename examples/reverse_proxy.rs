@@ -142,7 +142,7 @@ usage: reverse_proxy [--config FILE] [--upstream ADDR]... [--strategy NAME] [--h
 
 /// What the command line asks for.
 enum Command {
-    Run(Options),
+    Run(Box<Options>),
     Help,
 }
 
@@ -217,7 +217,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
         options.config.upstream.servers = flag_upstreams;
     }
     options.config.check()?;
-    Ok(Command::Run(options))
+    Ok(Command::Run(Box::new(options)))
 }
 
 /// The value of `flag`: the part after `=`, or else the next argument.
@@ -284,7 +284,7 @@ fn main() -> ExitCode {
 
 /// Starts the upstreams (unless configured), the balancer and the proxy, then either runs
 /// the self-test or serves until Ctrl-C.
-async fn run(options: Options) -> Result<ExitCode, BoxError> {
+async fn run(options: Box<Options>) -> Result<ExitCode, BoxError> {
     let mut config = options.config;
     let mut demo = Vec::new();
     if config.upstream.servers.is_empty() || options.upstreams_only {

@@ -1002,7 +1002,7 @@ pub struct NotSent {
 }
 
 impl NotSent {
-    fn new(request: Request<Incoming>, cause: impl Into<BoxError>) -> BoxError {
+    fn boxed(request: Request<Incoming>, cause: impl Into<BoxError>) -> BoxError {
         Box::new(NotSent {
             request: Mutex::new(Some(request)),
             cause: cause.into(),
@@ -1129,12 +1129,12 @@ impl UpstreamInner {
                 None => {
                     let stream = match self.connect().await {
                         Ok(stream) => stream,
-                        Err(error) => return Err(NotSent::new(request, error)),
+                        Err(error) => return Err(NotSent::boxed(request, error)),
                     };
                     let (sender, connection) = match client1::handshake(TokioIo::new(stream)).await
                     {
                         Ok(handshake) => handshake,
-                        Err(error) => return Err(NotSent::new(request, error)),
+                        Err(error) => return Err(NotSent::boxed(request, error)),
                     };
                     tokio::spawn(async move {
                         let _ = connection.await;
@@ -1146,7 +1146,7 @@ impl UpstreamInner {
                 if reused {
                     continue; // closed while idle: take another
                 }
-                return Err(NotSent::new(request, "the new connection closed at once"));
+                return Err(NotSent::boxed(request, "the new connection closed at once"));
             }
             match sender.try_send_request(request).await {
                 Ok(response) => {
@@ -1163,7 +1163,7 @@ impl UpstreamInner {
                     // A pooled connection the upstream had closed: try another, as the
                     // request was not written.
                     Some(back) if reused => request = back,
-                    Some(back) => return Err(NotSent::new(back, error.into_error())),
+                    Some(back) => return Err(NotSent::boxed(back, error.into_error())),
                     None => return Err(error.into_error().into()),
                 },
             }
@@ -1183,12 +1183,12 @@ impl UpstreamInner {
             None => {
                 let stream = match self.connect().await {
                     Ok(stream) => stream,
-                    Err(error) => return Err(NotSent::new(request, error)),
+                    Err(error) => return Err(NotSent::boxed(request, error)),
                 };
                 let (sender, connection) =
                     match client2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await {
                         Ok(handshake) => handshake,
-                        Err(error) => return Err(NotSent::new(request, error)),
+                        Err(error) => return Err(NotSent::boxed(request, error)),
                     };
                 tokio::spawn(async move {
                     let _ = connection.await;
@@ -1198,7 +1198,7 @@ impl UpstreamInner {
             }
         };
         if let Err(error) = sender.ready().await {
-            return Err(NotSent::new(request, error));
+            return Err(NotSent::boxed(request, error));
         }
         match sender.try_send_request(request).await {
             Ok(response) => Ok(response.map(|body| PooledBody {
@@ -1206,7 +1206,7 @@ impl UpstreamInner {
                 guard: None,
             })),
             Err(mut error) => match error.take_message() {
-                Some(back) => Err(NotSent::new(back, error.into_error())),
+                Some(back) => Err(NotSent::boxed(back, error.into_error())),
                 None => Err(error.into_error().into()),
             },
         }
