@@ -280,3 +280,15 @@ async fn shutdown_drains_in_flight_requests() {
         .expect("shutdown did not finish")
         .unwrap();
 }
+
+#[test]
+fn example_config_file_parses() {
+    let text = include_str!("../examples/reverse_proxy.toml");
+    let config = Config::from_toml(text).unwrap();
+    assert_eq!(config.upstream.servers.len(), 3);
+    assert_eq!(config.upstream.servers[0].weight, 2);
+    assert_eq!(config.upstream.strategy, proxy::StrategyKind::RoundRobin);
+    assert_eq!(config.timeouts.connect, Duration::from_secs(2));
+    assert!(Config::from_toml("[upstream]\nunknown = 1\n").is_err());
+    assert!(Config::from_toml("[timeouts]\nconnect = \"2 parsecs\"\n").is_err());
+}
