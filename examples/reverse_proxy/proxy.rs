@@ -181,6 +181,10 @@ pub struct OutlierConfig {
     pub max_ejection: Duration,
     /// At most this share of the upstreams ejected at once (at least one).
     pub max_ejection_percent: u32,
+    /// After an ejection, an upstream gets a tenth of its weight until it answers this many
+    /// requests in a row (0: back at full weight at once). With least-request under light
+    /// load, such an upstream may wait long for those requests.
+    pub probation_successes: u32,
 }
 
 impl Default for Config {
@@ -264,6 +268,7 @@ impl Default for OutlierConfig {
             base_ejection: Duration::from_secs(30),
             max_ejection: Duration::from_secs(300),
             max_ejection_percent: 10,
+            probation_successes: 5,
         }
     }
 }
@@ -469,6 +474,7 @@ struct State {
     attempts: u32,
     request_timeout: Duration,
     host: HostMode,
+    client_ip_key: bool,
 }
 
 /// Starts the proxy. Call it inside a tokio runtime: the balancer's background task (health
@@ -506,6 +512,8 @@ pub async fn start(config: &Config) -> Result<Proxy, BoxError> {
         attempts: config.retry.attempts,
         request_timeout: config.timeouts.request,
         host: config.upstream.host,
+        client_ip_key: config.upstream.strategy.hashes()
+            && config.upstream.hash_key == HttpKey::ClientIp,
     });
 
     // One listening socket per worker on the same port (SO_REUSEPORT): the kernel spreads
@@ -707,7 +715,11 @@ fn build<P: Strategy, H: RequestKey<Request<Incoming>>>(
                 .consecutive_failures(Some(outlier.consecutive_failures))
                 .base_ejection(outlier.base_ejection)
                 .max_ejection(outlier.max_ejection)
-                .max_ejection_percent(outlier.max_ejection_percent),
+                .max_ejection_percent(outlier.max_ejection_percent)
+                .probation_successes(match outlier.probation_successes {
+                    0 => None,
+                    n => Some(n),
+                }),
         );
     }
     let balance = builder.build(discover::static_list(endpoints))?;
@@ -765,8 +777,11 @@ async fn forward(
             request.headers_mut().insert(HOST, value);
         }
     }
-    // The `client-ip` hash key reads the peer address from the extensions.
-    request.extensions_mut().insert(client.addr);
+    // The `client-ip` hash key reads the peer address from the extensions (an allocation
+    // that other keys do without).
+    if state.client_ip_key {
+        request.extensions_mut().insert(client.addr);
+    }
 
     let mut attempt = 1;
     loop {
