@@ -766,7 +766,7 @@ async fn forward(
     let headers = request.headers_mut();
     strip_hop_by_hop(headers);
     append_forwarded_for(headers, &client.forwarded_for);
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     if state.host == HostMode::Pass && !headers.contains_key(HOST) {
         // HTTP/1.0 clients may send none: use the authority of an absolute URI if given.
         if let Some(value) = request
@@ -844,26 +844,29 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         }
         headers.remove(CONNECTION);
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         if headers.contains_key(name) {
             headers.remove(name);
         }
     }
 }
 
-/// The hop-by-hop headers besides those `Connection` names.
-const HOP_BY_HOP: [&str; 6] = [
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "upgrade",
+/// The hop-by-hop headers besides those `Connection` names, as constants: looking up a
+/// `&str` would parse the name on every request.
+const HOP_BY_HOP: [HeaderName; 6] = [
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::TRANSFER_ENCODING,
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::UPGRADE,
 ];
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Appends the client's address to `x-forwarded-for` (nginx: `$proxy_add_x_forwarded_for`).
 fn append_forwarded_for(headers: &mut HeaderMap, client: &HeaderValue) {
-    let name = HeaderName::from_static("x-forwarded-for");
+    let name = X_FORWARDED_FOR;
     match headers.remove(&name) {
         None => {
             headers.insert(name, client.clone());
