@@ -1,159 +1,126 @@
 //! An HTTP reverse proxy that spreads requests over a group of upstream servers with
-//! tower-lb: the Rust counterpart of an nginx `upstream` block.
+//! tower-lb: the Rust counterpart of an nginx `upstream` block, in production shape.
 //!
 //! ```text
 //! cargo run --release --example reverse_proxy
 //! curl -i http://127.0.0.1:8080/        # run it a few times: watch `x-upstream` change
+//! cargo run --release --example reverse_proxy -- --config examples/reverse_proxy.toml
 //! ```
 //!
-//! Without `--upstream`, the example starts three demo upstreams on 127.0.0.1:8000, 8001
-//! and 8002, each answering every request with its own address (in the body and in an
-//! `x-upstream` header), and a proxy on 127.0.0.1:8080 in front of them. It behaves much
-//! like this nginx configuration:
+//! Without `--upstream` or `--config`, the example starts three demo upstreams on
+//! 127.0.0.1:8000, 8001 and 8002, each answering every request with its own address (in the
+//! body and in an `x-upstream` header), and a proxy on 127.0.0.1:8080 in front of them. It
+//! behaves much like this nginx configuration:
 //!
 //! ```nginx
 //! upstream app {
-//!     random two least_conn;        # --strategy least-request (the default)
-//!     server 127.0.0.1:8000;        # --upstream 127.0.0.1:8000 ...
-//!     server 127.0.0.1:8001;        # (passive health: tower-lb's outlier detection,
-//!     server 127.0.0.1:8002;        #  active health: a TCP probe every 2 s)
-//!     keepalive 32;                 # pooled keep-alive connections to the upstreams
+//!     random two least_conn;        # strategy = "least-request" (the default)
+//!     server 127.0.0.1:8000;        # [[upstream.servers]] address = "127.0.0.1:8000"
+//!     server 127.0.0.1:8001;
+//!     server 127.0.0.1:8002;
+//!     keepalive 64;                 # upstream.keepalive (per worker)
 //! }
-//!
 //! server {
-//!     listen 127.0.0.1:8080;        # --listen 127.0.0.1:8080
+//!     listen 127.0.0.1:8080;        # listen
+//!     client_header_timeout 10s;    # limits.header_read_timeout
 //!     location / {
 //!         proxy_pass http://app;
 //!         proxy_http_version 1.1;
 //!         proxy_set_header Connection "";
-//!         proxy_set_header Host $host;
+//!         proxy_set_header Host $host;                  # upstream.host = "pass"
 //!         proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+//!         proxy_set_header X-Forwarded-Proto $scheme;
+//!         proxy_connect_timeout 2s;                     # timeouts.connect
+//!         proxy_read_timeout 60s;                       # timeouts.request
+//!         proxy_next_upstream error; proxy_next_upstream_tries 3;  # retry.attempts
 //!         proxy_buffering off;      # bodies stream through in both directions
 //!     }
 //! }
 //! ```
 //!
+//! `examples/reverse_proxy.toml` shows every setting of the config file; the proxy itself is
+//! in `examples/reverse_proxy/proxy.rs` (shared with the tests in `tests/proxy_*.rs`).
+//!
+//! What it does:
+//!
+//! - HTTP/1.1 to clients; HTTP/1.1 or h2c (`upstream.protocol`) to the upstreams, with a
+//!   keep-alive pool per upstream and worker thread. Bodies stream in both directions.
+//! - Hop-by-hop headers are removed; `x-forwarded-for` and `x-forwarded-proto` are added;
+//!   Host is the client's (`pass`) or the upstream's (`upstream`). The upstream address is
+//!   always a configured one, whatever the Host header or an absolute URI say.
+//! - 502 when the upstream fails, 503 when no upstream is available, 504 on connect or
+//!   request timeout, each with a plain-text body that says why.
+//! - An idempotent request that fails before it was sent (connection refused, or a pooled
+//!   connection closed) is retried through the balancer, within `retry.attempts` and a
+//!   budget (20 % of requests plus 10 per second), so it is not lost.
+//! - Requests with both Content-Length and Transfer-Encoding get 400; request heads larger
+//!   than `limits.max_header_bytes` get 431; a client that does not send its head within
+//!   `limits.header_read_timeout` is disconnected.
+//! - Active health checks (TCP connect every 2 s, rise 2, fall 3) and outlier detection (5
+//!   failures in a row eject an upstream), on by default; every change is printed.
+//! - Ctrl-C stops accepting, lets in-flight requests finish (`timeouts.drain`), and exits.
+//! - `workers` threads (default: one per CPU), each with its own listening socket
+//!   (`SO_REUSEPORT`) and upstream connections, like nginx's worker processes.
+//!
 //! | `--strategy` | tower-lb strategy | nginx |
 //! |---|---|---|
-//! | `round-robin` | [`RoundRobin`] (smooth weighted) | the default (no directive) |
-//! | `random` | [`Random`] | `random;` |
-//! | `least-request` | [`LeastRequest`] (power of two choices) | `random two least_conn;` |
-//! | `peak-ewma` | [`PeakEwma`] (latency and load) | none (NGINX Plus has `least_time`) |
-//! | `ring-hash` | [`RingHash`] (ketama, nginx-compatible placement) | `hash $key consistent;` |
-//! | `maglev` | [`Maglev`] | none |
-//! | `rendezvous` | [`Rendezvous`] (highest random weight) | none |
+//! | `round-robin` | [`RoundRobin`](tower_lb::strategy::RoundRobin) (smooth weighted) | the default (no directive) |
+//! | `random` | [`Random`](tower_lb::strategy::Random) | `random;` |
+//! | `least-request` | [`LeastRequest`](tower_lb::strategy::LeastRequest) (power of two choices) | `random two least_conn;` |
+//! | `peak-ewma` | [`PeakEwma`](tower_lb::strategy::PeakEwma) (latency and load) | none (NGINX Plus has `least_time`) |
+//! | `ring-hash` | [`RingHash`](tower_lb::strategy::RingHash) (ketama, nginx-compatible placement) | `hash $key consistent;` |
+//! | `maglev` | [`Maglev`](tower_lb::strategy::Maglev) | none |
+//! | `rendezvous` | [`Rendezvous`](tower_lb::strategy::Rendezvous) (highest random weight) | none |
 //!
 //! The hashing strategies route by `--hash-key` (default `path`): `header:NAME`,
 //! `cookie:NAME`, `query:NAME`, `path`, `path-query` (nginx's `$request_uri`) or `client-ip`
 //! (nginx's `$remote_addr`). `--bounded-load C` caps each upstream of `ring-hash` or `maglev`
-//! at C times the average load (Google's consistent hashing with bounded loads; 1.25 is the
-//! usual value).
-//!
-//! Health, on by default: each upstream is probed with a TCP connect every 2 s (rise 2,
-//! fall 3, HAProxy's defaults), and outlier detection ejects an upstream after 5 failed
-//! requests in a row, or a poor success rate (Envoy's defaults); it comes back on probation.
-//! Every change of an upstream's health is printed as it happens.
-//!
-//! How the pieces fit:
-//!
-//! - Each upstream is an [`Upstream`] service: a clone of one shared hyper-util client (one
-//!   keep-alive pool) plus the upstream's address, which it writes into the request URI.
-//! - A [`tower_lb::Balance`] over a static list of those services picks the upstream for
-//!   each request. The strategy is chosen at run time, so the balancer is type-erased into
-//!   a [`BoxCloneSyncService`]; each request sends through its own cheap clone.
-//! - The proxy front end is a hyper 1 HTTP/1 server. It removes hop-by-hop headers, appends
-//!   `x-forwarded-for`, and answers 503 when the balancer has no upstream to offer
-//!   ([`tower_lb::error::Unavailable`]) and 502 when talking to the chosen upstream fails.
-//! - Every 5 seconds (when there was traffic) it prints each upstream's share of the
-//!   requests, read from [`Balance::endpoints`](tower_lb::Balance::endpoints).
-//!
-//! Flags:
-//!
-//! ```text
-//! --upstream ADDR     proxy to this IP:PORT (repeatable); no demo upstreams are started
-//! --strategy NAME     round-robin | random | least-request | peak-ewma
-//!                     | ring-hash | maglev | rendezvous
-//! --hash-key KEY      what hashing strategies hash: header:NAME | cookie:NAME | query:NAME
-//!                     | path | path-query | client-ip (default path)
-//! --bounded-load C    cap ring-hash and maglev upstreams at C × the average load
-//! --listen ADDR       where the proxy listens (default 127.0.0.1:8080)
-//! --self-test N       send N requests through the proxy, print the shares and exit
-//!                     (status 0 when all N got 200 OK, 1 otherwise)
-//! ```
+//! at C times the average load.
 //!
 //! A request keeps counting as in flight until its response body has been streamed to the
 //! client (`tower_lb::http::OnBodyEnd`), like nginx's connection count.
 //!
-//! What this example does not do that nginx does: retry a failed request on the next
-//! upstream (`proxy_next_upstream`), upgrade connections (WebSocket), speak HTTP/2 or TLS,
-//! or apply timeouts other than the connect timeout.
+//! What this example does not do that nginx does: TLS, WebSocket upgrades, HTTP/2 to
+//! clients, retries of requests whose body was already sent, or caching.
 
-use std::convert::Infallible;
-use std::fmt;
+#[allow(dead_code)]
+#[path = "reverse_proxy/proxy.rs"]
+mod proxy;
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::ExitCode;
-use std::str::FromStr;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::future::BoxFuture;
 use futures::StreamExt;
-use http::header::{CONNECTION, CONTENT_TYPE};
-use http::uri::{Authority, Scheme};
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Either, Empty, Full};
-use hyper::body::{Body, Incoming};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
+use http::{StatusCode, Uri};
+use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpListener;
-use tower::util::BoxCloneSyncService;
-use tower::{Service, ServiceExt};
-use tower_lb::discover;
-use tower_lb::error::{BoxError, BuildError, Unavailable};
-use tower_lb::health::{ActiveChecks, OutlierDetection, TcpProbe};
+use hyper_util::rt::TokioExecutor;
+use tower_lb::error::BoxError;
 use tower_lb::http::key::HttpKey;
-use tower_lb::key::{NoKey, RequestKey};
-use tower_lb::strategy::{
-    BoundedLoad, LeastRequest, Maglev, PeakEwma, Random, Rendezvous, RingHash, RoundRobin, Strategy,
-};
-use tower_lb::{EndpointStats, Monitor};
+use tower_lb::EndpointStats;
 
-/// The demo upstreams started when no `--upstream` is given.
+use proxy::{error_chain, Config, Protocol, Server};
+
+/// The demo upstreams started when no upstream is configured.
 const DEMO_UPSTREAMS: [&str; 3] = ["127.0.0.1:8000", "127.0.0.1:8001", "127.0.0.1:8002"];
-const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// How often the share table is printed (when there was traffic since the last one).
 const REPORT_EVERY: Duration = Duration::from_secs(5);
-/// How long to wait for a TCP connection to an upstream (nginx: `proxy_connect_timeout`).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long a request waits for an upstream when all are down before it gets a 503.
-const FAIL_FAST: Duration = Duration::from_secs(1);
-/// Idle keep-alive connections kept per upstream (nginx: `keepalive`).
-const KEEPALIVE: usize = 32;
 /// Requests the self-test keeps in flight at once, so that load-aware strategies see load.
 const SELF_TEST_CONCURRENCY: usize = 16;
 
-/// Headers that describe one connection rather than the message, so a proxy must not
-/// forward them (RFC 9110, section 7.6.1). Headers named in `Connection` are removed too.
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "upgrade",
-];
-
 const USAGE: &str = "\
-usage: reverse_proxy [--upstream ADDR]... [--strategy NAME] [--hash-key KEY]
-                     [--bounded-load C] [--listen ADDR] [--self-test N]
+usage: reverse_proxy [--config FILE] [--upstream ADDR]... [--strategy NAME] [--hash-key KEY]
+                     [--bounded-load C] [--listen ADDR] [--workers N] [--h2c]
+                     [--self-test N] [--upstreams-only]
 
-  --upstream ADDR   upstream IP:PORT to proxy to; repeat for more. Without it, three demo
-                    upstreams are started on 127.0.0.1:8000, 8001 and 8002.
+  --config FILE     read the settings from a TOML file (see examples/reverse_proxy.toml);
+                    the flags below override it
+  --upstream ADDR   upstream IP:PORT to proxy to; repeat for more. Without it (and without
+                    servers in the config), three demo upstreams are started on
+                    127.0.0.1:8000, 8001 and 8002.
   --strategy NAME   round-robin | random | least-request | peak-ewma | ring-hash | maglev
                     | rendezvous (default least-request)
   --hash-key KEY    what ring-hash, maglev and rendezvous hash: header:NAME | cookie:NAME
@@ -161,8 +128,11 @@ usage: reverse_proxy [--upstream ADDR]... [--strategy NAME] [--hash-key KEY]
   --bounded-load C  with ring-hash or maglev: pass over upstreams with more than C times
                     the average number of requests in flight (C >= 1, e.g. 1.25)
   --listen ADDR     IP:PORT the proxy listens on (default 127.0.0.1:8080)
+  --workers N       proxy worker threads (default: one per CPU)
+  --h2c             speak HTTP/2 over cleartext to the upstreams
   --self-test N     send N requests through the proxy, print each upstream's share, and exit
                     with status 0 if all of them got 200 OK (1 otherwise)
+  --upstreams-only  start only the demo upstreams (for benchmarks) and wait for Ctrl-C
   -h, --help        print this help
 ";
 
@@ -172,84 +142,20 @@ usage: reverse_proxy [--upstream ADDR]... [--strategy NAME] [--hash-key KEY]
 
 /// What the command line asks for.
 enum Command {
-    Run(Options),
+    Run(Box<Options>),
     Help,
 }
 
 struct Options {
-    upstreams: Vec<SocketAddr>,
-    strategy: StrategyKind,
-    hash_key: HttpKey,
-    bounded_load: Option<f64>,
-    listen: SocketAddr,
+    config: Config,
     self_test: Option<usize>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum StrategyKind {
-    RoundRobin,
-    Random,
-    LeastRequest,
-    PeakEwma,
-    RingHash,
-    Maglev,
-    Rendezvous,
-}
-
-impl StrategyKind {
-    /// Whether the strategy routes by the request's hash key.
-    fn hashes(self) -> bool {
-        matches!(
-            self,
-            StrategyKind::RingHash | StrategyKind::Maglev | StrategyKind::Rendezvous
-        )
-    }
-}
-
-impl FromStr for StrategyKind {
-    type Err = String;
-
-    fn from_str(name: &str) -> Result<Self, String> {
-        match name {
-            "round-robin" => Ok(StrategyKind::RoundRobin),
-            "random" => Ok(StrategyKind::Random),
-            "least-request" => Ok(StrategyKind::LeastRequest),
-            "peak-ewma" => Ok(StrategyKind::PeakEwma),
-            "ring-hash" => Ok(StrategyKind::RingHash),
-            "maglev" => Ok(StrategyKind::Maglev),
-            "rendezvous" => Ok(StrategyKind::Rendezvous),
-            _ => Err(format!(
-                "unknown strategy `{name}` (expected round-robin, random, least-request, \
-                 peak-ewma, ring-hash, maglev or rendezvous)"
-            )),
-        }
-    }
-}
-
-impl fmt::Display for StrategyKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            StrategyKind::RoundRobin => "round-robin",
-            StrategyKind::Random => "random",
-            StrategyKind::LeastRequest => "least-request",
-            StrategyKind::PeakEwma => "peak-ewma",
-            StrategyKind::RingHash => "ring-hash",
-            StrategyKind::Maglev => "maglev",
-            StrategyKind::Rendezvous => "rendezvous",
-        })
-    }
+    upstreams_only: bool,
 }
 
 /// Parses the arguments after the program name. Accepts `--flag VALUE` and `--flag=VALUE`.
+/// `--config` is read first, wherever it is, so that the other flags override it.
 fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
-    let mut options = Options {
-        upstreams: Vec::new(),
-        strategy: StrategyKind::LeastRequest,
-        hash_key: HttpKey::Path,
-        bounded_load: None,
-        listen: parse_addr("--listen", DEFAULT_LISTEN)?,
-        self_test: None,
-    };
+    let mut pairs = Vec::new();
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -258,47 +164,60 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
             }
             _ => (arg, None),
         };
-        match flag.as_str() {
+        let value = match flag.as_str() {
             "-h" | "--help" => return Ok(Command::Help),
-            "--upstream" => {
-                let value = flag_value(&flag, inline, &mut args)?;
-                options.upstreams.push(parse_addr(&flag, &value)?);
-            }
-            "--strategy" => {
-                let value = flag_value(&flag, inline, &mut args)?;
-                options.strategy = value.parse()?;
-            }
+            "--h2c" | "--upstreams-only" => None,
+            _ => Some(flag_value(&flag, inline, &mut args)?),
+        };
+        pairs.push((flag, value));
+    }
+    let mut config = Config::default();
+    for (flag, value) in &pairs {
+        if flag == "--config" {
+            let path = value.as_deref().unwrap_or_default();
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("--config {path}: {e}"))?;
+            config = Config::from_toml(&text).map_err(|e| format!("--config {path}: {e}"))?;
+        }
+    }
+    let mut options = Options {
+        config,
+        self_test: None,
+        upstreams_only: false,
+    };
+    let mut flag_upstreams = Vec::new();
+    for (flag, value) in pairs {
+        let value = value.unwrap_or_default();
+        let upstream = &mut options.config.upstream;
+        match flag.as_str() {
+            "--config" => {}
+            "--upstream" => flag_upstreams.push(Server {
+                address: parse_addr(&flag, &value)?,
+                weight: 1,
+            }),
+            "--strategy" => upstream.strategy = value.parse()?,
             "--hash-key" => {
-                let value = flag_value(&flag, inline, &mut args)?;
-                options.hash_key = value.parse().map_err(|e| format!("{flag}: {e}"))?;
+                upstream.hash_key = value
+                    .parse::<HttpKey>()
+                    .map_err(|e| format!("{flag}: {e}"))?
             }
-            "--bounded-load" => {
-                let value = flag_value(&flag, inline, &mut args)?;
-                match value.parse::<f64>() {
-                    Ok(c) if c.is_finite() && c >= 1.0 => options.bounded_load = Some(c),
-                    _ => return Err(format!("{flag}: `{value}` is not a number >= 1")),
-                }
-            }
-            "--listen" => {
-                let value = flag_value(&flag, inline, &mut args)?;
-                options.listen = parse_addr(&flag, &value)?;
-            }
-            "--self-test" => {
-                let value = flag_value(&flag, inline, &mut args)?;
-                options.self_test = Some(parse_count(&flag, &value)?);
-            }
+            "--bounded-load" => match value.parse::<f64>() {
+                Ok(c) if c.is_finite() && c >= 1.0 => upstream.bounded_load = Some(c),
+                _ => return Err(format!("{flag}: `{value}` is not a number >= 1")),
+            },
+            "--listen" => options.config.listen = parse_addr(&flag, &value)?,
+            "--workers" => options.config.workers = parse_count(&flag, &value)?,
+            "--h2c" => upstream.protocol = Protocol::H2c,
+            "--self-test" => options.self_test = Some(parse_count(&flag, &value)?),
+            "--upstreams-only" => options.upstreams_only = true,
             _ => return Err(format!("unknown argument `{flag}`")),
         }
     }
-    if options.bounded_load.is_some()
-        && !matches!(
-            options.strategy,
-            StrategyKind::RingHash | StrategyKind::Maglev
-        )
-    {
-        return Err("--bounded-load needs --strategy ring-hash or maglev".into());
+    if !flag_upstreams.is_empty() {
+        options.config.upstream.servers = flag_upstreams;
     }
-    Ok(Command::Run(options))
+    options.config.check()?;
+    Ok(Command::Run(Box::new(options)))
 }
 
 /// The value of `flag`: the part after `=`, or else the next argument.
@@ -329,8 +248,7 @@ fn parse_count(flag: &str, value: &str) -> Result<usize, String> {
 // Startup
 // ----------------------------------------------------------------------------------------
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let options = match parse_args(std::env::args().skip(1)) {
         Ok(Command::Run(options)) => options,
         Ok(Command::Help) => {
@@ -342,7 +260,20 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(options).await {
+    // The balancer's background task, the demo upstreams and the self-test client run on
+    // this runtime; the proxy's workers have their own threads.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("reverse_proxy: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(options)) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("reverse_proxy: {error}");
@@ -351,67 +282,84 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Starts the upstreams (unless given), the balancer and the proxy, then either runs the
-/// self-test or serves until Ctrl-C.
-async fn run(options: Options) -> Result<ExitCode, BoxError> {
-    let upstreams = if options.upstreams.is_empty() {
-        start_demo_upstreams().await?
-    } else {
-        options.upstreams.clone()
-    };
-    let balancer = Balancer::new(&options, &upstreams, &upstream_client())?;
-
-    let listener = bind(options.listen).await?;
-    let proxy_addr = listener.local_addr()?;
-    let upstream_service = balancer.service.clone();
-    tokio::spawn(serve(listener, move |client_addr| {
-        let upstream_service = upstream_service.clone();
-        service_fn(move |request| forward(upstream_service.clone(), client_addr, request))
-    }));
-    let hashing = if options.strategy.hashes() {
-        format!(" by {}", options.hash_key)
+/// Starts the upstreams (unless configured), the balancer and the proxy, then either runs
+/// the self-test or serves until Ctrl-C.
+async fn run(options: Box<Options>) -> Result<ExitCode, BoxError> {
+    let mut config = options.config;
+    let mut demo = Vec::new();
+    if config.upstream.servers.is_empty() || options.upstreams_only {
+        // `--upstreams-only --upstream ADDR...` starts the demo upstreams on those addresses.
+        let addrs: Vec<SocketAddr> = if config.upstream.servers.is_empty() {
+            DEMO_UPSTREAMS
+                .iter()
+                .map(|a| a.parse())
+                .collect::<Result<_, _>>()?
+        } else {
+            config
+                .upstream
+                .servers
+                .drain(..)
+                .map(|s| s.address)
+                .collect()
+        };
+        for addr in addrs {
+            let upstream = proxy::spawn_demo_upstream(addr).await?;
+            config.upstream.servers.push(Server {
+                address: upstream.addr,
+                weight: 1,
+            });
+            demo.push(upstream);
+        }
+    }
+    if options.upstreams_only {
+        println!(
+            "demo upstreams on {} (Ctrl-C stops them)",
+            join(&demo.iter().map(|u| u.addr).collect::<Vec<_>>())
+        );
+        tokio::signal::ctrl_c().await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let proxy = proxy::start(&config).await?;
+    let upstream = &config.upstream;
+    let hashing = if upstream.strategy.hashes() {
+        format!(" by {}", upstream.hash_key)
     } else {
         String::new()
     };
+    let h2c = if upstream.protocol == Protocol::H2c {
+        " (h2c)"
+    } else {
+        ""
+    };
+    let servers: Vec<SocketAddr> = upstream.servers.iter().map(|s| s.address).collect();
     println!(
-        "proxy on http://{proxy_addr} balancing with {}{hashing} over {}",
-        options.strategy,
-        join(&upstreams)
+        "proxy on http://{} balancing with {}{hashing} over {}{h2c}",
+        proxy.addr,
+        upstream.strategy,
+        join(&servers)
     );
 
     if let Some(requests) = options.self_test {
         // Bounded load moves keys off busy upstreams by design, so affinity is checked
         // only without it.
-        let affinity = options.strategy.hashes()
-            && options.hash_key == HttpKey::Path
-            && options.bounded_load.is_none();
-        return Ok(self_test(loopback(proxy_addr), requests, &balancer, affinity).await);
+        let affinity = upstream.strategy.hashes()
+            && upstream.hash_key == HttpKey::Path
+            && upstream.bounded_load.is_none();
+        let code = self_test(loopback(proxy.addr), requests, &proxy, affinity).await;
+        proxy.shutdown().await;
+        return Ok(code);
     }
-    tokio::spawn(report_periodically(balancer.clone()));
+    let reporter = tokio::spawn(report_periodically(proxy.monitor.clone()));
     tokio::signal::ctrl_c().await?;
-    println!(
-        "\nshutting down; final shares:\n{}",
-        render_table(&balancer.endpoints())
-    );
+    println!("\nshutting down: draining in-flight requests (Ctrl-C again to quit at once)");
+    reporter.abort();
+    let stats = proxy.monitor.clone();
+    tokio::select! {
+        _ = proxy.shutdown() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    println!("final shares:\n{}", render_table(&stats.endpoints()));
     Ok(ExitCode::SUCCESS)
-}
-
-async fn bind(addr: SocketAddr) -> Result<TcpListener, BoxError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|error| format!("cannot listen on {addr}: {error}").into())
-}
-
-/// The client shared by every upstream: one keep-alive pool for all of them.
-fn upstream_client() -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(KEEPALIVE)
-        .build(connector)
 }
 
 /// An unspecified listen address (0.0.0.0 or ::) reached through loopback.
@@ -432,343 +380,18 @@ fn join(addrs: &[SocketAddr]) -> String {
 }
 
 // ----------------------------------------------------------------------------------------
-// The balancer
-// ----------------------------------------------------------------------------------------
-
-type HttpClient = Client<HttpConnector, Incoming>;
-
-/// A request stops counting as in flight when its response body has been streamed.
-type Completion = tower_lb::http::OnBodyEnd;
-type UpstreamBody = tower_lb::http::TrackedBody<Incoming>;
-
-/// A balancer with its strategy type erased.
-type BalancedService = BoxCloneSyncService<Request<Incoming>, Response<UpstreamBody>, BoxError>;
-
-/// The balancer as the proxy uses it: a service to send through, and its statistics.
-#[derive(Clone)]
-struct Balancer {
-    service: BalancedService,
-    stats: Monitor<SocketAddr>,
-}
-
-impl Balancer {
-    fn new(
-        options: &Options,
-        upstreams: &[SocketAddr],
-        client: &HttpClient,
-    ) -> Result<Self, BoxError> {
-        let endpoints = upstreams
-            .iter()
-            .map(|&addr| Ok((addr, Upstream::new(addr, client.clone())?)))
-            .collect::<Result<Vec<_>, BoxError>>()?;
-        let key = options.hash_key.clone();
-        let balancer = match (options.strategy, options.bounded_load) {
-            (StrategyKind::RoundRobin, _) => Self::build(RoundRobin::new(), NoKey, endpoints),
-            (StrategyKind::Random, _) => Self::build(Random::new(), NoKey, endpoints),
-            (StrategyKind::LeastRequest, _) => Self::build(LeastRequest::new(), NoKey, endpoints),
-            (StrategyKind::PeakEwma, _) => Self::build(PeakEwma::new(), NoKey, endpoints),
-            (StrategyKind::RingHash, None) => Self::build(RingHash::new(), key, endpoints),
-            (StrategyKind::RingHash, Some(c)) => {
-                Self::build(BoundedLoad::new(RingHash::new()).factor(c), key, endpoints)
-            }
-            (StrategyKind::Maglev, None) => Self::build(Maglev::new(), key, endpoints),
-            (StrategyKind::Maglev, Some(c)) => {
-                Self::build(BoundedLoad::new(Maglev::new()).factor(c), key, endpoints)
-            }
-            (StrategyKind::Rendezvous, _) => Self::build(Rendezvous::new(), key, endpoints),
-        };
-        Ok(balancer?)
-    }
-
-    /// Builds a tower-lb balancer with `strategy` (routing by `key`, for the hashing
-    /// strategies) over `endpoints`, with active health checks and outlier detection, and
-    /// erases its type.
-    fn build<P: Strategy, H: RequestKey<Request<Incoming>>>(
-        strategy: P,
-        key: H,
-        endpoints: Vec<(SocketAddr, Upstream)>,
-    ) -> Result<Self, BuildError> {
-        let balance = tower_lb::Builder::new()
-            .strategy(strategy)
-            .request_key(key)
-            .track_completion(Completion::default())
-            .fail_fast(FAIL_FAST)
-            .active_checks(TcpProbe::new(), ActiveChecks::new())
-            .outlier_detection(OutlierDetection::new())
-            .build(discover::static_list(endpoints))?;
-        // Print every change of an upstream's health as it happens.
-        let mut events = balance.health_events();
-        tokio::spawn(async move {
-            while let Some(event) = events.next().await {
-                // The first probe answer of a healthy upstream is routine; report the rest.
-                if event.to != event.from || event.to != tower_lb::health::Health::Healthy {
-                    println!(
-                        "health: {} {} -> {} ({})",
-                        event.key, event.from, event.to, event.reason
-                    );
-                }
-            }
-        });
-        Ok(Balancer {
-            stats: balance.monitor(),
-            service: BoxCloneSyncService::new(balance),
-        })
-    }
-
-    fn endpoints(&self) -> Vec<EndpointStats<SocketAddr>> {
-        self.stats.endpoints()
-    }
-}
-
-// ----------------------------------------------------------------------------------------
-// One upstream
-// ----------------------------------------------------------------------------------------
-
-/// The service that sends requests to one upstream: it points the request URI at the
-/// upstream and sends it with the shared client.
-#[derive(Clone)]
-struct Upstream {
-    authority: Authority,
-    client: HttpClient,
-}
-
-impl Upstream {
-    fn new(addr: SocketAddr, client: HttpClient) -> Result<Self, BoxError> {
-        Ok(Upstream {
-            authority: Authority::try_from(addr.to_string())?,
-            client,
-        })
-    }
-}
-
-impl Service<Request<Incoming>> for Upstream {
-    type Response = Response<Incoming>;
-    type Error = BoxError;
-    type Future = BoxFuture<'static, Result<Response<Incoming>, BoxError>>;
-
-    /// Always ready: the client pools connections, and the balancer's health checks keep
-    /// requests away from upstreams that are down.
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, mut request: Request<Incoming>) -> Self::Future {
-        let sent = upstream_uri(&self.authority, request.uri()).map(|uri| {
-            *request.uri_mut() = uri;
-            self.client.request(request)
-        });
-        Box::pin(async move { Ok(sent?.await?) })
-    }
-}
-
-/// `http://{upstream}{original path and query}`.
-fn upstream_uri(upstream: &Authority, original: &Uri) -> Result<Uri, http::Error> {
-    let path_and_query = original.path_and_query().map_or("/", |pq| pq.as_str());
-    Uri::builder()
-        .scheme(Scheme::HTTP)
-        .authority(upstream.clone())
-        .path_and_query(path_and_query)
-        .build()
-}
-
-// ----------------------------------------------------------------------------------------
-// The proxy
-// ----------------------------------------------------------------------------------------
-
-/// What the proxy answers with: the upstream's body, or its own error text.
-type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
-
-/// Forwards one request through the balancer and turns its result into the response.
-async fn forward(
-    upstreams: BalancedService,
-    client: SocketAddr,
-    mut request: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
-    strip_hop_by_hop(request.headers_mut());
-    append_forwarded_for(request.headers_mut(), client.ip());
-    // The `client-ip` hash key reads the peer address from the extensions.
-    request.extensions_mut().insert(client);
-    let response = match upstreams.oneshot(request).await {
-        Ok(response) => {
-            let mut response = response.map(Either::Left);
-            strip_hop_by_hop(response.headers_mut());
-            response
-        }
-        Err(error) => error_response(&error),
-    };
-    Ok(response)
-}
-
-/// Removes the hop-by-hop headers, including those the `Connection` header names.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in &named {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-}
-
-/// Appends the client's address to `x-forwarded-for` (nginx: `$proxy_add_x_forwarded_for`).
-fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
-    let mut chain: Vec<String> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .map(str::to_owned)
-        .collect();
-    chain.push(client.to_string());
-    if let Ok(value) = HeaderValue::try_from(chain.join(", ")) {
-        headers.insert("x-forwarded-for", value);
-    }
-}
-
-/// 503 when the balancer had no upstream to offer, 502 when the chosen upstream failed.
-fn error_response(error: &BoxError) -> Response<ProxyBody> {
-    let (status, reason) = match error.downcast_ref::<Unavailable>() {
-        Some(unavailable) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("no upstream is available: {unavailable}"),
-        ),
-        None => (
-            StatusCode::BAD_GATEWAY,
-            format!(
-                "the upstream request failed: {}",
-                error_chain(error.as_ref())
-            ),
-        ),
-    };
-    eprintln!("proxy: {status}: {reason}");
-    let mut response = Response::new(Either::Right(Full::from(format!("{status}\n{reason}\n"))));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
-}
-
-/// An error and its sources, as `outer: inner: innermost`.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
-// ----------------------------------------------------------------------------------------
-// Servers: the proxy front end and the demo upstreams
-// ----------------------------------------------------------------------------------------
-
-/// Accepts HTTP/1 connections forever, serving each with the service `make_service` returns
-/// for the client's address.
-async fn serve<M, S, B>(listener: TcpListener, make_service: M)
-where
-    M: Fn(SocketAddr) -> S,
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
-    loop {
-        let (stream, client) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                // Usually out of file descriptors: back off instead of spinning.
-                eprintln!("accept failed: {error}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let service = make_service(client);
-        tokio::spawn(async move {
-            let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-            if let Err(error) = connection.await {
-                eprintln!("connection from {client}: {error}");
-            }
-        });
-    }
-}
-
-/// Starts the three demo upstreams and returns their addresses.
-async fn start_demo_upstreams() -> Result<Vec<SocketAddr>, BoxError> {
-    let mut addrs = Vec::new();
-    for addr in DEMO_UPSTREAMS {
-        let listener = bind(addr.parse()?).await?;
-        let addr = listener.local_addr()?;
-        tokio::spawn(serve(listener, move |_client| {
-            service_fn(move |request| demo_upstream(addr, request))
-        }));
-        addrs.push(addr);
-    }
-    Ok(addrs)
-}
-
-/// A demo upstream: answers every request with its own address, and says what it received
-/// so that the forwarded headers and the streamed request body can be checked with curl.
-async fn demo_upstream(
-    addr: SocketAddr,
-    request: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    let (parts, body) = request.into_parts();
-    let forwarded_for = parts
-        .headers
-        .get("x-forwarded-for")
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or("-")
-        .to_owned();
-    let received = match count_body_bytes(body).await {
-        Ok(bytes) => format!("{bytes} body bytes"),
-        Err(error) => format!("body error: {error}"),
-    };
-    let text = format!(
-        "hello from upstream {addr} ({} {}, {received}, x-forwarded-for: {forwarded_for})\n",
-        parts.method, parts.uri
-    );
-    let mut response = Response::new(Full::from(text));
-    if let Ok(value) = HeaderValue::try_from(addr.to_string()) {
-        response.headers_mut().insert("x-upstream", value);
-    }
-    Ok(response)
-}
-
-/// Reads a body frame by frame, keeping only the count.
-async fn count_body_bytes(mut body: Incoming) -> Result<usize, hyper::Error> {
-    let mut bytes = 0;
-    while let Some(frame) = body.frame().await {
-        if let Some(data) = frame?.data_ref() {
-            bytes += data.len();
-        }
-    }
-    Ok(bytes)
-}
-
-// ----------------------------------------------------------------------------------------
 // Statistics
 // ----------------------------------------------------------------------------------------
 
 /// Prints the share table every [`REPORT_EVERY`], when there was traffic since the last one.
-async fn report_periodically(balancer: Balancer) {
+async fn report_periodically(monitor: tower_lb::Monitor<SocketAddr>) {
     let started = Instant::now();
     let mut ticker = tokio::time::interval(REPORT_EVERY);
     ticker.tick().await; // the first tick is immediate
     let mut last = Activity::default();
     loop {
         ticker.tick().await;
-        let stats = balancer.endpoints();
+        let stats = monitor.endpoints();
         let now = Activity::of(&stats);
         if now != last {
             let secs = started.elapsed().as_secs();
@@ -846,7 +469,7 @@ fn render_table(stats: &[EndpointStats<SocketAddr>]) -> String {
 async fn self_test(
     proxy: SocketAddr,
     requests: usize,
-    balancer: &Balancer,
+    running: &proxy::Proxy,
     affinity: bool,
 ) -> ExitCode {
     let client: Client<HttpConnector, Empty<Bytes>> =
@@ -893,7 +516,7 @@ async fn self_test(
             served_by.len()
         );
     }
-    let stats = balancer.endpoints();
+    let stats = running.endpoints();
     println!("{}", render_table(&stats));
     for idle in stats.iter().filter(|s| s.completed == 0) {
         println!("note: upstream {} got no requests", idle.key);

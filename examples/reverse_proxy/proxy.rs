@@ -1,0 +1,1384 @@
+//! The reverse proxy itself, shared by `examples/reverse_proxy.rs` and the fault and
+//! bad-input tests (`tests/proxy_fault.rs`, `tests/proxy_input.rs`, which include this file
+//! with `#[path]`).
+//!
+//! - [`Config`]: every setting, deserializable from TOML (`--config FILE`).
+//! - [`start`]: binds the listener (one `SO_REUSEPORT` socket per worker thread, like nginx's
+//!   worker processes), builds the tower-lb balancer with health checks and outlier
+//!   detection, and serves until [`Proxy::shutdown`], which drains in-flight requests.
+//! - [`Upstream`]: the tower service for one upstream, with its own keep-alive pool per
+//!   worker thread (HTTP/1.1) or one multiplexed connection per worker thread (h2c).
+//! - [`spawn_demo_upstream`]: a small fast upstream (HTTP/1.1 and h2c) for demos, benchmarks
+//!   and tests.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::StreamExt;
+use http::header::{CONNECTION, CONTENT_TYPE, HOST};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Either, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::{http1 as client1, http2 as client2};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use serde::Deserialize;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::watch;
+use tower::retry::budget::{Budget, TpsBudget};
+use tower::util::BoxCloneSyncService;
+use tower::{Service, ServiceExt};
+use tower_lb::discover;
+use tower_lb::error::{BoxError, BuildError, Unavailable};
+use tower_lb::health::{ActiveChecks, Health, OutlierDetection, TcpProbe};
+use tower_lb::http::key::HttpKey;
+use tower_lb::key::{NoKey, RequestKey};
+use tower_lb::strategy::{
+    BoundedLoad, LeastRequest, Maglev, PeakEwma, Random, Rendezvous, RingHash, RoundRobin, Strategy,
+};
+use tower_lb::{EndpointStats, Monitor};
+
+// ----------------------------------------------------------------------------------------
+// Configuration
+// ----------------------------------------------------------------------------------------
+
+/// Every setting of the proxy. The TOML file (`--config FILE`) has the same shape; see
+/// `examples/reverse_proxy.toml` for each key next to the nginx directive it replaces.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the proxy listens (nginx: `listen`).
+    pub listen: SocketAddr,
+    /// Worker threads, each with its own listening socket and upstream connections
+    /// (nginx: `worker_processes`). 0: one per CPU.
+    pub workers: usize,
+    /// Print every change of an upstream's health.
+    pub log_health: bool,
+    pub upstream: UpstreamConfig,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+    pub retry: RetryConfig,
+    pub health: HealthConfig,
+    pub outlier: OutlierConfig,
+}
+
+/// The nginx `upstream` block.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// `server ADDR weight=N;` lines.
+    pub servers: Vec<Server>,
+    /// The balancing strategy.
+    pub strategy: StrategyKind,
+    /// What the hashing strategies hash (nginx: `hash $key consistent;`).
+    #[serde(deserialize_with = "de_from_str")]
+    pub hash_key: HttpKey,
+    /// Bounded load factor for ring-hash and maglev (none: unbounded).
+    pub bounded_load: Option<f64>,
+    /// `http1` or `h2c` (HTTP/2 over cleartext, prior knowledge).
+    pub protocol: Protocol,
+    /// Idle keep-alive connections kept per upstream and worker (nginx: `keepalive`).
+    pub keepalive: usize,
+    /// The Host header sent upstream: `pass` (the client's, nginx `$host`) or `upstream`
+    /// (the upstream's address, nginx's default `$proxy_host`).
+    pub host: HostMode,
+}
+
+/// One upstream server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    pub address: SocketAddr,
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// TCP connect to an upstream (nginx: `proxy_connect_timeout`); on expiry: 504.
+    #[serde(deserialize_with = "de_duration")]
+    pub connect: Duration,
+    /// From sending the request to the upstream's response head (nginx:
+    /// `proxy_read_timeout`, for the first byte); on expiry: 504.
+    #[serde(deserialize_with = "de_duration")]
+    pub request: Duration,
+    /// How long a request waits for an upstream when none is available; then 503.
+    #[serde(deserialize_with = "de_duration")]
+    pub fail_fast: Duration,
+    /// Idle upstream connections are closed after this.
+    #[serde(deserialize_with = "de_duration")]
+    pub keepalive: Duration,
+    /// On shutdown, how long in-flight requests get to finish.
+    #[serde(deserialize_with = "de_duration")]
+    pub drain: Duration,
+}
+
+/// Limits on what clients send.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// The request head must arrive within this (nginx: `client_header_timeout`); slow
+    /// clients are disconnected.
+    #[serde(deserialize_with = "de_duration")]
+    pub header_read_timeout: Duration,
+    /// Largest request head, in bytes (at least 8192; nginx: `large_client_header_buffers`);
+    /// larger heads get 431.
+    pub max_header_bytes: usize,
+}
+
+/// Retries of idempotent requests that failed before anything was sent (nginx:
+/// `proxy_next_upstream error` with `proxy_next_upstream_tries`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Tries in all, the first included (1: no retries).
+    pub attempts: u32,
+    /// Retries allowed as a share of requests, in percent, over a 10 s window.
+    pub budget_percent: f32,
+    /// Retries always allowed per second on top of that.
+    pub min_per_second: u32,
+}
+
+/// Active health checks: a TCP connect to each upstream (HAProxy `check inter rise fall`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    pub enabled: bool,
+    #[serde(deserialize_with = "de_duration")]
+    pub interval: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+/// Passive health: outlier detection (nginx: `max_fails`, `fail_timeout`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutlierConfig {
+    pub enabled: bool,
+    /// Eject an upstream after this many failed requests in a row.
+    pub consecutive_failures: u32,
+    /// First ejection time; it grows with each ejection.
+    #[serde(deserialize_with = "de_duration")]
+    pub base_ejection: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub max_ejection: Duration,
+    /// At most this share of the upstreams ejected at once (at least one).
+    pub max_ejection_percent: u32,
+    /// After an ejection, an upstream gets a tenth of its weight until it answers this many
+    /// requests in a row (0: back at full weight at once). With least-request under light
+    /// load, such an upstream may wait long for those requests.
+    pub probation_successes: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".parse().unwrap(),
+            workers: 0,
+            log_health: true,
+            upstream: UpstreamConfig::default(),
+            timeouts: Timeouts::default(),
+            limits: Limits::default(),
+            retry: RetryConfig::default(),
+            health: HealthConfig::default(),
+            outlier: OutlierConfig::default(),
+        }
+    }
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            servers: Vec::new(),
+            strategy: StrategyKind::LeastRequest,
+            hash_key: HttpKey::Path,
+            bounded_load: None,
+            protocol: Protocol::Http1,
+            keepalive: 64,
+            host: HostMode::Pass,
+        }
+    }
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(2),
+            request: Duration::from_secs(60),
+            fail_fast: Duration::from_secs(1),
+            keepalive: Duration::from_secs(60),
+            drain: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 16 * 1024,
+        }
+    }
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            attempts: 3,
+            budget_percent: 20.0,
+            min_per_second: 10,
+        }
+    }
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            enabled: true,
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+        }
+    }
+}
+
+impl Default for OutlierConfig {
+    fn default() -> Self {
+        OutlierConfig {
+            enabled: true,
+            consecutive_failures: 5,
+            base_ejection: Duration::from_secs(30),
+            max_ejection: Duration::from_secs(300),
+            max_ejection_percent: 10,
+            probation_successes: 5,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML config file.
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(c) = self.upstream.bounded_load {
+            if !(c.is_finite() && c >= 1.0) {
+                return Err(format!("bounded_load: {c} is not a number >= 1"));
+            }
+            if !matches!(
+                self.upstream.strategy,
+                StrategyKind::RingHash | StrategyKind::Maglev
+            ) {
+                return Err("bounded_load needs strategy ring-hash or maglev".into());
+            }
+        }
+        if self.retry.attempts == 0 {
+            return Err("retry.attempts must be at least 1".into());
+        }
+        if self.upstream.servers.iter().any(|s| s.weight == 0) {
+            return Err("a server's weight must be at least 1".into());
+        }
+        if self.limits.max_header_bytes < 8192 {
+            return Err("limits.max_header_bytes must be at least 8192".into());
+        }
+        Ok(())
+    }
+
+    fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+}
+
+/// `"2s"`, `"500ms"`, `"1m"`, `"1h"`, or a bare number of seconds, as nginx writes times.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration (e.g. 500ms, 2s, 1m)"))?;
+    let seconds = match unit.trim() {
+        "ms" => number / 1e3,
+        "" | "s" => number,
+        "m" => number * 60.0,
+        "h" => number * 3600.0,
+        _ => return Err(format!("`{text}`: unknown unit (ms, s, m or h)")),
+    };
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Text(String),
+        Seconds(f64),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Text(text) => parse_duration(&text).map_err(serde::de::Error::custom),
+        Raw::Seconds(s) if s >= 0.0 && s.is_finite() => Ok(Duration::from_secs_f64(s)),
+        Raw::Seconds(s) => Err(serde::de::Error::custom(format!("{s} is not a duration"))),
+    }
+}
+
+fn de_from_str<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: FromStr,
+    T::Err: fmt::Display,
+{
+    let text = String::deserialize(d)?;
+    text.parse().map_err(serde::de::Error::custom)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StrategyKind {
+    RoundRobin,
+    Random,
+    LeastRequest,
+    PeakEwma,
+    RingHash,
+    Maglev,
+    Rendezvous,
+}
+
+impl StrategyKind {
+    /// Whether the strategy routes by the request's hash key.
+    pub fn hashes(self) -> bool {
+        matches!(
+            self,
+            StrategyKind::RingHash | StrategyKind::Maglev | StrategyKind::Rendezvous
+        )
+    }
+}
+
+impl FromStr for StrategyKind {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        StrategyKind::deserialize(
+            serde::de::value::StrDeserializer::<serde::de::value::Error>::new(name),
+        )
+        .map_err(|_| {
+            format!(
+                "unknown strategy `{name}` (expected round-robin, random, least-request, \
+                 peak-ewma, ring-hash, maglev or rendezvous)"
+            )
+        })
+    }
+}
+
+impl fmt::Display for StrategyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StrategyKind::RoundRobin => "round-robin",
+            StrategyKind::Random => "random",
+            StrategyKind::LeastRequest => "least-request",
+            StrategyKind::PeakEwma => "peak-ewma",
+            StrategyKind::RingHash => "ring-hash",
+            StrategyKind::Maglev => "maglev",
+            StrategyKind::Rendezvous => "rendezvous",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Http1,
+    H2c,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HostMode {
+    /// Forward the client's Host header (nginx: `proxy_set_header Host $host;`).
+    Pass,
+    /// Set Host to the upstream's address (nginx's default, `$proxy_host`).
+    Upstream,
+}
+
+// ----------------------------------------------------------------------------------------
+// Starting and stopping
+// ----------------------------------------------------------------------------------------
+
+/// A running proxy.
+pub struct Proxy {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// Per-upstream statistics.
+    pub monitor: Monitor<SocketAddr>,
+    /// Every health change so far: when, which upstream, its new state.
+    pub health_log: Arc<Mutex<Vec<(Instant, SocketAddr, Health)>>>,
+    shutdown: watch::Sender<bool>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Proxy {
+    pub fn endpoints(&self) -> Vec<EndpointStats<SocketAddr>> {
+        self.monitor.endpoints()
+    }
+
+    /// Stops accepting connections, lets in-flight requests finish (up to the drain
+    /// timeout), and returns when every worker has stopped.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        let workers = std::mem::take(&mut self.workers);
+        let _ = tokio::task::spawn_blocking(move || {
+            for worker in workers {
+                let _ = worker.join();
+            }
+        })
+        .await;
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+/// Shared by every connection of every worker.
+struct State {
+    balancer: BalancedService,
+    budget: TpsBudget,
+    attempts: u32,
+    request_timeout: Duration,
+    host: HostMode,
+    client_ip_key: bool,
+}
+
+/// Starts the proxy. Call it inside a tokio runtime: the balancer's background task (health
+/// checks, outlier detection) runs there; the proxy's workers run on their own threads.
+pub async fn start(config: &Config) -> Result<Proxy, BoxError> {
+    config.check()?;
+    if config.upstream.servers.is_empty() {
+        return Err("no upstream servers configured".into());
+    }
+    let workers = config.worker_count();
+    let pools = Arc::new(PoolSettings {
+        workers,
+        keepalive: config.upstream.keepalive,
+        connect_timeout: config.timeouts.connect,
+        idle_timeout: config.timeouts.keepalive,
+        protocol: config.upstream.protocol,
+    });
+    let endpoints = config
+        .upstream
+        .servers
+        .iter()
+        .map(|s| {
+            Upstream::new(s.address, config.upstream.host, pools.clone())
+                .map(|u| (s.address, u, s.weight))
+        })
+        .collect::<Result<Vec<_>, BoxError>>()?;
+    let (balancer, monitor, health_log) = build_balancer(config, endpoints)?;
+    let state = Arc::new(State {
+        balancer,
+        budget: TpsBudget::new(
+            Duration::from_secs(10),
+            config.retry.min_per_second,
+            config.retry.budget_percent / 100.0,
+        ),
+        attempts: config.retry.attempts,
+        request_timeout: config.timeouts.request,
+        host: config.upstream.host,
+        client_ip_key: config.upstream.strategy.hashes()
+            && config.upstream.hash_key == HttpKey::ClientIp,
+    });
+
+    // One listening socket per worker on the same port (SO_REUSEPORT): the kernel spreads
+    // connections over the workers, and each connection stays on its worker's thread.
+    let mut listeners = Vec::with_capacity(workers);
+    let mut addr = config.listen;
+    for _ in 0..workers {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(true)?;
+        socket
+            .bind(addr)
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let listener = socket.listen(1024)?;
+        addr = listener.local_addr()?;
+        listeners.push(listener.into_std()?);
+    }
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut handles = Vec::with_capacity(workers);
+    for (index, listener) in listeners.into_iter().enumerate() {
+        let state = state.clone();
+        let limits = config.limits.clone();
+        let drain = config.timeouts.drain;
+        let mut shutdown_rx = shutdown_rx.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("proxy-worker-{index}"))
+            .spawn(move || {
+                WORKER.with(|w| w.set(index));
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("worker runtime");
+                runtime.block_on(async move {
+                    let listener = TcpListener::from_std(listener).expect("listener");
+                    accept_loop(listener, state, limits, drain, &mut shutdown_rx).await;
+                });
+            })?;
+        handles.push(handle);
+    }
+    Ok(Proxy {
+        addr,
+        monitor,
+        health_log,
+        shutdown,
+        workers: handles,
+    })
+}
+
+thread_local! {
+    /// The index of the proxy worker this thread is (0 elsewhere).
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    state: Arc<State>,
+    limits: Limits,
+    drain: Duration,
+    shutdown: &mut watch::Receiver<bool>,
+) {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes)
+        .keep_alive(true);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (stream, client) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Usually out of file descriptors: back off instead of spinning.
+                    eprintln!("accept failed: {error}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let connection = Arc::new(ClientConn::new(client));
+        let state = state.clone();
+        let service =
+            service_fn(move |request| forward(state.clone(), connection.clone(), request));
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(error) = conn.await {
+                if !is_routine(&error) {
+                    eprintln!("connection from {client}: {error}");
+                }
+            }
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(drain, graceful.shutdown()).await;
+}
+
+/// Client disconnects and slow clients are part of normal traffic.
+fn is_routine(error: &hyper::Error) -> bool {
+    error.is_incomplete_message() || error.is_canceled() || error.is_timeout() || {
+        let text = error.to_string();
+        text.contains("reset") || text.contains("broken pipe") || text.contains("timed out")
+    }
+}
+
+/// What the proxy knows of a client connection, computed once.
+struct ClientConn {
+    addr: SocketAddr,
+    /// `x-forwarded-for` when the client sent none.
+    forwarded_for: HeaderValue,
+}
+
+impl ClientConn {
+    fn new(addr: SocketAddr) -> Self {
+        let forwarded_for = HeaderValue::try_from(addr.ip().to_string()).expect("an IP address");
+        ClientConn {
+            addr,
+            forwarded_for,
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------------------
+// The balancer
+// ----------------------------------------------------------------------------------------
+
+/// A request stops counting as in flight when its response body has been streamed.
+type Completion = tower_lb::http::OnBodyEnd;
+pub type UpstreamBody = tower_lb::http::TrackedBody<PooledBody>;
+
+/// A balancer with its strategy type erased.
+type BalancedService = BoxCloneSyncService<Request<Incoming>, Response<UpstreamBody>, BoxError>;
+
+type HealthLog = Arc<Mutex<Vec<(Instant, SocketAddr, Health)>>>;
+
+fn build_balancer(
+    config: &Config,
+    endpoints: Vec<(SocketAddr, Upstream, u32)>,
+) -> Result<(BalancedService, Monitor<SocketAddr>, HealthLog), BuildError> {
+    let key = config.upstream.hash_key.clone();
+    match (config.upstream.strategy, config.upstream.bounded_load) {
+        (StrategyKind::RoundRobin, _) => build(config, RoundRobin::new(), NoKey, endpoints),
+        (StrategyKind::Random, _) => build(config, Random::new(), NoKey, endpoints),
+        (StrategyKind::LeastRequest, _) => build(config, LeastRequest::new(), NoKey, endpoints),
+        (StrategyKind::PeakEwma, _) => build(config, PeakEwma::new(), NoKey, endpoints),
+        (StrategyKind::RingHash, None) => build(config, RingHash::new(), key, endpoints),
+        (StrategyKind::RingHash, Some(c)) => build(
+            config,
+            BoundedLoad::new(RingHash::new()).factor(c),
+            key,
+            endpoints,
+        ),
+        (StrategyKind::Maglev, None) => build(config, Maglev::new(), key, endpoints),
+        (StrategyKind::Maglev, Some(c)) => build(
+            config,
+            BoundedLoad::new(Maglev::new()).factor(c),
+            key,
+            endpoints,
+        ),
+        (StrategyKind::Rendezvous, _) => build(config, Rendezvous::new(), key, endpoints),
+    }
+}
+
+/// Builds a tower-lb balancer with `strategy` (routing by `key`, for the hashing strategies)
+/// with active health checks and outlier detection, and erases its type.
+fn build<P: Strategy, H: RequestKey<Request<Incoming>>>(
+    config: &Config,
+    strategy: P,
+    key: H,
+    endpoints: Vec<(SocketAddr, Upstream, u32)>,
+) -> Result<(BalancedService, Monitor<SocketAddr>, HealthLog), BuildError> {
+    let mut builder = tower_lb::Builder::new()
+        .strategy(strategy)
+        .request_key(key)
+        .track_completion(Completion::default())
+        .fail_fast(config.timeouts.fail_fast);
+    let health = &config.health;
+    if health.enabled {
+        builder = builder.active_checks(
+            TcpProbe::new(),
+            ActiveChecks::new()
+                .interval(health.interval)
+                .timeout(health.timeout)
+                .rise(health.rise)
+                .fall(health.fall),
+        );
+    }
+    let outlier = &config.outlier;
+    if outlier.enabled {
+        builder = builder.outlier_detection(
+            OutlierDetection::new()
+                .consecutive_failures(Some(outlier.consecutive_failures))
+                .base_ejection(outlier.base_ejection)
+                .max_ejection(outlier.max_ejection)
+                .max_ejection_percent(outlier.max_ejection_percent)
+                .probation_successes(match outlier.probation_successes {
+                    0 => None,
+                    n => Some(n),
+                }),
+        );
+    }
+    let balance = builder.build(discover::static_list(endpoints))?;
+    let log: HealthLog = Default::default();
+    let mut events = balance.health_events();
+    let print = config.log_health;
+    let record = log.clone();
+    tokio::spawn(async move {
+        while let Some(event) = events.next().await {
+            record
+                .lock()
+                .unwrap()
+                .push((Instant::now(), event.key, event.to));
+            // The first probe answer of a healthy upstream is routine; report the rest.
+            if print && (event.to != event.from || event.to != Health::Healthy) {
+                println!(
+                    "health: {} {} -> {} ({})",
+                    event.key, event.from, event.to, event.reason
+                );
+            }
+        }
+    });
+    let monitor = balance.monitor();
+    Ok((BoxCloneSyncService::new(balance), monitor, log))
+}
+
+// ----------------------------------------------------------------------------------------
+// Forwarding
+// ----------------------------------------------------------------------------------------
+
+/// What the proxy answers with: the upstream's body, or its own error text.
+pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
+
+/// Forwards one request through the balancer and turns its result into the response.
+async fn forward(
+    state: Arc<State>,
+    client: Arc<ClientConn>,
+    mut request: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    // Request smuggling (both Content-Length and Transfer-Encoding) is handled by hyper
+    // before this point: Transfer-Encoding wins, Content-Length is removed, and the client
+    // connection is closed after the answer (RFC 9112, section 6.3).
+    let idempotent = request.method().is_idempotent();
+    let headers = request.headers_mut();
+    strip_hop_by_hop(headers);
+    append_forwarded_for(headers, &client.forwarded_for);
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    if state.host == HostMode::Pass && !headers.contains_key(HOST) {
+        // HTTP/1.0 clients may send none: use the authority of an absolute URI if given.
+        if let Some(value) = request
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            request.headers_mut().insert(HOST, value);
+        }
+    }
+    // The `client-ip` hash key reads the peer address from the extensions (an allocation
+    // that other keys do without).
+    if state.client_ip_key {
+        request.extensions_mut().insert(client.addr);
+    }
+
+    let mut attempt = 1;
+    loop {
+        let call = state.balancer.clone().oneshot(request);
+        let error = match tokio::time::timeout(state.request_timeout, call).await {
+            Ok(Ok(response)) => {
+                if attempt == 1 {
+                    state.budget.deposit();
+                }
+                let mut response = response.map(Either::Left);
+                strip_hop_by_hop(response.headers_mut());
+                return Ok(response);
+            }
+            Ok(Err(error)) => error,
+            Err(_) => {
+                return Ok(proxy_error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    &format!(
+                        "the upstream did not answer within {:?}",
+                        state.request_timeout
+                    ),
+                ))
+            }
+        };
+        // A request that never left the proxy comes back with its error: an idempotent one
+        // is tried again (the balancer picks afresh), within the attempts and the budget.
+        match error.downcast::<NotSent>() {
+            Ok(not_sent) => {
+                let retry = idempotent && attempt < state.attempts && state.budget.withdraw();
+                match not_sent.take() {
+                    (Some(back), _) if retry => {
+                        request = back;
+                        attempt += 1;
+                    }
+                    (_, cause) => return Ok(error_response(&*cause, attempt)),
+                }
+            }
+            Err(error) => return Ok(error_response(&*error, attempt)),
+        }
+    }
+}
+
+/// Removes the hop-by-hop headers (RFC 9110, section 7.6.1), including those the
+/// `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if let Some(connection) = headers.remove(CONNECTION) {
+        // Rare: most clients send no Connection header with HTTP/1.1.
+        let named: Vec<HeaderName> = std::iter::once(connection)
+            .chain(headers.get_all(CONNECTION).iter().cloned())
+            .filter_map(|value| value.to_str().map(str::to_owned).ok())
+            .flat_map(|value| {
+                value
+                    .split(',')
+                    .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for name in &named {
+            headers.remove(name);
+        }
+        headers.remove(CONNECTION);
+    }
+    for name in &HOP_BY_HOP {
+        if headers.contains_key(name) {
+            headers.remove(name);
+        }
+    }
+}
+
+/// The hop-by-hop headers besides those `Connection` names, as constants: looking up a
+/// `&str` would parse the name on every request.
+const HOP_BY_HOP: [HeaderName; 6] = [
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::TRANSFER_ENCODING,
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::UPGRADE,
+];
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Appends the client's address to `x-forwarded-for` (nginx: `$proxy_add_x_forwarded_for`).
+fn append_forwarded_for(headers: &mut HeaderMap, client: &HeaderValue) {
+    let name = X_FORWARDED_FOR;
+    match headers.remove(&name) {
+        None => {
+            headers.insert(name, client.clone());
+        }
+        Some(first) => {
+            let mut chain = first.as_bytes().to_vec();
+            for more in headers.get_all(&name) {
+                chain.extend_from_slice(b", ");
+                chain.extend_from_slice(more.as_bytes());
+            }
+            chain.extend_from_slice(b", ");
+            chain.extend_from_slice(client.as_bytes());
+            match HeaderValue::from_bytes(&chain) {
+                Ok(value) => headers.insert(name, value),
+                Err(_) => headers.insert(name, client.clone()),
+            };
+        }
+    }
+}
+
+/// 503 when the balancer had no upstream to offer, 504 when connecting timed out, 502 when
+/// talking to the chosen upstream failed.
+fn error_response(error: &(dyn std::error::Error + 'static), attempts: u32) -> Response<ProxyBody> {
+    let tries = if attempts > 1 {
+        format!(" (after {attempts} tries)")
+    } else {
+        String::new()
+    };
+    let (status, reason) = if let Some(unavailable) = find::<Unavailable>(error) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("no upstream is available: {unavailable}"),
+        )
+    } else if find::<ConnectTimeout>(error).is_some() {
+        (
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("connecting to the upstream timed out{tries}"),
+        )
+    } else {
+        (
+            StatusCode::BAD_GATEWAY,
+            format!("the upstream request failed{tries}: {}", error_chain(error)),
+        )
+    };
+    proxy_error(status, &reason)
+}
+
+fn find<'a, E: std::error::Error + 'static>(
+    mut error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a E> {
+    loop {
+        if let Some(found) = error.downcast_ref::<E>() {
+            return Some(found);
+        }
+        error = error.source()?;
+    }
+}
+
+/// An answer of the proxy's own, with a plain text body that says what happened.
+fn proxy_error(status: StatusCode, reason: &str) -> Response<ProxyBody> {
+    if status.is_server_error() {
+        eprintln!("proxy: {status}: {reason}");
+    }
+    let mut response = Response::new(Either::Right(Full::from(format!("{status}\n{reason}\n"))));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// An error and its sources, as `outer: inner: innermost`.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+// ----------------------------------------------------------------------------------------
+// One upstream: connection pools and sending
+// ----------------------------------------------------------------------------------------
+
+struct PoolSettings {
+    workers: usize,
+    keepalive: usize,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    protocol: Protocol,
+}
+
+/// The connections of one upstream on one worker thread.
+#[derive(Default)]
+struct Pool {
+    /// Idle HTTP/1.1 connections, with the time they became idle.
+    idle: Vec<(client1::SendRequest<Incoming>, Instant)>,
+    /// The h2c connection, shared by all requests of the worker.
+    h2: Option<client2::SendRequest<Incoming>>,
+}
+
+/// The service that sends requests to one upstream.
+#[derive(Clone)]
+pub struct Upstream {
+    inner: Arc<UpstreamInner>,
+}
+
+struct UpstreamInner {
+    addr: SocketAddr,
+    authority: Authority,
+    host: Option<HeaderValue>,
+    settings: Arc<PoolSettings>,
+    /// One pool per worker thread: no lock is ever contended.
+    pools: Vec<Mutex<Pool>>,
+}
+
+impl Upstream {
+    fn new(
+        addr: SocketAddr,
+        host: HostMode,
+        settings: Arc<PoolSettings>,
+    ) -> Result<Self, BoxError> {
+        let authority = Authority::try_from(addr.to_string())?;
+        let host = match host {
+            HostMode::Upstream => Some(HeaderValue::from_str(authority.as_str())?),
+            HostMode::Pass => None,
+        };
+        let pools = (0..settings.workers).map(|_| Mutex::default()).collect();
+        Ok(Upstream {
+            inner: Arc::new(UpstreamInner {
+                addr,
+                authority,
+                host,
+                settings,
+                pools,
+            }),
+        })
+    }
+}
+
+/// The request did not leave the proxy (connecting failed, or the pooled connection closed
+/// before it was written): the request is handed back for a retry.
+#[derive(Debug)]
+pub struct NotSent {
+    request: Mutex<Option<Request<Incoming>>>,
+    cause: BoxError,
+}
+
+impl NotSent {
+    fn boxed(request: Request<Incoming>, cause: impl Into<BoxError>) -> BoxError {
+        Box::new(NotSent {
+            request: Mutex::new(Some(request)),
+            cause: cause.into(),
+        })
+    }
+
+    fn take(self) -> (Option<Request<Incoming>>, BoxError) {
+        (self.request.into_inner().unwrap_or(None), self.cause)
+    }
+}
+
+impl fmt::Display for NotSent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the request could not be sent")
+    }
+}
+
+impl std::error::Error for NotSent {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.cause)
+    }
+}
+
+#[derive(Debug)]
+struct ConnectTimeout(SocketAddr);
+
+impl fmt::Display for ConnectTimeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "connecting to {} timed out", self.0)
+    }
+}
+
+impl std::error::Error for ConnectTimeout {}
+
+impl Service<Request<Incoming>> for Upstream {
+    type Response = Response<PooledBody>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Response<PooledBody>, BoxError>>;
+
+    /// Always ready: connections are made per request when the pool has none idle, and the
+    /// balancer's health checks keep requests away from upstreams that are down.
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+        let inner = self.inner.clone();
+        Box::pin(async move { inner.send(request).await })
+    }
+}
+
+impl UpstreamInner {
+    fn pool(&self) -> &Mutex<Pool> {
+        let worker = WORKER.with(|w| w.get());
+        &self.pools[worker % self.pools.len()]
+    }
+
+    async fn connect(&self) -> Result<TcpStream, BoxError> {
+        match tokio::time::timeout(self.settings.connect_timeout, TcpStream::connect(self.addr))
+            .await
+        {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                Ok(stream)
+            }
+            Ok(Err(error)) => Err(format!("connecting to {}: {error}", self.addr).into()),
+            Err(_) => Err(Box::new(ConnectTimeout(self.addr))),
+        }
+    }
+
+    async fn send(
+        self: Arc<Self>,
+        mut request: Request<Incoming>,
+    ) -> Result<Response<PooledBody>, BoxError> {
+        if let Some(host) = &self.host {
+            request.headers_mut().insert(HOST, host.clone());
+        }
+        match self.settings.protocol {
+            Protocol::Http1 => {
+                // HTTP/1.1 upstreams get the origin form: the path and query.
+                if request.uri().scheme().is_some() || request.uri().authority().is_some() {
+                    let path = request
+                        .uri()
+                        .path_and_query()
+                        .cloned()
+                        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+                    *request.uri_mut() = Uri::from(path);
+                }
+                self.send_http1(request).await
+            }
+            Protocol::H2c => {
+                let mut parts = std::mem::take(request.uri_mut()).into_parts();
+                parts.scheme = Some(Scheme::HTTP);
+                parts.authority = Some(self.authority.clone());
+                if parts.path_and_query.is_none() {
+                    parts.path_and_query = Some(PathAndQuery::from_static("/"));
+                }
+                *request.uri_mut() = Uri::from_parts(parts)?;
+                *request.version_mut() = http::Version::HTTP_2;
+                self.send_h2(request).await
+            }
+        }
+    }
+
+    async fn send_http1(
+        self: Arc<Self>,
+        mut request: Request<Incoming>,
+    ) -> Result<Response<PooledBody>, BoxError> {
+        loop {
+            let idle = {
+                let mut pool = self.pool().lock().unwrap();
+                let now = Instant::now();
+                let mut found = None;
+                while let Some((sender, since)) = pool.idle.pop() {
+                    if !sender.is_closed() && now - since < self.settings.idle_timeout {
+                        found = Some(sender);
+                        break;
+                    }
+                }
+                found
+            };
+            let (mut sender, reused) = match idle {
+                Some(sender) => (sender, true),
+                None => {
+                    let stream = match self.connect().await {
+                        Ok(stream) => stream,
+                        Err(error) => return Err(NotSent::boxed(request, error)),
+                    };
+                    let (sender, connection) = match client1::handshake(TokioIo::new(stream)).await
+                    {
+                        Ok(handshake) => handshake,
+                        Err(error) => return Err(NotSent::boxed(request, error)),
+                    };
+                    tokio::spawn(async move {
+                        let _ = connection.await;
+                    });
+                    (sender, false)
+                }
+            };
+            if sender.ready().await.is_err() {
+                if reused {
+                    continue; // closed while idle: take another
+                }
+                return Err(NotSent::boxed(request, "the new connection closed at once"));
+            }
+            match sender.try_send_request(request).await {
+                Ok(response) => {
+                    let guard = ReturnToPool {
+                        sender: Some(sender),
+                        upstream: self.clone(),
+                    };
+                    return Ok(response.map(|body| PooledBody {
+                        inner: body,
+                        guard: Some(guard),
+                    }));
+                }
+                Err(mut error) => match error.take_message() {
+                    // A pooled connection the upstream had closed: try another, as the
+                    // request was not written.
+                    Some(back) if reused => request = back,
+                    Some(back) => return Err(NotSent::boxed(back, error.into_error())),
+                    None => return Err(error.into_error().into()),
+                },
+            }
+        }
+    }
+
+    async fn send_h2(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+    ) -> Result<Response<PooledBody>, BoxError> {
+        let existing = {
+            let pool = self.pool().lock().unwrap();
+            pool.h2.clone().filter(|s| !s.is_closed())
+        };
+        let mut sender = match existing {
+            Some(sender) => sender,
+            None => {
+                let stream = match self.connect().await {
+                    Ok(stream) => stream,
+                    Err(error) => return Err(NotSent::boxed(request, error)),
+                };
+                let (sender, connection) =
+                    match client2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await {
+                        Ok(handshake) => handshake,
+                        Err(error) => return Err(NotSent::boxed(request, error)),
+                    };
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+                self.pool().lock().unwrap().h2 = Some(sender.clone());
+                sender
+            }
+        };
+        if let Err(error) = sender.ready().await {
+            return Err(NotSent::boxed(request, error));
+        }
+        match sender.try_send_request(request).await {
+            Ok(response) => Ok(response.map(|body| PooledBody {
+                inner: body,
+                guard: None,
+            })),
+            Err(mut error) => match error.take_message() {
+                Some(back) => Err(NotSent::boxed(back, error.into_error())),
+                None => Err(error.into_error().into()),
+            },
+        }
+    }
+}
+
+/// Puts an HTTP/1.1 connection back in its pool when the response body has been read.
+struct ReturnToPool {
+    sender: Option<client1::SendRequest<Incoming>>,
+    upstream: Arc<UpstreamInner>,
+}
+
+impl Drop for ReturnToPool {
+    fn drop(&mut self) {
+        if let Some(sender) = self.sender.take() {
+            if sender.is_closed() {
+                return;
+            }
+            let mut pool = self.upstream.pool().lock().unwrap();
+            if pool.idle.len() < self.upstream.settings.keepalive {
+                pool.idle.push((sender, Instant::now()));
+            }
+        }
+    }
+}
+
+/// An upstream response body; at its end, the connection goes back to the pool.
+pub struct PooledBody {
+    inner: Incoming,
+    guard: Option<ReturnToPool>,
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => drop(this.guard.take()),
+            Poll::Ready(Some(Err(_))) => {
+                // A broken connection is not reused.
+                if let Some(mut guard) = this.guard.take() {
+                    guard.sender = None;
+                }
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+// ----------------------------------------------------------------------------------------
+// Demo upstreams
+// ----------------------------------------------------------------------------------------
+
+/// A running demo upstream; dropping it (or [`DemoUpstream::stop`]) closes its listener and
+/// every connection at once, like a crashed process.
+pub struct DemoUpstream {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DemoUpstream {
+    pub fn stop(self) {}
+}
+
+impl Drop for DemoUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts a demo upstream on `addr` (HTTP/1.1 and h2c on the same port). It answers every
+/// request with its own address, in the body and in an `x-upstream` header, and says what
+/// it received so that forwarded headers and streamed bodies can be checked with curl.
+pub async fn spawn_demo_upstream(addr: SocketAddr) -> Result<DemoUpstream, BoxError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        let mut connections = tokio::task::JoinSet::new();
+        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        let x_upstream = HeaderValue::try_from(addr.to_string()).expect("an address");
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let builder = builder.clone();
+            let x_upstream = x_upstream.clone();
+            connections.spawn(async move {
+                let service = service_fn(move |request| demo_upstream(x_upstream.clone(), request));
+                let _ = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+            // Reap finished connections so the set does not grow.
+            while connections.try_join_next().is_some() {}
+        }
+    });
+    Ok(DemoUpstream { addr, task })
+}
+
+async fn demo_upstream(
+    x_upstream: HeaderValue,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (parts, body) = request.into_parts();
+    let header = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("-")
+    };
+    let received = match count_body_bytes(body).await {
+        Ok(bytes) => format!("{bytes} body bytes"),
+        Err(error) => format!("body error: {error}"),
+    };
+    let text = format!(
+        "hello from upstream {} ({} {}, host: {}, {received}, x-forwarded-for: {})\n",
+        x_upstream.to_str().unwrap_or("?"),
+        parts.method,
+        parts.uri,
+        header("host"),
+        header("x-forwarded-for"),
+    );
+    let mut response = Response::new(Full::from(text));
+    response.headers_mut().insert("x-upstream", x_upstream);
+    Ok(response)
+}
+
+/// Reads a body frame by frame, keeping only the count.
+async fn count_body_bytes(mut body: Incoming) -> Result<usize, hyper::Error> {
+    let mut bytes = 0;
+    while let Some(frame) = body.frame().await {
+        if let Some(data) = frame?.data_ref() {
+            bytes += data.len();
+        }
+    }
+    Ok(bytes)
+}
