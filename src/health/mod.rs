@@ -139,6 +139,9 @@ pub enum HealthReason {
     EjectionEnded,
     /// Enough successes in a row on probation.
     ProbationPassed,
+    /// A whole outlier interval on probation without a failure (an endpoint that gets few
+    /// requests on probation is not held back for ever).
+    ProbationElapsed,
     /// [`Balance::set_draining`](crate::Balance::set_draining) started draining it.
     DrainStarted,
     /// [`Balance::set_draining`](crate::Balance::set_draining) stopped draining it.
@@ -162,6 +165,9 @@ impl fmt::Display for HealthReason {
             }
             HealthReason::EjectionEnded => f.write_str("ejection time over"),
             HealthReason::ProbationPassed => f.write_str("passed probation"),
+            HealthReason::ProbationElapsed => {
+                f.write_str("probation time passed without a failure")
+            }
             HealthReason::DrainStarted => f.write_str("drain started"),
             HealthReason::DrainStopped => f.write_str("drain stopped"),
         }

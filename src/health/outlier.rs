@@ -26,7 +26,9 @@
 //! tenth of its weight (or its [slow start](super::SlowStart) ramp, whichever is lower;
 //! with a consistent-hashing strategy, its whole weight, so that keys do not move) and
 //! a single failure ejects it again, until it has answered `probation_successes` (5)
-//! requests in a row successfully.
+//! requests in a row successfully, or a whole `interval` (10 s) has passed without a
+//! failure: under least request and a light load, a tenth of the weight can mean almost no
+//! requests, and the endpoint must not wait for its successes for ever.
 //!
 //! Failed readiness checks (an endpoint service's `poll_ready` error) count as failures
 //! for the consecutive-failure detector. Failures are what the balancer's

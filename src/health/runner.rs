@@ -64,6 +64,9 @@ struct Record {
     /// Whether an ejection ended during the current outlier interval: such an interval
     /// does not forgive an ejection.
     returned_in_interval: bool,
+    /// When probation ends even without its successes: one outlier interval after it
+    /// began, if no failure ejected the endpoint again.
+    probation_until: Option<Instant>,
     /// Requests and completed failures at the start of the outlier interval.
     counts: (u64, u64),
     /// The flags the runner has accounted for: those of the last reconcile, with the
@@ -203,6 +206,7 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
             times_ejected: 0,
             ejected_until: None,
             returned_in_interval: false,
+            probation_until: None,
             counts: (load.completed(), completed_failures(load)),
             seen_flags: flags_now,
             ramp_from: (self.started && self.settings.slow_start.is_some()).then_some(now),
@@ -229,6 +233,7 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
         let mut changed = self.reconcile(now, emit);
         changed |= self.poll_probes(cx, now, emit);
         changed |= self.end_ejections(now, emit);
+        changed |= self.end_probations(now, emit);
         changed |= self.run_interval(now, emit);
         if let Some(step) = self.next_ramp_step {
             if step <= now {
@@ -423,11 +428,13 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
     /// Ends the ejections whose time is over: probation, or straight back.
     fn end_ejections(&mut self, now: Instant, emit: &mut dyn FnMut(HealthEvent<K>)) -> bool {
         let active = self.active().is_some();
+        // Probation, and how long it may last at most.
         let probation = self
             .settings
             .outlier
             .as_ref()
-            .is_some_and(|o| o.probation_successes.is_some());
+            .filter(|o| o.probation_successes.is_some())
+            .map(|o| o.interval);
         let slow_start = self.settings.slow_start.is_some();
         let mut changed = false;
         for (key, record) in &mut self.records {
@@ -437,9 +444,10 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
             record.ejected_until = None;
             record.returned_in_interval = true;
             let from = record.health(active);
-            if probation {
+            if let Some(limit) = probation {
                 record.load.begin_probation();
                 record.seen_flags |= flags::PROBATION;
+                record.probation_until = Some(after(now, limit));
             } else {
                 record.load.end_ejection();
             }
@@ -453,6 +461,37 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
                 from,
                 to: record.health(active),
                 reason: HealthReason::EjectionEnded,
+            });
+            changed = true;
+        }
+        changed
+    }
+
+    /// Ends the probations that lasted a whole outlier interval without a failure. An
+    /// endpoint on probation gets a tenth of its weight, which under least request and a
+    /// light load can be almost no requests at all: without this limit it could wait for
+    /// its successes for ever.
+    fn end_probations(&mut self, now: Instant, emit: &mut dyn FnMut(HealthEvent<K>)) -> bool {
+        let active = self.active().is_some();
+        let mut changed = false;
+        for (key, record) in &mut self.records {
+            if record.probation_until.is_none_or(|t| t > now) {
+                continue;
+            }
+            record.probation_until = None;
+            if record.seen_flags & flags::PROBATION == 0
+                || record.load.health_flags() & flags::PROBATION == 0
+            {
+                // Already ended (successes) or turned into an ejection: reconcile said so.
+                continue;
+            }
+            let from = record.health(active);
+            record.set_flags(flags::PROBATION, false);
+            emit(HealthEvent {
+                key: key.clone(),
+                from,
+                to: record.health(active),
+                reason: HealthReason::ProbationElapsed,
             });
             changed = true;
         }
@@ -671,6 +710,7 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
         for record in self.records.values() {
             consider(record.next_probe);
             consider(record.ejected_until);
+            consider(record.probation_until);
         }
         let Some(deadline) = next else {
             self.timer = None;
