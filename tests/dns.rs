@@ -124,6 +124,33 @@ impl Server {
         self.zone.lock().unwrap().entries.insert(name(n), entry);
     }
 
+    /// A records for 127.0.0.`last`, TTL 1 s.
+    fn a(&self, n: &str, last: &[u8]) {
+        self.set(n, Entry::A(ips(last), 1));
+    }
+
+    /// SRV records, TTL 1 s, written "priority weight port target" and separated by commas.
+    fn srv(&self, n: &str, records: &'static str) {
+        let records = records
+            .split(", ")
+            .map(|r| {
+                let f: Vec<&'static str> = r.split(' ').collect();
+                let num = |i: usize| f[i].parse().unwrap();
+                (num(0), num(1), num(2), f[3])
+            })
+            .collect();
+        self.set(n, Entry::Srv(records, 1));
+    }
+
+    /// Waits for the single endpoint 127.0.0.1:80, then counts the lookups of `n` (an A
+    /// and an AAAA query each) during `ms` milliseconds.
+    async fn lookups_during(&self, probe: &Probe, n: &str, ms: u64) -> usize {
+        probe.wait_for(&[("127.0.0.1:80", 1)]).await;
+        let start = self.queries(n);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        (self.queries(n) - start) / 2
+    }
+
     fn remove(&self, n: &str) {
         self.zone.lock().unwrap().entries.remove(&name(n));
     }
@@ -230,6 +257,11 @@ fn balancer(dns: Dns) -> Probe {
     Probe { balance, made }
 }
 
+/// A balancer over the A records of `n`, at `port`, from `server`.
+fn a_probe(server: &Server, n: &str, port: u16) -> Probe {
+    balancer(fast(Dns::a(n, port).unwrap(), server))
+}
+
 fn fast(dns: Dns, server: &Server) -> Dns {
     dns.nameservers([server.addr])
         .min_ttl(Duration::from_millis(100))
@@ -309,8 +341,8 @@ fn ips(last: &[u8]) -> Vec<Ipv4Addr> {
 #[tokio::test]
 async fn a_records_added_and_removed_under_a_running_balancer() {
     let server = Server::start().await;
-    server.set("web.test.", Entry::A(ips(&[1, 2]), 1));
-    let probe = balancer(fast(Dns::a("web.test.", 8080).unwrap(), &server));
+    server.a("web.test.", &[1, 2]);
+    let probe = a_probe(&server, "web.test.", 8080);
     probe
         .wait_for(&[("127.0.0.1:8080", 1), ("127.0.0.2:8080", 1)])
         .await;
@@ -318,7 +350,7 @@ async fn a_records_added_and_removed_under_a_running_balancer() {
     assert_eq!(probe.completed("127.0.0.2:8080"), 5);
 
     // An address is added when the TTL expires; the others keep their service and stats.
-    server.set("web.test.", Entry::A(ips(&[1, 2, 3]), 1));
+    server.a("web.test.", &[1, 2, 3]);
     probe
         .wait_for(&[
             ("127.0.0.1:8080", 1),
@@ -334,7 +366,7 @@ async fn a_records_added_and_removed_under_a_running_balancer() {
     );
 
     // One is removed.
-    server.set("web.test.", Entry::A(ips(&[2, 3]), 1));
+    server.a("web.test.", &[2, 3]);
     probe
         .wait_for(&[("127.0.0.2:8080", 1), ("127.0.0.3:8080", 1)])
         .await;
@@ -347,13 +379,10 @@ async fn a_records_added_and_removed_under_a_running_balancer() {
 async fn refresh_follows_the_ttl_within_the_bounds() {
     let server = Server::start().await;
     // TTL 1 s, min_ttl 100 ms: about one query per second, not ten.
-    server.set("ttl.test.", Entry::A(ips(&[1]), 1));
-    let probe = balancer(fast(Dns::a("ttl.test.", 80).unwrap(), &server));
-    probe.wait_for(&[("127.0.0.1:80", 1)]).await;
-    let start = server.queries("ttl.test.");
-    tokio::time::sleep(Duration::from_millis(3500)).await;
+    server.a("ttl.test.", &[1]);
+    let probe = a_probe(&server, "ttl.test.", 80);
     // Each refresh sends an A and an AAAA query.
-    let lookups = (server.queries("ttl.test.") - start) / 2;
+    let lookups = server.lookups_during(&probe, "ttl.test.", 3500).await;
     assert!(
         (2..=5).contains(&lookups),
         "{lookups} lookups in 3.5 s with TTL 1 s"
@@ -363,10 +392,7 @@ async fn refresh_follows_the_ttl_within_the_bounds() {
     server.set("long.test.", Entry::A(ips(&[1]), 3600));
     let dns = fast(Dns::a("long.test.", 80).unwrap(), &server).max_ttl(Duration::from_millis(300));
     let probe = balancer(dns);
-    probe.wait_for(&[("127.0.0.1:80", 1)]).await;
-    let start = server.queries("long.test.");
-    tokio::time::sleep(Duration::from_millis(1600)).await;
-    let lookups = (server.queries("long.test.") - start) / 2;
+    let lookups = server.lookups_during(&probe, "long.test.", 1600).await;
     assert!(
         (3..=7).contains(&lookups),
         "{lookups} lookups in 1.6 s with max_ttl 300 ms"
@@ -380,10 +406,7 @@ async fn refresh_follows_the_ttl_within_the_bounds() {
         .min_ttl(Duration::from_millis(500))
         .jitter(0.0);
     let probe = balancer(dns);
-    probe.wait_for(&[("127.0.0.1:80", 1)]).await;
-    let start = server.queries("zero.test.");
-    tokio::time::sleep(Duration::from_millis(1600)).await;
-    let lookups = (server.queries("zero.test.") - start) / 2;
+    let lookups = server.lookups_during(&probe, "zero.test.", 1600).await;
     assert!(
         (2..=4).contains(&lookups),
         "{lookups} lookups in 1.6 s with min_ttl 500 ms"
@@ -393,8 +416,8 @@ async fn refresh_follows_the_ttl_within_the_bounds() {
 #[tokio::test]
 async fn servfail_nxdomain_and_empty_answers_keep_the_last_set() {
     let server = Server::start().await;
-    server.set("flaky.test.", Entry::A(ips(&[1, 2]), 1));
-    let probe = balancer(fast(Dns::a("flaky.test.", 80).unwrap(), &server));
+    server.a("flaky.test.", &[1, 2]);
+    let probe = a_probe(&server, "flaky.test.", 80);
     let both = [("127.0.0.1:80", 1), ("127.0.0.2:80", 1)];
     probe.wait_for(&both).await;
 
@@ -418,7 +441,7 @@ async fn servfail_nxdomain_and_empty_answers_keep_the_last_set() {
     assert_eq!(probe.set().len(), 2);
 
     // Recovery with a different set.
-    server.set("flaky.test.", Entry::A(ips(&[2, 3]), 1));
+    server.a("flaky.test.", &[2, 3]);
     probe
         .wait_for(&[("127.0.0.2:80", 1), ("127.0.0.3:80", 1)])
         .await;
@@ -452,7 +475,7 @@ async fn the_stream_yields_typed_errors() {
 #[tokio::test]
 async fn max_stale_removes_the_set_then_recovers() {
     let server = Server::start().await;
-    server.set("stale.test.", Entry::A(ips(&[1, 2]), 1));
+    server.a("stale.test.", &[1, 2]);
     let dns =
         fast(Dns::a("stale.test.", 80).unwrap(), &server).max_stale(Duration::from_millis(1500));
     let probe = balancer(dns);
@@ -461,28 +484,22 @@ async fn max_stale_removes_the_set_then_recovers() {
         .await;
     server.set("stale.test.", Entry::Code(ResponseCode::ServFail));
     probe.wait_for(&[]).await;
-    server.set("stale.test.", Entry::A(ips(&[3]), 1));
+    server.a("stale.test.", &[3]);
     probe.wait_for(&[("127.0.0.3:80", 1)]).await;
 }
 
 #[tokio::test]
 async fn srv_ports_weights_and_priorities() {
+    const SVC: &str = "_http._tcp.svc.test.";
     let server = Server::start().await;
-    server.set("a.test.", Entry::A(ips(&[1]), 1));
-    server.set("b.test.", Entry::A(ips(&[2]), 1));
-    server.set("c.test.", Entry::A(ips(&[3]), 1));
-    server.set(
-        "_http._tcp.svc.test.",
-        Entry::Srv(
-            vec![
-                (10, 3, 9001, "a.test."),
-                (10, 1, 9002, "b.test."),
-                (20, 1, 9003, "c.test."),
-            ],
-            1,
-        ),
+    server.a("a.test.", &[1]);
+    server.a("b.test.", &[2]);
+    server.a("c.test.", &[3]);
+    server.srv(
+        SVC,
+        "10 3 9001 a.test., 10 1 9002 b.test., 20 1 9003 c.test.",
     );
-    let probe = balancer(fast(Dns::srv("_http._tcp.svc.test.").unwrap(), &server));
+    let probe = balancer(fast(Dns::srv(SVC).unwrap(), &server));
     probe
         .wait_for(&[("127.0.0.1:9001", 3), ("127.0.0.2:9002", 1)])
         .await;
@@ -491,16 +508,9 @@ async fn srv_ports_weights_and_priorities() {
     assert!(b_before > 0);
 
     // A reweight updates the endpoint in place: same service, same statistics.
-    server.set(
-        "_http._tcp.svc.test.",
-        Entry::Srv(
-            vec![
-                (10, 3, 9001, "a.test."),
-                (10, 5, 9002, "b.test."),
-                (20, 1, 9003, "c.test."),
-            ],
-            1,
-        ),
+    server.srv(
+        SVC,
+        "10 3 9001 a.test., 10 5 9002 b.test., 20 1 9003 c.test.",
     );
     probe
         .wait_for(&[("127.0.0.1:9001", 3), ("127.0.0.2:9002", 5)])
@@ -517,34 +527,17 @@ async fn srv_ports_weights_and_priorities() {
     probe.wait_for(&[("127.0.0.3:9003", 1)]).await;
 
     // Priority 10 comes back, all weights 0: each gets weight 1 (RFC 2782: pick evenly).
-    server.set("a.test.", Entry::A(ips(&[1]), 1));
-    server.set(
-        "_http._tcp.svc.test.",
-        Entry::Srv(
-            vec![
-                (10, 0, 9001, "a.test."),
-                (10, 0, 9004, "a.test."),
-                (20, 1, 9003, "c.test."),
-            ],
-            1,
-        ),
+    server.a("a.test.", &[1]);
+    server.srv(
+        SVC,
+        "10 0 9001 a.test., 10 0 9004 a.test., 20 1 9003 c.test.",
     );
     probe
         .wait_for(&[("127.0.0.1:9001", 1), ("127.0.0.1:9004", 1)])
         .await;
 
     // Nothing resolves at all: an error, and the last set stays.
-    server.set(
-        "_http._tcp.svc.test.",
-        Entry::Srv(
-            vec![
-                (1, 1, 9009, "nowhere.test."),
-                (1, 1, 0, "a.test."),
-                (1, 1, 9010, "."),
-            ],
-            1,
-        ),
-    );
+    server.srv(SVC, "1 1 9009 nowhere.test., 1 1 0 a.test., 1 1 9010 .");
     let errors = probe.balance.discovery_stats().errors;
     probe.wait_errors(errors).await;
     assert_eq!(probe.set().len(), 2);
@@ -556,25 +549,18 @@ async fn srv_ports_weights_and_priorities() {
 async fn duplicates_merge_and_large_answers_arrive_over_tcp() {
     let server = Server::start().await;
     // Duplicate A records are one endpoint.
-    server.set("dup.test.", Entry::A(ips(&[1, 1, 2, 2, 2]), 1));
-    let probe = balancer(fast(Dns::a("dup.test.", 80).unwrap(), &server));
+    server.a("dup.test.", &[1, 1, 2, 2, 2]);
+    let probe = a_probe(&server, "dup.test.", 80);
     probe
         .wait_for(&[("127.0.0.1:80", 1), ("127.0.0.2:80", 1)])
         .await;
 
     // Duplicate SRV records, and two records reaching one address: weights add up.
-    server.set("x.test.", Entry::A(ips(&[1]), 1));
-    server.set("y.test.", Entry::A(ips(&[1]), 1));
-    server.set(
+    server.a("x.test.", &[1]);
+    server.a("y.test.", &[1]);
+    server.srv(
         "_dup._tcp.test.",
-        Entry::Srv(
-            vec![
-                (1, 2, 7000, "x.test."),
-                (1, 2, 7000, "x.test."),
-                (1, 3, 7000, "y.test."),
-            ],
-            1,
-        ),
+        "1 2 7000 x.test., 1 2 7000 x.test., 1 3 7000 y.test.",
     );
     let probe = balancer(fast(Dns::srv("_dup._tcp.test.").unwrap(), &server));
     probe.wait_for(&[("127.0.0.1:7000", 7)]).await;
@@ -582,7 +568,7 @@ async fn duplicates_merge_and_large_answers_arrive_over_tcp() {
     // 250 A records do not fit a 512-byte datagram: the answer comes over TCP.
     let many: Vec<Ipv4Addr> = (0..250u8).map(|i| Ipv4Addr::new(127, 1, 0, i)).collect();
     server.set("big.test.", Entry::A(many.clone(), 1));
-    let probe = balancer(fast(Dns::a("big.test.", 80).unwrap(), &server));
+    let probe = a_probe(&server, "big.test.", 80);
     let want: Vec<(String, u32)> = many.iter().map(|ip| (format!("{ip}:80"), 1)).collect();
     let want: Vec<(&str, u32)> = want.iter().map(|(a, w)| (a.as_str(), *w)).collect();
     probe.wait_for(&want).await;

@@ -12,6 +12,7 @@
 #[allow(dead_code)]
 #[path = "../examples/reverse_proxy/proxy.rs"]
 mod proxy;
+mod proxy_common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower_lb::health::Health;
 
-use proxy::{spawn_demo_upstream, Config, Server, StrategyKind};
+use proxy::{spawn_demo_upstream, Config, StrategyKind};
 
 /// Client tasks sending requests back to back.
 const CONCURRENCY: usize = 16;
@@ -40,16 +41,7 @@ struct Outcome {
 }
 
 fn config(servers: &[SocketAddr], strategy: StrategyKind) -> Config {
-    let mut config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        workers: 2,
-        log_health: false,
-        ..Config::default()
-    };
-    config.upstream.servers = servers
-        .iter()
-        .map(|&address| Server { address, weight: 1 })
-        .collect();
+    let mut config = proxy_common::config(servers);
     config.health.interval = PROBE_INTERVAL;
     config.health.timeout = Duration::from_millis(200);
     config.health.rise = RISE;

@@ -5,6 +5,7 @@
 #[allow(dead_code)]
 #[path = "../examples/reverse_proxy/proxy.rs"]
 mod proxy;
+mod proxy_common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -12,19 +13,10 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use proxy::{spawn_demo_upstream, Config, DemoUpstream, HostMode, Proxy, Server};
+use proxy::{spawn_demo_upstream, Config, DemoUpstream, HostMode, Proxy};
 
 fn config(servers: &[SocketAddr]) -> Config {
-    let mut config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        workers: 2,
-        log_health: false,
-        ..Config::default()
-    };
-    config.upstream.servers = servers
-        .iter()
-        .map(|&address| Server { address, weight: 1 })
-        .collect();
+    let mut config = proxy_common::config(servers);
     config.limits.header_read_timeout = Duration::from_millis(500);
     config.limits.max_header_bytes = 16 * 1024;
     config
@@ -63,21 +55,34 @@ fn status_line(response: &str) -> &str {
     response.lines().next().unwrap_or_default()
 }
 
+/// Asserts that `response` begins with the status line of `code`.
+#[track_caller]
+fn assert_status(response: &str, code: &str) {
+    assert!(
+        status_line(response).starts_with(&format!("HTTP/1.1 {code}")),
+        "{response}"
+    );
+}
+
+/// A plain `GET /` that asks the proxy to close the connection after the answer.
+async fn get_and_close(addr: SocketAddr) -> String {
+    exchange(
+        addr,
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        IDLE,
+    )
+    .await
+}
+
 const IDLE: Duration = Duration::from_millis(1500);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_request_line_gets_400() {
     let (proxy, _up) = with_upstream(|_| {}).await;
     let response = exchange(proxy.addr, b"THIS IS NOT HTTP\r\n\r\n", IDLE).await;
-    assert!(
-        status_line(&response).starts_with("HTTP/1.1 400"),
-        "{response}"
-    );
+    assert_status(&response, "400");
     let response = exchange(proxy.addr, b"GET / HTTP/1.1\r\nBad Header\r\n\r\n", IDLE).await;
-    assert!(
-        status_line(&response).starts_with("HTTP/1.1 400"),
-        "{response}"
-    );
+    assert_status(&response, "400");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -86,10 +91,7 @@ async fn oversized_head_gets_431() {
     let big = "a".repeat(32 * 1024);
     let request = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n");
     let response = exchange(proxy.addr, request.as_bytes(), IDLE).await;
-    assert!(
-        status_line(&response).starts_with("HTTP/1.1 431"),
-        "{response}"
-    );
+    assert_status(&response, "431");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,25 +113,16 @@ async fn smuggling_attempts_are_refused_or_neutralized() {
     // Transfer-Encoding in HTTP/1.0, which has no chunked coding.
     let request = b"POST / HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
     let response = exchange(proxy.addr, request, IDLE).await;
-    assert!(
-        status_line(&response).starts_with("HTTP/1.1 400"),
-        "{response}"
-    );
+    assert_status(&response, "400");
     // Two different Content-Lengths.
     let request = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab";
     let response = exchange(proxy.addr, request, IDLE).await;
-    assert!(
-        status_line(&response).starts_with("HTTP/1.1 400"),
-        "{response}"
-    );
+    assert_status(&response, "400");
     // A transfer coding other than chunked last.
     let request =
         b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n";
     let response = exchange(proxy.addr, request, IDLE).await;
-    assert!(
-        status_line(&response).starts_with("HTTP/1.1 400"),
-        "{response}"
-    );
+    assert_status(&response, "400");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,10 +158,7 @@ async fn never_forwards_to_an_unconfigured_address() {
         "GET http://{canary_addr}/secret HTTP/1.1\r\nHost: {canary_addr}\r\nConnection: close\r\n\r\n"
     );
     let response = exchange(proxy.addr, request.as_bytes(), IDLE).await;
-    assert!(
-        status_line(&response).starts_with("HTTP/1.1 200"),
-        "{response}"
-    );
+    assert_status(&response, "200");
     assert!(
         response.contains(&format!("x-upstream: {}", up.addr)),
         "{response}"
@@ -211,16 +201,8 @@ async fn unreachable_upstream_gets_502_and_silent_one_504() {
     config.health.enabled = false;
     config.outlier.enabled = false;
     let proxy = proxy::start(&config).await.unwrap();
-    let response = exchange(
-        proxy.addr,
-        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        IDLE,
-    )
-    .await;
-    assert!(
-        status_line(&response).starts_with("HTTP/1.1 502"),
-        "{response}"
-    );
+    let response = get_and_close(proxy.addr).await;
+    assert_status(&response, "502");
     assert!(response.contains("after 3 tries"), "{response}");
     assert!(response.contains("refused"), "{response}");
     drop(proxy);
@@ -236,16 +218,8 @@ async fn unreachable_upstream_gets_502_and_silent_one_504() {
             held.push(stream);
         }
     });
-    let response = exchange(
-        proxy.addr,
-        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        IDLE,
-    )
-    .await;
-    assert!(
-        status_line(&response).starts_with("HTTP/1.1 504"),
-        "{response}"
-    );
+    let response = get_and_close(proxy.addr).await;
+    assert_status(&response, "504");
     assert!(response.contains("did not answer"), "{response}");
     hold.abort();
 }
@@ -270,10 +244,7 @@ async fn shutdown_drains_in_flight_requests() {
     );
     stream.write_all(b"67890").await.unwrap();
     let response = read_until_idle(&mut stream, IDLE).await;
-    assert!(
-        status_line(&response).starts_with("HTTP/1.1 200"),
-        "{response}"
-    );
+    assert_status(&response, "200");
     assert!(response.contains("10 body bytes"), "{response}");
     tokio::time::timeout(Duration::from_secs(5), shutdown)
         .await

@@ -723,6 +723,65 @@ fn ramp(duration: Duration, capacity: f64, levels: &[f64]) -> Vec<Step> {
         .collect()
 }
 
+/// The parts the scenarios share: no keys, no membership changes, the standard
+/// contestants, the seed derived from `name`, 1 s bins (scaled), no steps or capacity yet.
+fn base(
+    name: &'static str,
+    o: &Options,
+    duration: Duration,
+    deadline: Duration,
+    backends: Vec<BackendSpec>,
+) -> Scenario {
+    Scenario {
+        name,
+        title: String::new(),
+        notes: Vec::new(),
+        duration,
+        deadline,
+        backends,
+        steps: Vec::new(),
+        keys: None,
+        membership: Vec::new(),
+        contestants: standard_contestants(),
+        seed: derive_seed(o.seed, name),
+        bin: secs(o.time_scale),
+        capacity: None,
+        clients: o.clients.max(1),
+    }
+}
+
+/// [`base`] with the load in steps at `levels` × `capacity`.
+fn ramped(
+    name: &'static str,
+    o: &Options,
+    duration: Duration,
+    deadline: Duration,
+    backends: Vec<BackendSpec>,
+    capacity: f64,
+    levels: &[f64],
+) -> Scenario {
+    Scenario {
+        steps: ramp(duration, capacity, levels),
+        capacity: Some(capacity),
+        ..base(name, o, duration, deadline, backends)
+    }
+}
+
+/// `count` backends with `n` slots each, service times `base`.
+fn slots_note(count: usize, n: usize, base: Dist) -> String {
+    format!("{count} backends with {n} slots and a FIFO queue each; service times {base}")
+}
+
+/// The note on a constant load: `level` of `capacity` for `duration`, and the timeout.
+fn load_note(level: f64, capacity: f64, duration: Duration, deadline: Duration) -> String {
+    format!(
+        "Load {level} of capacity ({:.0} req/s, Poisson) for {:.0} s; {} s timeout.",
+        capacity * level,
+        duration.as_secs_f64(),
+        deadline.as_secs()
+    )
+}
+
 /// Buoyant (2016): 11 backends at 167 ± 5 ms, 1000 req/s, one backend at 2 s for 30 s of 60.
 fn buoyant(o: &Options) -> Scenario {
     let t = |s: f64| secs(s * o.time_scale);
@@ -750,8 +809,8 @@ fn buoyant(o: &Options) -> Scenario {
         })
         .collect();
     let rate = 1000.0 * o.rate_scale;
+    let deadline = Duration::from_secs(1);
     Scenario {
-        name: "buoyant",
         title: "transient slow backend (Buoyant, 2016)".into(),
         notes: vec![
             format!(
@@ -763,21 +822,12 @@ fn buoyant(o: &Options) -> Scenario {
             "Published (Buoyant): round robin ~95 % success, least loaded ~99 %, peak-EWMA ~99.9 %.".into(),
             "The oracle knows every queue but not the backends' speeds: it sends the slow backend a request whenever its queue is the shortest.".into(),
         ],
-        duration,
-        deadline: Duration::from_secs(1),
-        backends,
         steps: vec![Step {
             until: duration,
             rate,
             label: format!("{rate:.0} req/s"),
         }],
-        keys: None,
-        membership: Vec::new(),
-        contestants: standard_contestants(),
-        seed: derive_seed(o.seed, "buoyant"),
-        bin: t(1.0),
-        capacity: None,
-        clients: o.clients.max(1),
+        ..base("buoyant", o, duration, deadline, backends)
     }
 }
 
@@ -794,26 +844,15 @@ fn mixed_speed(o: &Options) -> Scenario {
     let capacity = capacity(&backends).expect("slots");
     let levels = [0.5, 0.6, 0.7, 0.8, 0.85];
     Scenario {
-        name: "mixed-speed",
         title: "mixed speeds: two of ten backends 1.5× slower".into(),
         notes: vec![
-            format!("10 backends with {n} slots and a FIFO queue each; service times {base}, backends 8 and 9 {slower}."),
+            slots_note(10, n, base) + &format!(", backends 8 and 9 {slower}."),
             format!(
                 "Capacity {capacity:.0} req/s; load in steps of {:.0} s at 0.5, 0.6, 0.7, 0.8, 0.85 of it (Poisson); 5 s timeout.",
                 duration.as_secs_f64() / levels.len() as f64
             ),
         ],
-        duration,
-        deadline: Duration::from_secs(5),
-        steps: ramp(duration, capacity, &levels),
-        backends,
-        keys: None,
-        membership: Vec::new(),
-        contestants: standard_contestants(),
-        seed: derive_seed(o.seed, "mixed-speed"),
-        bin: t(1.0),
-        capacity: Some(capacity),
-        clients: o.clients.max(1),
+        ..ramped("mixed-speed", o, duration, Duration::from_secs(5), backends, capacity, &levels)
     }
 }
 
@@ -846,10 +885,9 @@ fn overload_ramp(o: &Options) -> Scenario {
     let capacity = capacity(&backends).expect("slots");
     let levels = [0.75, 1.0, 1.25, 1.5, 1.75];
     Scenario {
-        name: "overload-ramp",
         title: "overload ramp with noisy neighbours (Prequal, NSDI 2024)".into(),
         notes: vec![
-            format!("20 backends with {n} slots and a FIFO queue each; service times {base} at speed 1."),
+            slots_note(20, n, base) + " at speed 1.",
             "Noisy neighbours: each backend's speed changes after exponential times (mean 4 s); 30 % of the time 1.0 to 1.2 (neighbours busy: the allocation), otherwise 1.5 to 3.0 (spare CPU). Mean speed about 1.9.".into(),
             format!(
                 "Capacity (guaranteed, speed 1) {capacity:.0} req/s; load in steps of {:.0} s at 0.75, 1.0, 1.25, 1.5, 1.75 of it (Poisson); 5 s deadline.",
@@ -857,17 +895,7 @@ fn overload_ramp(o: &Options) -> Scenario {
             ),
             "Published (Prequal): weighted round robin's p99.9 reaches the deadline at about 1.03×. Our round robin is smooth weighted round robin; the backends' weights are equal, as their allocations are.".into(),
         ],
-        duration,
-        deadline: Duration::from_secs(5),
-        steps: ramp(duration, capacity, &levels),
-        backends,
-        keys: None,
-        membership: Vec::new(),
-        contestants: standard_contestants(),
-        seed: derive_seed(o.seed, "overload-ramp"),
-        bin: t(1.0),
-        capacity: Some(capacity),
-        clients: o.clients.max(1),
+        ..ramped("overload-ramp", o, duration, Duration::from_secs(5), backends, capacity, &levels)
     }
 }
 
@@ -893,32 +921,26 @@ fn fast_fail(o: &Options) -> Scenario {
         .collect();
     let capacity = capacity(&backends).expect("slots");
     let level = 0.6;
+    let deadline = Duration::from_secs(1);
     Scenario {
-        name: "fast-fail",
         title: "fast-failing backend: one of ten answers 503 at once".into(),
         notes: vec![
-            format!("10 backends with {n} slots and a FIFO queue each; service times {base}."),
+            slots_note(10, n, base) + ".",
             format!(
                 "Backend {failing} answers 503 at once from {:.0} s to the end.",
                 t(10.0).as_secs_f64()
             ),
-            format!(
-                "Load {level} of capacity ({:.0} req/s, Poisson) for {:.0} s; 1 s timeout.",
-                capacity * level,
-                duration.as_secs_f64()
-            ),
+            load_note(level, capacity, duration, deadline),
         ],
-        duration,
-        deadline: Duration::from_secs(1),
-        steps: ramp(duration, capacity, &[level]),
-        backends,
-        keys: None,
-        membership: Vec::new(),
-        contestants: standard_contestants(),
-        seed: derive_seed(o.seed, "fast-fail"),
-        bin: t(1.0),
-        capacity: Some(capacity),
-        clients: o.clients.max(1),
+        ..ramped(
+            "fast-fail",
+            o,
+            duration,
+            deadline,
+            backends,
+            capacity,
+            &[level],
+        )
     }
 }
 
@@ -967,33 +989,22 @@ fn churn(o: &Options) -> Scenario {
         9,
         Contestant::new(Algo::LeastRequest).outlier().slow_start(),
     );
+    let deadline = Duration::from_secs(1);
     Scenario {
-        name: "churn",
         title: "rolling restart: 10 % of the backends per minute".into(),
         notes: vec![
-            format!("{count} backends with {n} slots and a FIFO queue each; service times {base}."),
+            slots_note(count, n, base) + ".",
             format!(
                 "Backends {} restart at {} s: each refuses connections for {restart:.0} s (requests in service finish), is removed from discovery {lag:.0} s after it went down, inserted again when it is back, and runs 2× slower for its first {cold:.0} s (cold caches).",
                 restarts.iter().map(|r| r.1.to_string()).collect::<Vec<_>>().join(", "),
                 restarts.iter().map(|r| format!("{:.0}", t(r.0).as_secs_f64())).collect::<Vec<_>>().join(", "),
             ),
-            format!(
-                "Load {level} of capacity ({:.0} req/s, Poisson) for {:.0} s; 1 s timeout. Every contestant gets the changes through its discovery (ours: `discover::channel()`; tower: a `Discover` stream).",
-                capacity * level,
-                duration.as_secs_f64()
-            ),
+            load_note(level, capacity, duration, deadline)
+                + " Every contestant gets the changes through its discovery (ours: `discover::channel()`; tower: a `Discover` stream).",
         ],
-        duration,
-        deadline: Duration::from_secs(1),
-        steps: ramp(duration, capacity, &[level]),
-        backends,
-        keys: None,
         membership,
         contestants,
-        seed: derive_seed(o.seed, "churn"),
-        bin: t(1.0),
-        capacity: Some(capacity),
-        clients: o.clients.max(1),
+        ..ramped("churn", o, duration, deadline, backends, capacity, &[level])
     }
 }
 
@@ -1010,34 +1021,22 @@ fn hot_keys(o: &Options) -> Scenario {
     let capacity = capacity(&backends).expect("slots");
     let level = 0.6;
     let zipf = Zipf::new(10_000, 1.1);
+    let deadline = Duration::from_secs(2);
     Scenario {
-        name: "hot-keys",
         title: "hot keys: Zipf(1.1) request keys over consistent hashing".into(),
         notes: vec![
-            format!("10 backends with {n} slots and a FIFO queue each; service times {base}."),
+            slots_note(10, n, base) + ".",
             format!(
                 "Every request carries a key from Zipf(1.1) over 10 000 keys (the hottest is {:.1} % of requests, the top 10 {:.1} %); `Builder::request_key(key_fn(..))`.",
                 zipf.share(0) * 100.0,
                 (0..10).map(|k| zipf.share(k)).sum::<f64>() * 100.0
             ),
-            format!(
-                "Load {level} of capacity ({:.0} req/s, Poisson) for {:.0} s; 2 s timeout.",
-                capacity * level,
-                duration.as_secs_f64()
-            ),
+            load_note(level, capacity, duration, deadline),
             "Key affinity: the share of requests served by the backend that served most of their key's requests (a cache-hit proxy).".into(),
         ],
-        duration,
-        deadline: Duration::from_secs(2),
-        steps: ramp(duration, capacity, &[level]),
-        backends,
         keys: Some(zipf),
-        membership: Vec::new(),
         contestants: hashing_contestants(),
-        seed: derive_seed(o.seed, "hot-keys"),
-        bin: t(1.0),
-        capacity: Some(capacity),
-        clients: o.clients.max(1),
+        ..ramped("hot-keys", o, duration, deadline, backends, capacity, &[level])
     }
 }
 
