@@ -228,7 +228,7 @@ pub(crate) struct Timing {
 
 /// `exp(-elapsed / decay)`: how much of an estimate is left after `elapsed_ns`.
 #[inline]
-fn decay_weight(elapsed_ns: u64, decay_ns: f64) -> f64 {
+pub(crate) fn decay_weight(elapsed_ns: u64, decay_ns: f64) -> f64 {
     let x = -(elapsed_ns as f64) / decay_ns;
     // e^x to within 5e-7 for the tiny exponents of steady traffic, without `exp`.
     if x > -1e-3 {

@@ -118,6 +118,14 @@ pub struct UnknownEndpoint {
     pub(crate) key: String,
 }
 
+impl UnknownEndpoint {
+    pub(crate) fn new(key: &impl fmt::Debug) -> Self {
+        UnknownEndpoint {
+            key: format!("{key:?}"),
+        }
+    }
+}
+
 impl fmt::Display for UnknownEndpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "the load balancer has no endpoint {}", self.key)

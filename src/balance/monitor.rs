@@ -103,9 +103,7 @@ impl<K> Monitor<K> {
     {
         match self.shared.upgrade() {
             Some(s) => s.drain(key, draining),
-            None => Err(UnknownEndpoint {
-                key: format!("{key:?}"),
-            }),
+            None => Err(UnknownEndpoint::new(key)),
         }
     }
 

@@ -457,7 +457,7 @@ where
         self.shared.ensure_driver()?;
         loop {
             let set = self.shared.set.load();
-            let found = if self.shared.keyed {
+            let found = if self.shared.strategy.uses_request_key() {
                 // The endpoint is chosen by the request's key in `call`.
                 self.arm(&set)
             } else {

@@ -122,8 +122,6 @@ type DriverFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 pub(crate) struct Shared<K, S, P: Strategy> {
     pub(crate) set: ArcSwap<Set<K, S, P::Table>>,
     pub(crate) strategy: P,
-    /// Whether the strategy routes by request key (chooses in `call`).
-    pub(crate) keyed: bool,
     /// Latency settings, with the epoch of the balancer's clock, when latency is tracked.
     pub(crate) timing: Option<Timing>,
     pub(crate) fail_fast: Duration,
@@ -160,7 +158,6 @@ impl<K, S, P: Strategy> Shared<K, S, P> {
         });
         Shared {
             set: ArcSwap::from_pointee(Set::empty()),
-            keyed: strategy.uses_request_key(),
             strategy,
             timing,
             fail_fast,
@@ -248,9 +245,7 @@ impl<K, S, P: Strategy> Shared<K, S, P> {
     {
         let set = self.set.load();
         let Some(slot) = set.all.iter().find(|s| s.key == *key) else {
-            return Err(crate::error::UnknownEndpoint {
-                key: format!("{key:?}"),
-            });
+            return Err(crate::error::UnknownEndpoint::new(key));
         };
         slot.load.set_flags(flags::DRAINING, draining);
         self.signal.wake_driver();

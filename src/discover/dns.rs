@@ -135,6 +135,7 @@ use hickory_resolver::proto::ProtoErrorKind;
 use hickory_resolver::{Name, ResolveError, TokioResolver};
 use tokio::time::Instant;
 
+use super::snapshots::SetDiff;
 use super::Change;
 use crate::endpoint::Endpoint;
 use crate::strategy::rng::Rng;
@@ -366,49 +367,48 @@ impl Dns {
         }
     }
 
-    fn settings(&mut self) -> &mut Settings {
-        self.settings
-            .as_mut()
-            .expect("Dns settings are changed only before the first poll")
+    /// Changes the settings. Once the source has been polled its settings are in use and
+    /// a change does nothing (the setters are meant for building, before the balancer).
+    fn set(mut self, change: impl FnOnce(&mut Settings)) -> Self {
+        if let Some(settings) = self.settings.as_mut() {
+            change(settings);
+        }
+        self
     }
 
     /// The shortest time between two lookups, whatever the TTL (default 5 s); also the
     /// pause before retrying a failed lookup. Zero is taken as 1 ms.
-    pub fn min_ttl(mut self, min: Duration) -> Self {
-        self.settings().min_ttl = min.max(Duration::from_millis(1));
-        self
+    pub fn min_ttl(self, min: Duration) -> Self {
+        self.set(|s| s.min_ttl = min.max(Duration::from_millis(1)))
     }
 
     /// The longest time between two lookups, whatever the TTL (default 5 min). A value
     /// below [`min_ttl`](Dns::min_ttl) is raised to it.
-    pub fn max_ttl(mut self, max: Duration) -> Self {
-        self.settings().max_ttl = max;
-        self
+    pub fn max_ttl(self, max: Duration) -> Self {
+        self.set(|s| s.max_ttl = max)
     }
 
     /// The random share added to each pause, from 0.0 (none) to 1.0 (up to double);
     /// default 0.1. Values outside are clamped, NaN is 0.
-    pub fn jitter(mut self, jitter: f64) -> Self {
-        self.settings().jitter = if jitter.is_nan() {
+    pub fn jitter(self, jitter: f64) -> Self {
+        let jitter = if jitter.is_nan() {
             0.0
         } else {
             jitter.clamp(0.0, 1.0)
         };
-        self
+        self.set(|s| s.jitter = jitter)
     }
 
     /// How long after the last good answer the set is kept while lookups fail or come
     /// back empty; then every endpoint is removed. Default: kept for ever.
-    pub fn max_stale(mut self, max: Duration) -> Self {
-        self.settings().max_stale = Some(max);
-        self
+    pub fn max_stale(self, max: Duration) -> Self {
+        self.set(|s| s.max_stale = Some(max))
     }
 
     /// The most endpoints one answer may give (default 1024; at least 1). Beyond it the
     /// lowest addresses are kept and a warning is logged.
-    pub fn max_endpoints(mut self, max: usize) -> Self {
-        self.settings().max_endpoints = max.max(1);
-        self
+    pub fn max_endpoints(self, max: usize) -> Self {
+        self.set(|s| s.max_endpoints = max.max(1))
     }
 
     /// Sends queries to these name servers (over UDP, and TCP for long answers) instead
@@ -424,15 +424,13 @@ impl Dns {
 
     /// Builds the resolver from this configuration and these options, with its cache
     /// turned off and both A and AAAA queried.
-    pub fn resolver_config(mut self, config: ResolverConfig, options: ResolverOpts) -> Self {
-        self.settings().resolver = ResolverSource::Config(Box::new((config, options)));
-        self
+    pub fn resolver_config(self, config: ResolverConfig, options: ResolverOpts) -> Self {
+        self.set(|s| s.resolver = ResolverSource::Config(Box::new((config, options))))
     }
 
     /// Uses this resolver as it is (its cache and address-family strategy included).
-    pub fn resolver(mut self, resolver: TokioResolver) -> Self {
-        self.settings().resolver = ResolverSource::Given(Box::new(resolver));
-        self
+    pub fn resolver(self, resolver: TokioResolver) -> Self {
+        self.set(|s| s.resolver = ResolverSource::Given(Box::new(resolver)))
     }
 }
 
@@ -594,10 +592,8 @@ async fn resolve_srv(
 struct Runner {
     settings: Settings,
     resolver: Option<TokioResolver>,
-    /// The addresses and weights the balancer has from us.
-    known: HashMap<SocketAddr, u32>,
-    /// Send the next answer as a reset (the first answer).
-    first: bool,
+    /// The addresses and weights the balancer has from us, and what changed since.
+    diff: SetDiff<SocketAddr>,
     /// When the next lookup is due; `None` means now.
     next_at: Option<Instant>,
     /// When the last good answer came.
@@ -657,56 +653,35 @@ impl Runner {
             (Some(_), None) => true,
             (None, _) => false,
         };
-        if stale && !self.known.is_empty() {
+        if stale && !self.diff.is_empty() {
             tracing::warn!(
                 name = %self.name(),
-                endpoints = self.known.len(),
+                endpoints = self.diff.len(),
                 "no good DNS answer for longer than max_stale; removing every endpoint"
             );
-            let mut gone: Vec<SocketAddr> = self.known.drain().map(|(k, _)| k).collect();
-            gone.sort();
-            out.extend(gone.into_iter().map(|k| Ok(Change::Remove(k))));
+            out.extend(self.diff.remove_all().into_iter().map(Ok));
         }
         out
     }
 
     fn apply(&mut self, mut endpoints: Vec<Endpoint<SocketAddr, ()>>) -> Vec<DnsChange> {
-        // Merge duplicates (a lookup_ip answer may repeat an address); keep the first weight.
-        let mut seen: HashMap<SocketAddr, ()> = HashMap::with_capacity(endpoints.len());
-        endpoints.retain(|e| seen.insert(e.key, ()).is_none());
         if endpoints.len() > self.settings.max_endpoints {
-            tracing::warn!(
-                name = %self.name(),
-                answered = endpoints.len(),
-                kept = self.settings.max_endpoints,
-                "DNS answer has more addresses than max_endpoints; keeping the lowest"
-            );
             endpoints.sort_by_key(|e| e.key);
-            endpoints.truncate(self.settings.max_endpoints);
-        }
-        let next: HashMap<SocketAddr, u32> = endpoints.iter().map(|e| (e.key, e.weight)).collect();
-        let mut out = Vec::new();
-        if std::mem::take(&mut self.first) {
-            out.push(Ok(Change::Reset(endpoints)));
-        } else {
-            let mut gone: Vec<SocketAddr> = self
-                .known
-                .keys()
-                .filter(|k| !next.contains_key(k))
-                .copied()
-                .collect();
-            gone.sort();
-            out.extend(gone.into_iter().map(|k| Ok(Change::Remove(k))));
-            for e in endpoints {
-                if self.known.get(&e.key) != Some(&e.weight) {
-                    out.push(Ok(Change::Insert(e)));
-                }
+            endpoints.dedup_by_key(|e| e.key);
+            if endpoints.len() > self.settings.max_endpoints {
+                tracing::warn!(
+                    name = %self.name(),
+                    answered = endpoints.len(),
+                    kept = self.settings.max_endpoints,
+                    "DNS answer has more addresses than max_endpoints; keeping the lowest"
+                );
+                endpoints.truncate(self.settings.max_endpoints);
             }
         }
+        let out: Vec<DnsChange> = self.diff.diff(endpoints).into_iter().map(Ok).collect();
         if !out.is_empty() {
-            tracing::debug!(name = %self.name(), endpoints = next.len(), changes = out.len(), "DNS answer changed the set");
+            tracing::debug!(name = %self.name(), endpoints = self.diff.len(), changes = out.len(), "DNS answer changed the set");
         }
-        self.known = next;
         out
     }
 }
@@ -716,32 +691,29 @@ impl Stream for Dns {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<DnsChange>> {
         let this = self.get_mut();
-        if this.running.is_none() {
-            let settings = this
-                .settings
-                .take()
-                .expect("a Dns source has either settings or a running stream");
-            let runner = Runner {
-                settings,
-                resolver: None,
-                known: HashMap::new(),
-                first: true,
-                next_at: None,
-                last_good: None,
-                rng: Rng::default(),
-            };
-            let inner = stream::unfold(runner, |mut runner| async move {
-                let batch = runner.step().await;
-                Some((stream::iter(batch), runner))
-            })
-            .flatten();
-            this.running = Some(Box::pin(inner));
-        }
-        this.running
-            .as_mut()
-            .expect("started above")
-            .as_mut()
-            .poll_next(cx)
+        let running = match &mut this.running {
+            Some(running) => running,
+            None => {
+                let Some(settings) = this.settings.take() else {
+                    return Poll::Ready(None);
+                };
+                let runner = Runner {
+                    settings,
+                    resolver: None,
+                    diff: SetDiff::default(),
+                    next_at: None,
+                    last_good: None,
+                    rng: Rng::default(),
+                };
+                let inner = stream::unfold(runner, |mut runner| async move {
+                    let batch = runner.step().await;
+                    Some((stream::iter(batch), runner))
+                })
+                .flatten();
+                this.running.insert(Box::pin(inner))
+            }
+        };
+        running.as_mut().poll_next(cx)
     }
 }
 
@@ -790,8 +762,7 @@ mod tests {
                 .settings
                 .unwrap(),
             resolver: None,
-            known: HashMap::new(),
-            first: true,
+            diff: SetDiff::default(),
             next_at: None,
             last_good: None,
             rng: Rng::seeded(3),

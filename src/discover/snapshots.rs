@@ -69,12 +69,11 @@ where
 {
     let state = Differ {
         source,
-        known: HashMap::new(),
-        resync: true,
+        diff: SetDiff::default(),
     };
     let inner = stream::unfold(state, |mut state| async move {
         let batch = match state.source.snapshot().await {
-            Ok(list) => state.diff(list),
+            Ok(list) => state.diff.diff(list).into_iter().map(Ok).collect(),
             Err(e) => vec![Err(e.into())],
         };
         Some((stream::iter(batch), state))
@@ -107,17 +106,36 @@ impl<K, S> Stream for FromSnapshots<K, S> {
 
 struct Differ<T, K> {
     source: T,
+    diff: SetDiff<K>,
+}
+
+/// Turns successive whole lists of endpoints into changes: the first list (and the one
+/// after an empty list, or after [`remove_all`](SetDiff::remove_all)) as a reset, later
+/// ones as removes and inserts of what differs, so an unchanged endpoint keeps its service
+/// and statistics. Shared by [`from_snapshots`] and DNS discovery.
+pub(crate) struct SetDiff<K> {
     known: HashMap<K, (u32, Metadata)>,
     /// Send the next non-empty list as a full reset.
     resync: bool,
 }
 
-impl<T, K: Clone + Eq + Hash> Differ<T, K> {
-    fn diff<S>(&mut self, list: Vec<Endpoint<K, S>>) -> Vec<Result<Change<K, S>, BoxError>> {
+impl<K> Default for SetDiff<K> {
+    fn default() -> Self {
+        SetDiff {
+            known: HashMap::new(),
+            resync: true,
+        }
+    }
+}
+
+impl<K: Clone + Eq + Hash> SetDiff<K> {
+    /// The changes from the last list to `list`. A key listed twice counts once, with its
+    /// first position and its last description; an empty list is an empty reset.
+    pub(crate) fn diff<S>(&mut self, list: Vec<Endpoint<K, S>>) -> Vec<Change<K, S>> {
         let list = dedup_last_wins(list);
         if list.is_empty() {
             self.resync = true;
-            return vec![Ok(Change::Reset(Vec::new()))];
+            return vec![Change::Reset(Vec::new())];
         }
         let next: HashMap<K, (u32, Metadata)> = list
             .iter()
@@ -125,10 +143,10 @@ impl<T, K: Clone + Eq + Hash> Differ<T, K> {
             .collect();
         let mut changes = Vec::new();
         if std::mem::take(&mut self.resync) {
-            changes.push(Ok(Change::Reset(list)));
+            changes.push(Change::Reset(list));
         } else {
             for key in self.known.keys().filter(|k| !next.contains_key(*k)) {
-                changes.push(Ok(Change::Remove(key.clone())));
+                changes.push(Change::Remove(key.clone()));
             }
             for e in list {
                 let unchanged = self
@@ -136,12 +154,27 @@ impl<T, K: Clone + Eq + Hash> Differ<T, K> {
                     .get(&e.key)
                     .is_some_and(|(w, m)| *w == e.weight && *m == e.metadata);
                 if !unchanged {
-                    changes.push(Ok(Change::Insert(e)));
+                    changes.push(Change::Insert(e));
                 }
             }
         }
         self.known = next;
         changes
+    }
+
+    /// Removes every known endpoint, one `Remove` each (an empty reset would be ignored by
+    /// the balancer by default).
+    pub(crate) fn remove_all<S>(&mut self) -> Vec<Change<K, S>> {
+        self.resync = false;
+        self.known.drain().map(|(k, _)| Change::Remove(k)).collect()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.known.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.known.is_empty()
     }
 }
 

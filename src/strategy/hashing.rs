@@ -133,20 +133,13 @@ pub(crate) fn crc32(bytes: &[u8]) -> u32 {
 // 64-bit hashing
 // ---------------------------------------------------------------------------------------
 
-const P0: u64 = 0xa076_1d64_78bd_642f;
-const P1: u64 = 0xe703_7ed1_a0b4_28db;
+use super::rng::{folded_mul, INCREMENT as P0, MIX as P1};
+
 const P2: u64 = 0x8ebc_6af0_9c88_c6e3;
 const P3: u64 = 0x5899_65cc_7537_4cc3;
 
 /// The seed request keys are hashed with.
 pub(crate) const KEY_SEED: u64 = 0x6b65_795f_7365_6564;
-
-/// The 128-bit product of `a` and `b`, its halves xored.
-#[inline]
-fn folded_mul(a: u64, b: u64) -> u64 {
-    let t = u128::from(a) * u128::from(b);
-    (t as u64) ^ ((t >> 64) as u64)
-}
 
 #[inline]
 fn read8(b: &[u8]) -> u64 {

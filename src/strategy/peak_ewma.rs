@@ -139,7 +139,7 @@ impl PeakEwma {
 
     #[inline]
     fn decayed(&self, estimate: f64, at: u64, now_ns: u64) -> f64 {
-        estimate * (-(now_ns.saturating_sub(at) as f64) / self.decay_ns).exp()
+        estimate * crate::endpoint::decay_weight(now_ns.saturating_sub(at), self.decay_ns)
     }
 }
 

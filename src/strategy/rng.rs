@@ -12,13 +12,21 @@
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-const INCREMENT: u64 = 0xa076_1d64_78bd_642f;
-const MIX: u64 = 0xe703_7ed1_a0b4_28db;
+/// wyhash's first two primes: the generator's increment and mixing constant, and the
+/// first two constants of [`hash64`](super::hashing::hash64).
+pub(crate) const INCREMENT: u64 = 0xa076_1d64_78bd_642f;
+pub(crate) const MIX: u64 = 0xe703_7ed1_a0b4_28db;
+
+/// The 128-bit product of `a` and `b`, its halves xored: wyhash's mixing step.
+#[inline]
+pub(crate) fn folded_mul(a: u64, b: u64) -> u64 {
+    let t = u128::from(a) * u128::from(b);
+    (t as u64) ^ ((t >> 64) as u64)
+}
 
 #[inline]
 fn mix(x: u64) -> u64 {
-    let t = u128::from(x) * u128::from(x ^ MIX);
-    ((t >> 64) as u64) ^ (t as u64)
+    folded_mul(x, x ^ MIX)
 }
 
 thread_local! {
