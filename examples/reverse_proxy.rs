@@ -52,7 +52,10 @@
 //!   request timeout, each with a plain-text body that says why.
 //! - An idempotent request that fails before it was sent (connection refused, or a pooled
 //!   connection closed) is retried through the balancer, within `retry.attempts` and a
-//!   budget (20 % of requests plus 10 per second), so it is not lost.
+//!   budget (20 % of requests plus 10 per second), so it is not lost. Under a hashing
+//!   strategy the retry goes to the next upstream in the key's order.
+//! - With every upstream down, requests still try them (fail open, then 502, like nginx);
+//!   `health.fail_closed = true` answers 503 instead.
 //! - Requests with both Content-Length and Transfer-Encoding get 400; request heads larger
 //!   than `limits.max_header_bytes` get 431; a client that does not send its head within
 //!   `limits.header_read_timeout` is disconnected.

@@ -16,6 +16,18 @@
 //! Keys for `http::Request` (a header, a cookie, the path, a query parameter, the client IP)
 //! are in `tower_lb::http::key` (feature `http`). Any closure `Fn(&Req) -> Option<Vec<u8>>`
 //! wrapped in [`key_fn`] is a key too.
+//!
+//! # Retries go to the next endpoint
+//!
+//! A key keeps a request on one endpoint, so a retry of a request that failed there would
+//! go back to it. [`RequestKey::passed_over`] says how many endpoints at the front of the
+//! key's preference order a request passes over: a retry after `k` failed tries passes over
+//! `k` and lands on the next endpoint in the key's order, as nginx's `proxy_next_upstream`
+//! does under `hash ... consistent` and Envoy's `previous_hosts` retry predicate does.
+//! Endpoints the balancer skips anyway (unhealthy, ejected, draining) do not count, and a
+//! request never passes over every candidate: with `m` candidates it passes over at most
+//! `m - 1`. The HTTP keys read the count from the request's
+//! [`PassOver`](crate::http::key::PassOver) extension.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -24,6 +36,13 @@ use std::fmt;
 pub trait RequestKey<Req>: Clone + Send + Sync + 'static {
     /// The request's key, or `None` when it has none.
     fn key<'r>(&self, request: &'r Req) -> Option<Cow<'r, [u8]>>;
+
+    /// How many endpoints at the front of the key's preference order this request passes
+    /// over (default 0): a retry after `k` failed tries passes over `k`. See
+    /// [the module docs](self#retries-go-to-the-next-endpoint).
+    fn passed_over(&self, _request: &Req) -> usize {
+        0
+    }
 }
 
 /// No key: the balancer's default. A hashing strategy that gets no key routes every

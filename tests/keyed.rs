@@ -358,3 +358,55 @@ async fn slow_start_does_not_move_the_keys_of_a_hashing_strategy() {
         assert_eq!(route(&mut lb), at_start);
     }
 }
+
+/// Keys on the first byte of the request; its second byte, if any, is how many endpoints
+/// the request passes over (a retry).
+#[derive(Clone)]
+struct RetryKey;
+
+impl tower_lb::key::RequestKey<Vec<u8>> for RetryKey {
+    fn key<'r>(&self, request: &'r Vec<u8>) -> Option<std::borrow::Cow<'r, [u8]>> {
+        request.get(..1).map(std::borrow::Cow::Borrowed)
+    }
+
+    fn passed_over(&self, request: &Vec<u8>) -> usize {
+        request.get(1).map_or(0, |&k| k as usize)
+    }
+}
+
+#[tokio::test]
+async fn a_retry_passes_over_the_endpoints_it_failed_on() {
+    let switches = three();
+    let mut lb = Balance::builder()
+        .strategy(ByFirstByte)
+        .classify(ErrorsAsFailures)
+        .request_key(RetryKey)
+        .build(discover::static_list(
+            switches
+                .iter()
+                .map(|s| (s.name, s.clone()))
+                .collect::<Vec<_>>(),
+        ))
+        .unwrap();
+    let mut send = async |request: Vec<u8>| lb.ready().await.unwrap().call(request).await.unwrap();
+    // Key 1 prefers b, then c, then a.
+    assert_eq!(send(vec![1]).await, "b");
+    assert_eq!(send(vec![1, 0]).await, "b");
+    assert_eq!(send(vec![1, 1]).await, "c");
+    assert_eq!(send(vec![1, 2]).await, "a");
+    // Never past every candidate: at most n - 1.
+    assert_eq!(send(vec![1, 3]).await, "a");
+    assert_eq!(send(vec![1, 200]).await, "a");
+    // Endpoints skipped for health do not count: with c drained, one pass goes b -> a.
+    lb.set_draining(&"c", true).unwrap();
+    tokio::task::yield_now().await;
+    let mut send = async |request: Vec<u8>| lb.ready().await.unwrap().call(request).await.unwrap();
+    assert_eq!(send(vec![1, 1]).await, "a");
+    assert_eq!(send(vec![1, 2]).await, "a");
+    // A busy endpoint after the passed-over ones is passed as usual (b passed over, c busy).
+    lb.set_draining(&"c", false).unwrap();
+    tokio::task::yield_now().await;
+    switches[2].set(BUSY);
+    let mut send = async |request: Vec<u8>| lb.ready().await.unwrap().call(request).await.unwrap();
+    assert_eq!(send(vec![1, 1]).await, "a");
+}

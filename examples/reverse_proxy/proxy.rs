@@ -16,6 +16,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -26,7 +27,7 @@ use futures::StreamExt;
 use http::header::{CONNECTION, CONTENT_TYPE, HOST};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Either, Full};
+use http_body_util::{BodyExt, Either, Empty, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1 as client1, http2 as client2};
 use hyper::server::conn::http1;
@@ -41,12 +42,16 @@ use tower::{Service, ServiceExt};
 use tower_lb::discover;
 use tower_lb::error::{BoxError, BuildError, Unavailable};
 use tower_lb::health::{ActiveChecks, Health, OutlierDetection, TcpProbe};
-use tower_lb::http::key::HttpKey;
+use tower_lb::http::key::{HttpKey, PassOver};
 use tower_lb::key::{NoKey, RequestKey};
 use tower_lb::strategy::{
     BoundedLoad, LeastRequest, Maglev, PeakEwma, Random, Rendezvous, RingHash, RoundRobin, Strategy,
 };
 use tower_lb::{EndpointStats, Monitor};
+
+#[path = "framing.rs"]
+mod framing;
+use framing::{Conflict, Scanned};
 
 // ----------------------------------------------------------------------------------------
 // Configuration
@@ -165,6 +170,11 @@ pub struct HealthConfig {
     pub timeout: Duration,
     pub rise: u32,
     pub fall: u32,
+    /// Below this share of healthy upstreams the balancer is in panic mode (0 turns it off).
+    pub panic_threshold: f64,
+    /// In panic mode, send only to healthy upstreams, and answer 503 when there are none
+    /// (default: fail open, over all upstreams, as nginx does when every server failed).
+    pub fail_closed: bool,
 }
 
 /// Passive health: outlier detection (nginx: `max_fails`, `fail_timeout`).
@@ -256,6 +266,8 @@ impl Default for HealthConfig {
             timeout: Duration::from_secs(1),
             rise: 2,
             fall: 3,
+            panic_threshold: 0.5,
+            fail_closed: false,
         }
     }
 }
@@ -601,6 +613,7 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let connection = Arc::new(ClientConn::new(client));
+        let stream = Scanned::new(stream, connection.conflict.clone());
         let state = state.clone();
         let service =
             service_fn(move |request| forward(state.clone(), connection.clone(), request));
@@ -626,11 +639,14 @@ fn is_routine(error: &hyper::Error) -> bool {
     }
 }
 
-/// What the proxy knows of a client connection, computed once.
+/// What the proxy knows of a client connection.
 struct ClientConn {
     addr: SocketAddr,
     /// `x-forwarded-for` when the client sent none.
     forwarded_for: HeaderValue,
+    /// Requests seen so far, and the one whose head had conflicting framing headers.
+    requests: AtomicUsize,
+    conflict: Arc<Conflict>,
 }
 
 impl ClientConn {
@@ -639,6 +655,8 @@ impl ClientConn {
         ClientConn {
             addr,
             forwarded_for,
+            requests: AtomicUsize::new(0),
+            conflict: Arc::new(Conflict::new()),
         }
     }
 }
@@ -698,6 +716,9 @@ fn build<P: Strategy, H: RequestKey<Request<Incoming>>>(
         .track_completion(Completion::default())
         .fail_fast(config.timeouts.fail_fast);
     let health = &config.health;
+    builder = builder
+        .panic_threshold(health.panic_threshold)
+        .fail_closed(health.fail_closed);
     if health.enabled {
         builder = builder.active_checks(
             TcpProbe::new(),
@@ -759,9 +780,20 @@ async fn forward(
     client: Arc<ClientConn>,
     mut request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    // Request smuggling (both Content-Length and Transfer-Encoding) is handled by hyper
-    // before this point: Transfer-Encoding wins, Content-Length is removed, and the client
-    // connection is closed after the answer (RFC 9112, section 6.3).
+    // Request smuggling: hyper lets Transfer-Encoding win over Content-Length, drops the
+    // latter and closes the connection after the answer (RFC 9112, section 6.3); the scan
+    // of the raw bytes (`framing`) tells which request it was, and it is refused outright.
+    let index = client.requests.fetch_add(1, Ordering::Relaxed);
+    if client.conflict.is(index) {
+        let mut response = proxy_error(
+            StatusCode::BAD_REQUEST,
+            "the request has both Content-Length and Transfer-Encoding",
+        );
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+        return Ok(response);
+    }
     let idempotent = request.method().is_idempotent();
     let headers = request.headers_mut();
     strip_hop_by_hop(headers);
@@ -814,6 +846,8 @@ async fn forward(
                 match not_sent.take() {
                     (Some(back), _) if retry => {
                         request = back;
+                        // Under a hashing strategy, the next upstream in the key's order.
+                        request.extensions_mut().insert(PassOver(attempt as usize));
                         attempt += 1;
                     }
                     (_, cause) => return Ok(error_response(&*cause, attempt)),
@@ -963,11 +997,15 @@ struct PoolSettings {
     protocol: Protocol,
 }
 
+/// What goes to an HTTP/1.1 upstream: the client's body, or none for a request kept for a
+/// replay (see [`UpstreamInner::send_http1`]).
+type SendBody = Either<Incoming, Empty<Bytes>>;
+
 /// The connections of one upstream on one worker thread.
 #[derive(Default)]
 struct Pool {
     /// Idle HTTP/1.1 connections, with the time they became idle.
-    idle: Vec<(client1::SendRequest<Incoming>, Instant)>,
+    idle: Vec<(client1::SendRequest<SendBody>, Instant)>,
     /// The h2c connection, shared by all requests of the worker.
     h2: Option<client2::SendRequest<Incoming>>,
 }
@@ -1166,7 +1204,23 @@ impl UpstreamInner {
                 }
                 return Err(NotSent::boxed(request, "the new connection closed at once"));
             }
-            match sender.try_send_request(request).await {
+            // An idempotent request without a body, sent on a reused connection, is kept (its
+            // head copied, its empty body set aside): if the upstream resets or closes the
+            // connection before any answer (it died, or closed the idle connection just as it
+            // was taken), it goes back to the balancer for another try, as nginx's
+            // `proxy_next_upstream error` does. Other requests cannot be replayed once sent.
+            let (outgoing, kept) =
+                if reused && request.method().is_idempotent() && request.body().is_end_stream() {
+                    let mut copy = Request::new(Either::Right(Empty::new()));
+                    *copy.method_mut() = request.method().clone();
+                    *copy.uri_mut() = request.uri().clone();
+                    *copy.version_mut() = request.version();
+                    *copy.headers_mut() = request.headers().clone();
+                    (copy, Some(request))
+                } else {
+                    (request.map(Either::Left), None)
+                };
+            match sender.try_send_request(outgoing).await {
                 Ok(response) => {
                     let guard = ReturnToPool {
                         sender: Some(sender),
@@ -1177,13 +1231,24 @@ impl UpstreamInner {
                         guard: Some(guard),
                     }));
                 }
-                Err(mut error) => match error.take_message() {
-                    // A pooled connection the upstream had closed: try another, as the
-                    // request was not written.
-                    Some(back) if reused => request = back,
-                    Some(back) => return Err(NotSent::boxed(back, error.into_error())),
-                    None => return Err(error.into_error().into()),
-                },
+                Err(mut error) => {
+                    let returned = error.take_message();
+                    let unsent = returned.is_some();
+                    let back = returned.and_then(|back| {
+                        let (parts, body) = back.into_parts();
+                        match body {
+                            Either::Left(body) => Some(Request::from_parts(parts, body)),
+                            Either::Right(_) => None, // the copy; the original is kept
+                        }
+                    });
+                    match back.or(kept) {
+                        // A pooled connection the upstream had closed, and the request was
+                        // not written: try another connection.
+                        Some(again) if unsent && reused => request = again,
+                        Some(again) => return Err(NotSent::boxed(again, error.into_error())),
+                        None => return Err(error.into_error().into()),
+                    }
+                }
             }
         }
     }
@@ -1233,7 +1298,7 @@ impl UpstreamInner {
 
 /// Puts an HTTP/1.1 connection back in its pool when the response body has been read.
 struct ReturnToPool {
-    sender: Option<client1::SendRequest<Incoming>>,
+    sender: Option<client1::SendRequest<SendBody>>,
     upstream: Arc<UpstreamInner>,
 }
 

@@ -653,6 +653,16 @@ where
         let key = self.key.key(request);
         let mut pick_cx = strategy::Context::new(self.shared.timing.map(|t| t.epoch));
         pick_cx.set_key(key.as_deref().filter(|k| !k.is_empty()));
+        let mut pass = self.key.passed_over(request);
+        if pass > 0 {
+            // A retry: never pass over every candidate.
+            let candidates = set
+                .eligible
+                .iter()
+                .filter(|slot| slot.load.health_flags() & set.skip == 0)
+                .count();
+            pass = pass.min(candidates.saturating_sub(1));
+        }
         let mut tried = Tried::default();
         let mut first = None;
         let (mut attempts, mut scanned) = (0, 0);
@@ -679,6 +689,10 @@ where
             let slot = &set.eligible[index];
             if slot.load.health_flags() & set.skip != 0 {
                 walk.passed.flagged = true;
+                continue;
+            }
+            if pass > 0 {
+                pass -= 1;
                 continue;
             }
             let mut service = slot.service.clone();

@@ -60,6 +60,12 @@
 //! bytes; [`PathAndQuery`] allocates only for an absolute-form URI with an empty path
 //! (`http://host?q`), to add the `/` that origin-form requests carry.
 //!
+//! # Retries
+//!
+//! Every key here reads a [`PassOver`] extension: a retry that carries `PassOver(k)` passes
+//! over the first `k` endpoints of its key's preference order and goes to the next one
+//! (see [`crate::key`](crate::key#retries-go-to-the-next-endpoint)).
+//!
 //! # Getting the client address into the request
 //!
 //! [`ClientIp`] reads a [`SocketAddr`] (or an [`IpAddr`]) from the request's
@@ -103,6 +109,28 @@ use http::header::{HeaderName, COOKIE};
 use http::Request;
 
 use crate::key::RequestKey;
+
+/// A request extension for retries under a hashing strategy: the request passes over this
+/// many endpoints at the front of its key's preference order (those its earlier tries
+/// failed on) and goes to the next. Absent, it is 0.
+///
+/// ```
+/// use tower_lb::http::key::{PassOver, Path};
+/// use tower_lb::key::RequestKey;
+///
+/// let mut retry = http::Request::new(());
+/// retry.extensions_mut().insert(PassOver(1)); // the first try failed
+/// assert_eq!(Path.passed_over(&retry), 1);
+/// assert_eq!(Path.passed_over(&http::Request::new(())), 0);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PassOver(pub usize);
+
+impl PassOver {
+    fn of<B>(request: &Request<B>) -> usize {
+        request.extensions().get::<PassOver>().map_or(0, |p| p.0)
+    }
+}
 
 /// The value of a request header.
 ///
@@ -159,6 +187,10 @@ impl From<HeaderName> for Header {
 }
 
 impl<B> RequestKey<Request<B>> for Header {
+    fn passed_over(&self, request: &Request<B>) -> usize {
+        PassOver::of(request)
+    }
+
     fn key<'r>(&self, request: &'r Request<B>) -> Option<Cow<'r, [u8]>> {
         request
             .headers()
@@ -237,6 +269,10 @@ impl Cookie {
 }
 
 impl<B> RequestKey<Request<B>> for Cookie {
+    fn passed_over(&self, request: &Request<B>) -> usize {
+        PassOver::of(request)
+    }
+
     fn key<'r>(&self, request: &'r Request<B>) -> Option<Cow<'r, [u8]>> {
         let name = self.name.as_bytes();
         if name.is_empty() {
@@ -280,6 +316,10 @@ fn trim_ows(bytes: &[u8]) -> &[u8] {
 pub struct Path;
 
 impl<B> RequestKey<Request<B>> for Path {
+    fn passed_over(&self, request: &Request<B>) -> usize {
+        PassOver::of(request)
+    }
+
     fn key<'r>(&self, request: &'r Request<B>) -> Option<Cow<'r, [u8]>> {
         let path = request.uri().path();
         (!path.is_empty()).then_some(Cow::Borrowed(path.as_bytes()))
@@ -299,6 +339,10 @@ impl<B> RequestKey<Request<B>> for Path {
 pub struct PathAndQuery;
 
 impl<B> RequestKey<Request<B>> for PathAndQuery {
+    fn passed_over(&self, request: &Request<B>) -> usize {
+        PassOver::of(request)
+    }
+
     fn key<'r>(&self, request: &'r Request<B>) -> Option<Cow<'r, [u8]>> {
         let path_and_query = request.uri().path_and_query()?.as_str();
         if path_and_query.starts_with('?') {
@@ -378,6 +422,10 @@ impl QueryParam {
 }
 
 impl<B> RequestKey<Request<B>> for QueryParam {
+    fn passed_over(&self, request: &Request<B>) -> usize {
+        PassOver::of(request)
+    }
+
     fn key<'r>(&self, request: &'r Request<B>) -> Option<Cow<'r, [u8]>> {
         let name = self.name.as_bytes();
         if name.is_empty() {
@@ -424,6 +472,10 @@ impl<B> RequestKey<Request<B>> for QueryParam {
 pub struct ClientIp;
 
 impl<B> RequestKey<Request<B>> for ClientIp {
+    fn passed_over(&self, request: &Request<B>) -> usize {
+        PassOver::of(request)
+    }
+
     fn key<'r>(&self, request: &'r Request<B>) -> Option<Cow<'r, [u8]>> {
         let extensions = request.extensions();
         let ip = match extensions.get::<SocketAddr>() {
@@ -478,6 +530,10 @@ pub enum HttpKey {
 }
 
 impl<B> RequestKey<Request<B>> for HttpKey {
+    fn passed_over(&self, request: &Request<B>) -> usize {
+        PassOver::of(request)
+    }
+
     fn key<'r>(&self, request: &'r Request<B>) -> Option<Cow<'r, [u8]>> {
         match self {
             HttpKey::Header(key) => key.key(request),
