@@ -8,10 +8,17 @@
 # loopback (the example's --upstreams-only), nginx (classic upstream block, keepalive on),
 # HAProxy (roundrobin, http-reuse always) and tower-lb's reverse proxy, each on its own port,
 # with the same worker count; drives each with the same wrk settings, rounds interleaved; and
-# prints one table. All traffic stays on 127.0.0.1. Settings (environment):
+# prints one table. All traffic stays on 127.0.0.1.
+#
+# Besides req/s and latency, the table gives the CPU time each part spends per request
+# (from /proc: the proxy's processes, the upstreams, wrk), and one more target: HAProxy in
+# `mode tcp`, a layer-4 byte relay that parses no HTTP at all. Every request costs the same
+# loopback TCP work in any proxy, so the relay's rate is the ceiling an HTTP proxy can
+# approach on this machine and traffic. Settings (environment):
 #
 #   DURATION=10s THREADS=2 CONNECTIONS=64 ROUNDS=2 WORKERS=2 STRATEGY=round-robin
-#   BASE_PORT=18000 (upstreams on BASE_PORT..+2, nginx +81, haproxy +82, tower-lb +83)
+#   BASE_PORT=18000 (upstreams on BASE_PORT..+2, nginx +81, haproxy +82, tower-lb +83,
+#   the relay +84)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +33,7 @@ UP=("127.0.0.1:$BASE_PORT" "127.0.0.1:$((BASE_PORT + 1))" "127.0.0.1:$((BASE_POR
 NGINX_PORT=$((BASE_PORT + 81))
 HAPROXY_PORT=$((BASE_PORT + 82))
 TOWER_PORT=$((BASE_PORT + 83))
+RELAY_PORT=$((BASE_PORT + 84))
 
 missing=()
 for tool in nginx haproxy wrk; do
@@ -45,7 +53,7 @@ TMP=$(mktemp -d /tmp/bench-proxy.XXXXXX)
 PIDS=()
 cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    [[ -f $TMP/nginx.pid ]] && kill "$(cat "$TMP/nginx.pid")" 2>/dev/null || true
+    [[ -f $TMP/nginx.pid ]] && kill "$(cat "$TMP/nginx.pid" 2>/dev/null)" 2>/dev/null || true
     wait 2>/dev/null || true
 }
 trap cleanup EXIT
@@ -62,7 +70,8 @@ wait_port() {
 # The upstreams: one process, three listeners.
 "$BIN" --upstreams-only --upstream "${UP[0]}" --upstream "${UP[1]}" --upstream "${UP[2]}" \
     >"$TMP/upstreams.log" 2>&1 &
-PIDS+=($!)
+UPSTREAMS_PID=$!
+PIDS+=($UPSTREAMS_PID)
 for u in "${UP[@]}"; do wait_port "${u##*:}"; done
 
 # nginx: the classic upstream block with keep-alive connections to the upstreams.
@@ -100,9 +109,11 @@ http {
 }
 CONF
 nginx -c "$TMP/nginx.conf" -p "$TMP/nginx/" >"$TMP/nginx.log" 2>&1 &
-PIDS+=($!)
+NGINX_PID=$!
+PIDS+=($NGINX_PID)
 
-# HAProxy: round robin, connection reuse, X-Forwarded-For.
+# HAProxy: round robin, connection reuse, X-Forwarded-For; and the layer-4 relay.
+SERVERS=$(for i in "${!UP[@]}"; do printf '    server u%s %s\n' "$i" "${UP[$i]}"; done)
 cat >"$TMP/haproxy.cfg" <<CONF
 global
     nbthread $WORKERS
@@ -119,22 +130,49 @@ frontend fe
     default_backend app
 backend app
     balance roundrobin
-    server u0 ${UP[0]}
-    server u1 ${UP[1]}
-    server u2 ${UP[2]}
+$SERVERS
+frontend relay
+    mode tcp
+    bind 127.0.0.1:$RELAY_PORT
+    default_backend app_tcp
+backend app_tcp
+    mode tcp
+    balance roundrobin
+$SERVERS
 CONF
 haproxy -f "$TMP/haproxy.cfg" >"$TMP/haproxy.log" 2>&1 &
-PIDS+=($!)
+HAPROXY_PID=$!
+PIDS+=($HAPROXY_PID)
 
 # tower-lb's reverse proxy: the same worker count, health checks and outlier detection on.
 "$BIN" --workers "$WORKERS" --strategy "$STRATEGY" --listen "127.0.0.1:$TOWER_PORT" \
     --upstream "${UP[0]}" --upstream "${UP[1]}" --upstream "${UP[2]}" >"$TMP/tower-lb.log" 2>&1 &
-PIDS+=($!)
+TOWER_PID=$!
+PIDS+=($TOWER_PID)
 
-for port in $NGINX_PORT $HAPROXY_PORT $TOWER_PORT; do wait_port "$port"; done
+for port in $NGINX_PORT $HAPROXY_PORT $TOWER_PORT $RELAY_PORT; do wait_port "$port"; done
 
-NAMES=(direct nginx haproxy tower-lb)
-PORTS=("${UP[0]##*:}" "$NGINX_PORT" "$HAPROXY_PORT" "$TOWER_PORT")
+NAMES=(direct nginx haproxy tower-lb l4-relay)
+PORTS=("${UP[0]##*:}" "$NGINX_PORT" "$HAPROXY_PORT" "$TOWER_PORT" "$RELAY_PORT")
+# The processes each target's proxy runs in (nginx: the master and its workers).
+proxy_pids() {
+    case $1 in
+        direct) ;;
+        nginx) echo "$NGINX_PID" $(pgrep -P "$NGINX_PID") ;;
+        haproxy | l4-relay) echo "$HAPROXY_PID" ;;
+        tower-lb) echo "$TOWER_PID" ;;
+    esac
+}
+# CPU time (user + system, in clock ticks) used so far by the processes given.
+cpu_ticks() {
+    local total=0 pid
+    for pid in "$@"; do
+        [[ -r /proc/$pid/stat ]] || continue
+        total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+    done
+    echo "$total"
+}
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
 
 # wrk's latency figures in milliseconds.
 to_ms() {
@@ -155,29 +193,46 @@ RESULTS=$TMP/results
 : >"$RESULTS"
 for round in $(seq "$ROUNDS"); do
     for i in "${!NAMES[@]}"; do
-        out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:${PORTS[$i]}/")
+        name=${NAMES[$i]}
+        pids=$(proxy_pids "$name")
+        proxy0=$(cpu_ticks $pids)
+        up0=$(cpu_ticks "$UPSTREAMS_PID")
+        # bash's `time` gives wrk's own CPU time (user and system seconds).
+        { TIMEFORMAT='%U %S'; time wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency \
+            "http://127.0.0.1:${PORTS[$i]}/" >"$TMP/wrk.out"; } 2>"$TMP/wrk.time"
+        proxy1=$(cpu_ticks $pids)
+        up1=$(cpu_ticks "$UPSTREAMS_PID")
+        out=$(cat "$TMP/wrk.out")
+        requests=$(awk '/requests in/ {print $1}' <<<"$out")
         rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
         p50=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
         p99=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
         errors=$(awk '/Non-2xx|Socket errors/' <<<"$out" | tr -s ' ' | paste -sd ';' -)
-        printf '  round %s  %-9s %10.0f req/s  p50 %6s ms  p99 %6s ms %s\n' \
-            "$round" "${NAMES[$i]}" "$rps" "$p50" "$p99" "$errors"
-        echo "${NAMES[$i]} $rps $p50 $p99" >>"$RESULTS"
+        read -r cpu_proxy cpu_up cpu_wrk < <(awk -v n="$requests" -v t="$TICK_US" \
+            -v p=$((proxy1 - proxy0)) -v u=$((up1 - up0)) '
+            { printf "%.1f %.1f %.1f\n", p * t / n, u * t / n, ($1 + $2) * 1e6 / n }' "$TMP/wrk.time")
+        printf '  round %s  %-9s %10.0f req/s  p50 %6s ms  p99 %6s ms  CPU us/req: proxy %5s upstreams %5s wrk %5s %s\n' \
+            "$round" "$name" "$rps" "$p50" "$p99" "$cpu_proxy" "$cpu_up" "$cpu_wrk" "$errors"
+        echo "$name $rps $p50 $p99 $cpu_proxy $cpu_up $cpu_wrk" >>"$RESULTS"
     done
 done
 
 echo
-echo "date: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs; means over $ROUNDS rounds"
+echo "date: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs; means over $ROUNDS rounds;" \
+    "CPU: microseconds of CPU time (user + system) per request"
 awk -v names="${NAMES[*]}" '
-    { n[$1]++; rps[$1] += $2; p50[$1] += $3; p99[$1] += $4 }
+    { n[$1]++; rps[$1] += $2; p50[$1] += $3; p99[$1] += $4; cp[$1] += $5; cu[$1] += $6; cw[$1] += $7 }
     END {
-        split(names, order, " ");
+        count = split(names, order, " ");
         base = rps["nginx"] / n["nginx"];
-        printf "| %-9s | %9s | %8s | %8s | %9s |\n", "target", "req/s", "p50 ms", "p99 ms", "vs nginx";
-        printf "|-----------|-----------|----------|----------|-----------|\n";
-        for (i = 1; i <= 4; i++) {
+        printf "| %-9s | %9s | %8s | %8s | %8s | %9s | %9s | %9s |\n", "target", "req/s", "p50 ms",
+            "p99 ms", "vs nginx", "CPU proxy", "CPU upstr", "CPU wrk";
+        printf "|-----------|-----------|----------|----------|----------|-----------|-----------|-----------|\n";
+        for (i = 1; i <= count; i++) {
             k = order[i];
-            printf "| %-9s | %9.0f | %8.2f | %8.2f | %8.2fx |\n",
-                k, rps[k] / n[k], p50[k] / n[k], p99[k] / n[k], (rps[k] / n[k]) / base;
+            printf "| %-9s | %9.0f | %8.2f | %8.2f | %7.2fx | %9.1f | %9.1f | %9.1f |\n",
+                k, rps[k] / n[k], p50[k] / n[k], p99[k] / n[k], (rps[k] / n[k]) / base,
+                cp[k] / n[k], cu[k] / n[k], cw[k] / n[k];
         }
     }' "$RESULTS"
+echo "l4-relay: HAProxy in mode tcp, which relays bytes and parses no HTTP: the ceiling for any proxy here."

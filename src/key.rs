@@ -17,17 +17,21 @@
 //! are in `tower_lb::http::key` (feature `http`). Any closure `Fn(&Req) -> Option<Vec<u8>>`
 //! wrapped in [`key_fn`] is a key too.
 //!
-//! # Retries go to the next endpoint
+//! # Retries go to another endpoint
 //!
 //! A key keeps a request on one endpoint, so a retry of a request that failed there would
-//! go back to it. [`RequestKey::passed_over`] says how many endpoints at the front of the
-//! key's preference order a request passes over: a retry after `k` failed tries passes over
-//! `k` and lands on the next endpoint in the key's order, as nginx's `proxy_next_upstream`
-//! does under `hash ... consistent` and Envoy's `previous_hosts` retry predicate does.
-//! Endpoints the balancer skips anyway (unhealthy, ejected, draining) do not count, and a
-//! request never passes over every candidate: with `m` candidates it passes over at most
-//! `m - 1`. The HTTP keys read the count from the request's
-//! [`PassOver`](crate::http::key::PassOver) extension.
+//! go back to it. [`RequestKey::previous_endpoints`] names the endpoints a request's
+//! earlier tries went to: the balancer passes over them in the key's preference order and
+//! sends the retry to the next endpoint, as nginx's `proxy_next_upstream` does under
+//! `hash ... consistent` and Envoy's `previous_hosts` retry predicate does. Names are those
+//! of [`Endpoints::name`](crate::strategy::Endpoints::name) (for a `SocketAddr` key,
+//! `127.0.0.1:8000`). When every other candidate is unavailable (flagged, or failing its
+//! readiness check), a previous endpoint is used after all rather than failing the
+//! request. The HTTP keys read the names from the request's
+//! [`PreviousEndpoints`](crate::http::key::PreviousEndpoints) extension; a [`key_fn`] key
+//! names none (implement the trait to route retries elsewhere).
+//! Strategies that do not route by key pick before the request is seen and ignore this;
+//! their retries are balanced afresh.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -37,11 +41,10 @@ pub trait RequestKey<Req>: Clone + Send + Sync + 'static {
     /// The request's key, or `None` when it has none.
     fn key<'r>(&self, request: &'r Req) -> Option<Cow<'r, [u8]>>;
 
-    /// How many endpoints at the front of the key's preference order this request passes
-    /// over (default 0): a retry after `k` failed tries passes over `k`. See
-    /// [the module docs](self#retries-go-to-the-next-endpoint).
-    fn passed_over(&self, _request: &Req) -> usize {
-        0
+    /// The names of the endpoints this request's earlier tries went to (default none);
+    /// they are passed over. See [the module docs](self#retries-go-to-another-endpoint).
+    fn previous_endpoints<'r>(&self, _request: &'r Req) -> &'r [String] {
+        &[]
     }
 }
 

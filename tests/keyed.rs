@@ -65,7 +65,7 @@ impl Switch {
     }
 }
 
-impl Service<Vec<u8>> for Switch {
+impl<R> Service<R> for Switch {
     type Response = &'static str;
     type Error = BoxError;
     type Future = std::future::Ready<Result<&'static str, BoxError>>;
@@ -81,7 +81,7 @@ impl Service<Vec<u8>> for Switch {
         }
     }
 
-    fn call(&mut self, _: Vec<u8>) -> Self::Future {
+    fn call(&mut self, _: R) -> Self::Future {
         std::future::ready(Ok(self.name))
     }
 }
@@ -359,28 +359,30 @@ async fn slow_start_does_not_move_the_keys_of_a_hashing_strategy() {
     }
 }
 
-/// Keys on the first byte of the request; its second byte, if any, is how many endpoints
-/// the request passes over (a retry).
+/// A retry: the key, and the endpoints earlier tries went to.
+type Retry = (Vec<u8>, Vec<String>);
+
 #[derive(Clone)]
 struct RetryKey;
 
-impl tower_lb::key::RequestKey<Vec<u8>> for RetryKey {
-    fn key<'r>(&self, request: &'r Vec<u8>) -> Option<std::borrow::Cow<'r, [u8]>> {
-        request.get(..1).map(std::borrow::Cow::Borrowed)
+impl tower_lb::key::RequestKey<Retry> for RetryKey {
+    fn key<'r>(&self, request: &'r Retry) -> Option<std::borrow::Cow<'r, [u8]>> {
+        Some(std::borrow::Cow::Borrowed(&request.0))
     }
 
-    fn passed_over(&self, request: &Vec<u8>) -> usize {
-        request.get(1).map_or(0, |&k| k as usize)
+    fn previous_endpoints<'r>(&self, request: &'r Retry) -> &'r [String] {
+        &request.1
     }
 }
 
 #[tokio::test]
-async fn a_retry_passes_over_the_endpoints_it_failed_on() {
+async fn a_retry_passes_over_the_endpoints_it_went_to() {
     let switches = three();
     let mut lb = Balance::builder()
         .strategy(ByFirstByte)
         .classify(ErrorsAsFailures)
         .request_key(RetryKey)
+        .fail_fast(Duration::from_millis(100))
         .build(discover::static_list(
             switches
                 .iter()
@@ -388,25 +390,29 @@ async fn a_retry_passes_over_the_endpoints_it_failed_on() {
                 .collect::<Vec<_>>(),
         ))
         .unwrap();
-    let mut send = async |request: Vec<u8>| lb.ready().await.unwrap().call(request).await.unwrap();
+    let mut send = async |previous: &[&str]| {
+        let previous = previous.iter().map(|p| p.to_string()).collect();
+        lb.ready().await.unwrap().call((vec![1], previous)).await
+    };
     // Key 1 prefers b, then c, then a.
-    assert_eq!(send(vec![1]).await, "b");
-    assert_eq!(send(vec![1, 0]).await, "b");
-    assert_eq!(send(vec![1, 1]).await, "c");
-    assert_eq!(send(vec![1, 2]).await, "a");
-    // Never past every candidate: at most n - 1.
-    assert_eq!(send(vec![1, 3]).await, "a");
-    assert_eq!(send(vec![1, 200]).await, "a");
-    // Endpoints skipped for health do not count: with c drained, one pass goes b -> a.
-    lb.set_draining(&"c", true).unwrap();
-    tokio::task::yield_now().await;
-    let mut send = async |request: Vec<u8>| lb.ready().await.unwrap().call(request).await.unwrap();
-    assert_eq!(send(vec![1, 1]).await, "a");
-    assert_eq!(send(vec![1, 2]).await, "a");
-    // A busy endpoint after the passed-over ones is passed as usual (b passed over, c busy).
-    lb.set_draining(&"c", false).unwrap();
-    tokio::task::yield_now().await;
+    assert_eq!(send(&[]).await.unwrap(), "b");
+    assert_eq!(send(&["b"]).await.unwrap(), "c");
+    assert_eq!(send(&["b", "c"]).await.unwrap(), "a");
+    assert_eq!(send(&["c"]).await.unwrap(), "b");
+    assert_eq!(send(&["zzz"]).await.unwrap(), "b");
+    // Every endpoint tried: the first in the key's order again, rather than failing.
+    assert_eq!(send(&["b", "c", "a"]).await.unwrap(), "b");
+    // A busy endpoint is passed over as usual: c busy, so the retry after b goes to a.
     switches[2].set(BUSY);
-    let mut send = async |request: Vec<u8>| lb.ready().await.unwrap().call(request).await.unwrap();
-    assert_eq!(send(vec![1, 1]).await, "a");
+    assert_eq!(send(&["b"]).await.unwrap(), "a");
+    // With the only other candidates broken, back to the endpoint tried before.
+    switches[2].set(BROKEN);
+    switches[0].set(BROKEN);
+    assert_eq!(send(&["b"]).await.unwrap(), "b");
+    // And with the other candidates busy, the retry waits for them (here: fails fast),
+    // instead of going back to b.
+    switches[2].set(BUSY);
+    switches[0].set(BUSY);
+    let error = send(&["b"]).await.unwrap_err();
+    assert!(error.is::<Unavailable>(), "{error}");
 }

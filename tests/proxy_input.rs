@@ -252,7 +252,8 @@ async fn unreachable_upstream_gets_502_and_silent_one_504() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_under_consistent_hashing_goes_to_the_next_upstream() {
     // Ring hash by path, no health checks: a path whose upstream is down is retried on the
-    // next upstream of its key's order (nginx's proxy_next_upstream), not on the same one.
+    // next upstream of its key's order (nginx's proxy_next_upstream), not on the same one,
+    // whether the pooled connection or the connect fails.
     let mut upstreams = Vec::new();
     for _ in 0..3 {
         upstreams.push(
@@ -278,6 +279,13 @@ async fn a_retry_under_consistent_hashing_goes_to_the_next_upstream() {
     };
     let first = upstream_of(&get("/key").await).expect("an upstream answers");
     upstreams.remove(first).stop();
+    // The stop takes effect when the runtime drops the upstream's tasks: wait until it
+    // refuses connections (its pooled connections in the proxy are closed or reset by then).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(addrs[first]).await.is_ok() {
+        assert!(Instant::now() < deadline, "the upstream never stopped");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     for _ in 0..3 {
         let response = get("/key").await;
         assert_status(&response, "200");

@@ -110,46 +110,75 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Scanned<IO> {
     }
 }
 
-/// How many bytes of each head line are kept: enough for `transfer-encoding:` and a
-/// `content-length:` line with any sane value.
-const LINE: usize = 64;
+/// The longest header name the scan compares (`transfer-encoding`).
+const NAME: usize = 17;
 
-/// Where the scan is in the byte stream.
+/// Where the scan is in the byte stream. The chunked states follow hyper's decoder byte for
+/// byte (a bare LF ends no line there), so that both find the same end of the body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Between messages: blank lines before a request line are skipped, as httparse does.
     Start,
-    /// Inside a head.
+    /// Inside a head (lines end at LF, with or without CR, as in httparse).
     Head,
     /// `n` body bytes still to skip.
     Body(u64),
-    /// Reading a chunk-size line; `size` so far, `ext` once past the digits.
+    /// A chunk-size line: hex digits, then optional whitespace, `;extensions`, CR LF.
     ChunkSize {
         size: u64,
         digits: bool,
-        ext: bool,
     },
-    /// `n` chunk-data bytes to skip, then the CRLF after them.
+    ChunkSizeSpace {
+        size: u64,
+    },
+    ChunkExtension {
+        size: u64,
+    },
+    ChunkSizeLf {
+        size: u64,
+    },
+    /// `n` chunk-data bytes to skip, then CR LF.
     ChunkData(u64),
-    ChunkEnd,
-    /// The trailer section after the last chunk (ends at a blank line).
-    Trailers {
-        blank: bool,
-    },
+    ChunkDataCr,
+    ChunkDataLf,
+    /// After the last chunk: trailer lines, each ending in CR LF, then an empty line.
+    EndCr,
+    Trailer,
+    TrailerLf,
+    EndLf,
     /// Nothing more is followed.
     Stopped,
+}
+
+/// The current line of a head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Line {
+    /// The request line.
+    Request,
+    /// A header name so far (the first `NAME` bytes kept) and its length.
+    Name { kept: [u8; NAME], len: usize },
+    /// The value of `Content-Length`, parsed as it arrives: `None` once it is not a number
+    /// hyper would take (digits between optional whitespace).
+    ContentLength {
+        value: Option<u64>,
+        digits: bool,
+        after: bool,
+    },
+    /// Any other header's value.
+    Value,
 }
 
 /// Follows HTTP/1.1 request framing over a stream of bytes fed in pieces.
 #[derive(Debug)]
 pub struct Scanner {
     state: State,
-    /// The start of the current head line and its full length.
-    line: [u8; LINE],
-    line_len: usize,
-    /// What the current head has shown so far.
+    line: Line,
+    /// Whether the current head line has any byte yet (an empty line ends the head).
+    line_started: bool,
+    /// What the current head has shown so far: `Content-Length` (its value when it is
+    /// valid and consistent) and `Transfer-Encoding`.
     content_length: Option<Option<u64>>,
-    chunked: bool,
+    transfer_encoding: bool,
     /// Ordinal of the current (or next) request.
     index: usize,
 }
@@ -158,10 +187,10 @@ impl Default for Scanner {
     fn default() -> Self {
         Scanner {
             state: State::Start,
-            line: [0; LINE],
-            line_len: 0,
+            line: Line::Request,
+            line_started: false,
             content_length: None,
-            chunked: false,
+            transfer_encoding: false,
             index: 0,
         }
     }
@@ -174,23 +203,15 @@ impl Scanner {
         while !bytes.is_empty() {
             match self.state {
                 State::Stopped => return None,
-                State::Body(n) => {
+                State::Body(n) | State::ChunkData(n) => {
                     let skip = n.min(bytes.len() as u64);
                     bytes = &bytes[skip as usize..];
-                    self.state = if skip == n {
-                        self.next_message()
-                    } else {
-                        State::Body(n - skip)
+                    self.state = match (self.state, n - skip) {
+                        (State::Body(_), 0) => self.next_message(),
+                        (State::Body(_), left) => State::Body(left),
+                        (_, 0) => State::ChunkDataCr,
+                        (_, left) => State::ChunkData(left),
                     };
-                }
-                State::ChunkData(n) => {
-                    let skip = n.min(bytes.len() as u64);
-                    bytes = &bytes[skip as usize..];
-                    if skip == n {
-                        self.state = State::ChunkEnd;
-                    } else {
-                        self.state = State::ChunkData(n - skip);
-                    }
                 }
                 _ => {
                     let byte = bytes[0];
@@ -209,104 +230,139 @@ impl Scanner {
         State::Start
     }
 
-    /// One byte in a state that reads lines.
+    /// One byte in a state that is not skipping a body.
     fn byte(&mut self, byte: u8) -> Option<usize> {
-        match self.state {
-            State::Start => {
-                if byte != b'\r' && byte != b'\n' {
-                    self.state = State::Head;
-                    self.line_len = 0;
-                    self.content_length = None;
-                    self.chunked = false;
-                    self.push(byte);
+        self.state = match (self.state, byte) {
+            (State::Start, b'\r' | b'\n') => State::Start,
+            (State::Start, _) => {
+                self.line = Line::Request;
+                self.line_started = true;
+                self.content_length = None;
+                self.transfer_encoding = false;
+                State::Head
+            }
+            (State::Head, b'\r') => State::Head,
+            (State::Head, b'\n') if !self.line_started => return self.end_of_head(),
+            (State::Head, b'\n') => {
+                self.end_of_line();
+                State::Head
+            }
+            (State::Head, _) => {
+                self.line_byte(byte);
+                State::Head
+            }
+            (State::ChunkSize { size, .. }, b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F') => {
+                let digit = u64::from((byte as char).to_digit(16).unwrap_or(0));
+                match size.checked_mul(16).and_then(|s| s.checked_add(digit)) {
+                    Some(size) => State::ChunkSize { size, digits: true },
+                    None => State::Stopped,
                 }
             }
-            State::Head => match byte {
-                b'\r' => {}
-                b'\n' if self.line_len == 0 => return self.end_of_head(),
-                b'\n' => {
-                    self.header_line();
-                    self.line_len = 0;
-                }
-                _ => self.push(byte),
+            (State::ChunkSize { digits: false, .. }, _) => State::Stopped,
+            (State::ChunkSize { size, .. } | State::ChunkSizeSpace { size }, b' ' | b'\t') => {
+                State::ChunkSizeSpace { size }
+            }
+            (State::ChunkSize { size, .. } | State::ChunkSizeSpace { size }, b';') => {
+                State::ChunkExtension { size }
+            }
+            (
+                State::ChunkSize { size, .. }
+                | State::ChunkSizeSpace { size }
+                | State::ChunkExtension { size },
+                b'\r',
+            ) => State::ChunkSizeLf { size },
+            (State::ChunkExtension { .. }, b'\n') => State::Stopped,
+            (State::ChunkExtension { size }, _) => State::ChunkExtension { size },
+            (State::ChunkSizeLf { size: 0 }, b'\n') => State::EndCr,
+            (State::ChunkSizeLf { size }, b'\n') => State::ChunkData(size),
+            (State::ChunkDataCr, b'\r') => State::ChunkDataLf,
+            (State::ChunkDataLf, b'\n') => State::ChunkSize {
+                size: 0,
+                digits: false,
             },
-            State::ChunkSize { size, digits, ext } => match byte {
-                b'\r' => {}
-                b'\n' if !digits => self.state = State::Stopped,
-                b'\n' if size == 0 => self.state = State::Trailers { blank: true },
-                b'\n' => self.state = State::ChunkData(size),
-                _ if ext => {}
-                b';' | b' ' | b'\t' => {
-                    self.state = State::ChunkSize {
-                        size,
-                        digits,
-                        ext: true,
-                    }
-                }
-                _ => match (byte as char).to_digit(16) {
-                    Some(d) if size < 1 << 59 => {
-                        self.state = State::ChunkSize {
-                            size: size * 16 + u64::from(d),
-                            digits: true,
-                            ext,
-                        }
-                    }
-                    _ => self.state = State::Stopped,
-                },
-            },
-            State::ChunkEnd => match byte {
-                b'\r' => {}
-                b'\n' => {
-                    self.state = State::ChunkSize {
-                        size: 0,
-                        digits: false,
-                        ext: false,
-                    }
-                }
-                _ => self.state = State::Stopped,
-            },
-            State::Trailers { blank } => match byte {
-                b'\r' => {}
-                b'\n' if blank => self.state = self.next_message(),
-                b'\n' => self.state = State::Trailers { blank: true },
-                _ => self.state = State::Trailers { blank: false },
-            },
-            State::Body(_) | State::ChunkData(_) | State::Stopped => {}
-        }
+            (State::EndCr, b'\r') => State::EndLf,
+            (State::Trailer, b'\r') => State::TrailerLf,
+            (State::EndCr | State::Trailer, _) => State::Trailer,
+            (State::TrailerLf, b'\n') => State::EndCr,
+            (State::EndLf, b'\n') => self.next_message(),
+            // Anything else is malformed: hyper refuses it and closes the connection.
+            _ => State::Stopped,
+        };
         None
     }
 
-    fn push(&mut self, byte: u8) {
-        if self.line_len < LINE {
-            self.line[self.line_len] = byte;
-        }
-        self.line_len += 1;
+    /// One byte of a head line other than CR and LF.
+    fn line_byte(&mut self, byte: u8) {
+        self.line_started = true;
+        self.line = match self.line {
+            Line::Request => Line::Request,
+            Line::Name { kept, len } if byte == b':' => {
+                let name = &kept[..len.min(NAME)];
+                if len <= NAME && name.eq_ignore_ascii_case(b"transfer-encoding") {
+                    self.transfer_encoding = true;
+                    Line::Value
+                } else if len <= NAME && name.eq_ignore_ascii_case(b"content-length") {
+                    Line::ContentLength {
+                        value: Some(0),
+                        digits: false,
+                        after: false,
+                    }
+                } else {
+                    Line::Value
+                }
+            }
+            Line::Name { mut kept, len } => {
+                if len < NAME {
+                    kept[len] = byte;
+                }
+                Line::Name { kept, len: len + 1 }
+            }
+            Line::ContentLength {
+                value,
+                digits,
+                after,
+            } => match byte {
+                b' ' | b'\t' => Line::ContentLength {
+                    value,
+                    digits,
+                    after: digits,
+                },
+                b'0'..=b'9' if !after => Line::ContentLength {
+                    value: value
+                        .and_then(|v| v.checked_mul(10))
+                        .and_then(|v| v.checked_add(u64::from(byte - b'0'))),
+                    digits: true,
+                    after,
+                },
+                _ => Line::ContentLength {
+                    value: None,
+                    digits,
+                    after,
+                },
+            },
+            Line::Value => Line::Value,
+        };
     }
 
-    /// Notes the framing headers of one complete head line.
-    fn header_line(&mut self) {
-        let kept = &self.line[..self.line_len.min(LINE)];
-        let Some(colon) = kept.iter().position(|&b| b == b':') else {
-            return; // the request line, or a line longer than LINE before its colon
-        };
-        let (name, value) = (&kept[..colon], &kept[colon + 1..]);
-        if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            self.chunked = true;
-        } else if name.eq_ignore_ascii_case(b"content-length") {
-            let value = value.trim_ascii();
-            let parsed = (self.line_len <= LINE && !value.is_empty())
-                .then(|| std::str::from_utf8(value).ok()?.parse::<u64>().ok())
-                .flatten();
+    /// Notes the framing header a complete head line carried, if any.
+    fn end_of_line(&mut self) {
+        if let Line::ContentLength { value, digits, .. } = self.line {
+            let parsed = value.filter(|_| digits);
             self.content_length = match self.content_length {
                 None => Some(parsed),
                 Some(previous) if previous == parsed => Some(parsed),
                 Some(_) => Some(None), // different lengths: hyper refuses the request
             };
         }
+        self.line = Line::Name {
+            kept: [0; NAME],
+            len: 0,
+        };
+        self.line_started = false;
     }
 
     fn end_of_head(&mut self) -> Option<usize> {
-        self.state = match (self.content_length, self.chunked) {
+        self.state = match (self.content_length, self.transfer_encoding) {
             (Some(_), true) => {
                 // hyper closes the connection after this request: nothing more to follow.
                 self.state = State::Stopped;
@@ -315,7 +371,6 @@ impl Scanner {
             (None, true) => State::ChunkSize {
                 size: 0,
                 digits: false,
-                ext: false,
             },
             (Some(Some(0)), false) | (None, false) => self.next_message(),
             (Some(Some(n)), false) => State::Body(n),
@@ -375,6 +430,37 @@ mod tests {
             GET /c HTTP/1.1\r\n\r\n\
             POST /d HTTP/1.1\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert_eq!(conflicts(input), [4]);
+    }
+
+    #[test]
+    fn a_bare_lf_in_the_trailers_ends_no_line_as_in_hyper() {
+        // hyper reads `\nGET /p HTTP/1.1\r\n` as a trailer line: the request with both
+        // headers is the second one, not the third.
+        let input = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\
+            \nGET /p HTTP/1.1\r\n\r\n\
+            POST /x HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(conflicts(input), [1]);
+        // A bare LF after a chunk's data is malformed for hyper: the scan stops.
+        let mut scanner = Scanner::default();
+        scanner.feed(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\n");
+        assert_eq!(scanner.state, State::Stopped);
+    }
+
+    #[test]
+    fn long_content_length_lines_are_read_whole() {
+        let spaces = " ".repeat(60);
+        let zeros = "0".repeat(70);
+        for value in [format!("{spaces}5{spaces}"), format!("{zeros}5")] {
+            let input = format!(
+                "POST / HTTP/1.1\r\nContent-Length:{value}\r\n\r\nhello\
+                 POST /x HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"
+            );
+            assert_eq!(conflicts(input.as_bytes()), [1], "{value:?}");
+        }
+        // Digits split by whitespace are not a number for hyper: the scan stops.
+        let mut scanner = Scanner::default();
+        scanner.feed(b"POST / HTTP/1.1\r\nContent-Length: 1 2\r\n\r\n");
+        assert_eq!(scanner.state, State::Stopped);
     }
 
     #[test]

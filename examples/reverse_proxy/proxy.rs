@@ -42,7 +42,7 @@ use tower::{Service, ServiceExt};
 use tower_lb::discover;
 use tower_lb::error::{BoxError, BuildError, Unavailable};
 use tower_lb::health::{ActiveChecks, Health, OutlierDetection, TcpProbe};
-use tower_lb::http::key::{HttpKey, PassOver};
+use tower_lb::http::key::{HttpKey, PreviousEndpoints};
 use tower_lb::key::{NoKey, RequestKey};
 use tower_lb::strategy::{
     BoundedLoad, LeastRequest, Maglev, PeakEwma, Random, Rendezvous, RingHash, RoundRobin, Strategy,
@@ -839,15 +839,14 @@ async fn forward(
             }
         };
         // A request that never left the proxy comes back with its error: an idempotent one
-        // is tried again (the balancer picks afresh), within the attempts and the budget.
+        // is tried again within the attempts and the budget. The balancer picks afresh; a
+        // hashing strategy passes over the upstreams the request has been to.
         match error.downcast::<NotSent>() {
             Ok(not_sent) => {
                 let retry = idempotent && attempt < state.attempts && state.budget.withdraw();
                 match not_sent.take() {
                     (Some(back), _) if retry => {
                         request = back;
-                        // Under a hashing strategy, the next upstream in the key's order.
-                        request.extensions_mut().insert(PassOver(attempt as usize));
                         attempt += 1;
                     }
                     (_, cause) => return Ok(error_response(&*cause, attempt)),
@@ -1111,6 +1110,17 @@ impl Service<Request<Incoming>> for Upstream {
 }
 
 impl UpstreamInner {
+    /// The error for a request that did not leave the proxy, or was lost before any
+    /// answer: the request comes back to be tried again, marked as having been here, so
+    /// that a hashing strategy passes over this upstream for the retry.
+    fn not_sent(&self, mut request: Request<Incoming>, cause: impl Into<BoxError>) -> BoxError {
+        let extensions = request.extensions_mut();
+        let mut previous = extensions.remove::<PreviousEndpoints>().unwrap_or_default();
+        previous.0.push(self.addr.to_string());
+        extensions.insert(previous);
+        NotSent::boxed(request, cause)
+    }
+
     fn pool(&self) -> &Mutex<Pool> {
         let worker = WORKER.with(|w| w.get());
         &self.pools[worker % self.pools.len()]
@@ -1185,12 +1195,12 @@ impl UpstreamInner {
                 None => {
                     let stream = match self.connect().await {
                         Ok(stream) => stream,
-                        Err(error) => return Err(NotSent::boxed(request, error)),
+                        Err(error) => return Err(self.not_sent(request, error)),
                     };
                     let (sender, connection) = match client1::handshake(TokioIo::new(stream)).await
                     {
                         Ok(handshake) => handshake,
-                        Err(error) => return Err(NotSent::boxed(request, error)),
+                        Err(error) => return Err(self.not_sent(request, error)),
                     };
                     tokio::spawn(async move {
                         let _ = connection.await;
@@ -1202,7 +1212,7 @@ impl UpstreamInner {
                 if reused {
                     continue; // closed while idle: take another
                 }
-                return Err(NotSent::boxed(request, "the new connection closed at once"));
+                return Err(self.not_sent(request, "the new connection closed at once"));
             }
             // An idempotent request without a body, sent on a reused connection, is kept (its
             // head copied, its empty body set aside): if the upstream resets or closes the
@@ -1245,8 +1255,11 @@ impl UpstreamInner {
                         // A pooled connection the upstream had closed, and the request was
                         // not written: try another connection.
                         Some(again) if unsent && reused => request = again,
-                        Some(again) => return Err(NotSent::boxed(again, error.into_error())),
-                        None => return Err(error.into_error().into()),
+                        // Not written, or a kept request the connection lost unanswered.
+                        Some(again) if unsent || lost(error.error()) => {
+                            return Err(self.not_sent(again, error.into_error()))
+                        }
+                        _ => return Err(error.into_error().into()),
                     }
                 }
             }
@@ -1266,12 +1279,12 @@ impl UpstreamInner {
             None => {
                 let stream = match self.connect().await {
                     Ok(stream) => stream,
-                    Err(error) => return Err(NotSent::boxed(request, error)),
+                    Err(error) => return Err(self.not_sent(request, error)),
                 };
                 let (sender, connection) =
                     match client2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await {
                         Ok(handshake) => handshake,
-                        Err(error) => return Err(NotSent::boxed(request, error)),
+                        Err(error) => return Err(self.not_sent(request, error)),
                     };
                 tokio::spawn(async move {
                     let _ = connection.await;
@@ -1281,7 +1294,7 @@ impl UpstreamInner {
             }
         };
         if let Err(error) = sender.ready().await {
-            return Err(NotSent::boxed(request, error));
+            return Err(self.not_sent(request, error));
         }
         match sender.try_send_request(request).await {
             Ok(response) => Ok(response.map(|body| PooledBody {
@@ -1289,11 +1302,33 @@ impl UpstreamInner {
                 guard: None,
             })),
             Err(mut error) => match error.take_message() {
-                Some(back) => Err(NotSent::boxed(back, error.into_error())),
+                Some(back) => Err(self.not_sent(back, error.into_error())),
                 None => Err(error.into_error().into()),
             },
         }
     }
+}
+
+/// Whether a connection failed by being closed or reset (before any answer, when the
+/// request future fails), rather than by a malformed answer or a timeout.
+fn lost(error: &hyper::Error) -> bool {
+    if error.is_incomplete_message() || error.is_canceled() {
+        return true;
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            );
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// Puts an HTTP/1.1 connection back in its pool when the response body has been read.

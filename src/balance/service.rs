@@ -653,20 +653,11 @@ where
         let key = self.key.key(request);
         let mut pick_cx = strategy::Context::new(self.shared.timing.map(|t| t.epoch));
         pick_cx.set_key(key.as_deref().filter(|k| !k.is_empty()));
-        let mut pass = self.key.passed_over(request);
-        if pass > 0 {
-            // A retry: never pass over every candidate.
-            let candidates = set
-                .eligible
-                .iter()
-                .filter(|slot| slot.load.health_flags() & set.skip == 0)
-                .count();
-            pass = pass.min(candidates.saturating_sub(1));
-        }
+        let previous = self.key.previous_endpoints(request);
+        let mut passed_over = Vec::new();
         let mut tried = Tried::default();
         let mut first = None;
         let (mut attempts, mut scanned) = (0, 0);
-        let mut noop = Context::from_waker(std::task::Waker::noop());
         while tried.len() < n {
             let index = if attempts < n {
                 if attempts > 0 {
@@ -691,21 +682,45 @@ where
                 walk.passed.flagged = true;
                 continue;
             }
-            if pass > 0 {
-                pass -= 1;
+            if !previous.is_empty() && previous.iter().any(|p| p == endpoints.name(index)) {
+                passed_over.push(index);
                 continue;
             }
-            let mut service = slot.service.clone();
-            match service.poll_ready(&mut noop) {
-                Poll::Ready(Ok(())) => return Some((service, slot.load.clone())),
-                Poll::Pending => walk.busy.push(Candidate {
-                    service,
-                    load: slot.load.clone(),
-                }),
-                Poll::Ready(Err(error)) => {
-                    walk.last_error = Some(readiness_failed(&slot.load, error.into()));
-                    walk.passed.broken = true;
+            if let Some(ready) = walk.poll(&slot.service, &slot.load) {
+                return Some(ready);
+            }
+        }
+        // A retry with no other candidate: back to an endpoint an earlier try went to,
+        // rather than failing.
+        if walk.busy.is_empty() {
+            for index in passed_over {
+                let slot = &set.eligible[index];
+                if let Some(ready) = walk.poll(&slot.service, &slot.load) {
+                    return Some(ready);
                 }
+            }
+        }
+        None
+    }
+}
+
+impl<S> Walk<S> {
+    /// Polls one endpoint's service once: returned when ready, noted when busy or broken.
+    fn poll<Req>(&mut self, service: &S, load: &Arc<Load>) -> Option<(S, Arc<Load>)>
+    where
+        S: Service<Req> + Clone,
+        S::Error: Into<BoxError>,
+    {
+        let mut service = service.clone();
+        match service.poll_ready(&mut Context::from_waker(std::task::Waker::noop())) {
+            Poll::Ready(Ok(())) => return Some((service, load.clone())),
+            Poll::Pending => self.busy.push(Candidate {
+                service,
+                load: load.clone(),
+            }),
+            Poll::Ready(Err(error)) => {
+                self.last_error = Some(readiness_failed(load, error.into()));
+                self.passed.broken = true;
             }
         }
         None

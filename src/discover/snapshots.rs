@@ -164,15 +164,18 @@ impl<K: Clone + Eq + Hash> SetDiff<K> {
 
     /// Removes every known endpoint, one `Remove` each (an empty reset would be ignored by
     /// the balancer by default).
+    #[cfg(feature = "dns")]
     pub(crate) fn remove_all<S>(&mut self) -> Vec<Change<K, S>> {
         self.resync = false;
         self.known.drain().map(|(k, _)| Change::Remove(k)).collect()
     }
 
+    #[cfg(feature = "dns")]
     pub(crate) fn len(&self) -> usize {
         self.known.len()
     }
 
+    #[cfg(feature = "dns")]
     pub(crate) fn is_empty(&self) -> bool {
         self.known.is_empty()
     }

@@ -62,9 +62,9 @@
 //!
 //! # Retries
 //!
-//! Every key here reads a [`PassOver`] extension: a retry that carries `PassOver(k)` passes
-//! over the first `k` endpoints of its key's preference order and goes to the next one
-//! (see [`crate::key`](crate::key#retries-go-to-the-next-endpoint)).
+//! Every key here reads a [`PreviousEndpoints`] extension: a retry that names the endpoints
+//! its earlier tries went to passes over them in its key's preference order and goes to the
+//! next one (see [`crate::key`](crate::key#retries-go-to-another-endpoint)).
 //!
 //! # Getting the client address into the request
 //!
@@ -110,25 +110,31 @@ use http::Request;
 
 use crate::key::RequestKey;
 
-/// A request extension for retries under a hashing strategy: the request passes over this
-/// many endpoints at the front of its key's preference order (those its earlier tries
-/// failed on) and goes to the next. Absent, it is 0.
+/// A request extension for retries under a hashing strategy: the names of the endpoints
+/// the request's earlier tries went to (as [`Endpoints::name`](crate::strategy::Endpoints::name)
+/// gives them). The balancer passes over them and sends the retry to the next endpoint of
+/// the key's order; see [`crate::key`](crate::key#retries-go-to-another-endpoint).
 ///
 /// ```
-/// use tower_lb::http::key::{PassOver, Path};
+/// use tower_lb::http::key::{Path, PreviousEndpoints};
 /// use tower_lb::key::RequestKey;
 ///
 /// let mut retry = http::Request::new(());
-/// retry.extensions_mut().insert(PassOver(1)); // the first try failed
-/// assert_eq!(Path.passed_over(&retry), 1);
-/// assert_eq!(Path.passed_over(&http::Request::new(())), 0);
+/// retry
+///     .extensions_mut()
+///     .insert(PreviousEndpoints(vec!["10.0.0.1:80".into()])); // the first try failed there
+/// assert_eq!(Path.previous_endpoints(&retry), ["10.0.0.1:80"]);
+/// assert!(Path.previous_endpoints(&http::Request::new(())).is_empty());
 /// ```
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PassOver(pub usize);
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PreviousEndpoints(pub Vec<String>);
 
-impl PassOver {
-    fn of<B>(request: &Request<B>) -> usize {
-        request.extensions().get::<PassOver>().map_or(0, |p| p.0)
+impl PreviousEndpoints {
+    fn of<B>(request: &Request<B>) -> &[String] {
+        request
+            .extensions()
+            .get::<PreviousEndpoints>()
+            .map_or(&[], |p| &p.0)
     }
 }
 
@@ -187,8 +193,8 @@ impl From<HeaderName> for Header {
 }
 
 impl<B> RequestKey<Request<B>> for Header {
-    fn passed_over(&self, request: &Request<B>) -> usize {
-        PassOver::of(request)
+    fn previous_endpoints<'r>(&self, request: &'r Request<B>) -> &'r [String] {
+        PreviousEndpoints::of(request)
     }
 
     fn key<'r>(&self, request: &'r Request<B>) -> Option<Cow<'r, [u8]>> {
@@ -269,8 +275,8 @@ impl Cookie {
 }
 
 impl<B> RequestKey<Request<B>> for Cookie {
-    fn passed_over(&self, request: &Request<B>) -> usize {
-        PassOver::of(request)
+    fn previous_endpoints<'r>(&self, request: &'r Request<B>) -> &'r [String] {
+        PreviousEndpoints::of(request)
     }
 
     fn key<'r>(&self, request: &'r Request<B>) -> Option<Cow<'r, [u8]>> {
@@ -316,8 +322,8 @@ fn trim_ows(bytes: &[u8]) -> &[u8] {
 pub struct Path;
 
 impl<B> RequestKey<Request<B>> for Path {
-    fn passed_over(&self, request: &Request<B>) -> usize {
-        PassOver::of(request)
+    fn previous_endpoints<'r>(&self, request: &'r Request<B>) -> &'r [String] {
+        PreviousEndpoints::of(request)
     }
 
     fn key<'r>(&self, request: &'r Request<B>) -> Option<Cow<'r, [u8]>> {
@@ -339,8 +345,8 @@ impl<B> RequestKey<Request<B>> for Path {
 pub struct PathAndQuery;
 
 impl<B> RequestKey<Request<B>> for PathAndQuery {
-    fn passed_over(&self, request: &Request<B>) -> usize {
-        PassOver::of(request)
+    fn previous_endpoints<'r>(&self, request: &'r Request<B>) -> &'r [String] {
+        PreviousEndpoints::of(request)
     }
 
     fn key<'r>(&self, request: &'r Request<B>) -> Option<Cow<'r, [u8]>> {
@@ -422,8 +428,8 @@ impl QueryParam {
 }
 
 impl<B> RequestKey<Request<B>> for QueryParam {
-    fn passed_over(&self, request: &Request<B>) -> usize {
-        PassOver::of(request)
+    fn previous_endpoints<'r>(&self, request: &'r Request<B>) -> &'r [String] {
+        PreviousEndpoints::of(request)
     }
 
     fn key<'r>(&self, request: &'r Request<B>) -> Option<Cow<'r, [u8]>> {
@@ -472,8 +478,8 @@ impl<B> RequestKey<Request<B>> for QueryParam {
 pub struct ClientIp;
 
 impl<B> RequestKey<Request<B>> for ClientIp {
-    fn passed_over(&self, request: &Request<B>) -> usize {
-        PassOver::of(request)
+    fn previous_endpoints<'r>(&self, request: &'r Request<B>) -> &'r [String] {
+        PreviousEndpoints::of(request)
     }
 
     fn key<'r>(&self, request: &'r Request<B>) -> Option<Cow<'r, [u8]>> {
@@ -530,8 +536,8 @@ pub enum HttpKey {
 }
 
 impl<B> RequestKey<Request<B>> for HttpKey {
-    fn passed_over(&self, request: &Request<B>) -> usize {
-        PassOver::of(request)
+    fn previous_endpoints<'r>(&self, request: &'r Request<B>) -> &'r [String] {
+        PreviousEndpoints::of(request)
     }
 
     fn key<'r>(&self, request: &'r Request<B>) -> Option<Cow<'r, [u8]>> {
