@@ -493,3 +493,194 @@ mod tests {
         assert_eq!(scanner.state, State::Body(u64::MAX - 3));
     }
 }
+
+/// hyper's HTTP/1 server reads random request streams through [`Scanned`]; every request it
+/// hands over must be flagged exactly when its head had both framing headers.
+#[cfg(test)]
+mod against_hyper {
+    use std::convert::Infallible;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Empty};
+    use hyper::body::Incoming;
+    use hyper::server::conn::http1;
+    use hyper::service::service_fn;
+    use hyper::{Request, Response};
+    use hyper_util::rt::TokioIo;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::{Conflict, Scanned};
+
+    /// xorshift64: a fixed, reproducible sequence.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+
+        fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+            items[self.below(items.len() as u64) as usize]
+        }
+    }
+
+    /// Body bytes that look like framing to a careless reader.
+    const TRICKY: [&str; 6] = [
+        "a",
+        "\r\n",
+        "0\r\n\r\n",
+        "GET /x HTTP/1.1\r\n",
+        "Content-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "zz",
+    ];
+
+    fn body(rng: &mut Rng, len: usize) -> String {
+        let mut text = String::new();
+        while text.len() < len {
+            text.push_str(rng.pick(&TRICKY));
+        }
+        text.truncate(len);
+        text
+    }
+
+    fn content_length(rng: &mut Rng, n: usize) -> String {
+        match rng.below(3) {
+            0 => format!("Content-Length: {n}\r\n"),
+            1 => format!(
+                "content-length:{0}{n}{0}\r\n",
+                " ".repeat(rng.below(70) as usize)
+            ),
+            _ => format!(
+                "CONTENT-LENGTH: {}{n}\r\n",
+                "0".repeat(rng.below(70) as usize)
+            ),
+        }
+    }
+
+    fn chunked(rng: &mut Rng) -> String {
+        let mut text = String::new();
+        for _ in 0..rng.below(4) {
+            let len = 1 + rng.below(20) as usize;
+            let size = match rng.below(2) {
+                0 => format!("{len:x}"),
+                _ => format!("{len:X}"),
+            };
+            let ext = rng.pick(&["", ";a=b", " ", " ;x"]);
+            text.push_str(&format!("{size}{ext}\r\n{}\r\n", body(rng, len)));
+        }
+        text.push_str("0\r\n");
+        for _ in 0..rng.below(3) {
+            text.push_str("Trailer-X: 1\r\n");
+        }
+        text.push_str("\r\n");
+        text
+    }
+
+    /// A stream of 1 to 5 requests, and for each whether its head has both headers.
+    fn stream(rng: &mut Rng) -> (Vec<u8>, Vec<bool>) {
+        let (mut text, mut both) = (String::new(), Vec::new());
+        for _ in 0..1 + rng.below(5) {
+            text.push_str(&"\r\n".repeat(rng.below(3) as usize));
+            text.push_str(rng.pick(&["GET / HTTP/1.1\r\n", "POST /p HTTP/1.1\r\n"]));
+            text.push_str("Host: x\r\n");
+            text.push_str(rng.pick(&["", "X-Note: Content-Length: 9\r\n", "Accept: */*\r\n"]));
+            let te = "Transfer-Encoding: chunked\r\n";
+            let n = rng.below(40) as usize;
+            match rng.below(4) {
+                0 => {
+                    text.push_str("\r\n");
+                    both.push(false);
+                }
+                1 => {
+                    text.push_str(&content_length(rng, n));
+                    text.push_str("\r\n");
+                    text.push_str(&body(rng, n));
+                    both.push(false);
+                }
+                2 => {
+                    text.push_str(te);
+                    text.push_str("\r\n");
+                    text.push_str(&chunked(rng));
+                    both.push(false);
+                }
+                _ => {
+                    let cl = content_length(rng, n);
+                    let head = match rng.below(2) {
+                        0 => format!("{cl}{te}"),
+                        _ => format!("{te}{cl}"),
+                    };
+                    text.push_str(&head);
+                    text.push_str("\r\n");
+                    text.push_str(&chunked(rng));
+                    both.push(true);
+                }
+            }
+        }
+        (text.into_bytes(), both)
+    }
+
+    #[tokio::test]
+    async fn the_scan_agrees_with_hyper_on_random_streams() {
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let mut served = 0;
+        for case in 0..300 {
+            let (bytes, both) = stream(&mut rng);
+            // A small pipe makes hyper read the stream in pieces of every size.
+            let (client, server) = tokio::io::duplex(1 + rng.below(64) as usize);
+            let conflict = Arc::new(Conflict::new());
+            let flagged = Arc::new(Mutex::new(Vec::new()));
+            let service = {
+                let (conflict, flagged) = (conflict.clone(), flagged.clone());
+                service_fn(move |request: Request<Incoming>| {
+                    let mut flagged = flagged.lock().unwrap();
+                    let index = flagged.len();
+                    flagged.push(conflict.is(index));
+                    async move {
+                        let _ = request.into_body().collect().await;
+                        Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
+                    }
+                })
+            };
+            let serve = http1::Builder::new()
+                .serve_connection(TokioIo::new(Scanned::new(server, conflict)), service);
+            let (mut read, mut write) = tokio::io::split(client);
+            let send = async move {
+                let _ = write.write_all(&bytes).await;
+                let _ = write.shutdown().await;
+            };
+            let receive = async move {
+                let mut sink = Vec::new();
+                let _ = read.read_to_end(&mut sink).await;
+            };
+            let run = async { tokio::join!(serve, send, receive) };
+            let (_served, (), ()) = tokio::time::timeout(Duration::from_secs(5), run)
+                .await
+                .unwrap_or_else(|_| panic!("case {case} hung"));
+            let flagged = flagged.lock().unwrap();
+            assert!(!flagged.is_empty(), "case {case}: hyper served nothing");
+            assert_eq!(
+                flagged[..],
+                both[..flagged.len()],
+                "case {case}: {}",
+                String::from_utf8_lossy(&stream_again(case))
+            );
+            served += flagged.len();
+        }
+        assert!(served > 600, "{served} requests served");
+    }
+
+    /// The stream of `case`, for the failure message.
+    fn stream_again(case: usize) -> Vec<u8> {
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        for _ in 0..case {
+            stream(&mut rng);
+            rng.below(64);
+        }
+        stream(&mut rng).0
+    }
+}
