@@ -14,11 +14,14 @@
 # (from /proc: the proxy's processes, the upstreams, wrk), and one more target: HAProxy in
 # `mode tcp`, a layer-4 byte relay that parses no HTTP at all. Every request costs the same
 # loopback TCP work in any proxy, so the relay's rate is the ceiling an HTTP proxy can
-# approach on this machine and traffic. Settings (environment):
+# approach on this machine and traffic. And `lean-floor`: scripts/lean-proxy, the leanest
+# HTTP/1.1 proxy on tokio (httparse, one task per connection for both legs, round robin,
+# nothing else), which shows how near a Rust proxy gets when it does almost nothing.
+# Settings (environment):
 #
 #   DURATION=10s THREADS=2 CONNECTIONS=64 ROUNDS=2 WORKERS=2 STRATEGY=round-robin
 #   BASE_PORT=18000 (upstreams on BASE_PORT..+2, nginx +81, haproxy +82, tower-lb +83,
-#   the relay +84)
+#   the relay +84, lean-floor +85)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,6 +37,7 @@ NGINX_PORT=$((BASE_PORT + 81))
 HAPROXY_PORT=$((BASE_PORT + 82))
 TOWER_PORT=$((BASE_PORT + 83))
 RELAY_PORT=$((BASE_PORT + 84))
+LEAN_PORT=$((BASE_PORT + 85))
 
 missing=()
 for tool in nginx haproxy wrk; do
@@ -48,6 +52,9 @@ fi
 echo "bench-proxy: building the example (cargo build --release --example reverse_proxy)"
 cargo build --release --example reverse_proxy
 BIN=target/release/examples/reverse_proxy
+echo "bench-proxy: building scripts/lean-proxy (the lean-floor reference)"
+CARGO_TARGET_DIR=target/lean-proxy cargo build --release --manifest-path scripts/lean-proxy/Cargo.toml
+LEAN_BIN=target/lean-proxy/release/lean-proxy
 
 TMP=$(mktemp -d /tmp/bench-proxy.XXXXXX)
 PIDS=()
@@ -150,10 +157,15 @@ PIDS+=($HAPROXY_PID)
 TOWER_PID=$!
 PIDS+=($TOWER_PID)
 
-for port in $NGINX_PORT $HAPROXY_PORT $TOWER_PORT $RELAY_PORT; do wait_port "$port"; done
+# The lean-floor reference.
+"$LEAN_BIN" "$WORKERS" "127.0.0.1:$LEAN_PORT" "${UP[@]}" >"$TMP/lean-proxy.log" 2>&1 &
+LEAN_PID=$!
+PIDS+=($LEAN_PID)
 
-NAMES=(direct nginx haproxy tower-lb l4-relay)
-PORTS=("${UP[0]##*:}" "$NGINX_PORT" "$HAPROXY_PORT" "$TOWER_PORT" "$RELAY_PORT")
+for port in $NGINX_PORT $HAPROXY_PORT $TOWER_PORT $RELAY_PORT $LEAN_PORT; do wait_port "$port"; done
+
+NAMES=(direct nginx haproxy tower-lb lean-floor l4-relay)
+PORTS=("${UP[0]##*:}" "$NGINX_PORT" "$HAPROXY_PORT" "$TOWER_PORT" "$LEAN_PORT" "$RELAY_PORT")
 # The processes each target's proxy runs in (nginx: the master and its workers).
 proxy_pids() {
     case $1 in
@@ -161,6 +173,7 @@ proxy_pids() {
         nginx) echo "$NGINX_PID" $(pgrep -P "$NGINX_PID") ;;
         haproxy | l4-relay) echo "$HAPROXY_PID" ;;
         tower-lb) echo "$TOWER_PID" ;;
+        lean-floor) echo "$LEAN_PID" ;;
     esac
 }
 # CPU time (user + system, in clock ticks) used so far by the processes given.
@@ -211,7 +224,7 @@ for round in $(seq "$ROUNDS"); do
         read -r cpu_proxy cpu_up cpu_wrk < <(awk -v n="$requests" -v t="$TICK_US" \
             -v p=$((proxy1 - proxy0)) -v u=$((up1 - up0)) '
             { printf "%.1f %.1f %.1f\n", p * t / n, u * t / n, ($1 + $2) * 1e6 / n }' "$TMP/wrk.time")
-        printf '  round %s  %-9s %10.0f req/s  p50 %6s ms  p99 %6s ms  CPU us/req: proxy %5s upstreams %5s wrk %5s %s\n' \
+        printf '  round %s  %-10s %10.0f req/s  p50 %6s ms  p99 %6s ms  CPU us/req: proxy %5s upstreams %5s wrk %5s %s\n' \
             "$round" "$name" "$rps" "$p50" "$p99" "$cpu_proxy" "$cpu_up" "$cpu_wrk" "$errors"
         echo "$name $rps $p50 $p99 $cpu_proxy $cpu_up $cpu_wrk" >>"$RESULTS"
     done
@@ -225,14 +238,16 @@ awk -v names="${NAMES[*]}" '
     END {
         count = split(names, order, " ");
         base = rps["nginx"] / n["nginx"];
-        printf "| %-9s | %9s | %8s | %8s | %8s | %9s | %9s | %9s |\n", "target", "req/s", "p50 ms",
+        printf "| %-10s | %9s | %8s | %8s | %8s | %9s | %9s | %9s |\n", "target", "req/s", "p50 ms",
             "p99 ms", "vs nginx", "CPU proxy", "CPU upstr", "CPU wrk";
-        printf "|-----------|-----------|----------|----------|----------|-----------|-----------|-----------|\n";
+        printf "|------------|-----------|----------|----------|----------|-----------|-----------|-----------|\n";
         for (i = 1; i <= count; i++) {
             k = order[i];
-            printf "| %-9s | %9.0f | %8.2f | %8.2f | %7.2fx | %9.1f | %9.1f | %9.1f |\n",
+            printf "| %-10s | %9.0f | %8.2f | %8.2f | %7.2fx | %9.1f | %9.1f | %9.1f |\n",
                 k, rps[k] / n[k], p50[k] / n[k], p99[k] / n[k], (rps[k] / n[k]) / base,
                 cp[k] / n[k], cu[k] / n[k], cw[k] / n[k];
         }
     }' "$RESULTS"
+echo "lean-floor: scripts/lean-proxy, a bare HTTP/1.1 relay on tokio (Content-Length bodies only, no" \
+    "timeouts, health or retries): about the best a Rust proxy does here."
 echo "l4-relay: HAProxy in mode tcp, which relays bytes and parses no HTTP: the ceiling for any proxy here."
