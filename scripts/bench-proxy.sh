@@ -170,7 +170,7 @@ PORTS=("${UP[0]##*:}" "$NGINX_PORT" "$HAPROXY_PORT" "$TOWER_PORT" "$LEAN_PORT" "
 proxy_pids() {
     case $1 in
         direct) ;;
-        nginx) echo "$NGINX_PID" $(pgrep -P "$NGINX_PID") ;;
+        nginx) echo "$NGINX_PID" $(cat /proc/"$NGINX_PID"/task/*/children 2>/dev/null) ;;
         haproxy | l4-relay) echo "$HAPROXY_PID" ;;
         tower-lb) echo "$TOWER_PID" ;;
         lean-floor) echo "$LEAN_PID" ;;
@@ -180,12 +180,12 @@ proxy_pids() {
 cpu_ticks() {
     local total=0 pid
     for pid in "$@"; do
-        [[ -r /proc/$pid/stat ]] || continue
-        total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+        ticks=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || true)
+        total=$((total + ${ticks:-0}))
     done
     echo "$total"
 }
-TICK_US=$((1000000 / $(getconf CLK_TCK)))
+CLK_TCK=$(getconf CLK_TCK)
 
 # wrk's latency figures in milliseconds.
 to_ms() {
@@ -210,20 +210,27 @@ for round in $(seq "$ROUNDS"); do
         pids=$(proxy_pids "$name")
         proxy0=$(cpu_ticks $pids)
         up0=$(cpu_ticks "$UPSTREAMS_PID")
-        # bash's `time` gives wrk's own CPU time (user and system seconds).
+        # bash's `time` gives wrk's own CPU time (user and system seconds). A target that
+        # fails is reported in its row; the run goes on.
         { TIMEFORMAT='%U %S'; time wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency \
-            "http://127.0.0.1:${PORTS[$i]}/" >"$TMP/wrk.out"; } 2>"$TMP/wrk.time"
+            "http://127.0.0.1:${PORTS[$i]}/" >"$TMP/wrk.out" 2>"$TMP/wrk.err"; } 2>"$TMP/wrk.time" ||
+            echo "bench-proxy: wrk failed against $name: $(cat "$TMP/wrk.err")" >&2
         proxy1=$(cpu_ticks $pids)
         up1=$(cpu_ticks "$UPSTREAMS_PID")
         out=$(cat "$TMP/wrk.out")
         requests=$(awk '/requests in/ {print $1}' <<<"$out")
+        requests=${requests:-0}
         rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+        rps=${rps:-0}
         p50=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
         p99=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
         errors=$(awk '/Non-2xx|Socket errors/' <<<"$out" | tr -s ' ' | paste -sd ';' -)
-        read -r cpu_proxy cpu_up cpu_wrk < <(awk -v n="$requests" -v t="$TICK_US" \
+        read -r cpu_proxy cpu_up cpu_wrk < <(awk -v n="$requests" -v hz="$CLK_TCK" \
             -v p=$((proxy1 - proxy0)) -v u=$((up1 - up0)) '
-            { printf "%.1f %.1f %.1f\n", p * t / n, u * t / n, ($1 + $2) * 1e6 / n }' "$TMP/wrk.time")
+            END {
+                if (n > 0) printf "%.1f %.1f %.1f\n", p * 1e6 / hz / n, u * 1e6 / hz / n, ($1 + $2) * 1e6 / n;
+                else print "n/a n/a n/a"
+            }' "$TMP/wrk.time") || true
         printf '  round %s  %-10s %10.0f req/s  p50 %6s ms  p99 %6s ms  CPU us/req: proxy %5s upstreams %5s wrk %5s %s\n' \
             "$round" "$name" "$rps" "$p50" "$p99" "$cpu_proxy" "$cpu_up" "$cpu_wrk" "$errors"
         echo "$name $rps $p50 $p99 $cpu_proxy $cpu_up $cpu_wrk" >>"$RESULTS"
@@ -238,6 +245,7 @@ awk -v names="${NAMES[*]}" '
     END {
         count = split(names, order, " ");
         base = rps["nginx"] / n["nginx"];
+        if (base == 0) base = 1;
         printf "| %-10s | %9s | %8s | %8s | %8s | %9s | %9s | %9s |\n", "target", "req/s", "p50 ms",
             "p99 ms", "vs nginx", "CPU proxy", "CPU upstr", "CPU wrk";
         printf "|------------|-----------|----------|----------|----------|-----------|-----------|-----------|\n";
