@@ -53,10 +53,20 @@ pub struct Scanned<IO> {
 }
 
 impl<IO> Scanned<IO> {
+    /// Scans `io` from the start of its first request.
     pub fn new(io: IO, conflict: Arc<Conflict>) -> Self {
+        Self::from_request(io, conflict, 0)
+    }
+
+    /// Scans `io` from the start of a request that is number `index` of its connection
+    /// (the earlier ones were served elsewhere).
+    pub fn from_request(io: IO, conflict: Arc<Conflict>, index: usize) -> Self {
         Scanned {
             io,
-            scanner: Scanner::default(),
+            scanner: Scanner {
+                index,
+                ..Scanner::default()
+            },
             conflict,
         }
     }

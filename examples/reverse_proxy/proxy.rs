@@ -49,6 +49,8 @@ use tower_lb::strategy::{
 };
 use tower_lb::{EndpointStats, Monitor};
 
+#[path = "fast.rs"]
+mod fast;
 #[path = "framing.rs"]
 mod framing;
 use framing::{Conflict, Scanned};
@@ -69,6 +71,10 @@ pub struct Config {
     pub workers: usize,
     /// Print every change of an upstream's health.
     pub log_health: bool,
+    /// Serve plain requests (HTTP/1.1, no body, an idempotent method) without hyper; see
+    /// `fast.rs`. On by default; used only with HTTP/1.1 upstreams and strategies that
+    /// route by no key.
+    pub fast_path: bool,
     pub upstream: UpstreamConfig,
     pub timeouts: Timeouts,
     pub limits: Limits,
@@ -203,6 +209,7 @@ impl Default for Config {
             listen: "127.0.0.1:8080".parse().unwrap(),
             workers: 0,
             log_health: true,
+            fast_path: true,
             upstream: UpstreamConfig::default(),
             timeouts: Timeouts::default(),
             limits: Limits::default(),
@@ -482,6 +489,10 @@ impl Drop for Proxy {
 /// Shared by every connection of every worker.
 struct State {
     balancer: BalancedService,
+    /// The same balancer for the fast path (plain requests without hyper), when it is on:
+    /// HTTP/1.1 upstreams and a strategy that routes by no key.
+    fast: Option<fast::FastService>,
+    max_header_bytes: usize,
     budget: TpsBudget,
     attempts: u32,
     request_timeout: Duration,
@@ -513,9 +524,11 @@ pub async fn start(config: &Config) -> Result<Proxy, BoxError> {
                 .map(|u| (s.address, u, s.weight))
         })
         .collect::<Result<Vec<_>, BoxError>>()?;
-    let (balancer, monitor, health_log) = build_balancer(config, endpoints)?;
+    let (balancer, fast, monitor, health_log) = build_balancer(config, endpoints)?;
     let state = Arc::new(State {
         balancer,
+        fast,
+        max_header_bytes: config.limits.max_header_bytes,
         budget: TpsBudget::new(
             Duration::from_secs(10),
             config.retry.min_per_second,
@@ -598,6 +611,8 @@ async fn accept_loop(
         .max_buf_size(limits.max_header_bytes)
         .keep_alive(true);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Every connection task holds a clone: the drain waits for them all.
+    let active = Arc::new(());
     loop {
         let (stream, client) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -613,13 +628,40 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let connection = Arc::new(ClientConn::new(client));
-        let stream = Scanned::new(stream, connection.conflict.clone());
         let state = state.clone();
-        let service =
-            service_fn(move |request| forward(state.clone(), connection.clone(), request));
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let mut shutdown = shutdown.clone();
+        let active = active.clone();
         tokio::spawn(async move {
+            let _active = active;
+            // Plain requests first, without hyper; hyper takes over at the first request
+            // that is not (from its first byte, read again).
+            let (stream, read) = match state.fast.clone() {
+                Some(service) => {
+                    let ended = fast::serve(
+                        stream,
+                        connection.clone(),
+                        state.clone(),
+                        service,
+                        limits.header_read_timeout,
+                        &mut shutdown,
+                    )
+                    .await;
+                    match ended {
+                        fast::Ended::Closed => return,
+                        fast::Ended::Hyper(stream, read) => (stream, read),
+                    }
+                }
+                None => (stream, Bytes::new()),
+            };
+            // The smuggling scan starts at the request hyper reads first.
+            let served = connection.requests.load(Ordering::Relaxed);
+            let io = fast::Rewind::new(read, stream);
+            let io = Scanned::from_request(io, connection.conflict.clone(), served);
+            let service =
+                service_fn(move |request| forward(state.clone(), connection.clone(), request));
+            let conn = watcher.watch(builder.serve_connection(TokioIo::new(io), service));
             if let Err(error) = conn.await {
                 if !is_routine(&error) {
                     eprintln!("connection from {client}: {error}");
@@ -628,7 +670,13 @@ async fn accept_loop(
         });
     }
     drop(listener);
-    let _ = tokio::time::timeout(drain, graceful.shutdown()).await;
+    let drained = async {
+        graceful.shutdown().await;
+        while Arc::strong_count(&active) > 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let _ = tokio::time::timeout(drain, drained).await;
 }
 
 /// Client disconnects and slow clients are part of normal traffic.
@@ -674,33 +722,59 @@ type BalancedService = BoxCloneSyncService<Request<Incoming>, Response<UpstreamB
 
 type HealthLog = Arc<Mutex<Vec<(Instant, SocketAddr, Health)>>>;
 
+/// The balancer for the hyper path and, when the fast path is on, the same for it.
+type Balancers = (
+    BalancedService,
+    Option<fast::FastService>,
+    Monitor<SocketAddr>,
+    HealthLog,
+);
+
 fn build_balancer(
     config: &Config,
     endpoints: Vec<(SocketAddr, Upstream, u32)>,
-) -> Result<(BalancedService, Monitor<SocketAddr>, HealthLog), BuildError> {
+) -> Result<Balancers, BuildError> {
     let key = config.upstream.hash_key.clone();
+    let fast = config.upstream.protocol == Protocol::Http1 && config.fast_path;
+    // A strategy that routes by no key serves both paths; a hashing one only hyper's.
+    macro_rules! plain {
+        ($strategy:expr) => {{
+            let (balance, monitor, log) = build(config, $strategy, NoKey, endpoints)?;
+            let fast = fast.then(|| fast::service(balance.clone()));
+            Ok((BoxCloneSyncService::new(balance), fast, monitor, log))
+        }};
+    }
+    macro_rules! keyed {
+        ($strategy:expr) => {{
+            let (balance, monitor, log) = build(config, $strategy, key, endpoints)?;
+            Ok((BoxCloneSyncService::new(balance), None, monitor, log))
+        }};
+    }
     match (config.upstream.strategy, config.upstream.bounded_load) {
-        (StrategyKind::RoundRobin, _) => build(config, RoundRobin::new(), NoKey, endpoints),
-        (StrategyKind::Random, _) => build(config, Random::new(), NoKey, endpoints),
-        (StrategyKind::LeastRequest, _) => build(config, LeastRequest::new(), NoKey, endpoints),
-        (StrategyKind::PeakEwma, _) => build(config, PeakEwma::new(), NoKey, endpoints),
-        (StrategyKind::RingHash, None) => build(config, RingHash::new(), key, endpoints),
-        (StrategyKind::RingHash, Some(c)) => build(
-            config,
-            BoundedLoad::new(RingHash::new()).factor(c),
-            key,
-            endpoints,
-        ),
-        (StrategyKind::Maglev, None) => build(config, Maglev::new(), key, endpoints),
-        (StrategyKind::Maglev, Some(c)) => build(
-            config,
-            BoundedLoad::new(Maglev::new()).factor(c),
-            key,
-            endpoints,
-        ),
-        (StrategyKind::Rendezvous, _) => build(config, Rendezvous::new(), key, endpoints),
+        (StrategyKind::RoundRobin, _) => plain!(RoundRobin::new()),
+        (StrategyKind::Random, _) => plain!(Random::new()),
+        (StrategyKind::LeastRequest, _) => plain!(LeastRequest::new()),
+        (StrategyKind::PeakEwma, _) => plain!(PeakEwma::new()),
+        (StrategyKind::RingHash, None) => keyed!(RingHash::new()),
+        (StrategyKind::RingHash, Some(c)) => keyed!(BoundedLoad::new(RingHash::new()).factor(c)),
+        (StrategyKind::Maglev, None) => keyed!(Maglev::new()),
+        (StrategyKind::Maglev, Some(c)) => keyed!(BoundedLoad::new(Maglev::new()).factor(c)),
+        (StrategyKind::Rendezvous, _) => keyed!(Rendezvous::new()),
     }
 }
+
+/// A balancer, with its monitor and its health log.
+type Built<P, H> = (ProxyBalance<P, H>, Monitor<SocketAddr>, HealthLog);
+
+/// The tower-lb balancer the proxy builds.
+type ProxyBalance<P, H> = tower_lb::Balance<
+    SocketAddr,
+    Upstream,
+    P,
+    tower_lb::classify::DefaultClassifier,
+    Completion,
+    H,
+>;
 
 /// Builds a tower-lb balancer with `strategy` (routing by `key`, for the hashing strategies)
 /// with active health checks and outlier detection, and erases its type.
@@ -709,7 +783,7 @@ fn build<P: Strategy, H: RequestKey<Request<Incoming>>>(
     strategy: P,
     key: H,
     endpoints: Vec<(SocketAddr, Upstream, u32)>,
-) -> Result<(BalancedService, Monitor<SocketAddr>, HealthLog), BuildError> {
+) -> Result<Built<P, H>, BuildError> {
     let mut builder = tower_lb::Builder::new()
         .strategy(strategy)
         .request_key(key)
@@ -764,7 +838,7 @@ fn build<P: Strategy, H: RequestKey<Request<Incoming>>>(
         }
     });
     let monitor = balance.monitor();
-    Ok((BoxCloneSyncService::new(balance), monitor, log))
+    Ok((balance, monitor, log))
 }
 
 // ----------------------------------------------------------------------------------------
@@ -825,6 +899,9 @@ async fn forward(
                 }
                 let mut response = response.map(Either::Left);
                 strip_hop_by_hop(response.headers_mut());
+                // The proxy answers in its own HTTP version, whatever the upstream's
+                // (an HTTP/1.0 upstream's answer would otherwise say HTTP/1.0).
+                *response.version_mut() = http::Version::HTTP_11;
                 return Ok(response);
             }
             Ok(Err(error)) => error,
@@ -900,24 +977,19 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 /// Appends the client's address to `x-forwarded-for` (nginx: `$proxy_add_x_forwarded_for`).
 fn append_forwarded_for(headers: &mut HeaderMap, client: &HeaderValue) {
     let name = X_FORWARDED_FOR;
-    match headers.remove(&name) {
-        None => {
-            headers.insert(name, client.clone());
-        }
-        Some(first) => {
-            let mut chain = first.as_bytes().to_vec();
-            for more in headers.get_all(&name) {
-                chain.extend_from_slice(b", ");
-                chain.extend_from_slice(more.as_bytes());
-            }
-            chain.extend_from_slice(b", ");
-            chain.extend_from_slice(client.as_bytes());
-            match HeaderValue::from_bytes(&chain) {
-                Ok(value) => headers.insert(name, value),
-                Err(_) => headers.insert(name, client.clone()),
-            };
-        }
+    if !headers.contains_key(&name) {
+        headers.insert(name, client.clone());
+        return;
     }
+    // Every value the request carried, in order, then this client.
+    let mut chain = Vec::new();
+    for value in headers.get_all(&name) {
+        chain.extend_from_slice(value.as_bytes());
+        chain.extend_from_slice(b", ");
+    }
+    chain.extend_from_slice(client.as_bytes());
+    let value = HeaderValue::from_bytes(&chain).unwrap_or_else(|_| client.clone());
+    headers.insert(name, value); // replaces every earlier value
 }
 
 /// 503 when the balancer had no upstream to offer, 504 when connecting timed out, 502 when
@@ -1007,6 +1079,8 @@ struct Pool {
     idle: Vec<(client1::SendRequest<SendBody>, Instant)>,
     /// The h2c connection, shared by all requests of the worker.
     h2: Option<client2::SendRequest<Incoming>>,
+    /// Idle connections of the fast path.
+    fast: Vec<(fast::FastConn, Instant)>,
 }
 
 /// The service that sends requests to one upstream.
@@ -1106,6 +1180,20 @@ impl Service<Request<Incoming>> for Upstream {
     fn call(&mut self, request: Request<Incoming>) -> Self::Future {
         let inner = self.inner.clone();
         Box::pin(async move { inner.send(request).await })
+    }
+}
+
+impl Service<fast::FastRequest> for Upstream {
+    type Response = Response<fast::FastBody>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Response<fast::FastBody>, BoxError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: fast::FastRequest) -> Self::Future {
+        Box::pin(self.inner.clone().send_fast(request))
     }
 }
 

@@ -1,0 +1,389 @@
+//! The reverse proxy's fast path (plain requests proxied without hyper) against a scripted
+//! upstream over raw TCP: every response framing it relays (length, chunked with trailers,
+//! until close, none for HEAD, 204 and 1xx), hop-by-hop headers both ways, malformed and
+//! partial answers, upstream connections closed while idle, pipelining, and the hand-over
+//! to hyper in the middle of a connection. Each case runs with the fast path on and off,
+//! and both must give the client the same answers.
+
+#[allow(dead_code)]
+#[path = "../examples/reverse_proxy/proxy.rs"]
+mod proxy;
+mod proxy_common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use proxy::{Config, Proxy};
+
+/// A scripted upstream: answers by path, counts the connections it accepted, and reports
+/// every request head it read.
+struct Scripted {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    heads: Arc<std::sync::Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Scripted {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What the upstream does for a path.
+fn script(path: &str) -> (Vec<&'static [u8]>, bool) {
+    // (pieces written with a pause between them, close the connection afterwards)
+    match path {
+        "/chunked" => (
+            vec![b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nKeep-Alive: timeout=5\r\nConnection: x-secret\r\nX-Secret: 1\r\nX-Kept: yes\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nTrailer-A: 1\r\n\r\n"],
+            false,
+        ),
+        "/split" => (
+            vec![
+                b"HTTP/1.1 200 OK\r\nCont",
+                b"ent-Length: 10\r\n",
+                b"\r\n01234",
+                b"56789",
+            ],
+            false,
+        ),
+        "/close" => (vec![b"HTTP/1.1 200 OK\r\n\r\nuntil the end"], true),
+        "/http10" => (vec![b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"], true),
+        "/head" => (vec![b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n"], false),
+        "/empty" => (vec![b"HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n"], false),
+        "/continue" => (
+            vec![b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"],
+            false,
+        ),
+        "/bad-chunk" => (
+            vec![b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"],
+            false,
+        ),
+        "/bad-head" => (vec![b"HTTP/1.1 2x0 OK\r\n\r\n"], true),
+        "/closes" => (
+            vec![b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\ncloses"],
+            true,
+        ),
+        _ => (
+            vec![b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nplain"],
+            false,
+        ),
+    }
+}
+
+async fn scripted() -> Scripted {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (count, seen) = (connections.clone(), heads.clone());
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let end = loop {
+                        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break end + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end);
+                    // Skip a Content-Length body.
+                    let length = head
+                        .lines()
+                        .find_map(|l| {
+                            let (name, value) = l.split_once(':')?;
+                            name.eq_ignore_ascii_case("content-length")
+                                .then(|| value.trim().parse::<usize>().ok())?
+                        })
+                        .unwrap_or(0);
+                    while buf.len() < length {
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..length);
+                    let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
+                    seen.lock().unwrap().push(head);
+                    let (pieces, close) = script(&path);
+                    for piece in pieces {
+                        if stream.write_all(piece).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    if close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Scripted {
+        addr,
+        connections,
+        heads,
+        task,
+    }
+}
+
+async fn proxy(upstream: &Scripted, fast_path: bool) -> Proxy {
+    let mut config: Config = proxy_common::config(&[upstream.addr]);
+    config.fast_path = fast_path;
+    config.workers = 1;
+    config.health.enabled = false;
+    config.outlier.enabled = false;
+    config.timeouts.request = Duration::from_secs(2);
+    proxy::start(&config).await.unwrap()
+}
+
+/// Sends `request` and reads until `answers` responses have arrived (counted by their
+/// status lines) and the connection has been quiet for a moment, or it closed.
+async fn send(stream: &mut TcpStream, request: &str) -> String {
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_millis(300), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => received.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&received).into_owned()
+}
+
+fn get(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: example\r\n\r\n")
+}
+
+/// Runs `check` against a fresh upstream and proxy, with the fast path on and then off.
+async fn both_paths<F, Fut>(check: F)
+where
+    F: Fn(Arc<Scripted>, SocketAddr, bool) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for fast_path in [true, false] {
+        let upstream = Arc::new(scripted().await);
+        let proxy = proxy(&upstream, fast_path).await;
+        check(upstream.clone(), proxy.addr, fast_path).await;
+    }
+}
+
+#[tokio::test]
+async fn chunked_answers_are_relayed_with_their_trailers_and_without_hop_by_hop_headers() {
+    both_paths(|upstream, addr, fast| async move {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let response = send(&mut stream, &get("/chunked")).await;
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+        assert!(response.contains("x-kept: yes") || response.contains("X-Kept: yes"));
+        let lower = response.to_ascii_lowercase();
+        assert!(!lower.contains("x-secret"), "{response}");
+        assert!(!lower.contains("keep-alive"), "{response}");
+        assert!(lower.contains("transfer-encoding: chunked"), "{response}");
+        // The body decodes to "hello world" either way (hyper re-frames it).
+        let body = &response[response.find("\r\n\r\n").unwrap() + 4..];
+        assert_eq!(dechunk(body), "hello world", "fast path {fast}: {response}");
+        // The connection is reused for the next request, here and upstream.
+        let response = send(&mut stream, &get("/")).await;
+        assert!(response.ends_with("plain"), "{response}");
+        assert_eq!(upstream.connections.load(Ordering::SeqCst), 1);
+    })
+    .await;
+}
+
+/// The data of a chunked body.
+fn dechunk(mut body: &str) -> String {
+    let mut data = String::new();
+    loop {
+        let line_end = body.find("\r\n").unwrap();
+        let size_text = body[..line_end].split(';').next().unwrap().trim();
+        let size = usize::from_str_radix(size_text, 16).unwrap();
+        body = &body[line_end + 2..];
+        if size == 0 {
+            return data;
+        }
+        data.push_str(&body[..size]);
+        body = &body[size + 2..];
+    }
+}
+
+#[tokio::test]
+async fn every_framing_reaches_the_client_whole() {
+    both_paths(|_upstream, addr, fast| async move {
+        // Length, in pieces; until close (the client connection closes after it too).
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let response = send(&mut stream, &get("/split")).await;
+        assert!(response.ends_with("\r\n\r\n0123456789"), "{fast}: {response}");
+        // Until close: the fast path relays it as it is and closes the client connection
+        // after it; hyper turns it into a chunked body.
+        let response = send(&mut stream, &get("/close")).await;
+        assert!(response.contains("until the end"), "{fast}: {response}");
+        if fast {
+            assert!(response.ends_with("until the end"), "{response}");
+            assert!(response.to_ascii_lowercase().contains("connection: close"));
+        }
+        // No body: HEAD, 204, and the answer after a 100 Continue.
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let response = send(
+            &mut stream,
+            "HEAD /head HTTP/1.1\r\nHost: example\r\n\r\nGET /empty HTTP/1.1\r\nHost: example\r\n\r\nGET /continue HTTP/1.1\r\nHost: example\r\n\r\n",
+        )
+        .await;
+        let statuses: Vec<&str> = response
+            .lines()
+            .filter(|l| l.starts_with("HTTP/1.1 "))
+            .collect();
+        assert_eq!(
+            statuses,
+            ["HTTP/1.1 200 OK", "HTTP/1.1 204 No Content", "HTTP/1.1 200 OK"],
+            "{fast}: {response}"
+        );
+        assert!(
+            response.to_ascii_lowercase().contains("content-length: 100"),
+            "{fast}: {response}"
+        );
+        assert!(response.ends_with("\r\n\r\nok"), "{fast}: {response}");
+        // An HTTP/1.0 upstream answer: relayed as HTTP/1.1; its connection is not reused.
+        let response = send(&mut stream, &get("/http10")).await;
+        assert!(response.starts_with("HTTP/1.1 200 OK"), "{fast}: {response}");
+        assert!(response.ends_with("ok"), "{fast}: {response}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn malformed_answers_get_502_or_close_the_connection() {
+    both_paths(|_upstream, addr, fast| async move {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let response = send(&mut stream, &get("/bad-head")).await;
+        assert!(response.starts_with("HTTP/1.1 502"), "{fast}: {response}");
+        // A chunked body that turns out malformed after its head: the client connection is
+        // closed, as its body cannot be completed. The fast path has relayed the head by
+        // then; hyper sends nothing.
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let response = send(&mut stream, &get("/bad-chunk")).await;
+        if fast {
+            assert!(response.starts_with("HTTP/1.1 200"), "{fast}: {response}");
+        } else {
+            assert_eq!(response, "");
+        }
+        let mut rest = [0u8; 16];
+        let closed = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut rest)).await;
+        assert!(
+            matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+            "{fast}: the connection stayed open"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_upstream_connection_closed_while_idle_is_replaced_without_an_error() {
+    both_paths(|upstream, addr, fast| async move {
+        // The upstream closes after `/closes` without saying so; the next request finds
+        // the pooled connection closed, and is sent again on a new one.
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let response = send(&mut stream, &get("/closes")).await;
+        assert!(response.ends_with("closes"), "{fast}: {response}");
+        for _ in 0..3 {
+            let response = send(&mut stream, &get("/")).await;
+            assert!(response.ends_with("plain"), "{fast}: {response}");
+        }
+        assert_eq!(upstream.connections.load(Ordering::SeqCst), 2, "{fast}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn pipelined_requests_and_a_hand_over_to_hyper_keep_their_order() {
+    both_paths(|upstream, addr, fast| async move {
+        // Two plain GETs, a POST with a body (hyper's), and a GET after it, in one write.
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let request = format!(
+            "{}{}POST /post HTTP/1.1\r\nHost: example\r\nContent-Length: 3\r\n\r\nabc{}",
+            get("/1"),
+            get("/2"),
+            get("/3")
+        );
+        let response = send(&mut stream, &request).await;
+        assert_eq!(
+            response.matches("HTTP/1.1 200 OK").count(),
+            4,
+            "{fast}: {response}"
+        );
+        let paths: Vec<String> = upstream
+            .heads
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|h| h.split(' ').take(2).collect::<Vec<_>>().join(" "))
+            .collect();
+        assert_eq!(
+            paths,
+            ["GET /1", "GET /2", "POST /post", "GET /3"],
+            "{fast}"
+        );
+        // What the upstream received: forwarded headers, no hop-by-hop ones.
+        let heads = upstream.heads.lock().unwrap();
+        let first = heads[0].to_ascii_lowercase();
+        assert!(first.contains("x-forwarded-for: 127.0.0.1"), "{first}");
+        assert!(first.contains("x-forwarded-proto: http"), "{first}");
+        assert!(first.contains("host: example"), "{first}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn hop_by_hop_request_headers_are_removed_and_forwarded_for_is_appended() {
+    both_paths(|upstream, addr, fast| async move {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let request = "GET / HTTP/1.1\r\nHost: example\r\nConnection: keep-alive, x-private\r\nKeep-Alive: 5\r\nX-Private: 1\r\nTE: trailers\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-For: 10.0.0.2\r\nX-Forwarded-Proto: https\r\nX-Public: 2\r\n\r\n";
+        let response = send(&mut stream, request).await;
+        assert!(response.ends_with("plain"), "{fast}: {response}");
+        let head = upstream.heads.lock().unwrap()[0].to_ascii_lowercase();
+        for gone in ["x-private", "keep-alive", "\r\nte:", "connection:", "https"] {
+            assert!(!head.contains(gone), "{fast}: {gone} in {head}");
+        }
+        assert!(head.contains("x-public: 2"), "{fast}: {head}");
+        assert!(
+            head.contains("x-forwarded-for: 10.0.0.1, 10.0.0.2, 127.0.0.1"),
+            "{fast}: {head}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_client_that_asks_to_close_gets_its_answer_then_the_close() {
+    both_paths(|_upstream, addr, fast| async move {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let response = send(
+            &mut stream,
+            "GET / HTTP/1.1\r\nHost: example\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(response.ends_with("plain"), "{fast}: {response}");
+        assert!(response.to_ascii_lowercase().contains("connection: close"));
+        let mut rest = [0u8; 16];
+        assert!(
+            matches!(stream.read(&mut rest).await, Ok(0) | Err(_)),
+            "{fast}"
+        );
+    })
+    .await;
+}
