@@ -64,6 +64,9 @@
 //! - Ctrl-C stops accepting, lets in-flight requests finish (`timeouts.drain`), and exits.
 //! - `workers` threads (default: one per CPU), each with its own listening socket
 //!   (`SO_REUSEPORT`) and upstream connections, like nginx's worker processes.
+//! - A fast path for plain requests (HTTP/1.1, no body, `GET`, `HEAD`, `OPTIONS`,
+//!   `DELETE`): parsed in place and relayed without hyper, one task per client connection
+//!   for both legs; any other request hands the connection to hyper (`fast.rs`).
 //!
 //! | `--strategy` | tower-lb strategy | nginx |
 //! |---|---|---|

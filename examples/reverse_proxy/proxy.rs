@@ -10,6 +10,8 @@
 //!   worker thread (HTTP/1.1) or one multiplexed connection per worker thread (h2c).
 //! - [`spawn_demo_upstream`]: a small fast upstream (HTTP/1.1 and h2c) for demos, benchmarks
 //!   and tests.
+//! - `fast.rs`: plain requests proxied without hyper; `framing.rs`: the smuggling scan in
+//!   front of hyper.
 
 use std::convert::Infallible;
 use std::fmt;
