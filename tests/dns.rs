@@ -62,9 +62,21 @@ fn name(s: &str) -> Name {
 
 impl Server {
     async fn start() -> Server {
-        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let addr = udp.local_addr().unwrap();
-        let tcp = TcpListener::bind(addr).await.unwrap();
+        // UDP and TCP on the same port: the UDP port the system picks may be taken for
+        // TCP (by a connection of another test), so pick again until both are free.
+        let mut attempts = 0;
+        let (udp, tcp, addr) = loop {
+            let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let addr = udp.local_addr().unwrap();
+            match TcpListener::bind(addr).await {
+                Ok(tcp) => break (udp, tcp, addr),
+                Err(error) if attempts < 50 => {
+                    attempts += 1;
+                    let _ = error;
+                }
+                Err(error) => panic!("no port free for both UDP and TCP: {error}"),
+            }
+        };
         let server = Server {
             addr,
             zone: Arc::default(),

@@ -69,6 +69,21 @@ fn script(path: &str) -> (Vec<&'static [u8]>, bool) {
             vec![b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\ncloses"],
             true,
         ),
+        // A body after the answer to HEAD, later: it must never reach the next request.
+        "/head-extra" => (
+            vec![b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", b"", b"", b"junk!"],
+            false,
+        ),
+        // Both framings: Transfer-Encoding wins, Content-Length must not reach the client.
+        "/te-cl" => (
+            vec![b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n3\r\nabc\r\n0\r\n\r\n"],
+            false,
+        ),
+        // `Connection` naming a framing header does not remove it.
+        "/conn-cl" => (
+            vec![b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: content-length\r\n\r\nok"],
+            false,
+        ),
         _ => (
             vec![b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nplain"],
             false,
@@ -152,19 +167,44 @@ async fn proxy(upstream: &Scripted, fast_path: bool) -> Proxy {
     proxy::start(&config).await.unwrap()
 }
 
-/// Sends `request` and reads until `answers` responses have arrived (counted by their
-/// status lines) and the connection has been quiet for a moment, or it closed.
-async fn send(stream: &mut TcpStream, request: &str) -> String {
+/// Sends `request` and reads until `done` says the answer is complete, the connection
+/// closes, or 5 s pass.
+async fn send(stream: &mut TcpStream, request: &str, done: impl Fn(&str) -> bool) -> String {
     stream.write_all(request.as_bytes()).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     let mut received = Vec::new();
     let mut buf = [0u8; 4096];
-    loop {
-        match tokio::time::timeout(Duration::from_millis(300), stream.read(&mut buf)).await {
+    while !done(&String::from_utf8_lossy(&received)) {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
             Ok(Ok(n)) => received.extend_from_slice(&buf[..n]),
         }
     }
     String::from_utf8_lossy(&received).into_owned()
+}
+
+/// An answer that ends with `tail`.
+fn ends(tail: &'static str) -> impl Fn(&str) -> bool {
+    move |text| text.ends_with(tail)
+}
+
+/// Only the connection's end (or the time limit) ends the read.
+fn closed(_: &str) -> bool {
+    false
+}
+
+/// A complete chunked answer: its last chunk and the end of its trailers.
+fn chunked_end(text: &str) -> bool {
+    text.contains("\r\n0\r\n") && text.ends_with("\r\n\r\n")
+}
+
+/// Whether the peer closed the connection (within 2 s).
+async fn is_closed(stream: &mut TcpStream) -> bool {
+    let mut rest = [0u8; 16];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), stream.read(&mut rest)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
 }
 
 fn get(path: &str) -> String {
@@ -184,28 +224,6 @@ where
     }
 }
 
-#[tokio::test]
-async fn chunked_answers_are_relayed_with_their_trailers_and_without_hop_by_hop_headers() {
-    both_paths(|upstream, addr, fast| async move {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        let response = send(&mut stream, &get("/chunked")).await;
-        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
-        assert!(response.contains("x-kept: yes") || response.contains("X-Kept: yes"));
-        let lower = response.to_ascii_lowercase();
-        assert!(!lower.contains("x-secret"), "{response}");
-        assert!(!lower.contains("keep-alive"), "{response}");
-        assert!(lower.contains("transfer-encoding: chunked"), "{response}");
-        // The body decodes to "hello world" either way (hyper re-frames it).
-        let body = &response[response.find("\r\n\r\n").unwrap() + 4..];
-        assert_eq!(dechunk(body), "hello world", "fast path {fast}: {response}");
-        // The connection is reused for the next request, here and upstream.
-        let response = send(&mut stream, &get("/")).await;
-        assert!(response.ends_with("plain"), "{response}");
-        assert_eq!(upstream.connections.load(Ordering::SeqCst), 1);
-    })
-    .await;
-}
-
 /// The data of a chunked body.
 fn dechunk(mut body: &str) -> String {
     let mut data = String::new();
@@ -222,26 +240,81 @@ fn dechunk(mut body: &str) -> String {
     }
 }
 
+fn body_of(response: &str) -> &str {
+    &response[response.find("\r\n\r\n").map_or(0, |i| i + 4)..]
+}
+
+#[tokio::test]
+async fn chunked_answers_are_relayed_with_their_trailers_and_without_hop_by_hop_headers() {
+    both_paths(|upstream, addr, fast| async move {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let response = send(&mut stream, &get("/chunked"), chunked_end).await;
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+        // The fast path relays header names as they came; hyper writes them in lower case
+        // (which also shows which path served the request).
+        if fast {
+            assert!(response.contains("X-Kept: yes"), "{response}");
+        } else {
+            assert!(response.contains("x-kept: yes"), "{response}");
+        }
+        let lower = response.to_ascii_lowercase();
+        assert!(!lower.contains("x-secret"), "{response}");
+        assert!(!lower.contains("keep-alive"), "{response}");
+        assert!(lower.contains("transfer-encoding: chunked"), "{response}");
+        assert_eq!(
+            dechunk(body_of(&response)),
+            "hello world",
+            "{fast}: {response}"
+        );
+        // The connection is reused for the next request, here and upstream.
+        let response = send(&mut stream, &get("/"), ends("plain")).await;
+        assert!(response.ends_with("plain"), "{response}");
+        assert_eq!(upstream.connections.load(Ordering::SeqCst), 1);
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn every_framing_reaches_the_client_whole() {
-    both_paths(|_upstream, addr, fast| async move {
-        // Length, in pieces; until close (the client connection closes after it too).
+    both_paths(|upstream, addr, fast| async move {
         let mut stream = TcpStream::connect(addr).await.unwrap();
-        let response = send(&mut stream, &get("/split")).await;
+        // Length, in pieces.
+        let response = send(&mut stream, &get("/split"), ends("56789")).await;
         assert!(response.ends_with("\r\n\r\n0123456789"), "{fast}: {response}");
+        // Transfer-Encoding with Content-Length: the fast path relays it chunked, without
+        // the Content-Length; hyper decodes it and frames "abc" by its length.
+        let done = |t: &str| chunked_end(t) || t.ends_with("\r\n\r\nabc");
+        let response = send(&mut stream, &get("/te-cl"), done).await;
+        if fast {
+            assert!(
+                !response.to_ascii_lowercase().contains("content-length"),
+                "{response}"
+            );
+            assert_eq!(dechunk(body_of(&response)), "abc", "{response}");
+        } else {
+            assert_eq!(body_of(&response), "abc", "{response}");
+        }
+        // `Connection: content-length` keeps the framing; the connection goes on.
+        let response = send(&mut stream, &get("/conn-cl"), ends("ok")).await;
+        assert!(response.ends_with("\r\n\r\nok"), "{fast}: {response}");
+        let response = send(&mut stream, &get("/"), ends("plain")).await;
+        assert!(response.ends_with("plain"), "{fast}: {response}");
         // Until close: the fast path relays it as it is and closes the client connection
         // after it; hyper turns it into a chunked body.
-        let response = send(&mut stream, &get("/close")).await;
+        let done = |t: &str| t.ends_with("until the end") || t.ends_with("0\r\n\r\n");
+        let response = send(&mut stream, &get("/close"), done).await;
         assert!(response.contains("until the end"), "{fast}: {response}");
         if fast {
             assert!(response.ends_with("until the end"), "{response}");
             assert!(response.to_ascii_lowercase().contains("connection: close"));
+            assert!(is_closed(&mut stream).await);
         }
         // No body: HEAD, 204, and the answer after a 100 Continue.
         let mut stream = TcpStream::connect(addr).await.unwrap();
         let response = send(
             &mut stream,
             "HEAD /head HTTP/1.1\r\nHost: example\r\n\r\nGET /empty HTTP/1.1\r\nHost: example\r\n\r\nGET /continue HTTP/1.1\r\nHost: example\r\n\r\n",
+            ends("\r\n\r\nok"),
         )
         .await;
         let statuses: Vec<&str> = response
@@ -257,11 +330,38 @@ async fn every_framing_reaches_the_client_whole() {
             response.to_ascii_lowercase().contains("content-length: 100"),
             "{fast}: {response}"
         );
-        assert!(response.ends_with("\r\n\r\nok"), "{fast}: {response}");
         // An HTTP/1.0 upstream answer: relayed as HTTP/1.1; its connection is not reused.
-        let response = send(&mut stream, &get("/http10")).await;
+        let response = send(&mut stream, &get("/http10"), ends("ok")).await;
         assert!(response.starts_with("HTTP/1.1 200 OK"), "{fast}: {response}");
-        assert!(response.ends_with("ok"), "{fast}: {response}");
+        let before = upstream.connections.load(Ordering::SeqCst);
+        let response = send(&mut stream, &get("/"), ends("plain")).await;
+        assert!(response.ends_with("plain"), "{fast}: {response}");
+        assert_eq!(upstream.connections.load(Ordering::SeqCst), before + 1, "{fast}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bytes_an_idle_upstream_connection_receives_never_answer_the_next_request() {
+    both_paths(|upstream, addr, fast| async move {
+        // The upstream sends a body after its answer to HEAD, late. The next request must
+        // get its own answer, on another connection.
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let response = send(
+            &mut stream,
+            "HEAD /head-extra HTTP/1.1\r\nHost: example\r\n\r\n",
+            ends("\r\n\r\n"),
+        )
+        .await;
+        assert!(
+            response.starts_with("HTTP/1.1 200 OK"),
+            "{fast}: {response}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let response = send(&mut stream, &get("/"), ends("plain")).await;
+        assert!(response.ends_with("\r\n\r\nplain"), "{fast}: {response}");
+        assert!(!response.contains("junk"), "{fast}: {response}");
+        assert_eq!(upstream.connections.load(Ordering::SeqCst), 2, "{fast}");
     })
     .await;
 }
@@ -270,24 +370,72 @@ async fn every_framing_reaches_the_client_whole() {
 async fn malformed_answers_get_502_or_close_the_connection() {
     both_paths(|_upstream, addr, fast| async move {
         let mut stream = TcpStream::connect(addr).await.unwrap();
-        let response = send(&mut stream, &get("/bad-head")).await;
+        let response = send(&mut stream, &get("/bad-head"), ends("\n")).await;
         assert!(response.starts_with("HTTP/1.1 502"), "{fast}: {response}");
         // A chunked body that turns out malformed after its head: the client connection is
         // closed, as its body cannot be completed. The fast path has relayed the head by
         // then; hyper sends nothing.
         let mut stream = TcpStream::connect(addr).await.unwrap();
-        let response = send(&mut stream, &get("/bad-chunk")).await;
+        let response = send(&mut stream, &get("/bad-chunk"), closed).await;
         if fast {
             assert!(response.starts_with("HTTP/1.1 200"), "{fast}: {response}");
         } else {
             assert_eq!(response, "");
         }
-        let mut rest = [0u8; 16];
-        let closed = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut rest)).await;
         assert!(
-            matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+            is_closed(&mut stream).await,
             "{fast}: the connection stayed open"
         );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_proxys_own_answer_to_head_has_no_body() {
+    // Nothing listens upstream: 502, and after HEAD no body, so the next answer on the
+    // connection starts where it should.
+    let closed_port = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = closed_port.local_addr().unwrap();
+    drop(closed_port);
+    for fast_path in [true, false] {
+        let mut config: Config = proxy_common::config(&[addr]);
+        config.fast_path = fast_path;
+        config.health.enabled = false;
+        config.outlier.enabled = false;
+        let proxy = proxy::start(&config).await.unwrap();
+        let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+        let request =
+            "HEAD / HTTP/1.1\r\nHost: example\r\n\r\nGET / HTTP/1.1\r\nHost: example\r\n\r\n";
+        let two = |t: &str| t.matches("HTTP/1.1 502").count() == 2 && t.ends_with(")\n");
+        let response = send(&mut stream, request, two).await;
+        let heads: Vec<&str> = response.split("HTTP/1.1 502").collect();
+        assert_eq!(heads.len(), 3, "{fast_path}: {response}");
+        assert!(body_of(heads[1]).is_empty(), "{fast_path}: {response}");
+        assert!(
+            body_of(heads[2]).contains("refused"),
+            "{fast_path}: {response}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn requests_the_fast_path_does_not_take_get_hypers_answers() {
+    both_paths(|upstream, addr, fast| async move {
+        // A target hyper refuses, and a head over the limit.
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let response = send(
+            &mut stream,
+            "GET /a<b> HTTP/1.1\r\nHost: example\r\n\r\n",
+            ends("\r\n\r\n"),
+        )
+        .await;
+        assert!(response.starts_with("HTTP/1.1 400"), "{fast}: {response}");
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let big = "a".repeat(20 * 1024);
+        let request = format!("GET / HTTP/1.1\r\nHost: example\r\nX-Big: {big}\r\n\r\n");
+        let response = send(&mut stream, &request, ends("\r\n\r\n")).await;
+        assert!(response.starts_with("HTTP/1.1 431"), "{fast}: {response}");
+        assert!(upstream.heads.lock().unwrap().is_empty(), "{fast}");
     })
     .await;
 }
@@ -296,15 +444,17 @@ async fn malformed_answers_get_502_or_close_the_connection() {
 async fn an_upstream_connection_closed_while_idle_is_replaced_without_an_error() {
     both_paths(|upstream, addr, fast| async move {
         // The upstream closes after `/closes` without saying so; the next request finds
-        // the pooled connection closed, and is sent again on a new one.
+        // the pooled connection closed, and goes on a new one.
         let mut stream = TcpStream::connect(addr).await.unwrap();
-        let response = send(&mut stream, &get("/closes")).await;
+        let response = send(&mut stream, &get("/closes"), ends("closes")).await;
         assert!(response.ends_with("closes"), "{fast}: {response}");
         for _ in 0..3 {
-            let response = send(&mut stream, &get("/")).await;
+            let response = send(&mut stream, &get("/"), ends("plain")).await;
             assert!(response.ends_with("plain"), "{fast}: {response}");
         }
         assert_eq!(upstream.connections.load(Ordering::SeqCst), 2, "{fast}");
+        // Each request reached the upstream once.
+        assert_eq!(upstream.heads.lock().unwrap().len(), 4, "{fast}");
     })
     .await;
 }
@@ -320,7 +470,8 @@ async fn pipelined_requests_and_a_hand_over_to_hyper_keep_their_order() {
             get("/2"),
             get("/3")
         );
-        let response = send(&mut stream, &request).await;
+        let four = |t: &str| t.matches("HTTP/1.1 200 OK").count() == 4 && t.ends_with("plain");
+        let response = send(&mut stream, &request, four).await;
         assert_eq!(
             response.matches("HTTP/1.1 200 OK").count(),
             4,
@@ -353,7 +504,7 @@ async fn hop_by_hop_request_headers_are_removed_and_forwarded_for_is_appended() 
     both_paths(|upstream, addr, fast| async move {
         let mut stream = TcpStream::connect(addr).await.unwrap();
         let request = "GET / HTTP/1.1\r\nHost: example\r\nConnection: keep-alive, x-private\r\nKeep-Alive: 5\r\nX-Private: 1\r\nTE: trailers\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-For: 10.0.0.2\r\nX-Forwarded-Proto: https\r\nX-Public: 2\r\n\r\n";
-        let response = send(&mut stream, request).await;
+        let response = send(&mut stream, request, ends("plain")).await;
         assert!(response.ends_with("plain"), "{fast}: {response}");
         let head = upstream.heads.lock().unwrap()[0].to_ascii_lowercase();
         for gone in ["x-private", "keep-alive", "\r\nte:", "connection:", "https"] {
@@ -375,15 +526,12 @@ async fn a_client_that_asks_to_close_gets_its_answer_then_the_close() {
         let response = send(
             &mut stream,
             "GET / HTTP/1.1\r\nHost: example\r\nConnection: close\r\n\r\n",
+            ends("plain"),
         )
         .await;
         assert!(response.ends_with("plain"), "{fast}: {response}");
         assert!(response.to_ascii_lowercase().contains("connection: close"));
-        let mut rest = [0u8; 16];
-        assert!(
-            matches!(stream.read(&mut rest).await, Ok(0) | Err(_)),
-            "{fast}"
-        );
+        assert!(is_closed(&mut stream).await, "{fast}");
     })
     .await;
 }

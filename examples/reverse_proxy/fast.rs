@@ -41,6 +41,7 @@ use tower::retry::budget::Budget;
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceExt};
 
+use super::framing::Chunked;
 use super::{error_response, proxy_error, ClientConn, HostMode, ProxyBody, State, UpstreamInner};
 
 /// The balancer, for fast-path requests.
@@ -72,21 +73,21 @@ enum Parsed {
 }
 
 /// Reads the request head at the start of `buf`.
-fn parse(buf: &[u8], client: &ClientConn, host_mode: HostMode) -> Parsed {
+fn parse(buf: &[u8], client: &ClientConn, host_mode: HostMode, max_head: usize) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     let len = match request.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
+        // Larger than the limit: hyper answers 431.
+        Ok(httparse::Status::Complete(len)) if len <= max_head => len,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Err(_) => return Parsed::Hyper,
+        Ok(httparse::Status::Complete(_)) | Err(_) => return Parsed::Hyper,
     };
     let (Some(method), Some(path), Some(1)) = (request.method, request.path, request.version)
     else {
         return Parsed::Hyper;
     };
     let head_method = method == "HEAD";
-    if !matches!(method, "GET" | "HEAD" | "OPTIONS" | "DELETE" | "TRACE") || !path.starts_with('/')
-    {
+    if !matches!(method, "GET" | "HEAD" | "OPTIONS" | "DELETE" | "TRACE") || !origin_form(path) {
         return Parsed::Hyper;
     }
     // Hop-by-hop headers, and those `Connection` names.
@@ -99,7 +100,11 @@ fn parse(buf: &[u8], client: &ClientConn, host_mode: HostMode) -> Parsed {
                 let token = token.trim_ascii();
                 if token.eq_ignore_ascii_case(b"close") {
                     close = true;
-                } else if token.eq_ignore_ascii_case(b"upgrade") {
+                } else if token.eq_ignore_ascii_case(b"upgrade")
+                    || token.eq_ignore_ascii_case(b"host")
+                    || token.len() >= 11 && token[..11].eq_ignore_ascii_case(b"x-forwarded")
+                {
+                    // Rare, and the headers this path rewrites: hyper's path decides.
                     return Parsed::Hyper;
                 }
                 named.push(token);
@@ -123,7 +128,7 @@ fn parse(buf: &[u8], client: &ClientConn, host_mode: HostMode) -> Parsed {
         let name = header.name;
         if name.eq_ignore_ascii_case("host") {
             if host.is_some() {
-                return Parsed::Hyper; // two Host headers: hyper refuses the request
+                return Parsed::Hyper; // two Host headers: rare, left to hyper's path
             }
             host = Some(Bytes::copy_from_slice(header.value));
             continue;
@@ -171,6 +176,14 @@ fn parse(buf: &[u8], client: &ClientConn, host_mode: HostMode) -> Parsed {
         },
         len,
     )
+}
+
+/// A target in origin form that hyper (the `http` crate) takes as it is: a path, no
+/// fragment, no byte it refuses.
+fn origin_form(target: &str) -> bool {
+    target.starts_with('/')
+        && !target.contains('#')
+        && http::uri::PathAndQuery::try_from(target).is_ok_and(|p| p.as_str() == target)
 }
 
 fn push_header(head: &mut BytesMut, name: &[u8], value: &[u8]) {
@@ -293,7 +306,7 @@ pub async fn serve(
             .reset(tokio::time::Instant::now() + header_read_timeout);
         let (request, len) = loop {
             if !buf.is_empty() {
-                match parse(&buf, &client, state.host) {
+                match parse(&buf, &client, state.host, max_head) {
                     Parsed::Fast(request, len) => break (request, len),
                     Parsed::Hyper => return Ended::Hyper(stream, buf.freeze()),
                     Parsed::Partial if buf.len() >= max_head => {
@@ -350,6 +363,7 @@ async fn exchange(
     mut timer: Pin<&mut tokio::time::Sleep>,
 ) -> io::Result<bool> {
     let mut attempt = 1;
+    let head_method = request.head_method;
     let response = loop {
         timer
             .as_mut()
@@ -376,8 +390,12 @@ async fn exchange(
                     "the upstream did not answer within {:?}",
                     state.request_timeout
                 );
-                return write_answer(stream, proxy_error(StatusCode::GATEWAY_TIMEOUT, &reason))
-                    .await;
+                return write_answer(
+                    stream,
+                    proxy_error(StatusCode::GATEWAY_TIMEOUT, &reason),
+                    head_method,
+                )
+                .await;
             }
         };
         match error.downcast::<FastNotSent>() {
@@ -392,10 +410,15 @@ async fn exchange(
                         request = back;
                         attempt += 1;
                     }
-                    _ => return write_answer(stream, error_response(&*cause, attempt)).await,
+                    _ => {
+                        return write_answer(stream, error_response(&*cause, attempt), head_method)
+                            .await
+                    }
                 }
             }
-            Err(error) => return write_answer(stream, error_response(&*error, attempt)).await,
+            Err(error) => {
+                return write_answer(stream, error_response(&*error, attempt), head_method).await
+            }
         }
     };
     let keep = !response.headers().contains_key(http::header::CONNECTION);
@@ -408,8 +431,13 @@ async fn exchange(
     Ok(keep)
 }
 
-/// Writes one of the proxy's own answers; the connection is kept open.
-async fn write_answer(stream: &mut TcpStream, response: Response<ProxyBody>) -> io::Result<bool> {
+/// Writes one of the proxy's own answers (with no body after a HEAD request); the
+/// connection is kept open.
+async fn write_answer(
+    stream: &mut TcpStream,
+    response: Response<ProxyBody>,
+    head_method: bool,
+) -> io::Result<bool> {
     let status = response.status();
     let body = response
         .into_body()
@@ -424,7 +452,9 @@ async fn write_answer(stream: &mut TcpStream, response: Response<ProxyBody>) -> 
         body.len()
     );
     stream.write_all(head.as_bytes()).await?;
-    stream.write_all(&body).await?;
+    if !head_method {
+        stream.write_all(&body).await?;
+    }
     Ok(true)
 }
 
@@ -528,13 +558,16 @@ impl UpstreamInner {
                     }
                     return Ok(response);
                 }
+                // A pooled connection the upstream had closed: once on a new connection,
+                // and the pool may hold more such: they go.
                 Err(RoundTrip::Lost(_)) if reused && !fresh_tried => {
                     fresh_tried = true;
-                    // The pool may hold more connections the upstream closed: a new one.
                     self.drain_fast();
                 }
-                Err(RoundTrip::Lost(error)) => return Err(not_sent(request, error)),
-                Err(RoundTrip::Failed(error)) => return Err(error.into()),
+                // Lost again on a reused connection: back to the balancer. On a new one,
+                // the upstream failed it, as the hyper path counts it (no retry).
+                Err(RoundTrip::Lost(error)) if reused => return Err(not_sent(request, error)),
+                Err(RoundTrip::Lost(error) | RoundTrip::Failed(error)) => return Err(error.into()),
             }
         }
     }
@@ -549,6 +582,8 @@ impl UpstreamInner {
     ) -> Result<(BytesMut, Framing, bool, StatusCode), RoundTrip> {
         conn.stream.write_all(out).await.map_err(RoundTrip::lost)?;
         conn.buf.clear();
+        // Once any byte of an answer came (a 1xx included), a loss is a failure.
+        let mut answered = false;
         loop {
             // What is already read first: a 1xx answer may have come with the real one.
             match response_head(&conn.buf, head_method) {
@@ -568,9 +603,8 @@ impl UpstreamInner {
                 )));
             }
             conn.buf.reserve(4096);
-            let was_empty = conn.buf.is_empty();
             match conn.stream.read_buf(&mut conn.buf).await {
-                Ok(0) if was_empty => {
+                Ok(0) if !answered => {
                     return Err(RoundTrip::Lost(io::ErrorKind::UnexpectedEof.into()))
                 }
                 Ok(0) => {
@@ -578,22 +612,25 @@ impl UpstreamInner {
                         "the upstream closed the connection in the response head",
                     )))
                 }
-                Ok(_) => {}
-                Err(error) if was_empty => return Err(RoundTrip::lost(error)),
+                Ok(_) => answered = true,
+                Err(error) if !answered => return Err(RoundTrip::lost(error)),
                 Err(error) => return Err(RoundTrip::Failed(error)),
             }
         }
     }
 
+    /// An idle connection to reuse: not idle too long, and silent since its last answer.
+    /// Bytes or an end that came while it was idle (a late body, an answer nobody asked
+    /// for, the upstream closing it) rule it out, so that they are never taken for the next
+    /// request's answer.
     fn take_fast(&self) -> Option<FastConn> {
-        let mut pool = self.pool().lock().unwrap();
         let now = Instant::now();
-        while let Some((conn, since)) = pool.fast.pop() {
-            if now - since < self.settings.idle_timeout {
+        loop {
+            let (conn, since) = self.pool().lock().unwrap().fast.pop()?;
+            if now - since < self.settings.idle_timeout && silent(&conn.stream) {
                 return Some(conn);
             }
         }
-        None
     }
 
     fn drain_fast(&self) {
@@ -604,6 +641,20 @@ impl UpstreamInner {
         let mut pool = self.pool().lock().unwrap();
         if pool.fast.len() < self.settings.keepalive {
             pool.fast.push((conn, Instant::now()));
+        }
+    }
+}
+
+/// Whether nothing came on an idle connection. The readiness check costs no system call
+/// while the socket is known drained (the common case); when it is not, a read decides.
+fn silent(stream: &TcpStream) -> bool {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match stream.poll_read_ready(&mut cx) {
+        Poll::Pending => true,
+        Poll::Ready(Err(_)) => false,
+        Poll::Ready(Ok(())) => {
+            let mut byte = [0u8; 1];
+            matches!(stream.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
         }
     }
 }
@@ -649,7 +700,7 @@ fn response_head(buf: &[u8], head_method: bool) -> io::Result<Option<ResponseHea
     }
     let mut keep_alive = response.version == Some(1);
     let mut named: Vec<&[u8]> = Vec::new();
-    let (mut length, mut chunked) = (None, false);
+    let (mut length, mut transfer_encoding, mut chunked) = (None, false, false);
     for header in response.headers.iter() {
         let name = header.name;
         if name.eq_ignore_ascii_case("connection") {
@@ -661,18 +712,19 @@ fn response_head(buf: &[u8], head_method: bool) -> io::Result<Option<ResponseHea
                 named.push(token);
             }
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            // The last coding of the last such header decides.
+            transfer_encoding = true;
             chunked = header
                 .value
                 .rsplit(|&b| b == b',')
                 .next()
                 .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-            if !chunked {
-                keep_alive = false; // framed by the connection's end
-            }
         } else if name.eq_ignore_ascii_case("content-length") {
-            let value = std::str::from_utf8(header.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
+            // Digits only, as hyper reads it (no sign, no list).
+            let digits = header.value.trim_ascii();
+            let value = (!digits.is_empty() && digits.iter().all(u8::is_ascii_digit))
+                .then(|| std::str::from_utf8(digits).ok()?.parse::<u64>().ok())
+                .flatten()
                 .ok_or_else(|| malformed("bad content-length"))?;
             if length.is_some_and(|l| l != value) {
                 return Err(malformed("two content-lengths"));
@@ -680,19 +732,25 @@ fn response_head(buf: &[u8], head_method: bool) -> io::Result<Option<ResponseHea
             length = Some(value);
         }
     }
+    if transfer_encoding && response.version != Some(1) {
+        return Err(malformed("transfer-encoding in an HTTP/1.0 answer"));
+    }
     let no_body = head_method || status.is_informational() || code == 204 || code == 304;
+    // RFC 9112, section 6.3: Transfer-Encoding overrides Content-Length; a coding other than
+    // chunked last means the body ends with the connection.
     let framing = if no_body {
         Framing::Length(0)
-    } else if chunked {
-        Framing::Chunked(Chunks::default())
-    } else if let Some(length) = length {
+    } else if transfer_encoding && chunked {
+        Framing::Chunked(Chunked::default())
+    } else if let (false, Some(length)) = (transfer_encoding, length) {
         Framing::Length(length)
     } else {
         keep_alive = false;
         Framing::UntilClose
     };
-    // The head for the client: HTTP/1.1, hop-by-hop headers out (the framing headers stay,
-    // as the body is relayed as framed).
+    // The head for the client: HTTP/1.1, hop-by-hop headers out. The framing headers stay
+    // as the body is relayed as framed (`Content-Length` only without Transfer-Encoding),
+    // whatever `Connection` names.
     let mut head = BytesMut::with_capacity(len + 32);
     head.extend_from_slice(b"HTTP/1.1 ");
     head.extend_from_slice(status.as_str().as_bytes());
@@ -701,11 +759,16 @@ fn response_head(buf: &[u8], head_method: bool) -> io::Result<Option<ResponseHea
     head.extend_from_slice(b"\r\n");
     for header in response.headers.iter() {
         let name = header.name.as_bytes();
-        let framing_header = name.eq_ignore_ascii_case(b"transfer-encoding") && chunked && !no_body;
-        if !framing_header && is_hop_by_hop(name, &named) {
-            continue;
+        let keep = if name.eq_ignore_ascii_case(b"content-length") {
+            !transfer_encoding
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            !no_body
+        } else {
+            !is_hop_by_hop(name, &named)
+        };
+        if keep {
+            push_header(&mut head, name, header.value);
         }
-        push_header(&mut head, name, header.value);
     }
     Ok(Some((len, head, framing, keep_alive, status)))
 }
@@ -717,7 +780,7 @@ fn response_head(buf: &[u8], head_method: bool) -> io::Result<Option<ResponseHea
 /// How the rest of a response body is delimited.
 enum Framing {
     Length(u64),
-    Chunked(Chunks),
+    Chunked(Chunked),
     UntilClose,
 }
 
@@ -748,7 +811,12 @@ impl FastBody {
                 *left -= n;
                 (n as usize, *left == 0)
             }
-            Framing::Chunked(chunks) => chunks.feed(&conn.buf)?,
+            Framing::Chunked(chunked) => chunked.feed(&conn.buf).map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "malformed chunked response body",
+                )
+            })?,
             Framing::UntilClose => (conn.buf.len(), false),
         };
         out.extend_from_slice(&conn.buf[..n]);
@@ -832,87 +900,6 @@ impl Body for FastBody {
 
     fn size_hint(&self) -> SizeHint {
         SizeHint::default()
-    }
-}
-
-/// Follows chunked framing over the bytes of a body, to find where it ends (the body is
-/// relayed as is, framing included): hex size, optional extensions, CRLF; data, CRLF; after
-/// the last (size 0) chunk, trailer lines until an empty one.
-#[derive(Default)]
-struct Chunks {
-    state: ChunkState,
-}
-
-#[derive(Default, Clone, Copy, PartialEq, Eq)]
-enum ChunkState {
-    #[default]
-    Size,
-    /// In a size line: the size so far, and whether the digits have ended.
-    Line {
-        size: u64,
-        ext: bool,
-    },
-    Data(u64),
-    DataEnd,
-    /// After the last chunk: trailer lines until an empty one. `empty`: the line so far is.
-    Trailers {
-        empty: bool,
-    },
-    Done,
-}
-
-impl Chunks {
-    /// Follows `bytes`; returns how many belong to the body and whether it ended there.
-    fn feed(&mut self, bytes: &[u8]) -> io::Result<(usize, bool)> {
-        let mut i = 0;
-        while i < bytes.len() && self.state != ChunkState::Done {
-            if let ChunkState::Data(n) = self.state {
-                let skip = n.min((bytes.len() - i) as u64);
-                i += skip as usize;
-                self.state = if skip == n {
-                    ChunkState::DataEnd
-                } else {
-                    ChunkState::Data(n - skip)
-                };
-                continue;
-            }
-            let byte = bytes[i];
-            i += 1;
-            let digit = (byte as char).to_digit(16).map(u64::from);
-            self.state = match (self.state, byte, digit) {
-                (ChunkState::Size, _, Some(d)) => ChunkState::Line {
-                    size: d,
-                    ext: false,
-                },
-                (ChunkState::Line { size, ext: false }, _, Some(d)) if size < 1 << 56 => {
-                    ChunkState::Line {
-                        size: size * 16 + d,
-                        ext: false,
-                    }
-                }
-                (ChunkState::Line { size: 0, .. }, b'\n', _) => {
-                    ChunkState::Trailers { empty: true }
-                }
-                (ChunkState::Line { size, .. }, b'\n', _) => ChunkState::Data(size),
-                (ChunkState::Line { size, .. }, _, None) => ChunkState::Line { size, ext: true },
-                (ChunkState::Line { ext: true, size }, _, Some(_)) => {
-                    ChunkState::Line { size, ext: true }
-                }
-                (ChunkState::DataEnd, b'\r', _) => ChunkState::DataEnd,
-                (ChunkState::DataEnd, b'\n', _) => ChunkState::Size,
-                (ChunkState::Trailers { empty: true }, b'\n', _) => ChunkState::Done,
-                (ChunkState::Trailers { .. }, b'\n', _) => ChunkState::Trailers { empty: true },
-                (ChunkState::Trailers { empty }, b'\r', _) => ChunkState::Trailers { empty },
-                (ChunkState::Trailers { .. }, _, _) => ChunkState::Trailers { empty: false },
-                _ => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "malformed chunked response body",
-                    ))
-                }
-            };
-        }
-        Ok((i, self.state == ChunkState::Done))
     }
 }
 

@@ -123,8 +123,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Scanned<IO> {
 /// The longest header name the scan compares (`transfer-encoding`).
 const NAME: usize = 17;
 
-/// Where the scan is in the byte stream. The chunked states follow hyper's decoder byte for
-/// byte (a bare LF ends no line there), so that both find the same end of the body.
+/// Where the scan is in the byte stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Between messages: blank lines before a request line are skipped, as httparse does.
@@ -133,29 +132,8 @@ enum State {
     Head,
     /// `n` body bytes still to skip.
     Body(u64),
-    /// A chunk-size line: hex digits, then optional whitespace, `;extensions`, CR LF.
-    ChunkSize {
-        size: u64,
-        digits: bool,
-    },
-    ChunkSizeSpace {
-        size: u64,
-    },
-    ChunkExtension {
-        size: u64,
-    },
-    ChunkSizeLf {
-        size: u64,
-    },
-    /// `n` chunk-data bytes to skip, then CR LF.
-    ChunkData(u64),
-    ChunkDataCr,
-    ChunkDataLf,
-    /// After the last chunk: trailer lines, each ending in CR LF, then an empty line.
-    EndCr,
-    Trailer,
-    TrailerLf,
-    EndLf,
+    /// A chunked body.
+    Chunked(Chunked),
     /// Nothing more is followed.
     Stopped,
 }
@@ -213,16 +191,25 @@ impl Scanner {
         while !bytes.is_empty() {
             match self.state {
                 State::Stopped => return None,
-                State::Body(n) | State::ChunkData(n) => {
+                State::Body(n) => {
                     let skip = n.min(bytes.len() as u64);
                     bytes = &bytes[skip as usize..];
-                    self.state = match (self.state, n - skip) {
-                        (State::Body(_), 0) => self.next_message(),
-                        (State::Body(_), left) => State::Body(left),
-                        (_, 0) => State::ChunkDataCr,
-                        (_, left) => State::ChunkData(left),
+                    self.state = match n - skip {
+                        0 => self.next_message(),
+                        left => State::Body(left),
                     };
                 }
+                State::Chunked(mut chunked) => match chunked.feed(bytes) {
+                    Ok((used, done)) => {
+                        bytes = &bytes[used..];
+                        self.state = if done {
+                            self.next_message()
+                        } else {
+                            State::Chunked(chunked)
+                        };
+                    }
+                    Err(_) => self.state = State::Stopped,
+                },
                 _ => {
                     let byte = bytes[0];
                     bytes = &bytes[1..];
@@ -240,7 +227,7 @@ impl Scanner {
         State::Start
     }
 
-    /// One byte in a state that is not skipping a body.
+    /// One byte of a head, or between messages.
     fn byte(&mut self, byte: u8) -> Option<usize> {
         self.state = match (self.state, byte) {
             (State::Start, b'\r' | b'\n') => State::Start,
@@ -261,40 +248,6 @@ impl Scanner {
                 self.line_byte(byte);
                 State::Head
             }
-            (State::ChunkSize { size, .. }, b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F') => {
-                let digit = u64::from((byte as char).to_digit(16).unwrap_or(0));
-                match size.checked_mul(16).and_then(|s| s.checked_add(digit)) {
-                    Some(size) => State::ChunkSize { size, digits: true },
-                    None => State::Stopped,
-                }
-            }
-            (State::ChunkSize { digits: false, .. }, _) => State::Stopped,
-            (State::ChunkSize { size, .. } | State::ChunkSizeSpace { size }, b' ' | b'\t') => {
-                State::ChunkSizeSpace { size }
-            }
-            (State::ChunkSize { size, .. } | State::ChunkSizeSpace { size }, b';') => {
-                State::ChunkExtension { size }
-            }
-            (
-                State::ChunkSize { size, .. }
-                | State::ChunkSizeSpace { size }
-                | State::ChunkExtension { size },
-                b'\r',
-            ) => State::ChunkSizeLf { size },
-            (State::ChunkExtension { .. }, b'\n') => State::Stopped,
-            (State::ChunkExtension { size }, _) => State::ChunkExtension { size },
-            (State::ChunkSizeLf { size: 0 }, b'\n') => State::EndCr,
-            (State::ChunkSizeLf { size }, b'\n') => State::ChunkData(size),
-            (State::ChunkDataCr, b'\r') => State::ChunkDataLf,
-            (State::ChunkDataLf, b'\n') => State::ChunkSize {
-                size: 0,
-                digits: false,
-            },
-            (State::EndCr, b'\r') => State::EndLf,
-            (State::Trailer, b'\r') => State::TrailerLf,
-            (State::EndCr | State::Trailer, _) => State::Trailer,
-            (State::TrailerLf, b'\n') => State::EndCr,
-            (State::EndLf, b'\n') => self.next_message(),
             // Anything else is malformed: hyper refuses it and closes the connection.
             _ => State::Stopped,
         };
@@ -378,15 +331,94 @@ impl Scanner {
                 self.state = State::Stopped;
                 return Some(self.index);
             }
-            (None, true) => State::ChunkSize {
-                size: 0,
-                digits: false,
-            },
+            (None, true) => State::Chunked(Chunked::default()),
             (Some(Some(0)), false) | (None, false) => self.next_message(),
             (Some(Some(n)), false) => State::Body(n),
             (Some(None), false) => State::Stopped,
         };
         None
+    }
+}
+
+/// Follows a chunked body to its end, state for state as hyper's decoder reads it
+/// (`proto/h1/decode.rs`): hex size digits, optional spaces or tabs, `;extensions`, CR LF;
+/// the data, CR LF; after the last (size 0) chunk, trailer lines each ending in CR LF, then
+/// CR LF. A bare LF ends no line. Shared by the request scan and the fast path, which relays
+/// chunked answers as they are.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Chunked {
+    step: Step,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// A size line: the size so far, and whether it has a digit.
+    #[default]
+    SizeStart,
+    Size(u64),
+    SizeSpace(u64),
+    Extension(u64),
+    SizeLf(u64),
+    /// `n` data bytes, then CR LF.
+    Data(u64),
+    DataCr,
+    DataLf,
+    /// After the last chunk.
+    EndCr,
+    Trailer,
+    TrailerLf,
+    EndLf,
+    Done,
+}
+
+/// The body is not valid chunked framing.
+#[derive(Debug)]
+pub struct Malformed;
+
+impl Chunked {
+    /// Follows `bytes`: how many belong to the body, and whether it ends with them.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<(usize, bool), Malformed> {
+        let mut used = 0;
+        while used < bytes.len() && self.step != Step::Done {
+            if let Step::Data(n) = self.step {
+                let skip = n.min((bytes.len() - used) as u64);
+                used += skip as usize;
+                self.step = match n - skip {
+                    0 => Step::DataCr,
+                    left => Step::Data(left),
+                };
+                continue;
+            }
+            let byte = bytes[used];
+            used += 1;
+            let digit = (byte as char).to_digit(16).map(u64::from);
+            self.step = match (self.step, byte, digit) {
+                (Step::SizeStart, _, Some(d)) => Step::Size(d),
+                (Step::Size(size), _, Some(d)) => {
+                    Step::Size(size.checked_mul(16).ok_or(Malformed)? + d)
+                }
+                (Step::Size(size) | Step::SizeSpace(size), b' ' | b'\t', _) => {
+                    Step::SizeSpace(size)
+                }
+                (Step::Size(size) | Step::SizeSpace(size), b';', _) => Step::Extension(size),
+                (Step::Size(size) | Step::SizeSpace(size) | Step::Extension(size), b'\r', _) => {
+                    Step::SizeLf(size)
+                }
+                (Step::Extension(_), b'\n', _) => return Err(Malformed),
+                (Step::Extension(size), _, _) => Step::Extension(size),
+                (Step::SizeLf(0), b'\n', _) => Step::EndCr,
+                (Step::SizeLf(size), b'\n', _) => Step::Data(size),
+                (Step::DataCr, b'\r', _) => Step::DataLf,
+                (Step::DataLf, b'\n', _) => Step::SizeStart,
+                (Step::EndCr, b'\r', _) => Step::EndLf,
+                (Step::Trailer, b'\r', _) => Step::TrailerLf,
+                (Step::EndCr | Step::Trailer, _, _) => Step::Trailer,
+                (Step::TrailerLf, b'\n', _) => Step::EndCr,
+                (Step::EndLf, b'\n', _) => Step::Done,
+                _ => return Err(Malformed),
+            };
+        }
+        Ok((used, self.step == Step::Done))
     }
 }
 
