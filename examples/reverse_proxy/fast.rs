@@ -24,6 +24,12 @@
 //! response head within the request timeout (else 504), failures give the same 502, 503
 //! and 504 answers, and a request the upstream connection lost before any answer is tried
 //! again (on a fresh connection, then through the balancer within the retry budget).
+//!
+//! Where it differs from the hyper path: header names keep the case they came in; its own
+//! 502, 503 and 504 answers carry no `Date`; a body delimited by the upstream closing the
+//! connection closes the client connection too (hyper re-frames it as chunked); and a
+//! client that disconnects while its request waits for the upstream is noticed when the
+//! answer comes or the request timeout passes, not at once.
 
 use std::io;
 use std::pin::Pin;
