@@ -128,15 +128,18 @@ fn parse(buf: &[u8], client: &ClientConn, host_mode: HostMode, max_head: usize) 
     head.extend_from_slice(b" ");
     head.extend_from_slice(path.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut host = None;
+    let mut host = false;
     let mut forwarded_for: Option<Vec<u8>> = None;
     for header in request.headers.iter() {
         let name = header.name;
         if name.eq_ignore_ascii_case("host") {
-            if host.is_some() {
+            if host {
                 return Parsed::Hyper; // two Host headers: rare, left to hyper's path
             }
-            host = Some(Bytes::copy_from_slice(header.value));
+            host = true;
+            if host_mode == HostMode::Pass {
+                push_header(&mut head, b"host", header.value);
+            }
             continue;
         }
         if name.eq_ignore_ascii_case("x-forwarded-for") {
@@ -155,11 +158,8 @@ fn parse(buf: &[u8], client: &ClientConn, host_mode: HostMode, max_head: usize) 
         }
         push_header(&mut head, name.as_bytes(), header.value);
     }
-    let Some(host) = host else {
+    if !host {
         return Parsed::Hyper;
-    };
-    if host_mode == HostMode::Pass {
-        push_header(&mut head, b"host", &host);
     }
     match forwarded_for {
         Some(mut chain) => {
@@ -547,7 +547,7 @@ impl UpstreamInner {
                     }
                     head.extend_from_slice(b"\r\n");
                     let mut response = Response::new(FastBody {
-                        head: Some(head.freeze()),
+                        head: Some(head),
                         conn: Some(conn),
                         framing,
                         keep_alive,
@@ -795,7 +795,7 @@ enum Framing {
 /// fast path's client side reads it. At its end the upstream connection goes back to the
 /// pool, if it can be reused.
 pub struct FastBody {
-    head: Option<Bytes>,
+    head: Option<BytesMut>,
     conn: Option<FastConn>,
     framing: Framing,
     keep_alive: bool,
@@ -851,10 +851,8 @@ impl Body for FastBody {
         if let Some(error) = this.failed.take() {
             return Poll::Ready(Some(Err(error)));
         }
-        let mut out = BytesMut::new();
-        if let Some(head) = this.head.take() {
-            out.extend_from_slice(&head);
-        }
+        // The head, when it has not gone yet, is the start of the first frame.
+        let mut out = this.head.take().unwrap_or_default();
         loop {
             let done = match this.take_buffered(&mut out) {
                 Ok(done) => done,
