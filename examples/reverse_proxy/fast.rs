@@ -187,8 +187,8 @@ fn parse(buf: &[u8], client: &ClientConn, host_mode: HostMode, max_head: usize) 
 /// A target in origin form that hyper (the `http` crate) takes as it is: a path, no
 /// fragment, no byte it refuses.
 fn origin_form(target: &str) -> bool {
+    // `http` drops a fragment: the equality refuses targets with one.
     target.starts_with('/')
-        && !target.contains('#')
         && http::uri::PathAndQuery::try_from(target).is_ok_and(|p| p.as_str() == target)
 }
 
@@ -564,15 +564,16 @@ impl UpstreamInner {
                     }
                     return Ok(response);
                 }
-                // A pooled connection the upstream had closed: once on a new connection,
-                // and the pool may hold more such: they go.
-                Err(RoundTrip::Lost(_)) if reused && !fresh_tried => {
+                // A pooled connection the upstream had closed: once more on a new
+                // connection (the pool may hold more such: they go).
+                Err(RoundTrip::Lost(_)) if reused => {
                     fresh_tried = true;
                     self.drain_fast();
                 }
-                // Lost again on a reused connection: back to the balancer. On a new one,
-                // the upstream failed it, as the hyper path counts it (no retry).
-                Err(RoundTrip::Lost(error)) if reused => return Err(not_sent(request, error)),
+                // Lost on the new connection too: back to the balancer, as the hyper path
+                // does with a pooled connection's loss. Lost on a first new connection: the
+                // upstream failed it (no retry, as on the hyper path).
+                Err(RoundTrip::Lost(error)) if fresh_tried => return Err(not_sent(request, error)),
                 Err(RoundTrip::Lost(error) | RoundTrip::Failed(error)) => return Err(error.into()),
             }
         }
@@ -651,18 +652,12 @@ impl UpstreamInner {
     }
 }
 
-/// Whether nothing came on an idle connection. The readiness check costs no system call
-/// while the socket is known drained (the common case); when it is not, a read decides.
+/// Whether nothing came on an idle connection. `try_read` looks at tokio's readiness first
+/// and makes no system call while the socket is known drained (the common case); it uses
+/// no cooperative budget and registers no waker, so its answer is always a real one.
 fn silent(stream: &TcpStream) -> bool {
-    let mut cx = Context::from_waker(std::task::Waker::noop());
-    match stream.poll_read_ready(&mut cx) {
-        Poll::Pending => true,
-        Poll::Ready(Err(_)) => false,
-        Poll::Ready(Ok(())) => {
-            let mut byte = [0u8; 1];
-            matches!(stream.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-        }
-    }
+    let mut byte = [0u8; 1];
+    matches!(stream.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
 /// How a round trip failed.
@@ -707,6 +702,7 @@ fn response_head(buf: &[u8], head_method: bool) -> io::Result<Option<ResponseHea
     let mut keep_alive = response.version == Some(1);
     let mut named: Vec<&[u8]> = Vec::new();
     let (mut length, mut transfer_encoding, mut chunked) = (None, false, false);
+    let mut lengths: Vec<&[u8]> = Vec::new();
     for header in response.headers.iter() {
         let name = header.name;
         if name.eq_ignore_ascii_case("connection") {
@@ -726,22 +722,29 @@ fn response_head(buf: &[u8], head_method: bool) -> io::Result<Option<ResponseHea
                 .next()
                 .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         } else if name.eq_ignore_ascii_case("content-length") {
-            // Digits only, as hyper reads it (no sign, no list).
-            let digits = header.value.trim_ascii();
+            lengths.push(header.value);
+        }
+    }
+    // As hyper's client reads an answer: no body whatever the headers say for HEAD, 1xx,
+    // 204 and 304; otherwise Transfer-Encoding (HTTP/1.1 only) overrides Content-Length,
+    // whose values must be digits and all equal (a list of equal values included).
+    let no_body = head_method || status.is_informational() || code == 204 || code == 304;
+    if !no_body && transfer_encoding && response.version != Some(1) {
+        return Err(malformed("transfer-encoding in an HTTP/1.0 answer"));
+    }
+    if !no_body && !transfer_encoding {
+        for value in lengths.iter().flat_map(|v| v.split(|&b| b == b',')) {
+            let digits = value.trim_ascii();
             let value = (!digits.is_empty() && digits.iter().all(u8::is_ascii_digit))
                 .then(|| std::str::from_utf8(digits).ok()?.parse::<u64>().ok())
                 .flatten()
                 .ok_or_else(|| malformed("bad content-length"))?;
             if length.is_some_and(|l| l != value) {
-                return Err(malformed("two content-lengths"));
+                return Err(malformed("different content-lengths"));
             }
             length = Some(value);
         }
     }
-    if transfer_encoding && response.version != Some(1) {
-        return Err(malformed("transfer-encoding in an HTTP/1.0 answer"));
-    }
-    let no_body = head_method || status.is_informational() || code == 204 || code == 304;
     // RFC 9112, section 6.3: Transfer-Encoding overrides Content-Length; a coding other than
     // chunked last means the body ends with the connection.
     let framing = if no_body {

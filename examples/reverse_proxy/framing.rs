@@ -340,11 +340,12 @@ impl Scanner {
     }
 }
 
-/// Follows a chunked body to its end, state for state as hyper's decoder reads it
+/// Follows a chunked body to its end with the states of hyper's decoder
 /// (`proto/h1/decode.rs`): hex size digits, optional spaces or tabs, `;extensions`, CR LF;
 /// the data, CR LF; after the last (size 0) chunk, trailer lines each ending in CR LF, then
-/// CR LF. A bare LF ends no line. Shared by the request scan and the fast path, which relays
-/// chunked answers as they are.
+/// CR LF. A bare LF ends no line. It finds the end of the body where hyper does; hyper's
+/// limits on the size of extensions and trailers are not applied. Shared by the request
+/// scan and the fast path, which relays chunked answers as they are.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Chunked {
     step: Step,
