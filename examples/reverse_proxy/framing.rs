@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Which request on a connection (0 for the first) had conflicting framing headers, if any.
@@ -45,8 +46,10 @@ impl Conflict {
     }
 }
 
-/// A client socket whose incoming bytes are followed by a [`Scanner`].
+/// A client socket whose incoming bytes are followed by a [`Scanner`]: first `prefix`
+/// (bytes already read from it elsewhere), then the socket's own.
 pub struct Scanned<IO> {
+    prefix: Bytes,
     io: IO,
     scanner: Scanner,
     conflict: Arc<Conflict>,
@@ -55,13 +58,14 @@ pub struct Scanned<IO> {
 impl<IO> Scanned<IO> {
     /// Scans `io` from the start of its first request.
     pub fn new(io: IO, conflict: Arc<Conflict>) -> Self {
-        Self::from_request(io, conflict, 0)
+        Self::from_request(Bytes::new(), io, conflict, 0)
     }
 
-    /// Scans `io` from the start of a request that is number `index` of its connection
-    /// (the earlier ones were served elsewhere).
-    pub fn from_request(io: IO, conflict: Arc<Conflict>, index: usize) -> Self {
+    /// Scans `prefix`, then `io`, from the start of a request that is number `index` of its
+    /// connection (the earlier ones were served elsewhere, which read `prefix` ahead).
+    pub fn from_request(prefix: Bytes, io: IO, conflict: Arc<Conflict>, index: usize) -> Self {
         Scanned {
+            prefix,
             io,
             scanner: Scanner {
                 index,
@@ -80,7 +84,13 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Scanned<IO> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
-        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        let polled = if this.prefix.is_empty() {
+            Pin::new(&mut this.io).poll_read(cx, buf)
+        } else {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix.split_to(n));
+            Poll::Ready(Ok(()))
+        };
         if let Poll::Ready(Ok(())) = polled {
             if let Some(index) = this.scanner.feed(&buf.filled()[before..]) {
                 this.conflict.set(index);

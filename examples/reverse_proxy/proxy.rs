@@ -659,8 +659,7 @@ async fn accept_loop(
             };
             // The smuggling scan starts at the request hyper reads first.
             let served = connection.requests.load(Ordering::Relaxed);
-            let io = fast::Rewind::new(read, stream);
-            let io = Scanned::from_request(io, connection.conflict.clone(), served);
+            let io = Scanned::from_request(read, stream, connection.conflict.clone(), served);
             let service =
                 service_fn(move |request| forward(state.clone(), connection.clone(), request));
             let conn = watcher.watch(builder.serve_connection(TokioIo::new(io), service));
