@@ -548,12 +548,7 @@ async fn self_test_request(
     let uri: Uri = format!("http://{proxy}/self-test/{path}").parse()?;
     let response = client.get(uri).await?;
     let status = response.status();
-    let upstream = response
-        .headers()
-        .get("x-upstream")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let upstream = proxy::answered_by(&response);
     response.into_body().collect().await?;
     Ok((status, upstream))
 }

@@ -20,6 +20,7 @@
 # Settings (environment):
 #
 #   DURATION=10s THREADS=2 CONNECTIONS=64 ROUNDS=2 WORKERS=2 STRATEGY=round-robin
+#   TOWER_ARGS= (more flags for tower-lb's proxy, e.g. --h2c)
 #   BASE_PORT=18000 (upstreams on BASE_PORT..+2, nginx +81, haproxy +82, tower-lb +83,
 #   the relay +84, lean-floor +85)
 set -euo pipefail
@@ -152,7 +153,8 @@ HAPROXY_PID=$!
 PIDS+=($HAPROXY_PID)
 
 # tower-lb's reverse proxy: the same worker count, health checks and outlier detection on.
-"$BIN" --workers "$WORKERS" --strategy "$STRATEGY" --listen "127.0.0.1:$TOWER_PORT" \
+# shellcheck disable=SC2086 # TOWER_ARGS: extra flags, word-split on purpose (e.g. --h2c)
+"$BIN" --workers "$WORKERS" --strategy "$STRATEGY" --listen "127.0.0.1:$TOWER_PORT" ${TOWER_ARGS:-} \
     --upstream "${UP[0]}" --upstream "${UP[1]}" --upstream "${UP[2]}" >"$TMP/tower-lb.log" 2>&1 &
 TOWER_PID=$!
 PIDS+=($TOWER_PID)
@@ -176,11 +178,15 @@ proxy_pids() {
         lean-floor) echo "$LEAN_PID" ;;
     esac
 }
-# CPU time (user + system, in clock ticks) used so far by the processes given.
-cpu_ticks() {
-    local total=0 pid
+# CPU time (in clock ticks) used so far by the processes given: user + system, or with
+# `sys_ticks` the system (kernel) part alone.
+cpu_ticks() { proc_ticks '$14 + $15' "$@"; }
+sys_ticks() { proc_ticks '$15' "$@"; }
+proc_ticks() {
+    local total=0 pid expr=$1
+    shift
     for pid in "$@"; do
-        ticks=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || true)
+        ticks=$(awk "{print $expr}" "/proc/$pid/stat" 2>/dev/null || true)
         total=$((total + ${ticks:-0}))
     done
     echo "$total"
@@ -209,6 +215,7 @@ for round in $(seq "$ROUNDS"); do
         name=${NAMES[$i]}
         pids=$(proxy_pids "$name")
         proxy0=$(cpu_ticks $pids)
+        kernel0=$(sys_ticks $pids)
         up0=$(cpu_ticks "$UPSTREAMS_PID")
         # bash's `time` gives wrk's own CPU time (user and system seconds). A target that
         # fails is reported in its row; the run goes on.
@@ -216,6 +223,7 @@ for round in $(seq "$ROUNDS"); do
             "http://127.0.0.1:${PORTS[$i]}/" >"$TMP/wrk.out" 2>"$TMP/wrk.err"; } 2>"$TMP/wrk.time" ||
             echo "bench-proxy: wrk failed against $name: $(cat "$TMP/wrk.err")" >&2
         proxy1=$(cpu_ticks $pids)
+        kernel1=$(sys_ticks $pids)
         up1=$(cpu_ticks "$UPSTREAMS_PID")
         out=$(cat "$TMP/wrk.out")
         requests=$(awk '/requests in/ {print $1}' <<<"$out")
@@ -225,35 +233,36 @@ for round in $(seq "$ROUNDS"); do
         p50=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
         p99=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
         errors=$(awk '/Non-2xx|Socket errors/' <<<"$out" | tr -s ' ' | paste -sd ';' -)
-        read -r cpu_proxy cpu_up cpu_wrk < <(awk -v n="$requests" -v hz="$CLK_TCK" \
-            -v p=$((proxy1 - proxy0)) -v u=$((up1 - up0)) '
+        read -r cpu_proxy cpu_kernel cpu_up cpu_wrk < <(awk -v n="$requests" -v hz="$CLK_TCK" \
+            -v p=$((proxy1 - proxy0)) -v k=$((kernel1 - kernel0)) -v u=$((up1 - up0)) '
             END {
-                if (n > 0) printf "%.1f %.1f %.1f\n", p * 1e6 / hz / n, u * 1e6 / hz / n, ($1 + $2) * 1e6 / n;
-                else print "n/a n/a n/a"
+                us = 1e6 / hz / (n > 0 ? n : 1);
+                if (n > 0) printf "%.1f %.1f %.1f %.1f\n", p * us, k * us, u * us, ($1 + $2) * 1e6 / n;
+                else print "n/a n/a n/a n/a"
             }' "$TMP/wrk.time") || true
-        printf '  round %s  %-10s %10.0f req/s  p50 %6s ms  p99 %6s ms  CPU us/req: proxy %5s upstreams %5s wrk %5s %s\n' \
-            "$round" "$name" "$rps" "$p50" "$p99" "$cpu_proxy" "$cpu_up" "$cpu_wrk" "$errors"
-        echo "$name $rps $p50 $p99 $cpu_proxy $cpu_up $cpu_wrk" >>"$RESULTS"
+        printf '  round %s  %-10s %10.0f req/s  p50 %6s ms  p99 %6s ms  CPU us/req: proxy %5s (kernel %5s) upstreams %5s wrk %5s %s\n' \
+            "$round" "$name" "$rps" "$p50" "$p99" "$cpu_proxy" "$cpu_kernel" "$cpu_up" "$cpu_wrk" "$errors"
+        echo "$name $rps $p50 $p99 $cpu_proxy $cpu_kernel $cpu_up $cpu_wrk" >>"$RESULTS"
     done
 done
 
 echo
 echo "date: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs; means over $ROUNDS rounds;" \
-    "CPU: microseconds of CPU time (user + system) per request"
+    "CPU: microseconds of CPU time (user + system) per request, and of it the kernel's"
 awk -v names="${NAMES[*]}" '
-    { n[$1]++; rps[$1] += $2; p50[$1] += $3; p99[$1] += $4; cp[$1] += $5; cu[$1] += $6; cw[$1] += $7 }
+    { n[$1]++; rps[$1] += $2; p50[$1] += $3; p99[$1] += $4; cp[$1] += $5; ck[$1] += $6; cu[$1] += $7; cw[$1] += $8 }
     END {
         count = split(names, order, " ");
         base = rps["nginx"] / n["nginx"];
         if (base == 0) base = 1;
-        printf "| %-10s | %9s | %8s | %8s | %8s | %9s | %9s | %9s |\n", "target", "req/s", "p50 ms",
-            "p99 ms", "vs nginx", "CPU proxy", "CPU upstr", "CPU wrk";
-        printf "|------------|-----------|----------|----------|----------|-----------|-----------|-----------|\n";
+        printf "| %-10s | %9s | %8s | %8s | %8s | %9s | %9s | %9s | %9s |\n", "target", "req/s", "p50 ms",
+            "p99 ms", "vs nginx", "CPU proxy", "of kernel", "CPU upstr", "CPU wrk";
+        printf "|------------|-----------|----------|----------|----------|-----------|-----------|-----------|-----------|\n";
         for (i = 1; i <= count; i++) {
             k = order[i];
-            printf "| %-10s | %9.0f | %8.2f | %8.2f | %7.2fx | %9.1f | %9.1f | %9.1f |\n",
+            printf "| %-10s | %9.0f | %8.2f | %8.2f | %7.2fx | %9.1f | %9.1f | %9.1f | %9.1f |\n",
                 k, rps[k] / n[k], p50[k] / n[k], p99[k] / n[k], (rps[k] / n[k]) / base,
-                cp[k] / n[k], cu[k] / n[k], cw[k] / n[k];
+                cp[k] / n[k], ck[k] / n[k], cu[k] / n[k], cw[k] / n[k];
         }
     }' "$RESULTS"
 echo "lean-floor: scripts/lean-proxy, a bare HTTP/1.1 relay on tokio (Content-Length bodies only, no" \

@@ -170,8 +170,9 @@ async fn scripted() -> Scripted {
     }
 }
 
-async fn proxy(upstream: &Scripted, fast_path: bool) -> Proxy {
-    let mut config: Config = proxy_common::config(&[upstream.addr]);
+/// The proxy in front of one upstream, health features off.
+async fn proxy(upstream: SocketAddr, fast_path: bool) -> Proxy {
+    let mut config: Config = proxy_common::config(&[upstream]);
     config.fast_path = fast_path;
     config.workers = 1;
     config.health.enabled = false;
@@ -238,7 +239,7 @@ where
 {
     for fast_path in [true, false] {
         let upstream = Arc::new(scripted().await);
-        let proxy = proxy(&upstream, fast_path).await;
+        let proxy = proxy(upstream.addr, fast_path).await;
         check(upstream.clone(), proxy.addr, fast_path).await;
     }
 }
@@ -439,11 +440,7 @@ async fn the_proxys_own_answer_to_head_has_no_body() {
     let addr = closed_port.local_addr().unwrap();
     drop(closed_port);
     for fast_path in [true, false] {
-        let mut config: Config = proxy_common::config(&[addr]);
-        config.fast_path = fast_path;
-        config.health.enabled = false;
-        config.outlier.enabled = false;
-        let proxy = proxy::start(&config).await.unwrap();
+        let proxy = proxy(addr, fast_path).await;
         let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
         let request =
             "HEAD / HTTP/1.1\r\nHost: example\r\n\r\nGET / HTTP/1.1\r\nHost: example\r\n\r\n";

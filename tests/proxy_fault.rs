@@ -103,12 +103,7 @@ async fn killed_upstream_loses_no_request_and_comes_back(strategy: StrategyKind)
                 let (status, upstream) = match client.get(target.parse().unwrap()).await {
                     Ok(response) => {
                         let status = response.status().as_u16();
-                        let upstream = response
-                            .headers()
-                            .get("x-upstream")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or_default()
-                            .to_owned();
+                        let upstream = proxy::answered_by(&response);
                         match response.into_body().collect().await {
                             Ok(_) => (Ok(status), upstream),
                             Err(e) => (Err(format!("body: {e}")), upstream),

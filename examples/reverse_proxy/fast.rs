@@ -35,7 +35,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{Response, StatusCode};
@@ -48,7 +48,10 @@ use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceExt};
 
 use super::framing::Chunked;
-use super::{error_response, proxy_error, ClientConn, HostMode, ProxyBody, State, UpstreamInner};
+use super::{
+    error_response, is_connection_loss, proxy_error, ClientConn, HostMode, Limits, NotSent,
+    ProxyBody, State, UpstreamInner, HOP_BY_HOP,
+};
 
 /// The balancer, for fast-path requests.
 pub type FastService = BoxCloneSyncService<FastRequest, Response<FastTracked>, super::BoxError>;
@@ -187,9 +190,18 @@ fn parse(buf: &[u8], client: &ClientConn, host_mode: HostMode, max_head: usize) 
 /// A target in origin form that hyper (the `http` crate) takes as it is: a path, no
 /// fragment, no byte it refuses.
 fn origin_form(target: &str) -> bool {
-    // `http` drops a fragment: the equality refuses targets with one.
-    target.starts_with('/')
-        && http::uri::PathAndQuery::try_from(target).is_ok_and(|p| p.as_str() == target)
+    if !target.starts_with('/') {
+        return false;
+    }
+    // The common case, decided without copying the target: bytes that `http` takes in a
+    // path and in a query alike (see the test below). Others are rare: `http` decides, and
+    // as it drops a fragment, the equality refuses targets with one.
+    target.bytes().all(plain_target_byte)
+        || http::uri::PathAndQuery::try_from(target).is_ok_and(|p| p.as_str() == target)
+}
+
+fn plain_target_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"/-._~%!$&'()*+,;=:@?".contains(&b)
 }
 
 fn push_header(head: &mut BytesMut, name: &[u8], value: &[u8]) {
@@ -201,16 +213,9 @@ fn push_header(head: &mut BytesMut, name: &[u8], value: &[u8]) {
 
 /// RFC 9110, section 7.6.1, plus the names the message's `Connection` header lists.
 fn is_hop_by_hop(name: &[u8], named: &[&[u8]]) -> bool {
-    const ALWAYS: [&[u8]; 7] = [
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"transfer-encoding",
-        b"te",
-        b"trailer",
-        b"upgrade",
-    ];
-    ALWAYS.iter().any(|h| h.eq_ignore_ascii_case(name))
+    std::iter::once(&http::header::CONNECTION)
+        .chain(&HOP_BY_HOP)
+        .any(|h| h.as_str().as_bytes().eq_ignore_ascii_case(name))
         || named.iter().any(|h| h.eq_ignore_ascii_case(name))
 }
 
@@ -233,11 +238,11 @@ pub async fn serve(
     client: Arc<ClientConn>,
     state: Arc<State>,
     mut service: FastService,
-    header_read_timeout: Duration,
+    limits: &Limits,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Ended {
     let mut buf = BytesMut::with_capacity(4096);
-    let max_head = state.max_header_bytes;
+    let (max_head, header_read_timeout) = (limits.max_header_bytes, limits.header_read_timeout);
     // Timers (for heads, for answers) and the shutdown wait made once per connection, not
     // per request: moving a timer's deadline later is an atomic update, making one is not.
     let stop = shutdown.wait_for(|stop| *stop);
@@ -346,13 +351,10 @@ async fn exchange(
                 .await;
             }
         };
-        match error.downcast::<FastNotSent>() {
+        match error.downcast::<NotSent<FastRequest>>() {
             Ok(not_sent) => {
                 let retry = attempt < state.attempts && state.budget.withdraw();
-                let FastNotSent {
-                    request: back,
-                    cause,
-                } = *not_sent;
+                let (back, cause) = not_sent.take();
                 match back {
                     Some(back) if retry => {
                         request = back;
@@ -416,38 +418,14 @@ pub struct FastConn {
     buf: BytesMut,
 }
 
-/// The request did not reach the upstream, or the connection lost it before any answer:
-/// it comes back for another try.
-#[derive(Debug)]
-pub struct FastNotSent {
-    request: Option<FastRequest>,
-    cause: super::BoxError,
-}
-
 impl std::fmt::Debug for FastRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("FastRequest")
     }
 }
 
-impl std::fmt::Display for FastNotSent {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the request could not be sent")
-    }
-}
-
-impl std::error::Error for FastNotSent {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&*self.cause)
-    }
-}
-
-// `FastNotSent` crosses threads inside `BoxError`; the request is only moved, never shared.
 fn not_sent(request: FastRequest, cause: impl Into<super::BoxError>) -> super::BoxError {
-    Box::new(FastNotSent {
-        request: Some(request),
-        cause: cause.into(),
-    })
+    NotSent::boxed(request, cause)
 }
 
 impl UpstreamInner {
@@ -612,12 +590,10 @@ enum RoundTrip {
 
 impl RoundTrip {
     fn lost(error: io::Error) -> Self {
-        match error.kind() {
-            io::ErrorKind::ConnectionReset
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::BrokenPipe
-            | io::ErrorKind::UnexpectedEof => RoundTrip::Lost(error),
-            _ => RoundTrip::Failed(error),
+        if is_connection_loss(error.kind()) {
+            RoundTrip::Lost(error)
+        } else {
+            RoundTrip::Failed(error)
         }
     }
 }
@@ -852,15 +828,29 @@ impl Body for FastBody {
     }
 }
 
-/// The fast path's balancer service, from the same balancer as the hyper path's.
-pub fn service<B>(balance: B) -> FastService
-where
-    B: Service<FastRequest, Response = Response<FastTracked>, Error = super::BoxError>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    B::Future: Send + 'static,
-{
-    BoxCloneSyncService::new(balance)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_target_bytes_are_ones_http_takes_in_paths_and_queries() {
+        for b in (0..=255u8).filter(|&b| plain_target_byte(b)) {
+            let c = b as char;
+            for target in [format!("/a{c}b"), format!("/a?q{c}b"), format!("/{c}")] {
+                let parsed = http::uri::PathAndQuery::try_from(target.as_str());
+                assert!(parsed.is_ok_and(|p| p.as_str() == target), "{target:?}");
+            }
+        }
+        // And the check as a whole refuses what http refuses or changes.
+        for target in ["/a<b", "/a b", "/a#frag", "/a?q#f", "*", "http://x/"] {
+            assert!(!origin_form(target), "{target:?}");
+        }
+        for target in ["/", "/a/b?c=d&e=%20", "/a{b}", "/a\"b\"", "/~user/x.html"] {
+            assert_eq!(
+                origin_form(target),
+                http::uri::PathAndQuery::try_from(target).is_ok(),
+                "{target:?}"
+            );
+        }
+    }
 }

@@ -142,7 +142,7 @@ pub struct Timeouts {
 }
 
 /// Limits on what clients send.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// The request head must arrive within this (nginx: `client_header_timeout`); slow
@@ -494,7 +494,6 @@ struct State {
     /// The same balancer for the fast path (plain requests without hyper), when it is on:
     /// HTTP/1.1 upstreams and a strategy that routes by no key.
     fast: Option<fast::FastService>,
-    max_header_bytes: usize,
     budget: TpsBudget,
     attempts: u32,
     request_timeout: Duration,
@@ -530,7 +529,6 @@ pub async fn start(config: &Config) -> Result<Proxy, BoxError> {
     let state = Arc::new(State {
         balancer,
         fast,
-        max_header_bytes: config.limits.max_header_bytes,
         budget: TpsBudget::new(
             Duration::from_secs(10),
             config.retry.min_per_second,
@@ -567,7 +565,7 @@ pub async fn start(config: &Config) -> Result<Proxy, BoxError> {
     let mut handles = Vec::with_capacity(workers);
     for (index, listener) in listeners.into_iter().enumerate() {
         let state = state.clone();
-        let limits = config.limits.clone();
+        let limits = config.limits;
         let drain = config.timeouts.drain;
         let mut shutdown_rx = shutdown_rx.clone();
         let handle = std::thread::Builder::new()
@@ -646,7 +644,7 @@ async fn accept_loop(
                         connection.clone(),
                         state.clone(),
                         service,
-                        limits.header_read_timeout,
+                        &limits,
                         &mut shutdown,
                     )
                     .await;
@@ -741,7 +739,7 @@ fn build_balancer(
     macro_rules! plain {
         ($strategy:expr) => {{
             let (balance, monitor, log) = build(config, $strategy, NoKey, endpoints)?;
-            let fast = fast.then(|| fast::service(balance.clone()));
+            let fast = fast.then(|| BoxCloneSyncService::new(balance.clone()));
             Ok((BoxCloneSyncService::new(balance), fast, monitor, log))
         }};
     }
@@ -919,7 +917,7 @@ async fn forward(
         // A request that never left the proxy comes back with its error: an idempotent one
         // is tried again within the attempts and the budget. The balancer picks afresh; a
         // hashing strategy passes over the upstreams the request has been to.
-        match error.downcast::<NotSent>() {
+        match error.downcast::<NotSent<Request<Incoming>>>() {
             Ok(not_sent) => {
                 let retry = idempotent && attempt < state.attempts && state.budget.withdraw();
                 match not_sent.take() {
@@ -1124,33 +1122,42 @@ impl Upstream {
 }
 
 /// The request did not leave the proxy (connecting failed, or the pooled connection closed
-/// before it was written): the request is handed back for a retry.
-#[derive(Debug)]
-pub struct NotSent {
-    request: Mutex<Option<Request<Incoming>>>,
+/// before it was written, or lost it before any answer): the request (`R`: hyper's, or the
+/// fast path's) is handed back for a retry. The mutex makes it `Sync`, as `BoxError` must
+/// be; the request is only ever moved.
+pub struct NotSent<R> {
+    request: Mutex<Option<R>>,
     cause: BoxError,
 }
 
-impl NotSent {
-    fn boxed(request: Request<Incoming>, cause: impl Into<BoxError>) -> BoxError {
+impl<R: Send + 'static> NotSent<R> {
+    fn boxed(request: R, cause: impl Into<BoxError>) -> BoxError {
         Box::new(NotSent {
             request: Mutex::new(Some(request)),
             cause: cause.into(),
         })
     }
 
-    fn take(self) -> (Option<Request<Incoming>>, BoxError) {
+    fn take(self) -> (Option<R>, BoxError) {
         (self.request.into_inner().unwrap_or(None), self.cause)
     }
 }
 
-impl fmt::Display for NotSent {
+impl<R> fmt::Debug for NotSent<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NotSent")
+            .field("cause", &self.cause)
+            .finish()
+    }
+}
+
+impl<R> fmt::Display for NotSent<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("the request could not be sent")
     }
 }
 
-impl std::error::Error for NotSent {
+impl<R: Send + 'static> std::error::Error for NotSent<R> {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         Some(&*self.cause)
     }
@@ -1407,17 +1414,20 @@ fn lost(error: &hyper::Error) -> bool {
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
         if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            return matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::ConnectionAborted
-                    | std::io::ErrorKind::BrokenPipe
-                    | std::io::ErrorKind::UnexpectedEof
-            );
+            return is_connection_loss(io.kind());
         }
         source = cause.source();
     }
     false
+}
+
+/// The I/O errors of a connection the other side closed or reset.
+fn is_connection_loss(kind: std::io::ErrorKind) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        kind,
+        ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+    )
 }
 
 /// Puts an HTTP/1.1 connection back in its pool when the response body has been read.
@@ -1497,6 +1507,16 @@ impl Drop for DemoUpstream {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// The upstream that answered, from the demo upstreams' `x-upstream` header ("" if none).
+pub fn answered_by<B>(response: &Response<B>) -> String {
+    response
+        .headers()
+        .get("x-upstream")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// Starts a demo upstream on `addr` (HTTP/1.1 and h2c on the same port). It answers every

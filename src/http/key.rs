@@ -256,16 +256,7 @@ impl Cookie {
     /// [`InvalidKey::InvalidName`] if `name` is empty or holds whitespace, control
     /// characters, `;` or `=`.
     pub fn try_new(name: impl Into<Cow<'static, str>>) -> Result<Self, InvalidKey> {
-        let name = name.into();
-        let valid = !name.is_empty()
-            && name
-                .bytes()
-                .all(|b| !(b.is_ascii_whitespace() || b.is_ascii_control() || b";=".contains(&b)));
-        if valid {
-            Ok(Cookie { name })
-        } else {
-            Err(InvalidKey::invalid_name(KeyKind::Cookie, &name))
-        }
+        checked_name(name.into(), b";=", KeyKind::Cookie).map(|name| Cookie { name })
     }
 
     /// The cookie's name.
@@ -409,21 +400,30 @@ impl QueryParam {
     /// [`InvalidKey::InvalidName`] if `name` is empty or holds `&`, `=`, `#`, whitespace or
     /// control characters.
     pub fn try_new(name: impl Into<Cow<'static, str>>) -> Result<Self, InvalidKey> {
-        let name = name.into();
-        let valid = !name.is_empty()
-            && name
-                .bytes()
-                .all(|b| !(b.is_ascii_whitespace() || b.is_ascii_control() || b"&=#".contains(&b)));
-        if valid {
-            Ok(QueryParam { name })
-        } else {
-            Err(InvalidKey::invalid_name(KeyKind::Query, &name))
-        }
+        checked_name(name.into(), b"&=#", KeyKind::Query).map(|name| QueryParam { name })
     }
 
     /// The parameter's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+}
+
+/// `name` if it is not empty and holds no whitespace, control character or byte of
+/// `separators` (the bytes that end a name where it is looked for).
+fn checked_name(
+    name: Cow<'static, str>,
+    separators: &[u8],
+    kind: KeyKind,
+) -> Result<Cow<'static, str>, InvalidKey> {
+    let valid = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| !(b.is_ascii_whitespace() || b.is_ascii_control() || separators.contains(&b)));
+    if valid {
+        Ok(name)
+    } else {
+        Err(InvalidKey::invalid_name(kind, &name))
     }
 }
 
