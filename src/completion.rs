@@ -16,7 +16,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::classify::Outcome;
-use crate::endpoint::Load;
+use crate::endpoint::{Load, Observed};
+use crate::error::BoxError;
 
 /// What happens to a request's [`InFlight`] guard when its response arrives.
 pub trait TrackCompletion<Res>: Clone + Send + Sync + 'static {
@@ -64,12 +65,35 @@ impl InFlight {
     /// Records the outcome and latency; later calls do nothing.
     #[inline]
     pub(crate) fn record(&mut self, outcome: Outcome) {
+        let observed = match outcome {
+            Outcome::Success => Observed::Success,
+            Outcome::Failure => Observed::Failure,
+        };
+        self.observe(observed);
+    }
+
+    /// Records the outcome of a call that returned `error`: a failure the classifier
+    /// judged one is [unreachable](crate::health::unreachable) when the error says so.
+    #[cold]
+    pub(crate) fn record_error(&mut self, outcome: Outcome, error: &BoxError) {
+        let observed = match outcome {
+            Outcome::Success => Observed::Success,
+            Outcome::Failure if crate::health::unreachable::is_unreachable(&**error) => {
+                Observed::Unreachable
+            }
+            Outcome::Failure => Observed::Failure,
+        };
+        self.observe(observed);
+    }
+
+    #[inline]
+    fn observe(&mut self, observed: Observed) {
         if std::mem::replace(&mut self.recorded, true) {
             return;
         }
-        let failure = outcome == Outcome::Failure;
-        self.load.record(failure);
-        self.load.sample_latency(self.start_ns, failure);
+        self.load.record(observed);
+        self.load
+            .sample_latency(self.start_ns, observed != Observed::Success);
     }
 }
 

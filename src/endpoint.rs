@@ -163,10 +163,12 @@ impl EndpointState {
 /// when the endpoint was removed still return to zero.
 ///
 /// Layout: the counters every request writes (`started`, `finished`) come first, right after
-/// the `Arc`'s reference count, with the health flags every pick reads, so that one cache
-/// line usually holds them all and a request moves one line between cores instead of two (measured: +14 % requests/s with 64 tasks on
-/// two threads, `cargo bench --bench balance -- shared` before and after). The struct is padded to 128 bytes with the `Arc` header, so the hot counters
-/// of two endpoints allocated one after the other are 96 bytes apart and never share a line.
+/// the `Arc`'s reference count, with the health flags and the failure penalty every pick
+/// reads, so that one cache line holds them all and a request moves one line between cores
+/// instead of two (measured: +14 % requests/s with 64 tasks on two threads,
+/// `cargo bench --bench balance -- shared` before and after). The struct is padded to 128
+/// bytes with the `Arc` header, so the hot counters of two endpoints allocated one after the
+/// other never share a line.
 #[derive(Debug, Default)]
 #[repr(C)]
 pub struct Load {
@@ -185,12 +187,15 @@ pub struct Load {
     health: AtomicU32,
     /// Failures in a row (reset by a success), counted only with outlier detection.
     consecutive_failures: AtomicU32,
-    /// Outlier detection's thresholds and the driver's wake-up, when it is on; read at
-    /// every completion.
-    outlier: Option<Arc<crate::health::OutlierSignal>>,
-    /// How latency samples are taken and folded in; `None` when latency is not tracked.
-    /// Kept here rather than in each request's guard, which keeps the guard small.
-    timing: Option<Timing>,
+    /// The failure penalty as last updated, as `f64` bits (0: none); see
+    /// [`Load::failure_penalty`]. Read by least-request picks, so it is on the first line.
+    penalty: AtomicU64,
+    /// When `penalty` was last updated, in nanoseconds since the balancer's epoch.
+    penalty_at: AtomicU64,
+    /// What every endpoint of the balancer shares: its clock, latency and penalty settings,
+    /// and outlier detection's hook; read at every completion. `None`: nothing is tracked
+    /// (a `Load` made outside a balancer).
+    settings: Option<Arc<LoadSettings>>,
     failures: AtomicU64,
     readiness_failures: AtomicU64,
     cancelled: AtomicU64,
@@ -198,7 +203,26 @@ pub struct Load {
     probation_successes: AtomicU32,
     /// Cold padding up to 128 bytes with the `Arc` header, so that the next allocation's
     /// hot counters do not share a line with these.
-    _pad: u32,
+    _pad: [u32; 5],
+}
+
+/// What the endpoints of one balancer share, behind one pointer in each [`Load`].
+#[derive(Debug)]
+pub(crate) struct LoadSettings {
+    /// How latency samples are taken and folded in; `None` when latency is not tracked.
+    pub(crate) timing: Option<Timing>,
+    /// The failure penalty's clock and time constant, when the strategy reads it.
+    pub(crate) penalty: Option<Penalty>,
+    /// Outlier detection's thresholds and the driver's wake-up, when it is on.
+    pub(crate) outlier: Option<Arc<crate::health::OutlierSignal>>,
+}
+
+/// The clock and time constant of the [failure penalty](Load::failure_penalty).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Penalty {
+    pub(crate) epoch: Instant,
+    /// The time constant, in nanoseconds (at least 1).
+    pub(crate) decay_ns: f64,
 }
 
 /// The bits of [`Load`]'s health flags.
@@ -214,9 +238,31 @@ pub(crate) mod flags {
     /// The endpoint left the set: requests still in flight may finish on it, but they must
     /// not eject it (nothing would end that ejection or give back its slot).
     pub(crate) const REMOVED: u32 = 16;
+    /// The endpoint refused a connection (or could not be reached) the last time a request
+    /// or probe tried: its failures are proof that a request sent there fails, so panic
+    /// mode does not bring it back while any other endpoint can take requests. Cleared by
+    /// the next success (of a request or a probe).
+    pub(crate) const UNREACHABLE: u32 = 32;
     /// Flags that keep an endpoint from new requests (outside panic mode).
     pub(crate) const UNAVAILABLE: u32 = UNHEALTHY | EJECTED | DRAINING;
 }
+
+/// What one finished request (or failed readiness check) says about its endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Observed {
+    /// The classifier judged it a success.
+    Success,
+    /// The classifier judged it a failure.
+    Failure,
+    /// A failure whose error shows that the endpoint could not be reached (see
+    /// [`health::unreachable`](crate::health::unreachable)).
+    Unreachable,
+}
+
+/// A penalty below this counts as none (and is cleared).
+const PENALTY_FLOOR: f64 = 0.01;
+/// The penalty's time constant for a `Load` made outside a balancer.
+const DEFAULT_PENALTY_DECAY_NS: f64 = 1e9;
 
 /// The balancer's latency settings, copied into each of its endpoints' [`Load`].
 #[derive(Debug, Clone, Copy)]
@@ -256,17 +302,22 @@ impl Timing {
 }
 
 impl Load {
-    pub(crate) fn new(
-        timing: Option<Timing>,
-        outlier: Option<Arc<crate::health::OutlierSignal>>,
-        initial_flags: u32,
-    ) -> Self {
+    pub(crate) fn new(settings: Arc<LoadSettings>, initial_flags: u32) -> Self {
         Load {
-            timing,
-            outlier,
+            settings: Some(settings),
             health: AtomicU32::new(initial_flags),
             ..Load::default()
         }
+    }
+
+    #[inline]
+    fn timing(&self) -> Option<&Timing> {
+        self.settings.as_deref()?.timing.as_ref()
+    }
+
+    #[inline]
+    fn outlier(&self) -> Option<&crate::health::OutlierSignal> {
+        self.settings.as_deref()?.outlier.as_deref()
     }
 
     /// The health flags (see [`flags`]).
@@ -307,11 +358,17 @@ impl Load {
 
     /// Outlier detection's view of one completed request: counts failures in a row, ejects
     /// the endpoint at the threshold (at once, so no further request picks it), and ends
-    /// probation after enough successes. Wakes the driver on every change of flags.
+    /// probation after enough successes. Marks the endpoint unreachable (or reachable
+    /// again). Wakes the driver on every change of flags.
     #[cold]
-    fn observe_outcome(&self, failure: bool, outlier: &crate::health::OutlierSignal) {
+    fn observe_outcome(&self, observed: Observed, outlier: &crate::health::OutlierSignal) {
         let flags_now = self.health.load(Ordering::Relaxed);
-        if failure {
+        if observed != Observed::Success {
+            let unreachable = observed == Observed::Unreachable;
+            if unreachable && flags_now & flags::UNREACHABLE == 0 {
+                self.set_flags(flags::UNREACHABLE, true);
+                outlier.wake_driver();
+            }
             let in_row = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
             let on_probation = flags_now & flags::PROBATION != 0;
             if on_probation {
@@ -321,7 +378,7 @@ impl Load {
             }
             if flags_now & (flags::EJECTED | flags::REMOVED) == 0
                 && (on_probation || outlier.consecutive_threshold_reached(in_row))
-                && outlier.reserve_ejection()
+                && outlier.reserve_ejection(unreachable)
             {
                 let before = self.set_flags(flags::EJECTED, true);
                 if before & (flags::EJECTED | flags::REMOVED) != 0 {
@@ -336,6 +393,10 @@ impl Load {
             if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
                 self.consecutive_failures.store(0, Ordering::Relaxed);
             }
+            if flags_now & flags::UNREACHABLE != 0 {
+                self.set_flags(flags::UNREACHABLE, false);
+                outlier.wake_driver();
+            }
             if flags_now & flags::PROBATION != 0 {
                 let ok = self.probation_successes.fetch_add(1, Ordering::Relaxed) + 1;
                 if ok == outlier.probation_successes() {
@@ -344,6 +405,68 @@ impl Load {
                 }
             }
         }
+    }
+
+    /// The failure penalty: the endpoint's recent failures, each counting 1 when it happens
+    /// and fading exponentially with the strategy's time constant τ (1 s for
+    /// [`LeastRequest`](crate::strategy::LeastRequest)). An endpoint that fails λ requests a
+    /// second carries a penalty of about λ × τ: as many requests as it would have in flight
+    /// if each of its failures had taken τ to answer, which is how least request counts it,
+    /// so that an endpoint never draws traffic by failing fast.
+    ///
+    /// 0 when the endpoint has not failed lately (below 0.01 counts as 0), or when the
+    /// balancer's strategy does not read the penalty. Reading it costs one atomic load,
+    /// plus a clock read (shared by the whole pick, through `cx`) while it is not 0.
+    #[inline]
+    pub fn failure_penalty(&self, cx: &crate::strategy::Context<'_>) -> f64 {
+        let bits = self.penalty.load(Ordering::Relaxed);
+        if bits == 0 {
+            return 0.0;
+        }
+        self.decayed_penalty(bits, cx.now_nanos())
+    }
+
+    #[cold]
+    fn decayed_penalty(&self, bits: u64, now_ns: u64) -> f64 {
+        let at = self.penalty_at.load(Ordering::Relaxed);
+        let value =
+            f64::from_bits(bits) * decay_weight(now_ns.saturating_sub(at), self.penalty_decay_ns());
+        if value < PENALTY_FLOOR {
+            // Faded: later picks need no clock read. Only if no failure added to it since.
+            let _ = self
+                .penalty
+                .compare_exchange(bits, 0, Ordering::Relaxed, Ordering::Relaxed);
+            return 0.0;
+        }
+        value
+    }
+
+    fn penalty_decay_ns(&self) -> f64 {
+        self.settings
+            .as_deref()
+            .and_then(|s| s.penalty)
+            .map_or(DEFAULT_PENALTY_DECAY_NS, |p| p.decay_ns)
+    }
+
+    /// Adds one failure to the penalty, if the strategy reads it.
+    #[cold]
+    fn add_penalty(&self) {
+        let Some(penalty) = self.settings.as_deref().and_then(|s| s.penalty) else {
+            return;
+        };
+        let now_ns = nanos_since(penalty.epoch);
+        let bits = self.penalty.load(Ordering::Relaxed);
+        let before = if bits == 0 {
+            0.0
+        } else {
+            let at = self.penalty_at.load(Ordering::Relaxed);
+            f64::from_bits(bits) * decay_weight(now_ns.saturating_sub(at), penalty.decay_ns)
+        };
+        // Concurrent failures may overwrite each other's addition; the penalty is an
+        // estimate, and the next failure adds again.
+        self.penalty_at.store(now_ns, Ordering::Relaxed);
+        self.penalty
+            .store((before + 1.0).to_bits(), Ordering::Relaxed);
     }
 
     /// Takes a latency sample for a request that started at `start_ns`, if latency is
@@ -377,7 +500,7 @@ impl Load {
     /// When latency is tracked: the settings, now, and the nanoseconds since `start_ns`.
     #[inline]
     fn elapsed_since(&self, start_ns: u64) -> Option<(&Timing, u64, f64)> {
-        let t = self.timing.as_ref()?;
+        let t = self.timing()?;
         let now_ns = t.now_ns();
         Some((t, now_ns, now_ns.saturating_sub(start_ns) as f64))
     }
@@ -393,6 +516,21 @@ impl Load {
             load.rtt_ns.store(ns.to_bits(), Ordering::Relaxed);
         }
         load
+    }
+
+    /// The same counters with a [failure penalty](Load::failure_penalty) of `penalty`,
+    /// recorded at time 0 of the strategy's [`Context`](crate::strategy::Context) clock and
+    /// fading with a time constant of 1 s (for driving a strategy outside a balancer).
+    /// Values that are not finite and positive mean no penalty.
+    pub fn with_failure_penalty(self, penalty: f64) -> Self {
+        let bits = if penalty.is_finite() && penalty >= PENALTY_FLOOR {
+            penalty.to_bits()
+        } else {
+            0
+        };
+        self.penalty.store(bits, Ordering::Relaxed);
+        self.penalty_at.store(0, Ordering::Relaxed);
+        self
     }
 
     /// Requests sent to the endpoint that have not finished yet.
@@ -454,23 +592,25 @@ impl Load {
         self.finished.fetch_add(1, Ordering::Release);
     }
 
+    /// Records what one completed request says about the endpoint.
     #[inline]
-    pub(crate) fn record(&self, failure: bool) {
-        if failure {
+    pub(crate) fn record(&self, observed: Observed) {
+        if observed != Observed::Success {
             self.failures.fetch_add(1, Ordering::Relaxed);
+            self.add_penalty();
         }
-        if let Some(outlier) = &self.outlier {
-            self.observe_outcome(failure, outlier);
+        if let Some(outlier) = self.outlier() {
+            self.observe_outcome(observed, outlier);
         }
     }
 
     /// An endpoint's service failed `poll_ready`: a failure, but not a completed request.
-    pub(crate) fn record_readiness_failure(&self) {
-        self.failures.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn record_readiness_failure(&self, observed: Observed) {
         self.readiness_failures.fetch_add(1, Ordering::Relaxed);
-        if let Some(outlier) = &self.outlier {
-            self.observe_outcome(true, outlier);
-        }
+        self.record(match observed {
+            Observed::Success => Observed::Failure,
+            other => other,
+        });
     }
 
     pub(crate) fn record_cancel(&self) {
@@ -544,12 +684,15 @@ mod tests {
 
     fn timed() -> Load {
         Load::new(
-            Some(Timing {
-                epoch: Instant::now(),
-                decay_ns: 10e9,
-                penalty_ns: 1e9,
+            Arc::new(LoadSettings {
+                timing: Some(Timing {
+                    epoch: Instant::now(),
+                    decay_ns: 10e9,
+                    penalty_ns: 1e9,
+                }),
+                penalty: None,
+                outlier: None,
             }),
-            None,
             0,
         )
     }
@@ -563,13 +706,13 @@ mod tests {
         assert_eq!(load.latency(), Some(Duration::from_millis(100)));
 
         // A request cancelled after 1 ms says only "at least 1 ms": no change.
-        let start = load.timing.unwrap().now_ns();
+        let start = load.timing().unwrap().now_ns();
         tokio::time::advance(Duration::from_millis(1)).await;
         load.sample_cancelled(start);
         assert_eq!(load.latency(), Some(Duration::from_millis(100)));
 
         // One cancelled after 500 ms raises it (the peak).
-        let start = load.timing.unwrap().now_ns();
+        let start = load.timing().unwrap().now_ns();
         tokio::time::advance(Duration::from_millis(500)).await;
         load.sample_cancelled(start);
         assert_eq!(load.latency(), Some(Duration::from_millis(500)));
@@ -578,7 +721,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_cancellation_refreshes_an_estimate_that_has_decayed_below_it() {
         let load = timed();
-        let timing = load.timing.unwrap();
+        let timing = *load.timing().unwrap();
         // A 1 s sample, then 20 s without one: picks see 1 s × e^-2 = 135 ms.
         tokio::time::advance(Duration::from_secs(1)).await;
         load.sample_latency(0, false);
@@ -605,6 +748,14 @@ mod tests {
     fn a_load_with_its_arc_header_fills_two_cache_lines() {
         // Two reference counts (16 bytes) precede the `Load` in an `Arc`'s allocation.
         assert_eq!(std::mem::size_of::<Load>() + 16, 128);
+        // What every request writes and every pick reads shares the first line.
+        for end in [
+            std::mem::offset_of!(Load, finished) + 8,
+            std::mem::offset_of!(Load, health) + 4,
+            std::mem::offset_of!(Load, penalty) + 8,
+        ] {
+            assert!(16 + end <= 64, "{end}");
+        }
     }
 
     #[test]
@@ -617,7 +768,7 @@ mod tests {
             (load.in_flight(), load.completed(), load.cancelled()),
             (3, 0, 0)
         );
-        load.record(true);
+        load.record(Observed::Failure);
         load.finish();
         load.record_cancel();
         load.finish();
@@ -626,7 +777,7 @@ mod tests {
             (1, 1, 1)
         );
         assert_eq!(load.failures(), 1);
-        load.record_readiness_failure();
+        load.record_readiness_failure(Observed::Failure);
         assert_eq!((load.failures(), load.readiness_failures()), (2, 1));
     }
 }

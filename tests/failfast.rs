@@ -366,7 +366,9 @@ async fn an_endpoint_failing_poll_ready_is_skipped_and_counted() {
     let broken = stats_of(&balance, &"broken");
     // Round robin advances its cursor for every choice, including the one that found
     // "broken" failing, so with two endpoints "broken" is every request's first choice:
-    // one readiness failure per request, and every request still served at once by "ok".
+    // one readiness failure per request, every request still served at once by "ok",
+    // until the fifth failure in a row ejects "broken" (outlier detection is on by
+    // default) and the rest go straight to "ok".
     assert_eq!(
         (
             broken.failures,
@@ -374,8 +376,9 @@ async fn an_endpoint_failing_poll_ready_is_skipped_and_counted() {
             broken.completed,
             broken.in_flight
         ),
-        (10, 10, 0, 0)
+        (5, 5, 0, 0)
     );
+    assert_eq!(broken.state, tower_lb::endpoint::EndpointState::Ejected);
     let ok = stats_of(&balance, &"ok");
     assert_eq!((ok.failures, ok.completed), (0, 10));
 }

@@ -591,8 +591,9 @@ async fn an_ejection_lasts_its_time_then_probation_gives_a_tenth_and_a_failure_d
 async fn probation_ends_after_an_interval_when_it_gets_too_few_requests() {
     let log = CallLog::new();
     let nodes: Vec<Node> = ["a", "b"].iter().map(|n| Node::new(n, &log)).collect();
+    // Without the failure penalty, so that b keeps drawing requests until it is ejected.
     let mut balance = Balance::builder()
-        .strategy(LeastRequest::new())
+        .strategy(LeastRequest::new().failure_penalty(Duration::ZERO))
         .classify(ErrorsAsFailures)
         .outlier_detection(OutlierDetection::new())
         .build(discover::static_list(
@@ -1690,9 +1691,11 @@ async fn scenario_concurrent_callers_with_retries_see_no_failure() {
         "scenario, 8 concurrent callers with retries: 0 failed of 320; {at_bad} attempts failed at the 503 server, {} retries",
         retries.load(Ordering::SeqCst)
     );
-    // Requests already in flight when the fifth failure ejects it may still fail: at
+    // Least request counts each failure as a request in flight for a second, so the 503
+    // server draws few requests and may not reach the five that eject it; if it does,
+    // requests already in flight when the fifth failure ejects it may still fail: at
     // most one per other caller.
-    assert!((5..=5 + 7).contains(&at_bad), "{at_bad}");
+    assert!(at_bad <= 5 + 7, "{at_bad}");
     assert_eq!(retries.load(Ordering::SeqCst), at_bad);
 }
 

@@ -16,9 +16,12 @@ use tower_lb::Balance;
 
 use common::{client, endpoints, Server, ToEndpoint};
 
+/// A balancer without outlier detection, so that every request reaches the server it
+/// was sent to and the counters show the classifier's verdicts as they are.
 fn balancer<P: Strategy>(strategy: P, servers: &[&Server]) -> Balance<SocketAddr, ToEndpoint, P> {
     Balance::builder()
         .strategy(strategy)
+        .outlier_detection(None)
         .build(discover::static_list(endpoints(servers)))
         .unwrap()
 }

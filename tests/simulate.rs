@@ -127,23 +127,57 @@ fn overload_ramp_halves_round_robins_tail() {
 }
 
 /// A backend that answers 503 at once: tower counts the 503s as fast successes and
-/// favours it; our peak-EWMA counts them as slow failures, and outlier detection ejects it.
+/// favours it; our least request and peak-EWMA count them as slow (before any ejection:
+/// the plain contestants run without outlier detection), and outlier detection ejects it.
 #[test]
 fn fast_fail_failures_are_not_fast_successes() {
     let rr = c(Algo::RoundRobin);
     let lr = c(Algo::LeastRequest);
+    let lr_all = c(Algo::LeastRequestAll);
     let pe = c(Algo::PeakEwma);
+    let tower_pending = c(Algo::TowerPending);
     let tower_pe = c(Algo::TowerPeakEwma);
     let report = run(
         "fast-fail",
-        &[rr, rr.outlier(), lr, lr.outlier(), pe, tower_pe],
+        &[
+            rr,
+            rr.outlier(),
+            lr,
+            lr_all,
+            lr.outlier(),
+            pe,
+            tower_pending,
+            tower_pe,
+        ],
     );
     assert!(success(&report, pe) > success(&report, tower_pe) + 5.0);
-    // Least request over in-flight counts favours the failing backend (it has nothing in
-    // flight), as does tower's: worse than round robin.
-    assert!(success(&report, lr) < success(&report, rr));
+    assert!(success(&report, lr) > success(&report, tower_pending) + 5.0);
+    // The failing backend (3 of 10) gets less traffic than any healthy one under our
+    // load-aware strategies, without outlier detection; tower's gives it the most.
+    const FAILING: usize = 3;
+    let share = |c: Contestant| {
+        let per_backend = &report.run(&c.name()).per_backend;
+        let healthy_min = (0..per_backend.len())
+            .filter(|&i| i != FAILING)
+            .map(|i| per_backend[i])
+            .min()
+            .unwrap();
+        (per_backend[FAILING], healthy_min)
+    };
+    for contestant in [lr, lr_all, pe] {
+        let (failing, healthy) = share(contestant);
+        assert!(
+            failing < healthy,
+            "{}: {failing} vs {healthy}",
+            contestant.name()
+        );
+    }
+    let (failing, healthy) = share(tower_pending);
+    assert!(failing > healthy, "tower: {failing} vs {healthy}");
+    assert!(success(&report, lr) > success(&report, rr));
+    assert!(success(&report, lr_all) > success(&report, rr));
     assert!(success(&report, rr.outlier()) > success(&report, rr) + 5.0);
-    assert!(success(&report, lr.outlier()) > success(&report, lr) + 5.0);
+    assert!(success(&report, lr.outlier()) >= success(&report, lr));
     assert!(success(&report, pe) > 99.5);
 }
 

@@ -605,6 +605,7 @@ async fn peak_ewma_without_failure_penalty_would_prefer_the_failing_endpoint() {
     let mut balance = Balance::builder()
         .strategy(PeakEwma::new().with_seed(8).failure_penalty(Duration::ZERO))
         .classify(ErrorsAsFailures)
+        .outlier_detection(None)
         .build(discover::static_list([
             ("broken", Backend::new("broken").failing()),
             (

@@ -529,7 +529,9 @@ pub enum Algo {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Contestant {
     pub algo: Algo,
-    /// `Builder::outlier_detection(OutlierDetection::new())` (Envoy's defaults).
+    /// Outlier detection with the crate's defaults (`OutlierDetection::new()`: Envoy's
+    /// thresholds, at most half the backends ejected for failed requests); without it,
+    /// `Builder::outlier_detection(None)`, the strategy alone.
     pub outlier: bool,
     /// `Builder::slow_start(SlowStart::new(10 s))`.
     pub slow_start: bool,
@@ -1194,9 +1196,8 @@ where
         let mut builder = tower_lb::Builder::new()
             .strategy(strategy.clone())
             .request_key(key_fn(sim_key as fn(&SimRequest) -> Option<Vec<u8>>));
-        if c.outlier {
-            builder = builder.outlier_detection(OutlierDetection::new());
-        }
+        // Outlier detection is on by default; the plain contestants show a strategy alone.
+        builder = builder.outlier_detection(c.outlier.then(OutlierDetection::new));
         if c.slow_start {
             builder = builder.slow_start(SlowStart::new(Duration::from_secs(10)));
         }

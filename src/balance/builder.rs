@@ -68,7 +68,10 @@ impl Default for Builder {
                 fail_fast: Duration::from_secs(3),
                 allow_empty_reset: false,
                 latency: None,
-                health: HealthSettings::default(),
+                health: HealthSettings {
+                    outlier: Some(OutlierDetection::default()),
+                    ..HealthSettings::default()
+                },
             },
         }
     }
@@ -76,7 +79,8 @@ impl Default for Builder {
 
 impl Builder {
     /// The defaults: least request (two choices), [`DefaultClassifier`], [`OnResponse`],
-    /// fail fast after 3 s (linkerd's default), empty resets ignored.
+    /// [outlier detection](crate::health::outlier) on, fail fast after 3 s (linkerd's
+    /// default), empty resets ignored.
     pub fn new() -> Self {
         Self::default()
     }
@@ -166,9 +170,20 @@ impl<P, C, T, H> Builder<P, C, T, H> {
     }
 
     /// Ejects endpoints whose responses fail; see [`health::outlier`](crate::health::outlier).
-    /// Off by default.
-    pub fn outlier_detection(mut self, settings: OutlierDetection) -> Self {
-        self.settings.health.outlier = Some(settings);
+    /// On by default, with [`OutlierDetection::default`]; `None` turns it off.
+    ///
+    /// ```
+    /// use tower_lb::{health::OutlierDetection, Balance};
+    ///
+    /// // Eject after 3 failures in a row instead of 5.
+    /// let builder = Balance::builder()
+    ///     .outlier_detection(OutlierDetection::new().consecutive_failures(Some(3)));
+    /// // No passive health at all.
+    /// let builder = Balance::builder().outlier_detection(None);
+    /// # drop(builder);
+    /// ```
+    pub fn outlier_detection(mut self, settings: impl Into<Option<OutlierDetection>>) -> Self {
+        self.settings.health.outlier = settings.into();
         self
     }
 
@@ -249,9 +264,11 @@ impl<P, C, T, H> Builder<P, C, T, H> {
         let signal = Arc::new(OutlierSignal::new(
             &health.outlier.clone().unwrap_or_default(),
         ));
+        let failure_penalty = self.strategy.failure_penalty();
         let shared = Arc::new(Shared::new(
             self.strategy,
             latency,
+            failure_penalty,
             self.settings.fail_fast,
             signal,
             stop_tx,

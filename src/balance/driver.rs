@@ -17,7 +17,7 @@ use tokio::time::Sleep;
 use super::shared::{lock, Set, Shared, Slot};
 use crate::discover::snapshots::dedup_last_wins;
 use crate::discover::{Change, Discover, DiscoveryStats};
-use crate::endpoint::{Endpoint, Load, Timing};
+use crate::endpoint::{Endpoint, Load};
 use crate::error::{BoxError, UnavailableReason};
 use crate::health::runner::{Candidate, Runner};
 use crate::health::HealthSettings;
@@ -64,7 +64,6 @@ pub(crate) struct Driver<K, S, P: Strategy> {
     version: u64,
     ended: bool,
     allow_empty_reset: bool,
-    timing: Option<Timing>,
     /// Errors in a row, and the pause before the source is polled again.
     errors_in_a_row: u32,
     backoff: Option<Pin<Box<Sleep>>>,
@@ -85,7 +84,7 @@ where
         health: HealthSettings,
     ) -> Self {
         Driver {
-            health: Runner::new(health, shared.signal.clone()),
+            health: Runner::new(health, shared.signal.clone(), shared.timing, shared.penalty),
             shared: Arc::downgrade(shared),
             discovery,
             stop,
@@ -94,7 +93,6 @@ where
             version: 0,
             ended: false,
             allow_empty_reset,
-            timing: shared.timing,
             errors_in_a_row: 0,
             backoff: None,
         }
@@ -208,15 +206,12 @@ where
         let (order, load) = match (place, existing) {
             (Some((order, load)), _) => (
                 order,
-                load.unwrap_or_else(|| Arc::new(self.health.new_load(self.timing))),
+                load.unwrap_or_else(|| Arc::new(self.health.new_load())),
             ),
             (None, Some(slot)) => (slot.order, slot.load.clone()),
             (None, None) => {
                 self.next_order += 1;
-                (
-                    self.next_order - 1,
-                    Arc::new(self.health.new_load(self.timing)),
-                )
+                (self.next_order - 1, Arc::new(self.health.new_load()))
             }
         };
         tracing::debug!(key = ?endpoint.key, weight = endpoint.weight, "endpoint inserted");

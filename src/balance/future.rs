@@ -240,10 +240,17 @@ where
                             Err("tower-lb response future polled after completion".into())
                         }));
                     };
-                    guard.record(this.classify.classify(&result));
+                    let outcome = this.classify.classify(&result);
                     return Poll::Ready(match result {
-                        Ok(response) => Ok(this.track.track(response, guard)),
-                        Err(e) => Err(e.into()),
+                        Ok(response) => {
+                            guard.record(outcome);
+                            Ok(this.track.track(response, guard))
+                        }
+                        Err(e) => {
+                            let e = e.into();
+                            guard.record_error(outcome, &e);
+                            Err(e)
+                        }
                     });
                 }
             }

@@ -152,7 +152,8 @@ struct Wait {
 
 impl Balance<(), ()> {
     /// A [`Builder`](crate::Builder) with the defaults: least request (two choices), the
-    /// default classifier, in-flight until the response, fail fast after 3 s.
+    /// default classifier, outlier detection on, in-flight until the response, fail fast
+    /// after 3 s.
     pub fn builder() -> crate::Builder {
         crate::Builder::new()
     }
@@ -286,7 +287,7 @@ impl<K, S, P: Strategy, C, T, H> Balance<K, S, P, C, T, H> {
             }
         }
 
-        let pick_cx = strategy::Context::new(self.shared.timing.map(|t| t.epoch));
+        let pick_cx = strategy::Context::new(self.shared.pick_epoch);
         let endpoints = Endpoints::new(&set.entries, &set.names);
         // The strategy's choice first; if it is not ready, the strategy chooses again (a
         // random strategy draws new candidates, round robin moves on in its cycle), and
@@ -432,7 +433,11 @@ impl<K, S, P: Strategy, C, T, H> Balance<K, S, P, C, T, H> {
 #[cold]
 pub(crate) fn readiness_failed(load: &Load, error: BoxError) -> Arc<BoxError> {
     tracing::debug!(%error, "endpoint service failed its readiness check; skipping it");
-    load.record_readiness_failure();
+    load.record_readiness_failure(if crate::health::unreachable::is_unreachable(&*error) {
+        crate::endpoint::Observed::Unreachable
+    } else {
+        crate::endpoint::Observed::Failure
+    });
     Arc::new(error)
 }
 
@@ -651,7 +656,7 @@ where
         let n = set.entries.len();
         let endpoints = Endpoints::new(&set.entries, &set.names);
         let key = self.key.key(request);
-        let mut pick_cx = strategy::Context::new(self.shared.timing.map(|t| t.epoch));
+        let mut pick_cx = strategy::Context::new(self.shared.pick_epoch);
         pick_cx.set_key(key.as_deref().filter(|k| !k.is_empty()));
         let previous = self.key.previous_endpoints(request);
         let mut passed_over = Vec::new();

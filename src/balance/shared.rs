@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tokio::sync::mpsc;
 
 use crate::discover::DiscoveryStats;
-use crate::endpoint::{flags, EndpointState, EndpointStats, Load, Metadata, Timing};
+use crate::endpoint::{flags, EndpointState, EndpointStats, Load, Metadata, Penalty, Timing};
 use crate::error::{BuildError, UnavailableReason};
 use crate::health::{HealthEvent, HealthStats, OutlierSignal};
 use crate::strategy::{Entry, LatencyTracking, Strategy};
@@ -124,6 +124,11 @@ pub(crate) struct Shared<K, S, P: Strategy> {
     pub(crate) strategy: P,
     /// Latency settings, with the epoch of the balancer's clock, when latency is tracked.
     pub(crate) timing: Option<Timing>,
+    /// The failure penalty's clock and time constant, when the strategy reads it.
+    pub(crate) penalty: Option<Penalty>,
+    /// The epoch of the clock strategies read in a pick (`Context::now_nanos`), when the
+    /// strategy reads latency or the failure penalty.
+    pub(crate) pick_epoch: Option<Instant>,
     pub(crate) fail_fast: Duration,
     /// Handles waiting for the set to change, by handle id.
     waiters: Mutex<HashMap<u64, Waker>>,
@@ -143,6 +148,7 @@ impl<K, S, P: Strategy> Shared<K, S, P> {
     pub(crate) fn new(
         strategy: P,
         latency: Option<LatencyTracking>,
+        failure_penalty: Option<Duration>,
         fail_fast: Duration,
         signal: Arc<OutlierSignal>,
         stop: oneshot::Sender<()>,
@@ -156,10 +162,17 @@ impl<K, S, P: Strategy> Shared<K, S, P> {
             decay_ns: t.decay.as_nanos().max(1) as f64,
             penalty_ns: t.failure_penalty.as_nanos() as f64,
         });
+        let penalty = failure_penalty.filter(|d| !d.is_zero()).map(|d| Penalty {
+            epoch,
+            decay_ns: d.as_nanos() as f64,
+        });
+        let pick_epoch = (timing.is_some() || penalty.is_some()).then_some(epoch);
         Shared {
             set: ArcSwap::from_pointee(Set::empty()),
             strategy,
             timing,
+            penalty,
+            pick_epoch,
             fail_fast,
             waiters: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(0),

@@ -37,14 +37,51 @@
 //!
 //! # Panic mode
 //!
-//! When fewer than the [panic threshold](crate::Builder::panic_threshold) (default 50 %,
-//! as in Envoy and Finagle) of the endpoints that are not draining are healthy (not
-//! unhealthy by probes, not ejected), the balancer assumes the health signal is what is
-//! broken and balances over all of them (fail open). With
-//! [`fail_closed`](crate::Builder::fail_closed) it keeps to the healthy ones instead, and
-//! fails with [`UnavailableReason::AllUnhealthy`](crate::error::UnavailableReason::AllUnhealthy)
-//! when there are none. [`Balance::health_stats`](crate::Balance::health_stats) says whether
-//! panic mode is on.
+//! Health verdicts can be wrong together: a probe path that breaks on every server at
+//! once, or probes that time out because the whole fleet is overloaded. Envoy and Finagle
+//! answer with *panic mode*: below a share of healthy endpoints (the
+//! [panic threshold](crate::Builder::panic_threshold), 50 % by default), stop trusting the
+//! verdicts. Sending traffic to an endpoint that is known to fail it helps nobody, though,
+//! so the balancer sorts the endpoints that are out by how the balancer knows:
+//!
+//! | endpoint | evidence | in panic mode |
+//! |---|---|---|
+//! | healthy | | takes requests |
+//! | suspect | unhealthy by a probe answer alone (a status, a timeout, a custom verdict) | takes requests: the probe may be what is broken, and outlier detection judges the traffic it gets |
+//! | failing | ejected for failed requests, or unreachable (its last request or probe was refused, or its host or network was unreachable) | stays out, unless no endpoint is healthy or suspect |
+//!
+//! Below the threshold, the balancer balances over the healthy and the suspect endpoints.
+//! When there are none, it balances over every endpoint (fail open, as nginx does when
+//! every server has failed). With [`fail_closed`](crate::Builder::fail_closed) it keeps to
+//! the healthy ones, and fails with
+//! [`UnavailableReason::AllUnhealthy`](crate::error::UnavailableReason::AllUnhealthy) when
+//! there are none. Draining endpoints, endpoints of weight 0 and endpoints awaiting their
+//! first probe answer with [`Initial::Unhealthy`] never take requests. Panic mode's start
+//! and end are logged (a warning and an info line), and
+//! [`Balance::health_stats`](crate::Balance::health_stats) reports it.
+//!
+//! **Worked example: three endpoints, the defaults, and two broken.** `a` is well, `b`
+//! answers 500 to everything, `c` refuses connections.
+//!
+//! 1. Least request sends `b` and `c` fewer requests than `a` from their first failure on
+//!    (each failure counts as a request in flight for a second), and
+//!    [outlier detection](outlier) ejects each after 5 failures in a row: `c` whatever
+//!    the cap (it is unreachable), `b` because 50 % of 3 endpoints, rounded up, is 2.
+//! 2. One endpoint of three is healthy, below 50 %: panic mode starts (and logs a
+//!    warning). `b` and `c` are *failing*, not suspect, and `a` is healthy, so `a` takes
+//!    every request: from then on no request fails. With a TCP probe (`TcpProbe`), `c` is
+//!    also unhealthy by its probe, which changes nothing: it is unreachable.
+//! 3. `c` restarts: its next probe succeeds after having failed, which ends its ejection
+//!    (probation: a tenth of its weight until 5 successes in a row). Without probes, its
+//!    ejection ends after 30 s. `b` comes back on probation after 30 s, fails its first
+//!    request, and is ejected again for 60 s, and so on up to 300 s.
+//!
+//! Envoy's defaults (ejecting at most 10 %, at least one; panic mode over every endpoint)
+//! keep `b` in service and add `c` back: a third to two thirds of the requests fail for as
+//! long as the two stay broken. In a fleet of 100 endpoints, the same rules eject up to 50
+//! for failed requests (any number of unreachable ones), and panic mode still brings
+//! back endpoints that only a probe says are down, which is the protection Envoy's panic
+//! threshold gives large fleets.
 //!
 //! # Retries
 //!
@@ -65,6 +102,7 @@ mod probe;
 pub(crate) mod runner;
 pub mod slow_start;
 mod tcp_probe;
+pub mod unreachable;
 
 pub use active::{ActiveChecks, Initial};
 #[cfg(feature = "http")]
@@ -137,6 +175,9 @@ pub enum HealthReason {
     },
     /// The ejection time is over.
     EjectionEnded,
+    /// A probe succeeded after one had failed during the ejection: the endpoint came back
+    /// (restarted, say) before its ejection time was over.
+    ProbeRecovered,
     /// Enough successes in a row on probation.
     ProbationPassed,
     /// A whole outlier interval on probation without a failure (an endpoint that gets few
@@ -164,6 +205,9 @@ impl fmt::Display for HealthReason {
                 write!(f, "{percent:.1} % of requests failed")
             }
             HealthReason::EjectionEnded => f.write_str("ejection time over"),
+            HealthReason::ProbeRecovered => {
+                f.write_str("probe succeeded after failing during the ejection")
+            }
             HealthReason::ProbationPassed => f.write_str("passed probation"),
             HealthReason::ProbationElapsed => {
                 f.write_str("probation time passed without a failure")
@@ -209,9 +253,16 @@ pub struct HealthStats {
     pub healthy: usize,
     /// Endpoints ejected by outlier detection now.
     pub ejected: usize,
-    /// Whether panic mode is on: fewer than the threshold are healthy and the balancer
-    /// balances over all candidates (fail open) or only the healthy ones (fail closed).
+    /// Candidates whose last request or probe could not reach them (connection refused,
+    /// host or network unreachable).
+    pub unreachable: usize,
+    /// Whether panic mode is on: fewer than the threshold are healthy. See
+    /// [panic mode](self#panic-mode) for which endpoints take requests then.
     pub panic: bool,
+    /// Endpoints that take requests although they are not healthy: in panic mode, those
+    /// out on a probe verdict alone, or, when no endpoint is healthy or merely suspect,
+    /// every candidate. 0 outside panic mode and when failing closed.
+    pub admitted_unhealthy: usize,
 }
 
 /// Panic-mode settings; see the [module docs](self#panic-mode).

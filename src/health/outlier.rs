@@ -1,7 +1,9 @@
 //! Passive outlier detection: ejecting endpoints whose responses fail, judged from the
-//! balancer's own classification of every response.
+//! balancer's own classification of every response. **On by default**
+//! ([`Builder::outlier_detection`](crate::Builder::outlier_detection) changes the settings
+//! or, with `None`, turns it off).
 //!
-//! Three detectors, with Envoy's defaults (`outlier_detection` in Envoy's cluster
+//! Three detectors, with Envoy's thresholds (`outlier_detection` in Envoy's cluster
 //! configuration; gRPC's outlier detection uses the same rules):
 //!
 //! - **Consecutive failures** (default 5). Counted on the completion path, so the endpoint
@@ -18,9 +20,34 @@
 //! An ejection lasts `base_ejection × times ejected` (30 s, 60 s, ...), capped at
 //! `max_ejection` (300 s). Each interval that an endpoint spends wholly back in service
 //! (not ejected, no ejection ending in it, not on probation) lowers its count of times
-//! ejected by one, so an endpoint that stays well is forgiven. At most
-//! `max_ejection_percent` (10 %) of the endpoints are ejected at once, and at least one
-//! may always be (unless the percentage is 0).
+//! ejected by one, so an endpoint that stays well is forgiven. With
+//! [active checks](super::active), an ejection also ends at the first successful probe
+//! after a failed one: the probe saw the endpoint fail and come back (a restarted process,
+//! say), so it does not sit out the rest of its ejection time. A probe that never failed
+//! (a TCP probe of a server that answers 500) does not end it.
+//!
+//! # How many endpoints may be ejected
+//!
+//! Envoy ejects at most 10 % of the endpoints (and at least one), and panic mode sends
+//! traffic to every endpoint below 50 % healthy. Those numbers were made for fleets of
+//! hundreds; with three endpoints of which two fail they keep one failing endpoint in
+//! service for ever, and then panic mode adds the other (a third to two thirds of the
+//! requests fail). This crate keeps the protection they give large fleets and drops the
+//! harm they do to small ones:
+//!
+//! - **Failures of answered requests** (5xx, errors, timeouts): at most
+//!   [`max_ejection_percent`](OutlierDetection::max_ejection_percent) of the endpoints,
+//!   **50 %** by default, rounded up (as Envoy's own check rounds: it ejects while fewer
+//!   than the percentage are ejected). With 2 endpoints that is 1; with 3, 2; with 100, 50.
+//!   Ejection never takes out more than half of a fleet because of errors that an
+//!   overload can cause on every endpoint at once.
+//! - **Unreachable endpoints** (the request failed with a connection refused, or the host
+//!   or network unreachable; see [`unreachable`](super::unreachable)): not capped. A
+//!   request sent there cannot succeed, and no overload makes a process stop listening.
+//!   [`cap_unreachable(true)`](OutlierDetection::cap_unreachable) caps them too.
+//!
+//! Panic mode then never brings an ejected endpoint back while another endpoint can take
+//! requests; see [panic mode](super#panic-mode) for the whole rule and a worked example.
 //!
 //! **Probation.** When an ejection ends the endpoint comes back on probation: it gets a
 //! tenth of its weight (or its [slow start](super::SlowStart) ramp, whichever is lower;
@@ -49,6 +76,7 @@ pub struct OutlierDetection {
     pub(crate) base_ejection: Duration,
     pub(crate) max_ejection: Duration,
     pub(crate) max_ejection_percent: u32,
+    pub(crate) cap_unreachable: bool,
     pub(crate) success_rate: Option<SuccessRate>,
     pub(crate) failure_percentage: Option<FailurePercentage>,
     pub(crate) probation_successes: Option<u32>,
@@ -97,14 +125,16 @@ impl Default for FailurePercentage {
 }
 
 impl Default for OutlierDetection {
-    /// Envoy's defaults; see the [module docs](self).
+    /// Envoy's defaults, but for the ejection cap (50 % instead of 10 %, and none for
+    /// unreachable endpoints); see the [module docs](self).
     fn default() -> Self {
         OutlierDetection {
             consecutive_failures: Some(5),
             interval: Duration::from_secs(10),
             base_ejection: Duration::from_secs(30),
             max_ejection: Duration::from_secs(300),
-            max_ejection_percent: 10,
+            max_ejection_percent: 50,
+            cap_unreachable: false,
             success_rate: Some(SuccessRate::default()),
             failure_percentage: Some(FailurePercentage::default()),
             probation_successes: Some(5),
@@ -143,10 +173,21 @@ impl OutlierDetection {
         self
     }
 
-    /// The most endpoints ejected at once, in percent of all endpoints (at least one is
-    /// always allowed, unless this is 0). Over 100 is rejected when the balancer is built.
+    /// The most endpoints ejected at once for failures of answered requests, in percent
+    /// of the endpoints that may take requests, rounded up (so at least one, unless this
+    /// is 0). Default 50; Envoy's is 10. Unreachable endpoints are ejected beyond it unless
+    /// [`cap_unreachable`](Self::cap_unreachable) is set. Over 100 is rejected when the
+    /// balancer is built.
     pub fn max_ejection_percent(mut self, percent: u32) -> Self {
         self.max_ejection_percent = percent;
+        self
+    }
+
+    /// Whether ejections of unreachable endpoints (connection refused, host or network
+    /// unreachable) count against [`max_ejection_percent`](Self::max_ejection_percent)
+    /// (`true`, Envoy's behaviour) or are never held back by it (`false`, the default).
+    pub fn cap_unreachable(mut self, cap: bool) -> Self {
+        self.cap_unreachable = cap;
         self
     }
 
@@ -230,12 +271,14 @@ impl OutlierDetection {
             .min(self.max_ejection)
     }
 
-    /// How many of `n` endpoints may be ejected at once.
+    /// How many of `n` endpoints may be ejected at once: the percentage, rounded up.
     pub(crate) fn max_ejected(&self, n: usize) -> usize {
         if self.max_ejection_percent == 0 || n == 0 {
             return 0;
         }
-        (n * self.max_ejection_percent as usize / 100).max(1)
+        (n * self.max_ejection_percent as usize)
+            .div_ceil(100)
+            .max(1)
     }
 }
 
@@ -243,6 +286,7 @@ impl OutlierDetection {
 #[derive(Debug)]
 pub(crate) struct OutlierSignal {
     consecutive: u32,
+    uncapped_unreachable: bool,
     probation_successes: u32,
     ejected: AtomicUsize,
     max_ejected: AtomicUsize,
@@ -253,6 +297,7 @@ impl OutlierSignal {
     pub(crate) fn new(settings: &OutlierDetection) -> Self {
         OutlierSignal {
             consecutive: settings.consecutive_failures.unwrap_or(0),
+            uncapped_unreachable: !settings.cap_unreachable,
             probation_successes: settings.probation_successes.unwrap_or(1),
             ejected: AtomicUsize::new(0),
             max_ejected: AtomicUsize::new(0),
@@ -269,8 +314,13 @@ impl OutlierSignal {
         self.probation_successes
     }
 
-    /// Takes one of the ejection slots, if any is free.
-    pub(crate) fn reserve_ejection(&self) -> bool {
+    /// Takes one of the ejection slots, if any is free; an ejection of an unreachable
+    /// endpoint takes one whether or not it is free (it is not capped).
+    pub(crate) fn reserve_ejection(&self, unreachable: bool) -> bool {
+        if unreachable && self.uncapped_unreachable {
+            self.ejected.fetch_add(1, Ordering::AcqRel);
+            return true;
+        }
         let max = self.max_ejected.load(Ordering::Acquire);
         self.ejected
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -439,12 +489,45 @@ mod tests {
     }
 
     #[test]
-    fn at_most_ten_percent_ejected_but_at_least_one() {
+    fn at_most_half_ejected_rounded_up() {
         let o = OutlierDetection::default();
+        let caps: Vec<usize> = [1, 2, 3, 4, 5, 10, 100, 10_000]
+            .iter()
+            .map(|&n| o.max_ejected(n))
+            .collect();
+        assert_eq!(caps, [1, 1, 2, 2, 3, 5, 50, 5_000]);
+        assert_eq!(o.clone().max_ejection_percent(0).max_ejected(10), 0);
+    }
+
+    #[test]
+    fn envoys_ten_percent_rounds_as_envoy_does() {
+        // Envoy ejects while the ejected share is below the percentage: with 25 hosts,
+        // 0 %, 4 % and 8 % are below 10 %, so a third host is ejected.
+        let o = OutlierDetection::default().max_ejection_percent(10);
         assert_eq!(o.max_ejected(3), 1);
-        assert_eq!(o.max_ejected(25), 2);
+        assert_eq!(o.max_ejected(10), 1);
+        assert_eq!(o.max_ejected(25), 3);
         assert_eq!(o.max_ejected(100), 10);
-        assert_eq!(o.max_ejection_percent(0).max_ejected(10), 0);
+    }
+
+    #[test]
+    fn unreachable_endpoints_are_ejected_beyond_the_cap_unless_capped() {
+        let signal = OutlierSignal::new(&OutlierDetection::default());
+        signal.set_max_ejected(1);
+        assert!(signal.reserve_ejection(false));
+        assert!(
+            !signal.reserve_ejection(false),
+            "the cap holds for answered failures"
+        );
+        assert!(
+            signal.reserve_ejection(true),
+            "not for unreachable endpoints"
+        );
+        assert_eq!(signal.ejected(), 2);
+        let capped = OutlierSignal::new(&OutlierDetection::default().cap_unreachable(true));
+        capped.set_max_ejected(1);
+        assert!(capped.reserve_ejection(true));
+        assert!(!capped.reserve_ejection(true));
     }
 
     #[test]

@@ -24,7 +24,7 @@ use super::{
     ActiveChecks, Health, HealthEvent, HealthReason, HealthSettings, HealthStats, OutlierDetection,
     OutlierSignal,
 };
-use crate::endpoint::{flags, Load, Metadata};
+use crate::endpoint::{flags, Load, LoadSettings, Metadata, Penalty, Timing};
 use crate::strategy::rng::Rng;
 
 /// The share of its weight an endpoint on probation gets.
@@ -61,6 +61,9 @@ struct Record {
     queued: bool,
     times_ejected: u32,
     ejected_until: Option<Instant>,
+    /// Whether a probe failed during the current ejection: the next successful probe then
+    /// ends the ejection (the probe saw the endpoint fail and recover).
+    probe_failed_in_ejection: bool,
     /// Whether an ejection ended during the current outlier interval: such an interval
     /// does not forgive an ejection.
     returned_in_interval: bool,
@@ -138,6 +141,9 @@ pub(crate) struct Eligibility {
 pub(crate) struct Runner<K> {
     settings: HealthSettings,
     signal: Arc<OutlierSignal>,
+    /// What every endpoint's counters share (clock, latency and penalty settings, the
+    /// outlier hook).
+    load_settings: Arc<LoadSettings>,
     records: HashMap<K, Record>,
     next_generation: u64,
     probes: FuturesUnordered<ProbeTask<K>>,
@@ -148,14 +154,29 @@ pub(crate) struct Runner<K> {
     next_ramp_step: Option<Instant>,
     /// Whether the first snapshot was published: endpoints added later ramp up.
     started: bool,
+    /// Whether the last published snapshot was in panic mode (to log its start and end).
+    in_panic: bool,
     rng: Rng,
 }
 
 impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
-    pub(crate) fn new(settings: HealthSettings, signal: Arc<OutlierSignal>) -> Self {
+    /// A runner for endpoints whose counters take their clock and latency settings from
+    /// `timing` and `penalty`.
+    pub(crate) fn new(
+        settings: HealthSettings,
+        signal: Arc<OutlierSignal>,
+        timing: Option<Timing>,
+        penalty: Option<Penalty>,
+    ) -> Self {
+        let load_settings = Arc::new(LoadSettings {
+            timing,
+            penalty,
+            outlier: settings.outlier.as_ref().map(|_| signal.clone()),
+        });
         Runner {
             settings,
             signal,
+            load_settings,
             records: HashMap::new(),
             next_generation: 0,
             probes: FuturesUnordered::new(),
@@ -164,6 +185,7 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
             next_interval: None,
             next_ramp_step: None,
             started: false,
+            in_panic: false,
             rng: Rng::default(),
         }
     }
@@ -172,14 +194,13 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
         self.settings.active.as_ref()
     }
 
-    /// A new endpoint's counters, with its initial flags and outlier hook.
-    pub(crate) fn new_load(&self, timing: Option<crate::endpoint::Timing>) -> Load {
+    /// A new endpoint's counters, with its initial flags and the shared settings.
+    pub(crate) fn new_load(&self) -> Load {
         let initial = match self.active() {
             Some((a, _)) if a.initial == super::Initial::Unhealthy => flags::UNHEALTHY,
             _ => 0,
         };
-        let outlier = self.settings.outlier.as_ref().map(|_| self.signal.clone());
-        Load::new(timing, outlier, initial)
+        Load::new(self.load_settings.clone(), initial)
     }
 
     /// Starts tracking an endpoint (new, or re-added with new counters), or updates its
@@ -205,6 +226,7 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
             queued: false,
             times_ejected: 0,
             ejected_until: None,
+            probe_failed_in_ejection: false,
             returned_in_interval: false,
             probation_until: None,
             counts: (load.completed(), completed_failures(load)),
@@ -272,6 +294,7 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
                     o.ejection_time(record.times_ejected)
                 });
                 record.ejected_until = Some(after(now, time));
+                record.probe_failed_in_ejection = false;
                 record.ramp_from = None;
                 let in_row = record.load.consecutive_failures().max(1);
                 if flags_now & flags::PROBATION != 0 {
@@ -377,6 +400,7 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
         emit: &mut dyn FnMut(HealthEvent<K>),
     ) -> bool {
         let delay = checks.next_delay(self.rng.unit());
+        let back = self.comeback();
         let Some(record) = self.records.get_mut(&key) else {
             return false;
         };
@@ -386,6 +410,32 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
         record.queued = false;
         record.next_probe = Some(after(now, delay));
         let ok = result.is_ok();
+        // Whether the answer proves the endpoint unreachable (or reachable): evidence that
+        // panic mode and the ejection cap read, whatever the probe's rise and fall decide.
+        let unreachable = result.as_ref().err().is_some_and(proves_unreachable);
+        let was_unreachable = record.load.health_flags() & flags::UNREACHABLE != 0;
+        let mut changed = false;
+        if unreachable != was_unreachable && (ok || unreachable) {
+            record.set_flags(flags::UNREACHABLE, unreachable);
+            changed = true;
+        }
+        // A probe that failed during an ejection and now succeeds saw the endpoint come
+        // back: the ejection ends now rather than at its time.
+        if record.ejected_until.is_some() {
+            if !ok {
+                record.probe_failed_in_ejection = true;
+            } else if record.probe_failed_in_ejection {
+                back.apply(
+                    &key,
+                    record,
+                    now,
+                    &self.signal,
+                    HealthReason::ProbeRecovered,
+                    emit,
+                );
+                changed = true;
+            }
+        }
         let from = record.health(true);
         let first = record.probed.is_none();
         // `probed` is the last answer (not the state), so `in_row` counts the answers in a
@@ -406,7 +456,7 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
             healthy_before && record.in_row >= checks.fall
         };
         if !flip {
-            return false;
+            return changed;
         }
         record.set_flags(flags::UNHEALTHY, !ok);
         if ok && !healthy_before && self.started && self.settings.slow_start.is_some() {
@@ -427,44 +477,37 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
 
     /// Ends the ejections whose time is over: probation, or straight back.
     fn end_ejections(&mut self, now: Instant, emit: &mut dyn FnMut(HealthEvent<K>)) -> bool {
-        let active = self.active().is_some();
-        // Probation, and how long it may last at most.
-        let probation = self
-            .settings
-            .outlier
-            .as_ref()
-            .filter(|o| o.probation_successes.is_some())
-            .map(|o| o.interval);
-        let slow_start = self.settings.slow_start.is_some();
+        let back = self.comeback();
         let mut changed = false;
         for (key, record) in &mut self.records {
             if record.ejected_until.is_none_or(|t| t > now) {
                 continue;
             }
-            record.ejected_until = None;
-            record.returned_in_interval = true;
-            let from = record.health(active);
-            if let Some(limit) = probation {
-                record.load.begin_probation();
-                record.seen_flags |= flags::PROBATION;
-                record.probation_until = Some(after(now, limit));
-            } else {
-                record.load.end_ejection();
-            }
-            record.seen_flags &= !flags::EJECTED;
-            self.signal.release_ejection();
-            if slow_start {
-                record.ramp_from = Some(now);
-            }
-            emit(HealthEvent {
-                key: key.clone(),
-                from,
-                to: record.health(active),
-                reason: HealthReason::EjectionEnded,
-            });
+            back.apply(
+                key,
+                record,
+                now,
+                &self.signal,
+                HealthReason::EjectionEnded,
+                emit,
+            );
             changed = true;
         }
         changed
+    }
+
+    /// How an endpoint comes back from an ejection, with these settings.
+    fn comeback(&self) -> Comeback {
+        Comeback {
+            active: self.active().is_some(),
+            probation: self
+                .settings
+                .outlier
+                .as_ref()
+                .filter(|o| o.probation_successes.is_some())
+                .map(|o| o.interval),
+            slow_start: self.settings.slow_start.is_some(),
+        }
     }
 
     /// Ends the probations that lasted a whole outlier interval without a failure. An
@@ -566,7 +609,8 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
                 }
                 continue;
             };
-            if !self.signal.reserve_ejection() {
+            let unreachable = record.load.health_flags() & flags::UNREACHABLE != 0;
+            if !self.signal.reserve_ejection(unreachable) {
                 continue;
             }
             let from = record.health(active);
@@ -580,6 +624,7 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
             record.set_flags(flags::PROBATION, false);
             record.times_ejected = record.times_ejected.saturating_add(1);
             record.ejected_until = Some(after(now, settings.ejection_time(record.times_ejected)));
+            record.probe_failed_in_ejection = false;
             record.ramp_from = None;
             let reason = match verdict {
                 Verdict::SuccessRate { rate, threshold } => {
@@ -601,46 +646,144 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
     }
 
     /// Decides, for the endpoints about to be published, which take requests and with
-    /// which weights; applies panic mode.
+    /// which weights; applies panic mode (see the [health module docs](super#panic-mode)).
     pub(crate) fn eligible(&mut self, candidates: &[Candidate<'_, K>]) -> Eligibility {
         let now = Instant::now();
         self.started = true;
+        let tiers: Vec<Option<Tier>> = candidates.iter().map(|c| self.tier(c)).collect();
         let mut stats = HealthStats::default();
-        let mut healthy = Vec::with_capacity(candidates.len());
-        for c in candidates {
+        for (c, tier) in candidates.iter().zip(&tiers) {
             let bits = c.load.health_flags();
-            let candidate = c.weight > 0 && bits & flags::DRAINING == 0;
-            let ok = candidate && bits & (flags::UNHEALTHY | flags::EJECTED) == 0;
-            stats.candidates += usize::from(candidate);
-            stats.healthy += usize::from(ok);
+            stats.candidates += usize::from(tier.is_some());
+            stats.healthy += usize::from(*tier == Some(Tier::Healthy));
             stats.ejected += usize::from(bits & flags::EJECTED != 0);
-            // With `Initial::Unhealthy`, an endpoint whose first probe has not answered
-            // takes no traffic, not even in panic mode.
-            let awaiting = bits & flags::UNHEALTHY != 0
-                && self.settings.active.is_some()
-                && self.records.get(c.key).is_some_and(|r| r.probed.is_none());
-            healthy.push((candidate, ok, awaiting));
+            stats.unreachable += usize::from(tier.is_some() && bits & flags::UNREACHABLE != 0);
         }
         if let Some(outlier) = &self.settings.outlier {
             self.signal
                 .set_max_ejected(outlier.max_ejected(stats.candidates));
         }
-        let panic = &self.settings.panic;
+        let panic = self.settings.panic;
         stats.panic = stats.candidates > 0
             && (stats.healthy as f64) < panic.threshold * stats.candidates as f64;
-        let open = stats.panic && !panic.fail_closed;
-        let skip = if open {
-            flags::DRAINING
+        // The least proven tier that takes requests: healthy ones only, or in panic mode
+        // (failing open) also those out on a probe verdict alone, or, when neither exists,
+        // every endpoint (nginx's "every server failed: try them all again").
+        let admitted = if !stats.panic || panic.fail_closed {
+            Tier::Healthy
+        } else if tiers
+            .iter()
+            .any(|t| matches!(t, Some(Tier::Healthy | Tier::Suspect)))
+        {
+            Tier::Suspect
         } else {
-            flags::UNAVAILABLE
+            Tier::Failing
+        };
+        stats.admitted_unhealthy = tiers
+            .iter()
+            .filter(|t| t.is_some_and(|t| t != Tier::Healthy && t <= admitted))
+            .count();
+        self.log_panic(&stats, admitted);
+        let skip = match admitted {
+            Tier::Healthy => flags::UNAVAILABLE,
+            // Endpoints out on a probe verdict take requests; one ejected meanwhile does not.
+            Tier::Suspect => flags::DRAINING | flags::EJECTED,
+            Tier::Failing | Tier::Awaiting => flags::DRAINING,
         };
 
         // Slow start and probation: the share of its weight each endpoint gets (none for
         // hashing strategies, whose keys would move with the weights).
+        let factors = self.weight_factors(candidates, now);
+        let scale = weight_scale(candidates, &factors);
+        let weights = candidates
+            .iter()
+            .zip(&tiers)
+            .zip(&factors)
+            .map(|((c, tier), factor)| {
+                if !tier.is_some_and(|t| t <= admitted) {
+                    return None;
+                }
+                match scale {
+                    None => Some(c.weight),
+                    Some(scale) => {
+                        let w = f64::from(c.weight) * scale * factor;
+                        Some(w.round().clamp(1.0, f64::from(u32::MAX)) as u32)
+                    }
+                }
+            })
+            .collect();
+        Eligibility {
+            weights,
+            skip,
+            stats,
+        }
+    }
+
+    /// Where an endpoint stands for routing; `None` when it is no candidate at all
+    /// (weight 0, or draining).
+    fn tier(&self, c: &Candidate<'_, K>) -> Option<Tier> {
+        let bits = c.load.health_flags();
+        if c.weight == 0 || bits & flags::DRAINING != 0 {
+            return None;
+        }
+        if bits & (flags::UNHEALTHY | flags::EJECTED) == 0 {
+            return Some(Tier::Healthy);
+        }
+        let awaiting = bits & flags::UNHEALTHY != 0
+            && self.settings.active.is_some()
+            && self.records.get(c.key).is_some_and(|r| r.probed.is_none());
+        if awaiting {
+            Some(Tier::Awaiting)
+        } else if bits & (flags::EJECTED | flags::UNREACHABLE) != 0 {
+            Some(Tier::Failing)
+        } else {
+            Some(Tier::Suspect)
+        }
+    }
+
+    /// Logs panic mode as it starts and ends (a warning: the health picture is bad enough
+    /// that the balancer no longer trusts part of it).
+    fn log_panic(&mut self, stats: &HealthStats, admitted: Tier) {
+        if stats.panic == self.in_panic {
+            return;
+        }
+        self.in_panic = stats.panic;
+        if !stats.panic {
+            tracing::info!(
+                healthy = stats.healthy,
+                endpoints = stats.candidates,
+                "panic mode over: enough endpoints are healthy again"
+            );
+            return;
+        }
+        let threshold = self.settings.panic.threshold * 100.0;
+        let action = match admitted {
+            Tier::Healthy => "failing closed: only healthy endpoints take requests",
+            Tier::Suspect => {
+                "balancing over the healthy endpoints and those out on a probe verdict alone; \
+                 ejected and unreachable ones stay out"
+            }
+            Tier::Failing | Tier::Awaiting => {
+                "no endpoint is healthy: balancing over all of them (fail open)"
+            }
+        };
+        tracing::warn!(
+            healthy = stats.healthy,
+            endpoints = stats.candidates,
+            readmitted = stats.admitted_unhealthy,
+            "panic mode: {} of {} endpoints healthy, below the {threshold} % threshold; {action}",
+            stats.healthy,
+            stats.candidates,
+        );
+    }
+
+    /// The share of its weight each candidate gets now: a tenth on probation, its ramp
+    /// during slow start, the lower of the two when both apply, 1 otherwise.
+    fn weight_factors(&mut self, candidates: &[Candidate<'_, K>], now: Instant) -> Vec<f64> {
         let fixed = self.settings.fixed_weights;
         let slow_start = self.settings.slow_start.filter(|_| !fixed);
         let mut ramping = false;
-        let factors: Vec<f64> = candidates
+        let factors = candidates
             .iter()
             .map(|c| {
                 let mut factor = 1.0;
@@ -672,27 +815,7 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
                 record.ramp_from = None;
             }
         }
-        let scaled = factors.iter().any(|f| *f < 1.0);
-        let weights = candidates
-            .iter()
-            .zip(&healthy)
-            .zip(&factors)
-            .map(|((c, (candidate, ok, awaiting)), factor)| {
-                if !(if open { *candidate && !*awaiting } else { *ok }) {
-                    return None;
-                }
-                if !scaled {
-                    return Some(c.weight);
-                }
-                let w = (u64::from(c.weight) * WEIGHT_SCALE) as f64 * factor;
-                Some(w.round().clamp(1.0, f64::from(u32::MAX)) as u32)
-            })
-            .collect();
-        Eligibility {
-            weights,
-            skip,
-            stats,
-        }
+        factors
     }
 
     /// Arms one timer for the earliest thing due: a probe, an ejection's end, the outlier
@@ -729,10 +852,98 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
     }
 }
 
+/// How an endpoint comes back from an ejection: on probation (for at most one outlier
+/// interval) or straight back, ramping if slow start is on.
+struct Comeback {
+    active: bool,
+    probation: Option<Duration>,
+    slow_start: bool,
+}
+
+impl Comeback {
+    /// Ends `record`'s ejection now, gives back its slot, and reports it with `reason`.
+    fn apply<K: Clone>(
+        &self,
+        key: &K,
+        record: &mut Record,
+        now: Instant,
+        signal: &OutlierSignal,
+        reason: HealthReason,
+        emit: &mut dyn FnMut(HealthEvent<K>),
+    ) {
+        record.ejected_until = None;
+        record.probe_failed_in_ejection = false;
+        record.returned_in_interval = true;
+        let from = record.health(self.active);
+        if let Some(limit) = self.probation {
+            record.load.begin_probation();
+            record.seen_flags |= flags::PROBATION;
+            record.probation_until = Some(after(now, limit));
+        } else {
+            record.load.end_ejection();
+        }
+        record.seen_flags &= !flags::EJECTED;
+        signal.release_ejection();
+        if self.slow_start {
+            record.ramp_from = Some(now);
+        }
+        emit(HealthEvent {
+            key: key.clone(),
+            from,
+            to: record.health(self.active),
+            reason,
+        });
+    }
+}
+
+/// Where an endpoint stands when the balancer decides who takes requests. Ordered: panic
+/// mode admits tiers from the first up to the first that has an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Tier {
+    /// Not unhealthy by probes, not ejected.
+    Healthy,
+    /// Out on a probe verdict alone (a status, a timeout): the verdict may be what is
+    /// broken, so panic mode sends it traffic, and outlier detection judges that traffic.
+    Suspect,
+    /// Ejected for failed requests, or unreachable (refused connections): proof that a
+    /// request sent there fails. Only taken when nothing else is left.
+    Failing,
+    /// Awaiting its first probe answer with `Initial::Unhealthy`: counts as not healthy,
+    /// and takes no requests, even when nothing else is left.
+    Awaiting,
+}
+
+/// The factor that turns weights into effective weights when some endpoint gets a
+/// fraction of its weight (`None`: weights are used as they are). Fractions of small
+/// weights need resolution, so weights are scaled up by [`WEIGHT_SCALE`], but never so far
+/// that the largest weight would overflow `u32` and lose its proportion to the others.
+fn weight_scale<K>(candidates: &[Candidate<'_, K>], factors: &[f64]) -> Option<f64> {
+    if factors.iter().all(|f| *f >= 1.0) {
+        return None;
+    }
+    let heaviest = candidates
+        .iter()
+        .map(|c| c.weight)
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let room = f64::from(u32::MAX) / f64::from(heaviest);
+    Some(room.clamp(1.0, WEIGHT_SCALE as f64))
+}
+
 #[cold]
 fn probe_panicked() -> super::ProbeFailure {
     tracing::error!("a health probe panicked; counting it as a failed probe");
     super::ProbeFailure::Unhealthy("the probe panicked".into())
+}
+
+/// Whether a failed probe proves that the endpoint cannot be reached.
+fn proves_unreachable(failure: &super::ProbeFailure) -> bool {
+    match failure {
+        super::ProbeFailure::Connect(e) => super::unreachable::is_unreachable(e),
+        super::ProbeFailure::Transport(e) => super::unreachable::is_unreachable(&**e),
+        _ => false,
+    }
 }
 
 /// Completed requests that failed (failures minus failed readiness checks).
@@ -765,8 +976,8 @@ mod tests {
             outlier: Some(outlier),
             ..HealthSettings::default()
         };
-        let mut runner = Runner::new(settings, signal.clone());
-        let load = Arc::new(runner.new_load(None));
+        let mut runner = Runner::new(settings, signal.clone(), None, None);
+        let load = Arc::new(runner.new_load());
         runner.insert(&"a", &load, "a".into(), Metadata::default());
         (runner, load, signal)
     }
@@ -774,7 +985,11 @@ mod tests {
     /// One request that completed on `load`, failed or not.
     fn complete(load: &Load, failure: bool) {
         load.start();
-        load.record(failure);
+        load.record(if failure {
+            crate::endpoint::Observed::Failure
+        } else {
+            crate::endpoint::Observed::Success
+        });
         load.finish();
     }
 

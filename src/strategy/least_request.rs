@@ -9,7 +9,26 @@
 //! score = weight / (in_flight + 1) ^ bias
 //! ```
 //!
-//! With equal weights this is plain "fewest requests in flight wins". Two random choices
+//! With equal weights this is plain "fewest requests in flight wins".
+//!
+//! **Failures count as load.** An endpoint that fails fast has few requests in flight, so a
+//! plain least-request balancer sends it *more* traffic the faster it fails (tower's
+//! `PendingRequests`, Envoy's and gRPC's least request all do). Here each failure adds 1 to
+//! the endpoint's [failure penalty](crate::endpoint::Load::failure_penalty), which fades
+//! exponentially with time constant [`failure_penalty`](LeastRequest::failure_penalty)
+//! (1 s), and the score counts it as requests in flight:
+//!
+//! ```text
+//! score = weight / (in_flight + penalty + 1) ^ bias
+//! ```
+//!
+//! An endpoint that fails λ requests a second carries a penalty of about λ × 1 s, as if
+//! each failure had taken a second to answer, the same failure penalty peak-EWMA applies
+//! to latency. A fast-failing endpoint therefore draws less traffic than a healthy one
+//! before outlier detection ejects it, and draws its share again about 5 s after its last
+//! failure (the penalty is then below 0.01, which counts as none).
+//!
+//! Two random choices
 //! already avoid the herd behaviour of always choosing the global minimum while keeping the
 //! maximum load exponentially closer to the mean than one random choice (Mitzenmacher, "The
 //! Power of Two Choices in Randomized Load Balancing", 2001). The weighted score and the
@@ -19,8 +38,11 @@
 //! [`LeastRequest::full_scan`] scores every endpoint instead (O(n) per pick) and starts the
 //! scan at a random position so that ties spread evenly.
 //!
-//! With bias 1.0 the comparison is exact integer arithmetic
-//! (`w_a × (in_b + 1)` against `w_b × (in_a + 1)` in 128 bits); other biases use `f64`.
+//! With bias 1.0 and no penalty the comparison is exact integer arithmetic
+//! (`w_a × (in_b + 1)` against `w_b × (in_a + 1)` in 128 bits); other biases, and endpoints
+//! with a penalty, use `f64`.
+
+use std::time::Duration;
 
 use super::rng::Rng;
 use super::{Context, Endpoints, Strategy};
@@ -37,24 +59,35 @@ enum Choices {
 pub struct LeastRequest {
     choices: Choices,
     bias: f64,
+    failure_penalty: Duration,
     rng: Rng,
 }
 
 impl Default for LeastRequest {
-    /// Two choices, bias 1.0.
+    /// Two choices, bias 1.0, failure penalty 1 s.
     fn default() -> Self {
         LeastRequest {
             choices: Choices::Sample(2),
             bias: 1.0,
+            failure_penalty: Duration::from_secs(1),
             rng: Rng::default(),
         }
     }
 }
 
 impl LeastRequest {
-    /// Two choices, bias 1.0.
+    /// Two choices, bias 1.0, failure penalty 1 s.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// How long a failure counts as a request in flight: the time constant with which an
+    /// endpoint's [failure penalty](crate::endpoint::Load::failure_penalty) fades. Default
+    /// 1 s (peak-EWMA's failure penalty). Zero turns the penalty off: failures then weigh
+    /// nothing, and a fast-failing endpoint draws more traffic than a healthy one.
+    pub fn failure_penalty(mut self, penalty: Duration) -> Self {
+        self.failure_penalty = penalty;
+        self
     }
 
     /// Compares `n` random endpoints per pick. Two choices are distinct; with more, draws
@@ -88,12 +121,12 @@ impl LeastRequest {
     }
 
     /// Scores every endpoint, starting at a random one so that ties spread evenly.
-    fn scan(&self, table: &WeightInfo, endpoints: &Endpoints<'_>) -> usize {
+    fn scan(&self, table: &WeightInfo, endpoints: &Endpoints<'_>, cx: &Context) -> usize {
         let n = endpoints.len();
         let start = self.rng.below(n);
         let mut best = start;
         for c in (start + 1..n).chain(0..start) {
-            if self.better(table, endpoints, c, best) {
+            if self.better(table, endpoints, c, best, cx) {
                 best = c;
             }
         }
@@ -102,12 +135,24 @@ impl LeastRequest {
 
     /// Whether endpoint `a` scores strictly higher than endpoint `b`.
     #[inline]
-    fn better(&self, table: &WeightInfo, e: &Endpoints<'_>, a: usize, b: usize) -> bool {
+    fn better(
+        &self,
+        table: &WeightInfo,
+        e: &Endpoints<'_>,
+        a: usize,
+        b: usize,
+        cx: &Context,
+    ) -> bool {
         if self.bias == 0.0 {
             // (in_flight + 1)^0 = 1: only the weights count.
             return e.weight(a) > e.weight(b);
         }
-        let (la, lb) = (e.load(a).in_flight(), e.load(b).in_flight());
+        let (load_a, load_b) = (e.load(a), e.load(b));
+        let (la, lb) = (load_a.in_flight(), load_b.in_flight());
+        let (pa, pb) = (load_a.failure_penalty(cx), load_b.failure_penalty(cx));
+        if pa != 0.0 || pb != 0.0 {
+            return self.better_penalized(table, e, (a, la as f64 + pa), (b, lb as f64 + pb));
+        }
         if table.equal_weights {
             // For any positive bias the score falls as the load rises.
             return la < lb;
@@ -119,6 +164,31 @@ impl LeastRequest {
             let score = |w: u128, l: u64| w as f64 / ((l as f64) + 1.0).powf(self.bias);
             score(wa, la) > score(wb, lb)
         }
+    }
+
+    /// [`better`](Self::better) when either endpoint has a failure penalty: `(index, in
+    /// flight + penalty)` of each, compared in `f64`.
+    #[cold]
+    fn better_penalized(
+        &self,
+        table: &WeightInfo,
+        e: &Endpoints<'_>,
+        (a, load_a): (usize, f64),
+        (b, load_b): (usize, f64),
+    ) -> bool {
+        if table.equal_weights {
+            return load_a < load_b;
+        }
+        let score = |w: u32, load: f64| {
+            let divisor = load + 1.0;
+            f64::from(w)
+                / if self.bias == 1.0 {
+                    divisor
+                } else {
+                    divisor.powf(self.bias)
+                }
+        };
+        score(e.weight(a), load_a) > score(e.weight(b), load_b)
     }
 }
 
@@ -139,7 +209,7 @@ impl Strategy for LeastRequest {
     }
 
     #[inline]
-    fn pick(&self, table: &WeightInfo, endpoints: &Endpoints<'_>, _cx: &Context) -> usize {
+    fn pick(&self, table: &WeightInfo, endpoints: &Endpoints<'_>, cx: &Context) -> usize {
         let n = endpoints.len();
         if n == 1 {
             return 0;
@@ -147,25 +217,29 @@ impl Strategy for LeastRequest {
         match self.choices {
             Choices::Sample(2) => {
                 let (a, b) = self.rng.two_distinct(n);
-                if self.better(table, endpoints, b, a) {
+                if self.better(table, endpoints, b, a, cx) {
                     b
                 } else {
                     a
                 }
             }
-            Choices::Sample(k) if k >= n => self.scan(table, endpoints),
+            Choices::Sample(k) if k >= n => self.scan(table, endpoints, cx),
             Choices::Sample(k) => {
                 let mut best = self.rng.below(n);
                 for _ in 1..k {
                     let c = self.rng.below(n);
-                    if self.better(table, endpoints, c, best) {
+                    if self.better(table, endpoints, c, best, cx) {
                         best = c;
                     }
                 }
                 best
             }
-            Choices::All => self.scan(table, endpoints),
+            Choices::All => self.scan(table, endpoints, cx),
         }
+    }
+
+    fn failure_penalty(&self) -> Option<Duration> {
+        (!self.failure_penalty.is_zero()).then_some(self.failure_penalty)
     }
 
     fn validate(&self) -> Result<(), BuildError> {

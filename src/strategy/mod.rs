@@ -112,6 +112,18 @@ pub trait Strategy: Send + Sync + 'static {
         None
     }
 
+    /// Whether the strategy reads each endpoint's
+    /// [failure penalty](crate::endpoint::Load::failure_penalty), and its time constant.
+    ///
+    /// When this returns `Some(τ)`, the balancer adds 1 to an endpoint's penalty at each
+    /// failure (reading the clock then, on the failure path only), and the penalty fades
+    /// with time constant τ; picks read it with
+    /// [`Load::failure_penalty`](crate::endpoint::Load::failure_penalty). The default is
+    /// `None`: no penalty is kept.
+    fn failure_penalty(&self) -> Option<Duration> {
+        None
+    }
+
     /// Checks the strategy's parameters; called once when the balancer is built.
     fn validate(&self) -> Result<(), BuildError> {
         Ok(())
