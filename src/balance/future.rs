@@ -243,7 +243,12 @@ where
                     guard.record(this.classify.classify(&result));
                     return Poll::Ready(match result {
                         Ok(response) => Ok(this.track.track(response, guard)),
-                        Err(e) => Err(e.into()),
+                        Err(e) => {
+                            // An error has no trailers: a verdict left to them is judged
+                            // as for a body that ended without any (UNKNOWN).
+                            guard.record_trailers(None);
+                            Err(e.into())
+                        }
                     });
                 }
             }
