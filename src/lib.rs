@@ -39,8 +39,8 @@
 //!   peak-EWMA, or your own [`Strategy`](strategy::Strategy).
 //! - **Discovery that never empties the set by accident.** Errors, ended streams and empty
 //!   resets keep the last good set, and changes apply without traffic.
-//! - **Honest load.** Failures (errors, HTTP 5xx and 429) are not fast successes, and
-//!   in-flight counts return to zero on cancellation.
+//! - **Honest load.** Failures (errors, HTTP 5xx and 429, failing gRPC statuses) are not
+//!   fast successes, and in-flight counts return to zero on cancellation.
 //! - **Fails fast with a reason** instead of waiting forever when no endpoint is eligible.
 //! - **Health.** Active probes, outlier detection, panic mode, slow start and draining keep
 //!   traffic away from broken endpoints and bring it back when they recover.

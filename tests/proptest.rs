@@ -6,6 +6,9 @@
 //! - reset replaces the set, a duplicated key keeping its first position and last value;
 //! - an empty reset is ignored unless `allow_empty_reset(true)`;
 //! - only endpoints with weight > 0 receive requests.
+//!
+//! And random `grpc-status` values and content types against the classifier: no input
+//! panics, and only the sixteen canonical codes read as anything but `UNKNOWN`.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -15,6 +18,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use tower::{Service, ServiceExt};
+use tower_lb::classify::{Classify, DefaultClassifier, GrpcCode, GrpcCodes, Outcome};
 use tower_lb::discover::{self, Change};
 use tower_lb::error::{Unavailable, UnavailableReason};
 use tower_lb::strategy::{LeastRequest, PeakEwma, Random, RoundRobin, Strategy as LbStrategy};
@@ -275,5 +279,61 @@ proptest! {
             2 => rt.block_on(run(LeastRequest::new().with_seed(seed), allow_empty_reset, ops, false)),
             _ => rt.block_on(run(PeakEwma::new().with_seed(seed), allow_empty_reset, ops, false)),
         }
+    }
+}
+
+/// The model of `grpc-status`: the decimal forms of 0 to 16, nothing else.
+fn modelled_code(value: &[u8]) -> GrpcCode {
+    (0..=16)
+        .find(|n: &i32| n.to_string().as_bytes() == value)
+        .and_then(GrpcCode::from_i32)
+        .unwrap_or(GrpcCode::Unknown)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 2048,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn grpc_status_values_never_panic_and_only_canonical_codes_count(
+        value in prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..6),
+            prop::collection::vec(prop::sample::select(b"0123456789+- ".to_vec()), 0..4),
+        ],
+        content_type in prop::collection::vec(any::<u8>(), 0..24),
+        grpc_content in any::<bool>(),
+        status in 100u16..600,
+    ) {
+        let code = GrpcCode::from_bytes(&value);
+        prop_assert_eq!(code, modelled_code(&value));
+
+        // Through a whole response: whatever the head holds, the classifier answers.
+        let mut response = http::Response::builder().status(status);
+        let content_type = if grpc_content {
+            let mut grpc = b"application/grpc".to_vec();
+            grpc.extend_from_slice(&content_type);
+            grpc
+        } else {
+            content_type
+        };
+        if let Ok(v) = http::HeaderValue::from_bytes(&content_type) {
+            response = response.header("content-type", v);
+        }
+        let status_sent = http::HeaderValue::from_bytes(&value).ok();
+        if let Some(v) = status_sent.clone() {
+            response = response.header("grpc-status", v);
+        }
+        let result: Result<_, ()> = Ok(response.body(()).unwrap());
+        let outcome = DefaultClassifier.classify(&result);
+        let grpc = status == 200 && tower_lb::classify::is_grpc(result.as_ref().unwrap().headers());
+        let expected = match (grpc, status_sent) {
+            (false, _) => tower_lb::classify::status_outcome(http::StatusCode::from_u16(status).unwrap()),
+            (true, None) => Outcome::Trailers(GrpcCodes::DEFAULT_FAILURES),
+            (true, Some(_)) if GrpcCodes::DEFAULT_FAILURES.contains(code) => Outcome::Failure,
+            (true, Some(_)) => Outcome::Success,
+        };
+        prop_assert_eq!(outcome, expected);
     }
 }

@@ -16,7 +16,9 @@
 //! With [`OnBodyEnd`] the balancer returns `http::Response<TrackedBody<B>>`. The request
 //! counts as in flight until the body yields its last frame, fails, or is dropped, which is
 //! what least-request balancing wants for streaming or large responses. The outcome and the
-//! latency sample are still recorded when the response head arrives.
+//! latency sample are still recorded when the response head arrives, except for a gRPC
+//! response whose status comes in its trailers: its outcome is recorded when they arrive
+//! (see [`classify`](crate::classify#grpc)), which makes `OnBodyEnd` the policy for gRPC.
 
 mod body;
 pub mod key;

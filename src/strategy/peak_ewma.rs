@@ -22,9 +22,9 @@
 //!
 //! This is Finagle's `PeakEwma` load metric, as used by linkerd (default RTT 30 ms, decay
 //! 10 s). Unlike tower's `PeakEwma`, failures do not count as fast successes: a request the
-//! classifier judges a failure (an error, or an HTTP 5xx or 429 with the default classifier)
-//! counts as a sample of at least `failure_penalty` (1 s by default), so an endpoint that
-//! fails fast is avoided instead of favoured.
+//! classifier judges a failure (an error, an HTTP 5xx or 429, or a failing gRPC status with
+//! the default classifier) counts as a sample of at least `failure_penalty` (1 s by
+//! default), so an endpoint that fails fast is avoided instead of favoured.
 //!
 //! The balancer reads the clock twice per request for this strategy: when it calls the
 //! endpoint and when the response completes. The pick itself needs no clock, because the
