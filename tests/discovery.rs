@@ -957,14 +957,18 @@ async fn a_source_that_keeps_failing_is_polled_with_backoff_and_recovery_is_seen
     assert_eq!(keys(&balance), ["a"]);
 }
 
-#[tokio::test]
-async fn build_with_makes_each_service_once_and_keeps_it_across_reweights_and_resets() {
-    use std::sync::{Arc, Mutex};
-    let made = Arc::new(Mutex::new(Vec::new()));
+/// The keys a `build_with` balancer made a service for, in order.
+type Made = std::sync::Arc<std::sync::Mutex<Vec<&'static str>>>;
+
+/// A round-robin balancer built with `build_with` over a channel of keys, recording each
+/// service it makes.
+fn making(allow_empty_reset: bool) -> (Rr, discover::Sender<&'static str, ()>, Made) {
+    let made = Made::default();
     let (tx, rx) = discover::channel::<&'static str, ()>();
-    let mut balance = Balance::builder()
+    let balance = Balance::builder()
         .strategy(RoundRobin::new())
         .classify(ErrorsAsFailures)
+        .allow_empty_reset(allow_empty_reset)
         .build_with(rx, {
             let made = made.clone();
             move |key: &&'static str| {
@@ -973,6 +977,12 @@ async fn build_with_makes_each_service_once_and_keeps_it_across_reweights_and_re
             }
         })
         .unwrap();
+    (balance, tx, made)
+}
+
+#[tokio::test]
+async fn build_with_makes_each_service_once_and_keeps_it_across_reweights_and_resets() {
+    let (mut balance, tx, made) = making(false);
     tx.insert("a", ()).unwrap();
     tx.insert("b", ()).unwrap();
     settle().await;
@@ -993,6 +1003,34 @@ async fn build_with_makes_each_service_once_and_keeps_it_across_reweights_and_re
     settle().await;
     assert_eq!(*made.lock().unwrap(), ["a", "b", "c", "b"]);
     assert_eq!(answers(&mut balance, 3).await.len(), 3);
+}
+
+#[tokio::test]
+async fn build_with_keeps_its_services_across_an_ignored_empty_reset() {
+    let (mut balance, tx, made) = making(false);
+    tx.insert("a", ()).unwrap();
+    tx.insert("b", ()).unwrap();
+    settle().await;
+    // The empty reset is ignored (the default), so the endpoints and their services stay:
+    // the next reset of the same keys makes nothing new.
+    tx.reset(Vec::new()).unwrap();
+    settle().await;
+    assert_eq!(balance.discovery_stats().empty_resets_ignored, 1);
+    tx.reset(vec![Endpoint::new("a", ()), Endpoint::new("b", ())])
+        .unwrap();
+    settle().await;
+    assert_eq!(keys(&balance), ["a", "b"]);
+    assert_eq!(*made.lock().unwrap(), ["a", "b"]);
+    assert_eq!(answers(&mut balance, 2).await.len(), 2);
+
+    // With empty resets honoured, the services go with their endpoints.
+    let (balance, tx, made) = making(true);
+    tx.insert("a", ()).unwrap();
+    tx.reset(Vec::new()).unwrap();
+    tx.insert("a", ()).unwrap();
+    settle().await;
+    assert_eq!(keys(&balance), ["a"]);
+    assert_eq!(*made.lock().unwrap(), ["a", "a"]);
 }
 
 /// Round robin whose table build panics when it sees exactly three endpoints.

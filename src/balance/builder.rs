@@ -305,13 +305,18 @@ impl<P, C, T, H> Builder<P, C, T, H> {
         P: Strategy,
     {
         // The services made so far, by key: an insert or reset of a key that already has one
-        // reuses it (a reweight must not drop the endpoint's connections).
+        // reuses it (a reweight must not drop the endpoint's connections). It follows what
+        // the driver applies: an empty reset the driver ignores leaves it as it is.
         let mut made: HashMap<K, M::Service> = HashMap::new();
+        let allow_empty_reset = self.settings.allow_empty_reset;
         let changes = boxed(discovery).map(move |change| {
             change.map(|change| match change {
                 Change::Remove(key) => {
                     made.remove(&key);
                     Change::Remove(key)
+                }
+                Change::Reset(list) if list.is_empty() && !allow_empty_reset => {
+                    Change::Reset(Vec::new())
                 }
                 Change::Reset(list) => {
                     let mut previous = std::mem::take(&mut made);

@@ -135,6 +135,9 @@ pin_project! {
         // The rare states, boxed so the common one stays small and cheap to drop.
         Slow { slow: Box<Slow<S, Req>> },
         NotReady,
+        // The response was returned: the endpoint's future is gone (an `async` block panics
+        // when polled after completion), and polling again is an error.
+        Done,
     }
 }
 
@@ -148,6 +151,9 @@ pin_project! {
     /// A request routed by key (consistent hashing) whose preferred endpoints were all busy
     /// waits here, in the key's preference order, for the first of them to become ready, up
     /// to the fail-fast timeout.
+    ///
+    /// Polled again after it returned its result, it fails (without polling the endpoint's
+    /// future again, which may panic).
     pub struct ResponseFuture<S, Req, C, T>
     where
         S: Service<Req>,
@@ -214,11 +220,12 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::NotReady => return Poll::Ready(Err(NotReady.into())),
+                StateProj::Done => return Poll::Ready(Err(polled_after_completion())),
                 StateProj::Slow { slow } => match &mut **slow {
                     Slow::Failed(error) => {
-                        return Poll::Ready(Err(error.take().unwrap_or_else(|| {
-                            "tower-lb response future polled after completion".into()
-                        })))
+                        return Poll::Ready(Err(error
+                            .take()
+                            .unwrap_or_else(polled_after_completion)))
                     }
                     Slow::Routing(routing) => match ready!(routing.poll_call(cx)) {
                         Ok((future, guard)) => this.state.set(State::Called {
@@ -233,12 +240,11 @@ where
                 },
                 StateProj::Called { future, guard } => {
                     let result = ready!(future.poll(cx));
-                    let Some(mut guard) = guard.take() else {
-                        // Polled again after it completed: the endpoint's future decides, and
-                        // the request was already counted.
-                        return Poll::Ready(result.map_err(Into::into).and_then(|_| {
-                            Err("tower-lb response future polled after completion".into())
-                        }));
+                    let guard = guard.take();
+                    this.state.set(State::Done);
+                    let Some(mut guard) = guard else {
+                        // Not reachable: the guard is taken only here, on the way to `Done`.
+                        return Poll::Ready(Err(polled_after_completion()));
                     };
                     guard.record(this.classify.classify(&result));
                     return Poll::Ready(match result {
@@ -249,6 +255,12 @@ where
             }
         }
     }
+}
+
+/// The error of a response future polled again after it returned its result.
+#[cold]
+fn polled_after_completion() -> BoxError {
+    "tower-lb: the response future was polled after it completed".into()
 }
 
 impl<S: Service<Req>, Req, C, T> fmt::Debug for ResponseFuture<S, Req, C, T> {

@@ -26,6 +26,7 @@ use super::{
 };
 use crate::endpoint::{flags, Load, Metadata};
 use crate::strategy::rng::Rng;
+use crate::time::after;
 
 /// The share of its weight an endpoint on probation gets.
 const PROBATION_FACTOR: f64 = 0.1;
@@ -34,14 +35,6 @@ const PROBATION_FACTOR: f64 = 0.1;
 const WEIGHT_SCALE: u64 = 100;
 /// A slow-start ramp is published in this many steps over its window.
 const RAMP_STEPS: u32 = 20;
-/// The latest deadline the runner sets (about 30 years, as tokio's own "far future"): a
-/// configured `Duration::MAX` means "never", not an overflow.
-const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
-
-/// `now + d`, without overflow.
-fn after(now: Instant, d: Duration) -> Instant {
-    now + d.min(FAR_FUTURE)
-}
 
 type ProbeResult<K> = (K, u64, Result<(), super::ProbeFailure>);
 type ProbeTask<K> = Pin<Box<dyn Future<Output = ProbeResult<K>> + Send>>;
