@@ -215,12 +215,19 @@ impl<P, C, T, H> Builder<P, C, T, H> {
 
     /// Builds a balancer over the endpoints `discovery` yields.
     ///
-    /// Inside a tokio runtime, changes the source has ready at once (a static list, say; up
-    /// to 256 of them) are applied before this returns, and the background driver is spawned on that runtime.
+    /// Inside a tokio runtime, the changes the source has ready at once (a static list, say)
+    /// are applied before this returns, and the background driver is spawned on that
+    /// runtime. (A source with more than 256 changes ready is applied in batches, and its
+    /// set is published when the driver has applied them all, right after.)
     /// Outside a runtime the source is not polled until the driver is spawned, at the first
     /// `poll_ready`, and `poll_ready` fails with
     /// [`BuildError::NoRuntime`] if there is still none. The runtime needs its time driver
     /// (`enable_time` or `enable_all`) for the fail-fast timeout.
+    ///
+    /// The balancer belongs to the runtime its driver runs on. When that runtime shuts down
+    /// (at the end of a `#[tokio::test]`, say) the driver stops with it, and from then on
+    /// `poll_ready` fails with [`DriverStopped`](crate::error::DriverStopped) on every
+    /// handle, whichever runtime polls it: build a balancer in each runtime.
     ///
     /// Fails with [`BuildError::InvalidConfig`] when the strategy's parameters are invalid.
     pub fn build<K, S, D>(self, discovery: D) -> Result<Balance<K, S, P, C, T, H>, BuildError>

@@ -20,7 +20,9 @@
 //!   [`Unavailable`](crate::error::Unavailable), which says why.
 //! - A background task applies discovery changes as they come, with or without traffic, and
 //!   stops when the last handle is dropped. It is spawned on the tokio runtime that is
-//!   current when the balancer is built (or, failing that, at the first `poll_ready`).
+//!   current when the balancer is built (or, failing that, at the first `poll_ready`), and
+//!   the balancer belongs to that runtime: when it shuts down, `poll_ready` fails with
+//!   [`DriverStopped`](crate::error::DriverStopped).
 
 mod builder;
 mod driver;

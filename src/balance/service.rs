@@ -30,6 +30,11 @@ use crate::strategy::{self, Endpoints, LeastRequest, Strategy};
 ///
 /// Build one with [`Balance::builder`]; see the [crate docs](crate) for an example.
 ///
+/// A balancer belongs to one tokio runtime: the one its background driver runs on (see
+/// [`Builder::build`](crate::Builder::build)). Its handles may be used from any thread,
+/// but once that runtime shuts down, `poll_ready` fails with
+/// [`DriverStopped`](crate::error::DriverStopped).
+///
 /// | type parameter | meaning | default |
 /// |---|---|---|
 /// | `K` | endpoint key, for example `SocketAddr` | |

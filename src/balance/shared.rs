@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::Duration;
@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use crate::discover::DiscoveryStats;
 use crate::endpoint::{flags, EndpointState, EndpointStats, Load, Metadata, Timing};
-use crate::error::{BuildError, UnavailableReason};
+use crate::error::{BoxError, BuildError, DriverStopped, UnavailableReason};
 use crate::health::{HealthEvent, HealthStats, OutlierSignal};
 use crate::strategy::{Entry, LatencyTracking, Strategy};
 
@@ -119,6 +119,13 @@ impl<K: Clone> EventHub<K> {
 
 type DriverFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// The driver has not been spawned yet (no runtime so far).
+const DRIVER_WAITING: u8 = 0;
+/// The driver is spawned on a runtime.
+const DRIVER_RUNNING: u8 = 1;
+/// The driver was dropped while handles live on: its runtime shut down, or it panicked.
+const DRIVER_STOPPED: u8 = 2;
+
 pub(crate) struct Shared<K, S, P: Strategy> {
     pub(crate) set: ArcSwap<Set<K, S, P::Table>>,
     pub(crate) strategy: P,
@@ -134,7 +141,8 @@ pub(crate) struct Shared<K, S, P: Strategy> {
     pub(crate) events: Mutex<EventHub<K>>,
     /// The driver until it is spawned.
     driver: Mutex<Option<DriverFuture>>,
-    driver_started: AtomicBool,
+    /// [`DRIVER_WAITING`], [`DRIVER_RUNNING`] or [`DRIVER_STOPPED`].
+    driver_state: AtomicU8,
     /// Dropped with the last handle, which tells the driver to stop.
     _stop: oneshot::Sender<()>,
 }
@@ -167,7 +175,7 @@ impl<K, S, P: Strategy> Shared<K, S, P> {
             signal,
             events: Mutex::new(EventHub::new()),
             driver: Mutex::new(None),
-            driver_started: AtomicBool::new(false),
+            driver_state: AtomicU8::new(DRIVER_WAITING),
             _stop: stop,
         }
     }
@@ -194,6 +202,10 @@ impl<K, S, P: Strategy> Shared<K, S, P> {
     /// Publishes a new snapshot and wakes every handle waiting for one.
     pub(crate) fn publish(&self, set: Set<K, S, P::Table>) {
         self.set.store(Arc::new(set));
+        self.wake_waiters();
+    }
+
+    fn wake_waiters(&self) {
         let waiters: Vec<Waker> = lock(&self.waiters).drain().map(|(_, w)| w).collect();
         waiters.into_iter().for_each(Waker::wake);
     }
@@ -202,36 +214,45 @@ impl<K, S, P: Strategy> Shared<K, S, P> {
         *lock(&self.driver) = Some(driver);
     }
 
-    /// Spawns the driver if it has not been spawned yet.
+    /// Spawns the driver if it has not been spawned yet; fails if it cannot run (no
+    /// runtime) or has stopped. One atomic load when it runs.
     #[inline]
-    pub(crate) fn ensure_driver(&self) -> Result<(), BuildError> {
-        if self.driver_started.load(Ordering::Acquire) {
+    pub(crate) fn ensure_driver(&self) -> Result<(), BoxError> {
+        if self.driver_state.load(Ordering::Acquire) == DRIVER_RUNNING {
             return Ok(());
         }
-        self.spawn_driver()
+        self.driver_not_running()
     }
 
     #[cold]
-    fn spawn_driver(&self) -> Result<(), BuildError> {
+    fn driver_not_running(&self) -> Result<(), BoxError> {
         let mut slot = lock(&self.driver);
+        if self.driver_state.load(Ordering::Acquire) == DRIVER_STOPPED {
+            return Err(DriverStopped.into());
+        }
         if let Some(mut driver) = slot.take() {
-            match tokio::runtime::Handle::try_current() {
-                Ok(handle) => {
-                    // Apply what the source has ready now, inside the runtime, so the request
-                    // that started the driver already sees the endpoints.
-                    let mut cx = std::task::Context::from_waker(Waker::noop());
-                    if driver.as_mut().poll(&mut cx).is_pending() {
-                        handle.spawn(driver);
-                    }
-                }
-                Err(_) => {
-                    *slot = Some(driver);
-                    return Err(BuildError::NoRuntime);
-                }
+            let Ok(handle) = tokio::runtime::Handle::try_current() else {
+                *slot = Some(driver);
+                return Err(BuildError::NoRuntime.into());
+            };
+            // Running from here on, unless the driver is dropped (which marks it stopped).
+            self.driver_state.store(DRIVER_RUNNING, Ordering::Release);
+            // Apply what the source has ready now, inside the runtime, so the request that
+            // started the driver already sees the endpoints.
+            let mut cx = std::task::Context::from_waker(Waker::noop());
+            if driver.as_mut().poll(&mut cx).is_pending() {
+                handle.spawn(driver);
             }
         }
-        self.driver_started.store(true, Ordering::Release);
         Ok(())
+    }
+
+    /// Called when the driver is dropped while handles live on: every `poll_ready` fails
+    /// from now on with [`DriverStopped`], and the handles waiting for a change learn it now.
+    pub(crate) fn driver_stopped(&self) {
+        self.driver_state.store(DRIVER_STOPPED, Ordering::Release);
+        tracing::error!("{}", DriverStopped);
+        self.wake_waiters();
     }
 
     /// See [`Balance::set_draining`](crate::Balance::set_draining).
