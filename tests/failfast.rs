@@ -136,31 +136,66 @@ async fn a_handle_recovers_after_failing_fast() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn an_abandoned_wait_does_not_eat_into_a_later_request() {
+async fn a_caller_that_gave_up_on_ready_continues_the_same_wait() {
     // The caller gives up on readiness after one second (its own timeout) and comes back
-    // later: shortly after the abandoned timer's deadline (3 s), or an hour later.
-    for comeback in [Duration::from_millis(2_500), Duration::from_secs(3_600)] {
-        let (_tx, rx) = discover::channel::<&str, Backend>();
-        let mut balance = rr(Duration::from_secs(3), rx);
-        assert!(
-            tokio::time::timeout(Duration::from_secs(1), balance.ready())
-                .await
-                .is_err()
-        );
-        tokio::time::sleep(comeback).await;
+    // with the same handle: before the deadline it waits out the rest of the wait; after
+    // it, with still no endpoint, it fails at once, saying how long it has waited.
+    let (tx, rx) = discover::channel::<&str, Backend>();
+    let mut balance = rr(Duration::from_secs(3), rx);
+    let start = Instant::now();
+    let given_up = tokio::time::timeout(Duration::from_secs(1), balance.ready()).await;
+    assert!(given_up.is_err());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let err = balance.ready().await.unwrap_err();
+    assert_eq!(start.elapsed(), Duration::from_secs(3));
+    assert_eq!(unavailable(&err).waited(), Duration::from_secs(3));
+
+    let start = Instant::now();
+    let given_up = tokio::time::timeout(Duration::from_secs(1), balance.ready()).await;
+    assert!(given_up.is_err());
+    tokio::time::sleep(Duration::from_secs(3_600)).await;
+    let err = balance
+        .ready()
+        .now_or_never()
+        .expect("fails at once")
+        .unwrap_err();
+    assert_eq!(unavailable(&err).waited(), start.elapsed());
+
+    // A fresh clone has a full wait of its own.
+    let mut clone = balance.clone();
+    let given_up = tokio::time::timeout(Duration::from_secs(1), balance.ready()).await;
+    assert!(given_up.is_err());
+    tokio::time::sleep(Duration::from_secs(3_600)).await;
+    let start = Instant::now();
+    let err = clone.ready().await.unwrap_err();
+    assert_eq!(start.elapsed(), Duration::from_secs(3));
+    assert_eq!(unavailable(&err).waited(), Duration::from_secs(3));
+
+    // And a handle that comes back after its deadline to a ready endpoint is served.
+    tx.insert("a", Backend::new("a")).unwrap();
+    settle().await;
+    assert_eq!(send(&mut balance).await.unwrap(), "a");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wait_polled_late_fails_at_its_deadline_with_the_time_it_waited() {
+    // The caller polls once and then does not poll again until long after the deadline (a
+    // blocked runtime, a loop that polls on its own schedule). The wait has ended all the
+    // same: it fails, and says how long it really waited, however late the poll.
+    let (_tx, rx) = discover::channel::<&str, Backend>();
+    let mut balance = rr(Duration::from_secs(3), rx);
+    for late in [Duration::from_millis(3_500), Duration::from_secs(3_600)] {
         let start = Instant::now();
-        let err = balance.ready().await.unwrap_err();
+        assert!(futures::poll!(ServiceExt::<()>::ready(&mut balance)).is_pending());
+        tokio::time::sleep(late).await;
+        let polled = futures::poll!(ServiceExt::<()>::ready(&mut balance));
+        let std::task::Poll::Ready(Err(err)) = polled else {
+            panic!("polled {late:?} after a 3 s wait began, the wait must have failed");
+        };
         let u = unavailable(&err);
-        assert!(
-            u.waited() <= Duration::from_secs(3),
-            "after {comeback:?} away, the balancer reports having waited {:?} with fail_fast = 3 s",
-            u.waited()
-        );
-        assert_eq!(
-            start.elapsed(),
-            Duration::from_secs(3),
-            "after {comeback:?} away, the new request should get the full fail-fast period"
-        );
+        assert_eq!(u.reason(), UnavailableReason::NoEndpoints);
+        assert_eq!(u.waited(), late);
+        assert_eq!(start.elapsed(), late);
     }
 }
 

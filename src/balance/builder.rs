@@ -134,10 +134,21 @@ impl<P, C, T, H> Builder<P, C, T, H> {
     /// [`Unavailable`](crate::error::Unavailable). Zero fails at once. Default 3 s.
     ///
     /// The wait belongs to the handle (each clone has its own). It starts at the first
-    /// `poll_ready` that finds no eligible endpoint and continues across polls, including
-    /// the polls of a new `ready()` on the same handle after an earlier one was given up,
-    /// until an endpoint is ready or the timeout passes. A handle that is not polled again
-    /// until more than 250 ms after the deadline starts a new wait.
+    /// `poll_ready` that finds no endpoint ready, and ends at the first `poll_ready` that
+    /// finds one, or at the first `poll_ready` at or after its deadline that finds none:
+    /// that one fails, with [`waited`](crate::error::Unavailable::waited) the time since
+    /// the wait began. A handle polled on time (the wait's timer wakes it at the deadline)
+    /// fails at the deadline; one polled late fails at that late poll, never later: a wait
+    /// never starts over while nothing is ready. The next `poll_ready` after a failure
+    /// starts a new wait.
+    ///
+    /// The wait continues across the `ready()` futures of one handle. A caller whose own,
+    /// shorter timeout dropped a `ready()` and who polls the same handle again later
+    /// continues the same wait: before the deadline it waits for the rest of it; after the
+    /// deadline, with still no endpoint ready, it fails at once (the balancer has then had
+    /// no endpoint for the whole timeout), and with one ready it is served. To give each
+    /// attempt a full wait of its own, make each attempt on a fresh clone of the handle
+    /// (clones are cheap).
     pub fn fail_fast(mut self, timeout: Duration) -> Self {
         self.settings.fail_fast = timeout;
         self

@@ -146,10 +146,6 @@ struct PendingEndpoint<S> {
     service: S,
 }
 
-/// How late after its deadline a fail-fast timer may be polled and still count as the
-/// same wait. Past that, the caller had stopped polling and a new wait begins.
-const ABANDONED_SLACK: Duration = Duration::from_millis(250);
-
 struct Wait {
     since: Instant,
     sleep: Pin<Box<Sleep>>,
@@ -384,18 +380,10 @@ impl<K, S, P: Strategy, C, T, H> Balance<K, S, P, C, T, H> {
         if fail_fast.is_zero() {
             return self.give_up(reason, Duration::ZERO, known);
         }
-        // A caller that stopped polling (its own timeout dropped the `ready()` future) and
-        // comes back later starts a new wait. A caller still waiting is woken by the timer
-        // itself, at its deadline; a timer that expired well before this poll (by more than
-        // ABANDONED_SLACK) belongs to an abandoned attempt.
-        let slack = ABANDONED_SLACK.min(fail_fast);
-        if self
-            .wait
-            .as_ref()
-            .is_some_and(|w| w.sleep.deadline() + slack < Instant::now())
-        {
-            self.wait = None;
-        }
+        // The wait ends at its deadline, however late this poll comes: a handle cannot tell
+        // a caller that polls late from one that gave up on a `ready()` and came back, and
+        // starting afresh would let a late poller wait without bound. (A caller that wants
+        // a fresh wait after giving up uses a fresh clone; see `Builder::fail_fast`.)
         if self.wait.is_none() && tokio::runtime::Handle::try_current().is_err() {
             // A timer needs a tokio runtime; outside one, fail instead of panicking.
             return Poll::Ready(Err(crate::error::BuildError::NoRuntime.into()));
