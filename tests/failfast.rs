@@ -13,7 +13,7 @@ use tower::{Service, ServiceExt};
 use tower_lb::classify::ErrorsAsFailures;
 use tower_lb::discover;
 use tower_lb::error::{BoxError, NotReady, Unavailable, UnavailableReason};
-use tower_lb::strategy::{LeastRequest, RoundRobin};
+use tower_lb::strategy::{LeastRequest, Random, RoundRobin};
 use tower_lb::Balance;
 
 fn unavailable(err: &BoxError) -> &Unavailable {
@@ -522,13 +522,23 @@ fn a_static_list_built_outside_a_runtime_serves_the_first_request_with_fail_fast
     });
 }
 
-/// Fails its first `poll_ready`, then is always ready.
+/// An endpoint answering with its name, whose readiness the test scripts.
 #[derive(Clone)]
-struct FailsOnce {
-    polls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+struct Stub {
+    name: &'static str,
+    readiness: Readiness,
 }
 
-impl Service<()> for FailsOnce {
+#[derive(Clone)]
+enum Readiness {
+    Ready,
+    /// Never ready (and never wakes anyone).
+    Never,
+    /// Fails its first `poll_ready` (counted here), then is always ready.
+    FailsFirst(std::sync::Arc<std::sync::atomic::AtomicUsize>),
+}
+
+impl Service<()> for Stub {
     type Response = &'static str;
     type Error = BoxError;
     type Future = std::future::Ready<Result<&'static str, BoxError>>;
@@ -537,18 +547,22 @@ impl Service<()> for FailsOnce {
         &mut self,
         _: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<(), BoxError>> {
-        let n = self
-            .polls
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        std::task::Poll::Ready(if n == 0 {
-            Err("warming up".into())
-        } else {
-            Ok(())
-        })
+        match &self.readiness {
+            Readiness::Ready => std::task::Poll::Ready(Ok(())),
+            Readiness::Never => std::task::Poll::Pending,
+            Readiness::FailsFirst(polls) => {
+                let n = polls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                std::task::Poll::Ready(if n == 0 {
+                    Err("warming up".into())
+                } else {
+                    Ok(())
+                })
+            }
+        }
     }
 
     fn call(&mut self, _: ()) -> Self::Future {
-        std::future::ready(Ok("recovered"))
+        std::future::ready(Ok(self.name))
     }
 }
 
@@ -559,8 +573,9 @@ async fn an_endpoint_recovering_from_a_readiness_error_is_used_without_waiting_f
         Duration::from_secs(3),
         discover::static_list([(
             "a",
-            FailsOnce {
-                polls: polls.clone(),
+            Stub {
+                name: "recovered",
+                readiness: Readiness::FailsFirst(polls.clone()),
             },
         )]),
     );
@@ -583,4 +598,77 @@ async fn endpoints_that_keep_failing_readiness_are_rechecked_with_backoff_until_
     // 13 looks in one second, not thousands.
     let checks = stats_of(&balance, &"broken").readiness_failures;
     assert!((10..=16).contains(&checks), "{checks} readiness checks");
+}
+
+// ---------------------------------------------------------------------------------------
+// Reproducible runs
+// ---------------------------------------------------------------------------------------
+
+const NAMES: [&str; 16] = [
+    "e0", "e1", "e2", "e3", "e4", "e5", "e6", "e7", "e8", "e9", "e10", "e11", "e12", "e13", "e14",
+    "e15",
+];
+
+/// 16 endpoints of which three (2, 9 and 13) are ready: most picks land on a busy one, and
+/// the balancer scans for a ready one.
+fn mostly_busy() -> discover::StaticList<&'static str, Stub> {
+    discover::static_list(NAMES.iter().enumerate().map(|(i, name)| {
+        let readiness = if [2, 9, 13].contains(&i) {
+            Readiness::Ready
+        } else {
+            Readiness::Never
+        };
+        (*name, Stub { name, readiness })
+    }))
+}
+
+/// The endpoints that answer 60 requests in a row.
+async fn choices<P: tower_lb::strategy::Strategy>(
+    mut balance: Balance<&'static str, Stub, P, ErrorsAsFailures>,
+) -> Vec<&'static str> {
+    let mut answers = Vec::new();
+    for _ in 0..60 {
+        answers.push(send(&mut balance).await.unwrap());
+    }
+    answers
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_seeded_strategy_makes_choices_over_busy_endpoints_reproducible() {
+    let random = |seed| {
+        Balance::builder()
+            .strategy(Random::with_seed(seed))
+            .classify(ErrorsAsFailures)
+            .build(mostly_busy())
+            .unwrap()
+    };
+    let first = choices(random(7)).await;
+    assert_eq!(first, choices(random(7)).await);
+    assert_ne!(first, choices(random(8)).await, "the seed decides");
+    for name in ["e2", "e9", "e13"] {
+        assert!(first.contains(&name), "{name} is never chosen: {first:?}");
+    }
+
+    let least = |seed| {
+        Balance::builder()
+            .strategy(LeastRequest::new().with_seed(seed))
+            .classify(ErrorsAsFailures)
+            .build(mostly_busy())
+            .unwrap()
+    };
+    assert_eq!(choices(least(3)).await, choices(least(3)).await);
+
+    // The balancer's own seed, with a strategy that has none (round robin): where its
+    // scans start repeats.
+    let seeded = |seed| {
+        Balance::builder()
+            .strategy(RoundRobin::new())
+            .classify(ErrorsAsFailures)
+            .seed(seed)
+            .build(mostly_busy())
+            .unwrap()
+    };
+    let first = choices(seeded(11)).await;
+    assert_eq!(first, choices(seeded(11)).await);
+    assert_ne!(first, choices(seeded(12)).await);
 }

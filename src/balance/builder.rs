@@ -19,7 +19,13 @@ use crate::health::{
     ActiveChecks, HealthSettings, OutlierDetection, OutlierSignal, Probe, SlowStart,
 };
 use crate::key::NoKey;
+use crate::strategy::rng::Rng;
 use crate::strategy::{LatencyTracking, LeastRequest, Strategy};
+
+/// The sequences derived from a balancer's seed: where a scan for a ready endpoint starts,
+/// and the jitter of health probes.
+const SCAN_STREAM: u64 = 1;
+const PROBE_STREAM: u64 = 2;
 
 /// Configures and builds a [`Balance`].
 ///
@@ -55,6 +61,7 @@ struct Settings {
     allow_empty_reset: bool,
     latency: Option<LatencyTracking>,
     health: HealthSettings,
+    seed: Option<u64>,
 }
 
 impl Default for Builder {
@@ -69,6 +76,7 @@ impl Default for Builder {
                 allow_empty_reset: false,
                 latency: None,
                 health: HealthSettings::default(),
+                seed: None,
             },
         }
     }
@@ -158,6 +166,20 @@ impl<P, C, T, H> Builder<P, C, T, H> {
     /// or is ignored (`false`, the default). See [`discover`](crate::discover).
     pub fn allow_empty_reset(mut self, allow: bool) -> Self {
         self.settings.allow_empty_reset = allow;
+        self
+    }
+
+    /// Seeds the balancer's own random choices: where the search for a ready endpoint
+    /// starts when the strategy's choices are busy, and the jitter of health probes. With a
+    /// seeded strategy too (such as [`LeastRequest::with_seed`]), a run whose requests
+    /// come in the same order on one thread makes the same choices every time, busy
+    /// endpoints and probes included.
+    ///
+    /// Without it, the balancer takes the strategy's [seed](Strategy::seed) if it has one
+    /// (so a seeded strategy alone makes the balancer reproducible), or else draws from
+    /// per-thread generators seeded by the operating system.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.settings.seed = Some(seed);
         self
     }
 
@@ -267,12 +289,16 @@ impl<P, C, T, H> Builder<P, C, T, H> {
         let signal = Arc::new(OutlierSignal::new(
             &health.outlier.clone().unwrap_or_default(),
         ));
+        // The balancer's own random choices, each from its own sequence of one seed.
+        let seed = self.settings.seed.or_else(|| self.strategy.seed());
+        let rng = |stream| seed.map_or_else(Rng::default, |seed| Rng::derived(seed, stream));
         let shared = Arc::new(Shared::new(
             self.strategy,
             latency,
             self.settings.fail_fast,
             signal,
             stop_tx,
+            rng(SCAN_STREAM),
         ));
         let driver = Driver::new(
             &shared,
@@ -280,6 +306,7 @@ impl<P, C, T, H> Builder<P, C, T, H> {
             stop_rx,
             self.settings.allow_empty_reset,
             health,
+            rng(PROBE_STREAM),
         );
         shared.set_driver(Box::pin(driver));
         // Inside a runtime this applies what the source has ready and spawns the driver, so a

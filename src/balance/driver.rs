@@ -21,6 +21,7 @@ use crate::endpoint::{Endpoint, Load, Timing};
 use crate::error::{BoxError, UnavailableReason};
 use crate::health::runner::{Candidate, Runner};
 use crate::health::HealthSettings;
+use crate::strategy::rng::Rng;
 use crate::strategy::{Endpoints, Entry, Strategy};
 
 /// How many changes the driver applies before it yields to the runtime, so a source that
@@ -112,9 +113,10 @@ where
         stop: oneshot::Receiver<()>,
         allow_empty_reset: bool,
         health: HealthSettings,
+        rng: Rng,
     ) -> Self {
         Driver {
-            health: Runner::new(health, shared.signal.clone()),
+            health: Runner::new(health, shared.signal.clone(), rng),
             shared: Arc::downgrade(shared),
             discovery,
             stop,

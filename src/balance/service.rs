@@ -17,7 +17,6 @@ use crate::endpoint::{EndpointStats, Load};
 use crate::error::{BoxError, Unavailable, UnavailableReason};
 use crate::health::{HealthEvent, HealthStats};
 use crate::key::{NoKey, RequestKey};
-use crate::strategy::rng::Rng;
 use crate::strategy::{self, Endpoints, LeastRequest, Strategy};
 
 /// A load balancer over a changing set of endpoint services.
@@ -301,7 +300,7 @@ impl<K, S, P: Strategy, C, T, H> Balance<K, S, P, C, T, H> {
             }
         }
         if tried.len() < n {
-            let start = Rng::default().below(n);
+            let start = self.shared.rng.below(n);
             for index in (start..n).chain(0..start) {
                 if tried.insert(index, n) && self.try_endpoint(set, index, cx, &mut passed) {
                     return Ok(());

@@ -18,6 +18,7 @@ use crate::discover::DiscoveryStats;
 use crate::endpoint::{flags, EndpointState, EndpointStats, Load, Metadata, Timing};
 use crate::error::{BoxError, BuildError, DriverStopped, UnavailableReason};
 use crate::health::{HealthEvent, HealthStats, OutlierSignal};
+use crate::strategy::rng::Rng;
 use crate::strategy::{Entry, LatencyTracking, Strategy};
 
 /// One endpoint as the balancer holds it.
@@ -143,6 +144,9 @@ pub(crate) struct Shared<K, S, P: Strategy> {
     driver: Mutex<Option<DriverFuture>>,
     /// [`DRIVER_WAITING`], [`DRIVER_RUNNING`] or [`DRIVER_STOPPED`].
     driver_state: AtomicU8,
+    /// The balancer's own random choices on the request path (where a scan for a ready
+    /// endpoint starts); seeded with [`Builder::seed`](crate::Builder::seed).
+    pub(crate) rng: Rng,
     /// Dropped with the last handle, which tells the driver to stop.
     _stop: oneshot::Sender<()>,
 }
@@ -154,6 +158,7 @@ impl<K, S, P: Strategy> Shared<K, S, P> {
         fail_fast: Duration,
         signal: Arc<OutlierSignal>,
         stop: oneshot::Sender<()>,
+        rng: Rng,
     ) -> Self
     where
         K: Clone,
@@ -176,6 +181,7 @@ impl<K, S, P: Strategy> Shared<K, S, P> {
             events: Mutex::new(EventHub::new()),
             driver: Mutex::new(None),
             driver_state: AtomicU8::new(DRIVER_WAITING),
+            rng,
             _stop: stop,
         }
     }

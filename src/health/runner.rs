@@ -145,7 +145,8 @@ pub(crate) struct Runner<K> {
 }
 
 impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
-    pub(crate) fn new(settings: HealthSettings, signal: Arc<OutlierSignal>) -> Self {
+    /// `rng` draws the jitter of probe intervals.
+    pub(crate) fn new(settings: HealthSettings, signal: Arc<OutlierSignal>, rng: Rng) -> Self {
         Runner {
             settings,
             signal,
@@ -157,7 +158,7 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
             next_interval: None,
             next_ramp_step: None,
             started: false,
-            rng: Rng::default(),
+            rng,
         }
     }
 
@@ -758,7 +759,7 @@ mod tests {
             outlier: Some(outlier),
             ..HealthSettings::default()
         };
-        let mut runner = Runner::new(settings, signal.clone());
+        let mut runner = Runner::new(settings, signal.clone(), Rng::default());
         let load = Arc::new(runner.new_load(None));
         runner.insert(&"a", &load, "a".into(), Metadata::default());
         (runner, load, signal)

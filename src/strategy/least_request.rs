@@ -81,7 +81,8 @@ impl LeastRequest {
 
     /// Draws from one reproducible sequence seeded with `seed` instead of per-thread
     /// generators. Single-threaded pick sequences then repeat exactly, which is what tests
-    /// want; concurrent picks contend on one atomic.
+    /// want; concurrent picks contend on one atomic. The balancer seeds its own random
+    /// choices from it too (see [`Strategy::seed`]), so its whole run repeats.
     pub fn with_seed(mut self, seed: u64) -> Self {
         self.rng = Rng::seeded(seed);
         self
@@ -166,6 +167,10 @@ impl Strategy for LeastRequest {
             }
             Choices::All => self.scan(table, endpoints),
         }
+    }
+
+    fn seed(&self) -> Option<u64> {
+        self.rng.seed()
     }
 
     fn validate(&self) -> Result<(), BuildError> {

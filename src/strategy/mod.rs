@@ -112,6 +112,17 @@ pub trait Strategy: Send + Sync + 'static {
         None
     }
 
+    /// The seed of the strategy's random choices, when it was given one (for example
+    /// [`LeastRequest::with_seed`]). The default is `None`.
+    ///
+    /// A balancer whose strategy has a seed derives its own random choices from it (where
+    /// the search for a ready endpoint starts when the strategy's choices are busy, the
+    /// jitter of health probes), so that a seeded strategy makes the whole balancer
+    /// reproducible; [`Builder::seed`](crate::Builder::seed) overrides it.
+    fn seed(&self) -> Option<u64> {
+        None
+    }
+
     /// Checks the strategy's parameters; called once when the balancer is built.
     fn validate(&self) -> Result<(), BuildError> {
         Ok(())
