@@ -601,6 +601,73 @@ async fn endpoints_that_keep_failing_readiness_are_rechecked_with_backoff_until_
 }
 
 // ---------------------------------------------------------------------------------------
+// A reserved endpoint that changed before the call
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn a_reserved_endpoint_drained_removed_or_replaced_before_the_call_is_passed_over() {
+    let (tx, rx) = discover::channel();
+    tx.insert("a", Backend::new("a")).unwrap();
+    let mut balance = rr(Duration::from_secs(3), rx);
+
+    // Drained after poll_ready reserved it.
+    balance.ready().await.unwrap();
+    tx.insert("b", Backend::new("b")).unwrap();
+    balance.set_draining(&"a", true).unwrap();
+    settle().await;
+    assert_eq!(balance.call(()).await.unwrap(), "b");
+
+    // Removed after poll_ready reserved it ("b", the only endpoint not draining).
+    balance.ready().await.unwrap();
+    tx.remove("b").unwrap();
+    tx.insert("c", Backend::new("c")).unwrap();
+    settle().await;
+    assert_eq!(balance.call(()).await.unwrap(), "c");
+
+    // Replaced (a new service under the same key) after poll_ready reserved it.
+    balance.ready().await.unwrap();
+    tx.insert("c", Backend::new("c2")).unwrap();
+    settle().await;
+    assert_eq!(balance.call(()).await.unwrap(), "c2");
+    assert_eq!(
+        stats_of(&balance, &"c").completed,
+        2,
+        "the key keeps its statistics"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stale_reservation_with_nothing_ready_at_the_call_waits_for_an_endpoint() {
+    let gate = Gate::closed();
+    let mut first = two_single_slot(Duration::from_secs(3), &gate);
+    let mut second = first.clone();
+    // `first` holds one endpoint's only permit; `second` sends to the other, and the
+    // request holds its permit until the gate opens.
+    first.ready().await.unwrap();
+    let held = second.ready().await.unwrap().call(());
+    let busy = if stats_of(&first, &"a").in_flight == 1 {
+        "a"
+    } else {
+        "b"
+    };
+    let reserved = if busy == "a" { "b" } else { "a" };
+    first.set_draining(&reserved, true).unwrap();
+    settle().await;
+    // The reserved endpoint is draining and the other is busy: the request waits for the
+    // busy one rather than go to the drained one.
+    let start = Instant::now();
+    let (answer, held) = tokio::join!(first.call(()), async move {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        gate.open();
+        held.await
+    });
+    assert_eq!(held.unwrap(), busy);
+    assert_eq!(answer.unwrap(), busy);
+    assert_eq!(start.elapsed(), Duration::from_millis(700));
+    assert_eq!(stats_of(&first, &reserved).completed, 0);
+}
+
+// ---------------------------------------------------------------------------------------
 // Reproducible runs
 // ---------------------------------------------------------------------------------------
 

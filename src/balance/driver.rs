@@ -234,19 +234,22 @@ where
     #[allow(clippy::type_complexity)]
     fn insert(&mut self, endpoint: Endpoint<K, S>, place: Option<(u64, Option<Arc<Load>>)>) {
         let existing = self.endpoints.get(&endpoint.key);
-        let (order, load) = match (place, existing) {
-            (Some((order, load)), _) => (
-                order,
-                load.unwrap_or_else(|| Arc::new(self.health.new_load(self.timing))),
-            ),
-            (None, Some(slot)) => (slot.order, slot.load.clone()),
+        let (order, kept) = match (place, existing) {
+            (Some((order, load)), _) => (order, load),
+            (None, Some(slot)) => (slot.order, Some(slot.load.clone())),
             (None, None) => {
                 self.next_order += 1;
-                (
-                    self.next_order - 1,
-                    Arc::new(self.health.new_load(self.timing)),
-                )
+                (self.next_order - 1, None)
             }
+        };
+        // A known endpoint keeps its counters; its service is new (a handle holding a
+        // clone of the old one sees the generation move on).
+        let (load, generation) = match kept {
+            Some(load) => {
+                let generation = load.replace_service();
+                (load, generation)
+            }
+            None => (Arc::new(self.health.new_load(self.timing)), 0),
         };
         tracing::debug!(key = ?endpoint.key, weight = endpoint.weight, "endpoint inserted");
         let name = endpoint
@@ -268,6 +271,7 @@ where
             metadata: endpoint.metadata,
             load,
             order,
+            generation,
         };
         self.endpoints.insert(endpoint.key, Arc::new(slot));
     }

@@ -32,6 +32,56 @@ pub(crate) struct Slot<K, S> {
     pub(crate) name: Arc<str>,
     /// Position in discovery order.
     pub(crate) order: u64,
+    /// The generation of `service` ([`flags::GENERATION`] bits of `load`'s state when it
+    /// was inserted).
+    pub(crate) generation: u32,
+}
+
+/// What an endpoint picked from a snapshot must still be when its request is sent: free of
+/// the flags that take it out of the snapshot's rotation (`skip`), not removed from the
+/// set, and with the same service (the generation of the slot it was picked from).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Stamp {
+    mask: u32,
+    expect: u32,
+}
+
+impl Stamp {
+    #[inline]
+    pub(crate) fn new<K, S>(slot: &Slot<K, S>, skip: u32) -> Self {
+        Stamp {
+            mask: skip | flags::REMOVED | flags::GENERATION,
+            expect: slot.generation,
+        }
+    }
+
+    /// Whether the endpoint changed since it was picked: one atomic load.
+    #[inline]
+    pub(crate) fn is_stale(self, load: &Load) -> bool {
+        (load.state() ^ self.expect) & self.mask != 0
+    }
+}
+
+/// A clone of an endpoint's service, picked for a request, with its counters and the
+/// stamp it must still match when the request is sent.
+pub(crate) struct Picked<S> {
+    pub(crate) service: S,
+    pub(crate) load: Arc<Load>,
+    pub(crate) stamp: Stamp,
+}
+
+impl<S> Picked<S> {
+    /// A clone of `slot`'s service, picked from a snapshot whose skip flags are `skip`.
+    pub(crate) fn clone_of<K>(slot: &Slot<K, S>, skip: u32) -> Self
+    where
+        S: Clone,
+    {
+        Picked {
+            service: slot.service.clone(),
+            load: slot.load.clone(),
+            stamp: Stamp::new(slot, skip),
+        }
+    }
 }
 
 /// The default endpoint name: the key's `Debug` form, without the quotes of a string key.

@@ -92,7 +92,8 @@ pub trait Strategy: Send + Sync + 'static {
     /// Whether the strategy routes by a key taken from each request (consistent hashing).
     ///
     /// When this returns `true`, the balancer chooses at `call` time instead of in
-    /// `poll_ready`: it takes the request's key with the balancer's
+    /// `poll_ready` (which only waits until some eligible endpoint's service is ready, and
+    /// reserves it): it takes the request's key with the balancer's
     /// [`RequestKey`](crate::key::RequestKey) and passes it in [`Context::key`]. If the
     /// chosen endpoint cannot take the request (its service is not ready, or it was ejected
     /// since the table was built), the balancer calls `pick` again with
