@@ -224,7 +224,12 @@ mod tests {
             decay_ns: 10e9,
             penalty_ns: penalty.as_nanos() as f64,
         };
-        (Arc::new(Load::new(Some(timing), None, 0)), timing)
+        let settings = crate::endpoint::LoadSettings {
+            timing: Some(timing),
+            penalty: None,
+            outlier: None,
+        };
+        (Arc::new(Load::new(Arc::new(settings), 0)), timing)
     }
 
     fn trailers(code: &'static str) -> http::HeaderMap {

@@ -182,8 +182,9 @@ pub struct Load {
     /// When `rtt_ns` was last updated, in nanoseconds since the balancer's epoch.
     rtt_at: AtomicU64,
     /// Health flags ([`flags`]): set by the driver (probes, draining) and by the completion
-    /// path (an ejection after consecutive failures); read by every pick, so it shares the
-    /// first cache line with the counters every request writes.
+    /// path (an ejection after consecutive failures); read by every pick and every call, so
+    /// it shares the first cache line with the counters every request writes. Its high bits
+    /// are the service's generation ([`flags::GENERATION`]).
     health: AtomicU32,
     /// Failures in a row (reset by a success), counted only with outlier detection.
     consecutive_failures: AtomicU32,
@@ -245,6 +246,12 @@ pub(crate) mod flags {
     pub(crate) const UNREACHABLE: u32 = 32;
     /// Flags that keep an endpoint from new requests (outside panic mode).
     pub(crate) const UNAVAILABLE: u32 = UNHEALTHY | EJECTED | DRAINING;
+    /// The bits above the flags count how many times discovery replaced the endpoint's
+    /// service (wrapping): a service clone picked before a replacement is stale, and one
+    /// atomic load of the flags word tells.
+    pub(crate) const GENERATION: u32 = !0xff;
+    /// One replacement, in the [`GENERATION`] bits.
+    pub(crate) const NEXT_GENERATION: u32 = 0x100;
 }
 
 /// What one finished request (or failed readiness check) says about its endpoint.
@@ -323,7 +330,22 @@ impl Load {
     /// The health flags (see [`flags`]).
     #[inline]
     pub(crate) fn health_flags(&self) -> u32 {
+        self.state() & !flags::GENERATION
+    }
+
+    /// The health flags and the service's generation, in one load.
+    #[inline]
+    pub(crate) fn state(&self) -> u32 {
         self.health.load(Ordering::Acquire)
+    }
+
+    /// Counts a replacement of the endpoint's service; returns the new generation (the
+    /// [`flags::GENERATION`] bits).
+    pub(crate) fn replace_service(&self) -> u32 {
+        let before = self
+            .health
+            .fetch_add(flags::NEXT_GENERATION, Ordering::AcqRel);
+        before.wrapping_add(flags::NEXT_GENERATION) & flags::GENERATION
     }
 
     /// Sets (`on`) or clears the flags in `mask`; returns the flags before.

@@ -112,6 +112,28 @@ impl fmt::Display for NotReady {
 
 impl std::error::Error for NotReady {}
 
+/// The balancer's background task has stopped, so `poll_ready` fails: nothing would apply
+/// discovery changes, run health checks or end ejections any more.
+///
+/// The task runs on the tokio runtime the balancer was built in (or first polled in, if it
+/// was built outside one), and stops for good when that runtime shuts down, for example at
+/// the end of a `#[tokio::test]`. A balancer belongs to that runtime: build one in each
+/// runtime that sends requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DriverStopped;
+
+impl fmt::Display for DriverStopped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(
+            "the load balancer's background task has stopped, because the tokio runtime it ran on \
+             shut down (or the task panicked); a balancer belongs to the runtime it was built in: \
+             build one in each runtime",
+        )
+    }
+}
+
+impl std::error::Error for DriverStopped {}
+
 /// An operation named an endpoint the balancer does not have.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnknownEndpoint {

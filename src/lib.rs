@@ -84,6 +84,7 @@ pub mod health;
 pub mod http;
 pub mod key;
 pub mod strategy;
+mod time;
 
 pub use balance::{Balance, BalanceLayer, Builder, Monitor};
 

@@ -358,6 +358,29 @@ async fn a_closure_classifier_decides_failures() {
     assert_eq!(common::stat(&balance, |e| e.failures), [("a", 0), ("b", 2)]);
 }
 
+#[tokio::test]
+async fn polling_a_completed_response_future_again_is_an_error_not_a_panic() {
+    // An `async` block panics when polled after it completed; the balancer's response
+    // future must not poll it again.
+    let service = tower::service_fn(|()| async move { Ok::<_, BoxError>("done") });
+    let mut balance = Balance::builder()
+        .strategy(RoundRobin::new())
+        .classify(ErrorsAsFailures)
+        .build(discover::static_list([("a", service)]))
+        .unwrap();
+    let mut response = Box::pin(balance.ready().await.unwrap().call(()));
+    assert_eq!(response.as_mut().await.unwrap(), "done");
+    for _ in 0..2 {
+        let again = futures::poll!(response.as_mut());
+        let std::task::Poll::Ready(Err(err)) = again else {
+            panic!("a completed response future must fail when polled again");
+        };
+        assert!(err.to_string().contains("after it completed"), "{err}");
+    }
+    assert_eq!(stats_of(&balance, &"a").completed, 1);
+    assert_eq!(stats_of(&balance, &"a").in_flight, 0);
+}
+
 // ---------------------------------------------------------------------------------------
 // In flight until the end of the body (feature "http")
 // ---------------------------------------------------------------------------------------

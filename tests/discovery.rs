@@ -11,7 +11,7 @@ use tower::{Service, ServiceExt};
 use tower_lb::classify::ErrorsAsFailures;
 use tower_lb::discover::{self, Change, Snapshots};
 use tower_lb::endpoint::EndpointState;
-use tower_lb::error::{BoxError, BuildError, Unavailable, UnavailableReason};
+use tower_lb::error::{BoxError, BuildError, DriverStopped, Unavailable, UnavailableReason};
 use tower_lb::strategy::{LeastRequest, PeakEwma, Random, RoundRobin, Strategy};
 use tower_lb::{Balance, Endpoint, Metadata};
 
@@ -21,11 +21,26 @@ fn rr<D>(discovery: D) -> Rr
 where
     D: tower_lb::discover::Discover<&'static str, Backend> + Send + 'static,
 {
+    rr_failing_after(Duration::from_millis(100), discovery)
+}
+
+fn rr_failing_after<D>(fail_fast: Duration, discovery: D) -> Rr
+where
+    D: tower_lb::discover::Discover<&'static str, Backend> + Send + 'static,
+{
     Balance::builder()
         .strategy(RoundRobin::new())
         .classify(ErrorsAsFailures)
-        .fail_fast(Duration::from_millis(100))
+        .fail_fast(fail_fast)
         .build(discovery)
+        .unwrap()
+}
+
+/// A current-thread runtime with its timers.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
         .unwrap()
 }
 
@@ -178,6 +193,122 @@ async fn a_burst_of_changes_is_applied_completely() {
         keys(&balance),
         (0..1_000u32).filter(|i| i % 2 == 0).collect::<Vec<_>>()
     );
+}
+
+/// A source fed by the test, which records, each time the driver polls it, the endpoint
+/// set the balancer has published (through a monitor the test hands it after building).
+#[derive(Clone, Default)]
+struct Recording {
+    state: std::sync::Arc<std::sync::Mutex<RecordingState>>,
+}
+
+#[derive(Default)]
+struct RecordingState {
+    queue: std::collections::VecDeque<Change<u32, Backend>>,
+    waker: Option<std::task::Waker>,
+    monitor: Option<tower_lb::balance::Monitor<u32>>,
+    seen: Vec<Vec<u32>>,
+}
+
+impl Recording {
+    fn push(&self, changes: impl IntoIterator<Item = Change<u32, Backend>>) {
+        let mut state = self.state.lock().unwrap();
+        state.queue.extend(changes);
+        if let Some(w) = state.waker.take() {
+            w.wake();
+        }
+    }
+
+    fn seen(&self) -> Vec<Vec<u32>> {
+        std::mem::take(&mut self.state.lock().unwrap().seen)
+    }
+}
+
+impl futures::Stream for Recording {
+    type Item = Result<Change<u32, Backend>, Infallible>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let mut state = self.state.lock().unwrap();
+        if let Some(monitor) = &state.monitor {
+            let mut keys: Vec<u32> = monitor.endpoints().into_iter().map(|e| e.key).collect();
+            keys.sort_unstable();
+            if state.seen.last() != Some(&keys) {
+                state.seen.push(keys);
+            }
+        }
+        match state.queue.pop_front() {
+            Some(change) => std::task::Poll::Ready(Some(Ok(change))),
+            None => {
+                state.waker = Some(cx.waker().clone());
+                std::task::Poll::Pending
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_burst_larger_than_one_batch_is_published_whole() {
+    let source = Recording::default();
+    let old: Vec<u32> = (0..300).collect();
+    let new: Vec<u32> = (1_000..1_300).collect();
+    source.push(std::iter::once(Change::Reset(
+        old.iter()
+            .map(|&k| Endpoint::new(k, Backend::new("x")))
+            .collect(),
+    )));
+    let balance = Balance::builder()
+        .strategy(RoundRobin::new())
+        .classify(ErrorsAsFailures)
+        .build(source.clone())
+        .unwrap();
+    assert_eq!(keys(&balance), old);
+    source.state.lock().unwrap().monitor = Some(balance.monitor());
+    // A source that turns a new list into removes and inserts: 600 changes, ready at once.
+    source.push(old.iter().map(|&k| Change::Remove(k)));
+    source.push(new.iter().map(|&k| Change::insert(k, Backend::new("x"))));
+    for _ in 0..1_000 {
+        if keys(&balance) == new {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(keys(&balance), new);
+    // Between the driver's batches, only the whole old set or the whole new one was out.
+    let seen = source.seen();
+    assert!(
+        seen.iter().all(|keys| *keys == old || *keys == new),
+        "a half-applied set was published: {:?}",
+        seen.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn a_source_that_is_never_pending_is_still_published() {
+    let mut next = 0u32;
+    let endless = futures::stream::poll_fn(move |_| {
+        next += 1;
+        std::task::Poll::Ready(Some(Ok::<_, Infallible>(Change::insert(
+            next % 10,
+            Backend::new("x"),
+        ))))
+    });
+    let balance = Balance::builder()
+        .strategy(RoundRobin::new())
+        .classify(ErrorsAsFailures)
+        .build(endless)
+        .unwrap();
+    for _ in 0..10_000 {
+        if balance.endpoints().len() == 10 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let mut published = keys(&balance);
+    published.sort_unstable();
+    assert_eq!(published, (0..10).collect::<Vec<_>>());
 }
 
 #[tokio::test]
@@ -773,16 +904,57 @@ fn built_outside_a_runtime_the_driver_starts_at_the_first_poll_ready_inside_one(
         Some(&BuildError::NoRuntime)
     );
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    runtime().block_on(async {
         assert_eq!(send(&mut balance).await.unwrap(), "a");
         tx.insert("b", Backend::new("b")).unwrap();
         settle().await;
         assert_eq!(keys(&balance), ["a", "b"], "the driver runs now");
     });
+}
+
+#[test]
+fn a_balancer_whose_runtime_shut_down_fails_saying_so() {
+    // Built (and its driver spawned) in one runtime, which then shuts down, as a
+    // `#[tokio::test]` runtime does at the end of its test.
+    let first = runtime();
+    let (tx, rx) = discover::channel();
+    tx.insert("a", Backend::new("a")).unwrap();
+    let mut balance = first.block_on(async { rr(rx) });
+    first.block_on(async { assert_eq!(send(&mut balance).await.unwrap(), "a") });
+    drop(first);
+
+    // Used from another runtime: nothing would apply changes or end ejections any more, so
+    // every poll_ready fails, with an error that says why.
+    let second = runtime();
+    second.block_on(async {
+        for _ in 0..2 {
+            let err = balance.ready().await.unwrap_err();
+            assert!(err.is::<DriverStopped>(), "{err}");
+            assert!(err.to_string().contains("runtime it was built in"), "{err}");
+        }
+    });
+}
+
+#[test]
+fn a_handle_waiting_when_its_runtime_shuts_down_is_told_at_once() {
+    let first = runtime();
+    let (_tx, rx) = discover::channel::<&str, Backend>();
+    let mut balance = first.block_on(async { rr_failing_after(Duration::from_secs(3_600), rx) });
+    // Another thread's runtime waits for an endpoint (for up to an hour) ...
+    let (waiting_tx, waiting_rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        runtime().block_on(async {
+            let mut ready = std::pin::pin!(balance.ready());
+            assert!(futures::poll!(ready.as_mut()).is_pending());
+            waiting_tx.send(()).unwrap();
+            let err = ready.await.unwrap_err();
+            assert!(err.is::<DriverStopped>(), "{err}");
+        });
+    });
+    waiting_rx.recv().unwrap();
+    // ... when the balancer's own runtime shuts down: it is woken and told.
+    drop(first);
+    waiter.join().unwrap();
 }
 
 #[test]
@@ -957,14 +1129,18 @@ async fn a_source_that_keeps_failing_is_polled_with_backoff_and_recovery_is_seen
     assert_eq!(keys(&balance), ["a"]);
 }
 
-#[tokio::test]
-async fn build_with_makes_each_service_once_and_keeps_it_across_reweights_and_resets() {
-    use std::sync::{Arc, Mutex};
-    let made = Arc::new(Mutex::new(Vec::new()));
+/// The keys a `build_with` balancer made a service for, in order.
+type Made = std::sync::Arc<std::sync::Mutex<Vec<&'static str>>>;
+
+/// A round-robin balancer built with `build_with` over a channel of keys, recording each
+/// service it makes.
+fn making(allow_empty_reset: bool) -> (Rr, discover::Sender<&'static str, ()>, Made) {
+    let made = Made::default();
     let (tx, rx) = discover::channel::<&'static str, ()>();
-    let mut balance = Balance::builder()
+    let balance = Balance::builder()
         .strategy(RoundRobin::new())
         .classify(ErrorsAsFailures)
+        .allow_empty_reset(allow_empty_reset)
         .build_with(rx, {
             let made = made.clone();
             move |key: &&'static str| {
@@ -973,6 +1149,12 @@ async fn build_with_makes_each_service_once_and_keeps_it_across_reweights_and_re
             }
         })
         .unwrap();
+    (balance, tx, made)
+}
+
+#[tokio::test]
+async fn build_with_makes_each_service_once_and_keeps_it_across_reweights_and_resets() {
+    let (mut balance, tx, made) = making(false);
     tx.insert("a", ()).unwrap();
     tx.insert("b", ()).unwrap();
     settle().await;
@@ -995,15 +1177,63 @@ async fn build_with_makes_each_service_once_and_keeps_it_across_reweights_and_re
     assert_eq!(answers(&mut balance, 3).await.len(), 3);
 }
 
-/// Round robin whose table build panics when it sees exactly three endpoints.
-struct PanicsOnThree(RoundRobin);
+#[tokio::test]
+async fn build_with_keeps_its_services_across_an_ignored_empty_reset() {
+    let (mut balance, tx, made) = making(false);
+    tx.insert("a", ()).unwrap();
+    tx.insert("b", ()).unwrap();
+    settle().await;
+    // The empty reset is ignored (the default), so the endpoints and their services stay:
+    // the next reset of the same keys makes nothing new.
+    tx.reset(Vec::new()).unwrap();
+    settle().await;
+    assert_eq!(balance.discovery_stats().empty_resets_ignored, 1);
+    tx.reset(vec![Endpoint::new("a", ()), Endpoint::new("b", ())])
+        .unwrap();
+    settle().await;
+    assert_eq!(keys(&balance), ["a", "b"]);
+    assert_eq!(*made.lock().unwrap(), ["a", "b"]);
+    assert_eq!(answers(&mut balance, 2).await.len(), 2);
+
+    // With empty resets honoured, the services go with their endpoints.
+    let (balance, tx, made) = making(true);
+    tx.insert("a", ()).unwrap();
+    tx.reset(Vec::new()).unwrap();
+    tx.insert("a", ()).unwrap();
+    settle().await;
+    assert_eq!(keys(&balance), ["a"]);
+    assert_eq!(*made.lock().unwrap(), ["a", "a"]);
+}
+
+/// Round robin whose table build panics when it sees exactly three endpoints: every time,
+/// or only the first time.
+struct PanicsOnThree {
+    inner: RoundRobin,
+    once: bool,
+    panicked: std::sync::atomic::AtomicBool,
+}
+
+impl PanicsOnThree {
+    fn new(once: bool) -> Self {
+        PanicsOnThree {
+            inner: RoundRobin::new(),
+            once,
+            panicked: Default::default(),
+        }
+    }
+}
 
 impl Strategy for PanicsOnThree {
     type Table = <RoundRobin as Strategy>::Table;
 
     fn build(&self, endpoints: &tower_lb::strategy::Endpoints<'_>) -> Self::Table {
-        assert_ne!(endpoints.len(), 3, "a bug in a user's strategy");
-        self.0.build(endpoints)
+        if endpoints.len() == 3 {
+            let again = self
+                .panicked
+                .swap(true, std::sync::atomic::Ordering::SeqCst);
+            assert!(self.once && again, "a bug in a user's strategy");
+        }
+        self.inner.build(endpoints)
     }
 
     fn pick(
@@ -1012,17 +1242,17 @@ impl Strategy for PanicsOnThree {
         endpoints: &tower_lb::strategy::Endpoints<'_>,
         cx: &tower_lb::strategy::Context,
     ) -> usize {
-        self.0.pick(table, endpoints, cx)
+        self.inner.pick(table, endpoints, cx)
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_strategy_that_panics_in_build_keeps_the_last_set_and_the_driver_alive() {
     let (tx, rx) = discover::channel();
     tx.insert("a", Backend::new("a")).unwrap();
     tx.insert("b", Backend::new("b")).unwrap();
     let mut balance = Balance::builder()
-        .strategy(PanicsOnThree(RoundRobin::new()))
+        .strategy(PanicsOnThree::new(false))
         .classify(ErrorsAsFailures)
         .build(rx)
         .unwrap();
@@ -1039,6 +1269,28 @@ async fn a_strategy_that_panics_in_build_keeps_the_last_set_and_the_driver_alive
     tx.remove("b").unwrap();
     settle().await;
     assert_eq!(keys(&balance), ["a", "c"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_publish_that_failed_on_a_panicking_build_is_retried() {
+    let (tx, rx) = discover::channel();
+    tx.insert("a", Backend::new("a")).unwrap();
+    tx.insert("b", Backend::new("b")).unwrap();
+    let balance = Balance::builder()
+        .strategy(PanicsOnThree::new(true))
+        .classify(ErrorsAsFailures)
+        .build(rx)
+        .unwrap();
+    tx.insert("c", Backend::new("c")).unwrap();
+    settle().await;
+    assert_eq!(keys(&balance), ["a", "b"]);
+    let stats = balance.discovery_stats();
+    assert_eq!(stats.errors, 1);
+    assert!(stats.last_error.unwrap().contains("panicked"));
+    // No further change comes, yet the set with "c" is published when the build is retried.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(keys(&balance), ["a", "b", "c"]);
+    assert_eq!(balance.discovery_stats().errors, 1);
 }
 
 #[tokio::test]

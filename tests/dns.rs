@@ -591,3 +591,43 @@ async fn duplicates_merge_and_large_answers_arrive_over_tcp() {
     let probe = balancer(dns);
     probe.wait_for(&want[..10]).await;
 }
+
+#[tokio::test]
+async fn settings_of_duration_max_mean_never_and_do_not_panic() {
+    use futures::StreamExt;
+    let never = |dns: Dns| {
+        dns.min_ttl(Duration::MAX)
+            .max_ttl(Duration::MAX)
+            .max_stale(Duration::MAX)
+            .jitter(1.0)
+    };
+    // A good answer: the next lookup is due "never".
+    let mut literal = never(Dns::a("127.0.0.7", 9000).unwrap());
+    match literal.next().await {
+        Some(Ok(tower_lb::discover::Change::Reset(list))) => assert_eq!(list.len(), 1),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(
+        futures::poll!(literal.next()).is_pending(),
+        "no second lookup"
+    );
+
+    // A failed lookup: the retry is due "never" too.
+    let server = Server::start().await;
+    server.set("fail.test.", Entry::Code(ResponseCode::ServFail));
+    let mut failing = never(Dns::a("fail.test.", 80).unwrap().nameservers([server.addr]));
+    assert!(matches!(
+        failing.next().await,
+        Some(Err(DnsError::Resolve { .. }))
+    ));
+    assert!(futures::poll!(failing.next()).is_pending(), "no retry");
+
+    // Under a balancer, the set arrives and discovery carries on.
+    server.a("web.test.", &[1]);
+    let probe = balancer(never(
+        Dns::a("web.test.", 80).unwrap().nameservers([server.addr]),
+    ));
+    probe.wait_for(&[("127.0.0.1:80", 1)]).await;
+    let stats = probe.balance.discovery_stats();
+    assert!(!stats.ended && stats.errors == 0, "{stats:?}");
+}

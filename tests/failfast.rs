@@ -13,7 +13,7 @@ use tower::{Service, ServiceExt};
 use tower_lb::classify::ErrorsAsFailures;
 use tower_lb::discover;
 use tower_lb::error::{BoxError, NotReady, Unavailable, UnavailableReason};
-use tower_lb::strategy::{LeastRequest, RoundRobin};
+use tower_lb::strategy::{LeastRequest, Random, RoundRobin};
 use tower_lb::Balance;
 
 fn unavailable(err: &BoxError) -> &Unavailable {
@@ -136,31 +136,66 @@ async fn a_handle_recovers_after_failing_fast() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn an_abandoned_wait_does_not_eat_into_a_later_request() {
+async fn a_caller_that_gave_up_on_ready_continues_the_same_wait() {
     // The caller gives up on readiness after one second (its own timeout) and comes back
-    // later: shortly after the abandoned timer's deadline (3 s), or an hour later.
-    for comeback in [Duration::from_millis(2_500), Duration::from_secs(3_600)] {
-        let (_tx, rx) = discover::channel::<&str, Backend>();
-        let mut balance = rr(Duration::from_secs(3), rx);
-        assert!(
-            tokio::time::timeout(Duration::from_secs(1), balance.ready())
-                .await
-                .is_err()
-        );
-        tokio::time::sleep(comeback).await;
+    // with the same handle: before the deadline it waits out the rest of the wait; after
+    // it, with still no endpoint, it fails at once, saying how long it has waited.
+    let (tx, rx) = discover::channel::<&str, Backend>();
+    let mut balance = rr(Duration::from_secs(3), rx);
+    let start = Instant::now();
+    let given_up = tokio::time::timeout(Duration::from_secs(1), balance.ready()).await;
+    assert!(given_up.is_err());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let err = balance.ready().await.unwrap_err();
+    assert_eq!(start.elapsed(), Duration::from_secs(3));
+    assert_eq!(unavailable(&err).waited(), Duration::from_secs(3));
+
+    let start = Instant::now();
+    let given_up = tokio::time::timeout(Duration::from_secs(1), balance.ready()).await;
+    assert!(given_up.is_err());
+    tokio::time::sleep(Duration::from_secs(3_600)).await;
+    let err = balance
+        .ready()
+        .now_or_never()
+        .expect("fails at once")
+        .unwrap_err();
+    assert_eq!(unavailable(&err).waited(), start.elapsed());
+
+    // A fresh clone has a full wait of its own.
+    let mut clone = balance.clone();
+    let given_up = tokio::time::timeout(Duration::from_secs(1), balance.ready()).await;
+    assert!(given_up.is_err());
+    tokio::time::sleep(Duration::from_secs(3_600)).await;
+    let start = Instant::now();
+    let err = clone.ready().await.unwrap_err();
+    assert_eq!(start.elapsed(), Duration::from_secs(3));
+    assert_eq!(unavailable(&err).waited(), Duration::from_secs(3));
+
+    // And a handle that comes back after its deadline to a ready endpoint is served.
+    tx.insert("a", Backend::new("a")).unwrap();
+    settle().await;
+    assert_eq!(send(&mut balance).await.unwrap(), "a");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wait_polled_late_fails_at_its_deadline_with_the_time_it_waited() {
+    // The caller polls once and then does not poll again until long after the deadline (a
+    // blocked runtime, a loop that polls on its own schedule). The wait has ended all the
+    // same: it fails, and says how long it really waited, however late the poll.
+    let (_tx, rx) = discover::channel::<&str, Backend>();
+    let mut balance = rr(Duration::from_secs(3), rx);
+    for late in [Duration::from_millis(3_500), Duration::from_secs(3_600)] {
         let start = Instant::now();
-        let err = balance.ready().await.unwrap_err();
+        assert!(futures::poll!(ServiceExt::<()>::ready(&mut balance)).is_pending());
+        tokio::time::sleep(late).await;
+        let polled = futures::poll!(ServiceExt::<()>::ready(&mut balance));
+        let std::task::Poll::Ready(Err(err)) = polled else {
+            panic!("polled {late:?} after a 3 s wait began, the wait must have failed");
+        };
         let u = unavailable(&err);
-        assert!(
-            u.waited() <= Duration::from_secs(3),
-            "after {comeback:?} away, the balancer reports having waited {:?} with fail_fast = 3 s",
-            u.waited()
-        );
-        assert_eq!(
-            start.elapsed(),
-            Duration::from_secs(3),
-            "after {comeback:?} away, the new request should get the full fail-fast period"
-        );
+        assert_eq!(u.reason(), UnavailableReason::NoEndpoints);
+        assert_eq!(u.waited(), late);
+        assert_eq!(start.elapsed(), late);
     }
 }
 
@@ -490,13 +525,23 @@ fn a_static_list_built_outside_a_runtime_serves_the_first_request_with_fail_fast
     });
 }
 
-/// Fails its first `poll_ready`, then is always ready.
+/// An endpoint answering with its name, whose readiness the test scripts.
 #[derive(Clone)]
-struct FailsOnce {
-    polls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+struct Stub {
+    name: &'static str,
+    readiness: Readiness,
 }
 
-impl Service<()> for FailsOnce {
+#[derive(Clone)]
+enum Readiness {
+    Ready,
+    /// Never ready (and never wakes anyone).
+    Never,
+    /// Fails its first `poll_ready` (counted here), then is always ready.
+    FailsFirst(std::sync::Arc<std::sync::atomic::AtomicUsize>),
+}
+
+impl Service<()> for Stub {
     type Response = &'static str;
     type Error = BoxError;
     type Future = std::future::Ready<Result<&'static str, BoxError>>;
@@ -505,18 +550,22 @@ impl Service<()> for FailsOnce {
         &mut self,
         _: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<(), BoxError>> {
-        let n = self
-            .polls
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        std::task::Poll::Ready(if n == 0 {
-            Err("warming up".into())
-        } else {
-            Ok(())
-        })
+        match &self.readiness {
+            Readiness::Ready => std::task::Poll::Ready(Ok(())),
+            Readiness::Never => std::task::Poll::Pending,
+            Readiness::FailsFirst(polls) => {
+                let n = polls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                std::task::Poll::Ready(if n == 0 {
+                    Err("warming up".into())
+                } else {
+                    Ok(())
+                })
+            }
+        }
     }
 
     fn call(&mut self, _: ()) -> Self::Future {
-        std::future::ready(Ok("recovered"))
+        std::future::ready(Ok(self.name))
     }
 }
 
@@ -527,8 +576,9 @@ async fn an_endpoint_recovering_from_a_readiness_error_is_used_without_waiting_f
         Duration::from_secs(3),
         discover::static_list([(
             "a",
-            FailsOnce {
-                polls: polls.clone(),
+            Stub {
+                name: "recovered",
+                readiness: Readiness::FailsFirst(polls.clone()),
             },
         )]),
     );
@@ -551,4 +601,144 @@ async fn endpoints_that_keep_failing_readiness_are_rechecked_with_backoff_until_
     // 13 looks in one second, not thousands.
     let checks = stats_of(&balance, &"broken").readiness_failures;
     assert!((10..=16).contains(&checks), "{checks} readiness checks");
+}
+
+// ---------------------------------------------------------------------------------------
+// A reserved endpoint that changed before the call
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn a_reserved_endpoint_drained_removed_or_replaced_before_the_call_is_passed_over() {
+    let (tx, rx) = discover::channel();
+    tx.insert("a", Backend::new("a")).unwrap();
+    let mut balance = rr(Duration::from_secs(3), rx);
+
+    // Drained after poll_ready reserved it.
+    balance.ready().await.unwrap();
+    tx.insert("b", Backend::new("b")).unwrap();
+    balance.set_draining(&"a", true).unwrap();
+    settle().await;
+    assert_eq!(balance.call(()).await.unwrap(), "b");
+
+    // Removed after poll_ready reserved it ("b", the only endpoint not draining).
+    balance.ready().await.unwrap();
+    tx.remove("b").unwrap();
+    tx.insert("c", Backend::new("c")).unwrap();
+    settle().await;
+    assert_eq!(balance.call(()).await.unwrap(), "c");
+
+    // Replaced (a new service under the same key) after poll_ready reserved it.
+    balance.ready().await.unwrap();
+    tx.insert("c", Backend::new("c2")).unwrap();
+    settle().await;
+    assert_eq!(balance.call(()).await.unwrap(), "c2");
+    assert_eq!(
+        stats_of(&balance, &"c").completed,
+        2,
+        "the key keeps its statistics"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stale_reservation_with_nothing_ready_at_the_call_waits_for_an_endpoint() {
+    let gate = Gate::closed();
+    let mut first = two_single_slot(Duration::from_secs(3), &gate);
+    let mut second = first.clone();
+    // `first` holds one endpoint's only permit; `second` sends to the other, and the
+    // request holds its permit until the gate opens.
+    first.ready().await.unwrap();
+    let held = second.ready().await.unwrap().call(());
+    let busy = if stats_of(&first, &"a").in_flight == 1 {
+        "a"
+    } else {
+        "b"
+    };
+    let reserved = if busy == "a" { "b" } else { "a" };
+    first.set_draining(&reserved, true).unwrap();
+    settle().await;
+    // The reserved endpoint is draining and the other is busy: the request waits for the
+    // busy one rather than go to the drained one.
+    let start = Instant::now();
+    let (answer, held) = tokio::join!(first.call(()), async move {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        gate.open();
+        held.await
+    });
+    assert_eq!(held.unwrap(), busy);
+    assert_eq!(answer.unwrap(), busy);
+    assert_eq!(start.elapsed(), Duration::from_millis(700));
+    assert_eq!(stats_of(&first, &reserved).completed, 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// Reproducible runs
+// ---------------------------------------------------------------------------------------
+
+const NAMES: [&str; 16] = [
+    "e0", "e1", "e2", "e3", "e4", "e5", "e6", "e7", "e8", "e9", "e10", "e11", "e12", "e13", "e14",
+    "e15",
+];
+
+/// 16 endpoints of which three (2, 9 and 13) are ready: most picks land on a busy one, and
+/// the balancer scans for a ready one.
+fn mostly_busy() -> discover::StaticList<&'static str, Stub> {
+    discover::static_list(NAMES.iter().enumerate().map(|(i, name)| {
+        let readiness = if [2, 9, 13].contains(&i) {
+            Readiness::Ready
+        } else {
+            Readiness::Never
+        };
+        (*name, Stub { name, readiness })
+    }))
+}
+
+/// The endpoints that answer 60 requests in a row.
+async fn choices<P: tower_lb::strategy::Strategy>(
+    mut balance: Balance<&'static str, Stub, P, ErrorsAsFailures>,
+) -> Vec<&'static str> {
+    let mut answers = Vec::new();
+    for _ in 0..60 {
+        answers.push(send(&mut balance).await.unwrap());
+    }
+    answers
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_seeded_strategy_makes_choices_over_busy_endpoints_reproducible() {
+    let random = |seed| {
+        Balance::builder()
+            .strategy(Random::with_seed(seed))
+            .classify(ErrorsAsFailures)
+            .build(mostly_busy())
+            .unwrap()
+    };
+    let first = choices(random(7)).await;
+    assert_eq!(first, choices(random(7)).await);
+    assert_ne!(first, choices(random(8)).await, "the seed decides");
+    for name in ["e2", "e9", "e13"] {
+        assert!(first.contains(&name), "{name} is never chosen: {first:?}");
+    }
+
+    let least = |seed| {
+        Balance::builder()
+            .strategy(LeastRequest::new().with_seed(seed))
+            .classify(ErrorsAsFailures)
+            .build(mostly_busy())
+            .unwrap()
+    };
+    assert_eq!(choices(least(3)).await, choices(least(3)).await);
+
+    // The balancer's own seed, with a strategy that has none (round robin): where its
+    // scans start repeats.
+    let seeded = |seed| {
+        Balance::builder()
+            .strategy(RoundRobin::new())
+            .classify(ErrorsAsFailures)
+            .seed(seed)
+            .build(mostly_busy())
+            .unwrap()
+    };
+    let first = choices(seeded(11)).await;
+    assert_eq!(first, choices(seeded(11)).await);
+    assert_ne!(first, choices(seeded(12)).await);
 }

@@ -1003,6 +1003,46 @@ async fn a_probe_that_panics_fails_and_the_driver_carries_on() {
     assert_eq!(sent, ["b", "b", "b", "b"]);
 }
 
+/// Records when each probe starts, counted from when the probe was made.
+#[derive(Clone)]
+struct Timed {
+    made: tokio::time::Instant,
+    starts: Arc<Mutex<Vec<Duration>>>,
+}
+
+impl Probe for Timed {
+    type Future = std::future::Ready<Result<(), ProbeFailure>>;
+
+    fn probe(&self, _: &ProbeTarget) -> Self::Future {
+        self.starts.lock().unwrap().push(self.made.elapsed());
+        std::future::ready(Ok(()))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_seeded_balancer_probes_at_the_same_jittered_times() {
+    async fn probe_starts(seed: u64) -> Vec<Duration> {
+        let probe = Timed {
+            made: tokio::time::Instant::now(),
+            starts: Arc::default(),
+        };
+        let checks = ActiveChecks::new().interval(secs(1)).jitter(0.5);
+        let _balance = Balance::builder()
+            .classify(ErrorsAsFailures)
+            .seed(seed)
+            .active_checks(probe.clone(), checks)
+            .build(discover::static_list([("a", Backend::new("a"))]))
+            .unwrap();
+        advance(secs(20)).await;
+        let starts = probe.starts.lock().unwrap().clone();
+        starts
+    }
+    let first = probe_starts(5).await;
+    assert!(first.len() >= 10, "{first:?}");
+    assert_eq!(first, probe_starts(5).await);
+    assert_ne!(first, probe_starts(6).await);
+}
+
 #[tokio::test(start_paused = true)]
 async fn fall_and_rise_count_probe_answers_in_a_row() {
     let probe = ScriptProbe::default();

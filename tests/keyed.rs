@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tower::{Service, ServiceExt};
 use tower_lb::classify::ErrorsAsFailures;
+use tower_lb::completion::OnResponse;
 use tower_lb::error::{BoxError, Unavailable, UnavailableReason};
 use tower_lb::key::key_fn;
 use tower_lb::strategy::{self, Endpoints, Strategy};
@@ -136,19 +137,46 @@ async fn a_busy_or_broken_endpoint_falls_back_along_the_preference_order() {
     assert_eq!(lb.ready().await.unwrap().call(vec![1]).await.unwrap(), "a");
     // Keys that prefer a ready endpoint are not disturbed.
     assert_eq!(lb.ready().await.unwrap().call(vec![0]).await.unwrap(), "a");
-    let readiness_failures: u64 = lb.endpoints().iter().map(|e| e.readiness_failures).sum();
-    assert_eq!(readiness_failures, 1);
+    // Only the broken endpoint failed readiness checks (in the walks, and in the searches
+    // of poll_ready for any ready endpoint that came across it).
+    let failures = stat(&lb, |e| e.readiness_failures);
+    assert_eq!(failures[..2], [("a", 0), ("b", 0)]);
+    assert!(failures[2].1 >= 1, "{failures:?}");
 }
 
-#[tokio::test]
-async fn when_every_endpoint_is_busy_the_request_waits_for_the_first_ready_one() {
+/// `(key, stat)` for each endpoint, in discovery order.
+fn stat<S, P: Strategy, C, T, H>(
+    lb: &Balance<&'static str, S, P, C, T, H>,
+    stat: impl Fn(&tower_lb::EndpointStats<&'static str>) -> u64,
+) -> Vec<(&'static str, u64)> {
+    lb.endpoints().iter().map(|e| (e.key, stat(e))).collect()
+}
+
+/// Makes `lb` ready while only `reserved` can take a request, so `poll_ready` reserves it;
+/// then drains it and sets it busy: its `call` routes the request anew, and the others are
+/// busy.
+async fn ready_through_drained<H>(
+    lb: &mut Balance<&'static str, Switch, ByFirstByte, ErrorsAsFailures, OnResponse, H>,
+    switches: &[Switch],
+    reserved: usize,
+) where
+    H: tower_lb::key::RequestKey<Vec<u8>>,
+{
+    for (i, s) in switches.iter().enumerate() {
+        s.set(if i == reserved { READY } else { BUSY });
+    }
+    ServiceExt::<Vec<u8>>::ready(&mut *lb).await.unwrap();
+    switches[reserved].set(BUSY);
+    lb.set_draining(&switches[reserved].name, true).unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn when_every_endpoint_is_busy_at_the_call_the_request_waits_for_the_first_ready_one() {
     let switches = three();
     let mut lb = balancer(&switches);
-    for s in &switches {
-        s.set(BUSY);
-    }
-    let response = lb.ready().await.unwrap().call(vec![1]);
-    let task = tokio::spawn(response);
+    // Key 1 prefers b, then c, then a; b is drained after poll_ready reserved it.
+    ready_through_drained(&mut lb, &switches, 1).await;
+    let task = tokio::spawn(lb.call(vec![1]));
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(!task.is_finished());
     // A less preferred endpoint frees up first and takes it.
@@ -157,30 +185,35 @@ async fn when_every_endpoint_is_busy_the_request_waits_for_the_first_ready_one()
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_request_waiting_on_busy_endpoints_fails_fast() {
+async fn busy_endpoints_fail_fast_in_poll_ready_and_in_a_waiting_request() {
     let switches = three();
     let mut lb = balancer(&switches);
     for s in &switches {
         s.set(BUSY);
     }
-    let err = lb.ready().await.unwrap().call(vec![1]).await.unwrap_err();
-    let unavailable = err.downcast_ref::<Unavailable>().expect("Unavailable");
-    assert_eq!(unavailable.reason(), UnavailableReason::NoneReady);
-    assert_eq!(unavailable.waited(), Duration::from_secs(1));
+    let check = |err: BoxError| {
+        let unavailable = err.downcast_ref::<Unavailable>().expect("Unavailable");
+        assert_eq!(unavailable.reason(), UnavailableReason::NoneReady);
+        assert_eq!(unavailable.waited(), Duration::from_secs(1));
+    };
+    check(lb.ready().await.unwrap_err());
+    ready_through_drained(&mut lb, &switches, 2).await;
+    check(lb.call(vec![1]).await.unwrap_err());
     // Nothing stays counted in flight.
     assert!(lb.endpoints().iter().all(|e| e.in_flight == 0));
 }
 
-#[tokio::test]
-async fn when_every_endpoint_is_broken_the_error_says_so_at_once() {
+#[tokio::test(start_paused = true)]
+async fn when_every_endpoint_is_broken_poll_ready_fails_fast_with_the_error() {
     let switches = three();
     let mut lb = balancer(&switches);
     for s in &switches {
         s.set(BROKEN);
     }
-    let err = lb.ready().await.unwrap().call(vec![1]).await.unwrap_err();
+    let err = lb.ready().await.unwrap_err();
     let unavailable = err.downcast_ref::<Unavailable>().expect("Unavailable");
     assert_eq!(unavailable.reason(), UnavailableReason::NoneReady);
+    assert_eq!(unavailable.waited(), Duration::from_secs(1));
     assert_eq!(unavailable.endpoints(), 3);
     assert!(std::error::Error::source(unavailable).is_some());
 }
@@ -221,15 +254,13 @@ async fn when_every_endpoint_was_drained_since_the_snapshot_the_request_waits_fo
     assert_eq!(request.await.unwrap(), "c");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_request_waiting_on_busy_endpoints_is_not_sent_to_one_drained_meanwhile() {
     let switches = three();
     let mut lb = balancer(&switches);
-    for s in &switches {
-        s.set(BUSY);
-    }
-    // Key 1 prefers b, then c, then a.
-    let task = tokio::spawn(lb.ready().await.unwrap().call(vec![1]));
+    // Key 1 prefers b, then c, then a; c is drained after poll_ready reserved it.
+    ready_through_drained(&mut lb, &switches, 2).await;
+    let task = tokio::spawn(lb.call(vec![1]));
     tokio::time::sleep(Duration::from_millis(20)).await;
     lb.set_draining(&"b", true).unwrap();
     switches[1].set(READY);
@@ -239,12 +270,10 @@ async fn a_request_waiting_on_busy_endpoints_is_not_sent_to_one_drained_meanwhil
     assert_eq!(task.await.unwrap().unwrap(), "a");
 
     // When every endpoint it waits on is drained, it fails at once, saying why.
-    switches[0].set(BUSY);
-    switches[2].set(BUSY);
     lb.set_draining(&"b", false).unwrap();
-    switches[1].set(BUSY);
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    let task = tokio::spawn(lb.ready().await.unwrap().call(vec![1]));
+    lb.set_draining(&"c", false).unwrap();
+    ready_through_drained(&mut lb, &switches, 2).await;
+    let task = tokio::spawn(lb.call(vec![1]));
     tokio::time::sleep(Duration::from_millis(20)).await;
     for name in ["a", "b", "c"] {
         lb.set_draining(&name, true).unwrap();
@@ -254,6 +283,71 @@ async fn a_request_waiting_on_busy_endpoints_is_not_sent_to_one_drained_meanwhil
     let unavailable = err.downcast_ref::<Unavailable>().expect("Unavailable");
     assert_eq!(unavailable.reason(), UnavailableReason::AllUnhealthy);
     assert!(unavailable.waited() < Duration::from_millis(500));
+}
+
+#[tokio::test]
+async fn poll_ready_waits_while_every_endpoint_is_busy() {
+    let switches = three();
+    let mut lb = balancer(&switches);
+    for s in &switches {
+        s.set(BUSY);
+    }
+    // Backpressure: no endpoint can take a request, so the caller is not told it can send.
+    assert!(futures::poll!(ServiceExt::<Vec<u8>>::ready(&mut lb)).is_pending());
+    let mut other = lb.clone();
+    let task = tokio::spawn(async move { other.ready().await?.call(vec![1]).await });
+    for _ in 0..16 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!task.is_finished());
+    // An endpoint that frees up wakes it; key 1 prefers b (busy), then c.
+    switches[2].set(READY);
+    assert_eq!(task.await.unwrap().unwrap(), "c");
+}
+
+#[tokio::test]
+async fn a_waiting_request_takes_an_endpoint_added_meanwhile() {
+    let switches = three();
+    let (tx, rx) = discover::channel();
+    tx.insert("a", switches[0].clone()).unwrap();
+    let mut lb = Balance::builder()
+        .strategy(ByFirstByte)
+        .classify(ErrorsAsFailures)
+        .request_key(key_fn(|req: &Vec<u8>| Some(req.clone())))
+        .fail_fast(Duration::from_secs(1))
+        .build(rx)
+        .unwrap();
+    // Ready through "a", which is then drained; "b" comes, busy: the request waits for it.
+    lb.ready().await.unwrap();
+    lb.set_draining(&"a", true).unwrap();
+    switches[1].set(BUSY);
+    tx.insert("b", switches[1].clone()).unwrap();
+    for _ in 0..16 {
+        tokio::task::yield_now().await;
+    }
+    let task = tokio::spawn(lb.call(vec![1]));
+    for _ in 0..16 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!task.is_finished());
+    // "c" is added while it waits: it walks the key's order again over the new set.
+    tx.insert("c", switches[2].clone()).unwrap();
+    assert_eq!(task.await.unwrap().unwrap(), "c");
+
+    // Waiting on a busy "b" whose service is replaced: the new service takes it.
+    lb.set_draining(&"a", false).unwrap();
+    lb.set_draining(&"c", true).unwrap();
+    for _ in 0..16 {
+        tokio::task::yield_now().await;
+    }
+    ready_through_drained(&mut lb, &switches, 0).await;
+    let task = tokio::spawn(lb.call(vec![1]));
+    for _ in 0..16 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!task.is_finished());
+    tx.insert("b", Switch::new("b2")).unwrap();
+    assert_eq!(task.await.unwrap().unwrap(), "b2");
 }
 
 /// Through a real balancer, the nginx-compatible ring places HTTP requests exactly as the

@@ -19,7 +19,13 @@ use crate::health::{
     ActiveChecks, HealthSettings, OutlierDetection, OutlierSignal, Probe, SlowStart,
 };
 use crate::key::NoKey;
+use crate::strategy::rng::Rng;
 use crate::strategy::{LatencyTracking, LeastRequest, Strategy};
+
+/// The sequences derived from a balancer's seed: where a scan for a ready endpoint starts,
+/// and the jitter of health probes.
+const SCAN_STREAM: u64 = 1;
+const PROBE_STREAM: u64 = 2;
 
 /// Configures and builds a [`Balance`].
 ///
@@ -55,6 +61,7 @@ struct Settings {
     allow_empty_reset: bool,
     latency: Option<LatencyTracking>,
     health: HealthSettings,
+    seed: Option<u64>,
 }
 
 impl Default for Builder {
@@ -72,6 +79,7 @@ impl Default for Builder {
                     outlier: Some(OutlierDetection::default()),
                     ..HealthSettings::default()
                 },
+                seed: None,
             },
         }
     }
@@ -138,10 +146,21 @@ impl<P, C, T, H> Builder<P, C, T, H> {
     /// [`Unavailable`](crate::error::Unavailable). Zero fails at once. Default 3 s.
     ///
     /// The wait belongs to the handle (each clone has its own). It starts at the first
-    /// `poll_ready` that finds no eligible endpoint and continues across polls, including
-    /// the polls of a new `ready()` on the same handle after an earlier one was given up,
-    /// until an endpoint is ready or the timeout passes. A handle that is not polled again
-    /// until more than 250 ms after the deadline starts a new wait.
+    /// `poll_ready` that finds no endpoint ready, and ends at the first `poll_ready` that
+    /// finds one, or at the first `poll_ready` at or after its deadline that finds none:
+    /// that one fails, with [`waited`](crate::error::Unavailable::waited) the time since
+    /// the wait began. A handle polled on time (the wait's timer wakes it at the deadline)
+    /// fails at the deadline; one polled late fails at that late poll, never later: a wait
+    /// never starts over while nothing is ready. The next `poll_ready` after a failure
+    /// starts a new wait.
+    ///
+    /// The wait continues across the `ready()` futures of one handle. A caller whose own,
+    /// shorter timeout dropped a `ready()` and who polls the same handle again later
+    /// continues the same wait: before the deadline it waits for the rest of it; after the
+    /// deadline, with still no endpoint ready, it fails at once (the balancer has then had
+    /// no endpoint for the whole timeout), and with one ready it is served. To give each
+    /// attempt a full wait of its own, make each attempt on a fresh clone of the handle
+    /// (clones are cheap).
     pub fn fail_fast(mut self, timeout: Duration) -> Self {
         self.settings.fail_fast = timeout;
         self
@@ -151,6 +170,20 @@ impl<P, C, T, H> Builder<P, C, T, H> {
     /// or is ignored (`false`, the default). See [`discover`](crate::discover).
     pub fn allow_empty_reset(mut self, allow: bool) -> Self {
         self.settings.allow_empty_reset = allow;
+        self
+    }
+
+    /// Seeds the balancer's own random choices: where the search for a ready endpoint
+    /// starts when the strategy's choices are busy, and the jitter of health probes. With a
+    /// seeded strategy too (such as [`LeastRequest::with_seed`]), a run whose requests
+    /// come in the same order on one thread makes the same choices every time, busy
+    /// endpoints and probes included.
+    ///
+    /// Without it, the balancer takes the strategy's [seed](Strategy::seed) if it has one
+    /// (so a seeded strategy alone makes the balancer reproducible), or else draws from
+    /// per-thread generators seeded by the operating system.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.settings.seed = Some(seed);
         self
     }
 
@@ -230,12 +263,19 @@ impl<P, C, T, H> Builder<P, C, T, H> {
 
     /// Builds a balancer over the endpoints `discovery` yields.
     ///
-    /// Inside a tokio runtime, changes the source has ready at once (a static list, say; up
-    /// to 256 of them) are applied before this returns, and the background driver is spawned on that runtime.
+    /// Inside a tokio runtime, the changes the source has ready at once (a static list, say)
+    /// are applied before this returns, and the background driver is spawned on that
+    /// runtime. (A source with more than 256 changes ready is applied in batches, and its
+    /// set is published when the driver has applied them all, right after.)
     /// Outside a runtime the source is not polled until the driver is spawned, at the first
     /// `poll_ready`, and `poll_ready` fails with
     /// [`BuildError::NoRuntime`] if there is still none. The runtime needs its time driver
     /// (`enable_time` or `enable_all`) for the fail-fast timeout.
+    ///
+    /// The balancer belongs to the runtime its driver runs on. When that runtime shuts down
+    /// (at the end of a `#[tokio::test]`, say) the driver stops with it, and from then on
+    /// `poll_ready` fails with [`DriverStopped`](crate::error::DriverStopped) on every
+    /// handle, whichever runtime polls it: build a balancer in each runtime.
     ///
     /// Fails with [`BuildError::InvalidConfig`] when the strategy's parameters are invalid.
     pub fn build<K, S, D>(self, discovery: D) -> Result<Balance<K, S, P, C, T, H>, BuildError>
@@ -265,6 +305,9 @@ impl<P, C, T, H> Builder<P, C, T, H> {
             &health.outlier.clone().unwrap_or_default(),
         ));
         let failure_penalty = self.strategy.failure_penalty();
+        // The balancer's own random choices, each from its own sequence of one seed.
+        let seed = self.settings.seed.or_else(|| self.strategy.seed());
+        let rng = |stream| seed.map_or_else(Rng::default, |seed| Rng::derived(seed, stream));
         let shared = Arc::new(Shared::new(
             self.strategy,
             latency,
@@ -272,6 +315,7 @@ impl<P, C, T, H> Builder<P, C, T, H> {
             self.settings.fail_fast,
             signal,
             stop_tx,
+            rng(SCAN_STREAM),
         ));
         let driver = Driver::new(
             &shared,
@@ -279,6 +323,7 @@ impl<P, C, T, H> Builder<P, C, T, H> {
             stop_rx,
             self.settings.allow_empty_reset,
             health,
+            rng(PROBE_STREAM),
         );
         shared.set_driver(Box::pin(driver));
         // Inside a runtime this applies what the source has ready and spawns the driver, so a
@@ -322,13 +367,18 @@ impl<P, C, T, H> Builder<P, C, T, H> {
         P: Strategy,
     {
         // The services made so far, by key: an insert or reset of a key that already has one
-        // reuses it (a reweight must not drop the endpoint's connections).
+        // reuses it (a reweight must not drop the endpoint's connections). It follows what
+        // the driver applies: an empty reset the driver ignores leaves it as it is.
         let mut made: HashMap<K, M::Service> = HashMap::new();
+        let allow_empty_reset = self.settings.allow_empty_reset;
         let changes = boxed(discovery).map(move |change| {
             change.map(|change| match change {
                 Change::Remove(key) => {
                     made.remove(&key);
                     Change::Remove(key)
+                }
+                Change::Reset(list) if list.is_empty() && !allow_empty_reset => {
+                    Change::Reset(Vec::new())
                 }
                 Change::Reset(list) => {
                     let mut previous = std::mem::take(&mut made);

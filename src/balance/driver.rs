@@ -21,16 +21,40 @@ use crate::endpoint::{Endpoint, Load};
 use crate::error::{BoxError, UnavailableReason};
 use crate::health::runner::{Candidate, Runner};
 use crate::health::HealthSettings;
+use crate::strategy::rng::Rng;
 use crate::strategy::{Endpoints, Entry, Strategy};
 
 /// How many changes the driver applies before it yields to the runtime, so a source that
 /// is always ready (or always failing) cannot starve other tasks.
 const BUDGET: usize = 256;
 
+/// The driver publishes a new snapshot when the source has no change ready (it returned
+/// `Pending`, an error or its end), so that a burst of changes, such as a new list sent as
+/// removes and inserts, is never seen half applied, however many batches it takes. A source
+/// that is never pending is published after this many changes all the same.
+const MAX_UNPUBLISHED: usize = 64 * BUDGET;
+
 /// After a discovery error the source is polled again after this long, doubling with each
 /// further error up to [`MAX_BACKOFF`], so a source that fails at once cannot spin the driver.
+/// A publish that failed (the strategy panicked building its table) is retried on the same
+/// schedule.
 const FIRST_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// The pause after `in_a_row` failures in a row (0 for the first).
+fn backoff(in_a_row: u32) -> Duration {
+    FIRST_BACKOFF
+        .saturating_mul(1 << in_a_row.min(16))
+        .min(MAX_BACKOFF)
+}
+
+/// A sleep of `pause` whose wake-up is registered with `cx`.
+fn armed_sleep(pause: Duration, cx: &mut Context<'_>) -> Pin<Box<Sleep>> {
+    let mut sleep = Box::pin(tokio::time::sleep(pause));
+    // Registers the wake-up; a zero pause is not possible here.
+    let _ = sleep.as_mut().poll(cx);
+    sleep
+}
 
 pub(crate) type BoxDiscover<K, S> =
     Pin<Box<dyn Stream<Item = Result<Change<K, S>, BoxError>> + Send>>;
@@ -68,6 +92,12 @@ pub(crate) struct Driver<K, S, P: Strategy> {
     errors_in_a_row: u32,
     backoff: Option<Pin<Box<Sleep>>>,
     health: Runner<K>,
+    /// Whether the endpoints or their health changed since the last published snapshot.
+    dirty: bool,
+    /// Changes applied since the last published snapshot.
+    unpublished: usize,
+    /// After a failed publish: the failures in a row, and when to try again.
+    retry: Option<(u32, Pin<Box<Sleep>>)>,
 }
 
 impl<K, S, P> Driver<K, S, P>
@@ -82,9 +112,16 @@ where
         stop: oneshot::Receiver<()>,
         allow_empty_reset: bool,
         health: HealthSettings,
+        rng: Rng,
     ) -> Self {
         Driver {
-            health: Runner::new(health, shared.signal.clone(), shared.timing, shared.penalty),
+            health: Runner::new(
+                health,
+                shared.signal.clone(),
+                shared.timing,
+                shared.penalty,
+                rng,
+            ),
             shared: Arc::downgrade(shared),
             discovery,
             stop,
@@ -95,6 +132,9 @@ where
             allow_empty_reset,
             errors_in_a_row: 0,
             backoff: None,
+            dirty: false,
+            unpublished: 0,
+            retry: None,
         }
     }
 
@@ -125,6 +165,7 @@ where
             match polled {
                 Poll::Ready(Some(Ok(change))) => {
                     self.errors_in_a_row = 0;
+                    self.unpublished += 1;
                     let mut stats = lock(&shared.discovery);
                     stats.changes += 1;
                     changed |= self.apply(change, &mut stats);
@@ -136,14 +177,8 @@ where
                         tracing::debug!(%error, "discovery error again");
                     }
                     lock(&shared.discovery).record_error(error.to_string());
-                    let pause = FIRST_BACKOFF
-                        .saturating_mul(1 << self.errors_in_a_row.min(16))
-                        .min(MAX_BACKOFF);
+                    self.backoff = Some(armed_sleep(backoff(self.errors_in_a_row), cx));
                     self.errors_in_a_row = self.errors_in_a_row.saturating_add(1);
-                    let mut sleep = Box::pin(tokio::time::sleep(pause));
-                    // Registers the wake-up; a zero pause is not possible here.
-                    let _ = sleep.as_mut().poll(cx);
-                    self.backoff = Some(sleep);
                     exhausted = false;
                     break;
                 }
@@ -203,16 +238,22 @@ where
     #[allow(clippy::type_complexity)]
     fn insert(&mut self, endpoint: Endpoint<K, S>, place: Option<(u64, Option<Arc<Load>>)>) {
         let existing = self.endpoints.get(&endpoint.key);
-        let (order, load) = match (place, existing) {
-            (Some((order, load)), _) => (
-                order,
-                load.unwrap_or_else(|| Arc::new(self.health.new_load())),
-            ),
-            (None, Some(slot)) => (slot.order, slot.load.clone()),
+        let (order, kept) = match (place, existing) {
+            (Some((order, load)), _) => (order, load),
+            (None, Some(slot)) => (slot.order, Some(slot.load.clone())),
             (None, None) => {
                 self.next_order += 1;
-                (self.next_order - 1, Arc::new(self.health.new_load()))
+                (self.next_order - 1, None)
             }
+        };
+        // A known endpoint keeps its counters; its service is new (a handle holding a
+        // clone of the old one sees the generation move on).
+        let (load, generation) = match kept {
+            Some(load) => {
+                let generation = load.replace_service();
+                (load, generation)
+            }
+            None => (Arc::new(self.health.new_load()), 0),
         };
         tracing::debug!(key = ?endpoint.key, weight = endpoint.weight, "endpoint inserted");
         let name = endpoint
@@ -234,11 +275,43 @@ where
             metadata: endpoint.metadata,
             load,
             order,
+            generation,
         };
         self.endpoints.insert(endpoint.key, Arc::new(slot));
     }
 
-    fn publish(&mut self, shared: &Shared<K, S, P>) {
+    /// Publishes the endpoints as they are now, if they changed since the last snapshot and
+    /// the time is right: not in the middle of a burst (`batch_done`), and not before the
+    /// retry time of a failed publish unless something `changed` since.
+    fn publish_if_due(
+        &mut self,
+        shared: &Shared<K, S, P>,
+        cx: &mut Context<'_>,
+        batch_done: bool,
+        changed: bool,
+    ) {
+        let batch_done = batch_done || self.unpublished >= MAX_UNPUBLISHED;
+        if !self.dirty || !batch_done {
+            return;
+        }
+        if let Some((_, retry)) = &mut self.retry {
+            if !changed && retry.as_mut().poll(cx).is_pending() {
+                return;
+            }
+        }
+        if self.publish(shared) {
+            self.dirty = false;
+            self.unpublished = 0;
+            self.retry = None;
+        } else {
+            let failures = self.retry.as_ref().map_or(0, |(n, _)| *n);
+            self.retry = Some((failures + 1, armed_sleep(backoff(failures), cx)));
+        }
+    }
+
+    /// Builds the strategy's table and publishes a snapshot; false when the strategy
+    /// panicked (the last snapshot stays).
+    fn publish(&mut self, shared: &Shared<K, S, P>) -> bool {
         let mut all: Vec<Arc<Slot<K, S>>> = self.endpoints.values().cloned().collect();
         all.sort_unstable_by_key(|s| s.order);
         let candidates: Vec<Candidate<'_, K>> = all
@@ -283,11 +356,11 @@ where
                 Ok(table) => Some(table),
                 Err(_) => {
                     tracing::error!(
-                        "the strategy panicked building its table; keeping the last endpoint set"
+                        "the strategy panicked building its table; keeping the last endpoint set and trying again later"
                     );
                     lock(&shared.discovery)
                         .record_error("the strategy panicked building its table".into());
-                    return;
+                    return false;
                 }
             }
         };
@@ -303,6 +376,7 @@ where
             health: decided.stats,
             empty_reason,
         });
+        true
     }
 }
 
@@ -327,14 +401,26 @@ where
             tracing::info!(%event, "endpoint health changed");
             lock(&shared.events).emit(event);
         });
-        if changed {
-            this.publish(&shared);
-        }
+        this.dirty |= changed;
+        // While the source has more changes ready, the set may be half applied: publish
+        // once it has none (after yielding to the runtime between batches).
+        this.publish_if_due(&shared, cx, !exhausted, changed);
         this.health.arm_timer(cx);
         if exhausted {
             cx.waker().wake_by_ref();
         }
         Poll::Pending
+    }
+}
+
+impl<K, S, P: Strategy> Drop for Driver<K, S, P> {
+    /// A driver dropped while handles live on was not stopped by them: its runtime shut
+    /// down (or it panicked). The handles must know, or they would wait for changes and
+    /// ends of ejections that never come.
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.upgrade() {
+            shared.driver_stopped();
+        }
     }
 }
 

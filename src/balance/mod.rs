@@ -6,7 +6,7 @@
 //! discovery ──> background driver ──> endpoint snapshot + strategy table (swapped atomically)
 //!                                                │
 //! poll_ready ── load snapshot (no lock) ── strategy.pick ── clone endpoint service ── poll_ready
-//! call       ── InFlight guard (in_flight += 1) ── endpoint call
+//! call       ── still as picked? (one flags load) ── InFlight guard (in_flight += 1) ── endpoint call
 //! future     ── classify result ── record outcome and latency ── in_flight -= 1 (exactly once)
 //! ```
 //!
@@ -15,18 +15,24 @@
 //! - `poll_ready` chooses an endpoint and polls a clone of its service. If that clone is not
 //!   ready, the balancer tries the next endpoints in order and keeps the unready clones, so
 //!   their wake-ups still reach the caller; one slow endpoint never blocks the others.
+//! - `call` checks (one atomic load) that the endpoint is still what it was: if it was
+//!   ejected, drained, removed or replaced since `poll_ready`, the request is routed again.
+//!   A strategy that routes by key chooses in `call`, with the request's key.
 //! - When no endpoint is eligible, `poll_ready` waits for the set to change, up to the
 //!   [fail-fast timeout](Builder::fail_fast), then fails with
 //!   [`Unavailable`](crate::error::Unavailable), which says why.
 //! - A background task applies discovery changes as they come, with or without traffic, and
 //!   stops when the last handle is dropped. It is spawned on the tokio runtime that is
-//!   current when the balancer is built (or, failing that, at the first `poll_ready`).
+//!   current when the balancer is built (or, failing that, at the first `poll_ready`), and
+//!   the balancer belongs to that runtime: when it shuts down, `poll_ready` fails with
+//!   [`DriverStopped`](crate::error::DriverStopped).
 
 mod builder;
 mod driver;
 mod future;
 mod layer;
 mod monitor;
+mod route;
 mod service;
 mod shared;
 

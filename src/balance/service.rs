@@ -8,8 +8,8 @@ use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
-use super::future::{Candidate, ResponseFuture, Routing};
-use super::shared::{Set, Shared};
+use super::future::ResponseFuture;
+use super::shared::{Picked, Set, Shared, Stamp};
 use crate::classify::{Classify, DefaultClassifier};
 use crate::completion::{InFlight, OnResponse, TrackCompletion};
 use crate::discover::DiscoveryStats;
@@ -17,7 +17,6 @@ use crate::endpoint::{EndpointStats, Load};
 use crate::error::{BoxError, Unavailable, UnavailableReason};
 use crate::health::{HealthEvent, HealthStats};
 use crate::key::{NoKey, RequestKey};
-use crate::strategy::rng::Rng;
 use crate::strategy::{self, Endpoints, LeastRequest, Strategy};
 
 /// A load balancer over a changing set of endpoint services.
@@ -29,6 +28,11 @@ use crate::strategy::{self, Endpoints, LeastRequest, Strategy};
 /// that clone's next `call`.
 ///
 /// Build one with [`Balance::builder`]; see the [crate docs](crate) for an example.
+///
+/// A balancer belongs to one tokio runtime: the one its background driver runs on (see
+/// [`Builder::build`](crate::Builder::build)). Its handles may be used from any thread,
+/// but once that runtime shuts down, `poll_ready` fails with
+/// [`DriverStopped`](crate::error::DriverStopped).
 ///
 /// | type parameter | meaning | default |
 /// |---|---|---|
@@ -42,16 +46,15 @@ pub struct Balance<K, S, P = LeastRequest, C = DefaultClassifier, T = OnResponse
 where
     P: Strategy,
 {
-    shared: Arc<Shared<K, S, P>>,
-    classify: C,
-    track: T,
-    key: H,
-    /// A strategy that routes by key chooses in `call`; `poll_ready` only checks that there
-    /// is an eligible endpoint and arms the next `call`.
-    armed: bool,
+    pub(super) shared: Arc<Shared<K, S, P>>,
+    pub(super) classify: C,
+    pub(super) track: T,
+    pub(super) key: H,
     /// This handle's id in the waiter list, once it has waited.
     waiter_id: Option<u64>,
-    ready: Option<ReadyEndpoint<S>>,
+    /// The endpoint `poll_ready` reserved for the next `call`. A strategy that routes by
+    /// key chooses in `call`, and uses it if the key's walk reaches it.
+    ready: Option<Picked<S>>,
     pending: Vec<PendingEndpoint<S>>,
     wait: Option<Wait>,
     /// The last readiness error while no endpoint was ready, for `Unavailable::source`.
@@ -61,23 +64,18 @@ where
     recheck: Option<(Duration, Pin<Box<Sleep>>)>,
 }
 
-struct ReadyEndpoint<S> {
-    service: S,
-    load: Arc<Load>,
-}
-
 /// The first and the longest pause before a handle whose endpoints all failed their
 /// readiness checks looks again.
 const RECHECK_FIRST: Duration = Duration::from_millis(5);
 const RECHECK_MAX: Duration = Duration::from_millis(100);
 
 /// How many times the strategy chooses before the remaining endpoints are scanned.
-const PICKS_BEFORE_SCAN: usize = 3;
+pub(super) const PICKS_BEFORE_SCAN: usize = 3;
 
 /// The endpoint indices tried during one `poll_ready`. The first needs no allocation, so the
 /// common case (the first choice is ready) costs nothing.
 #[derive(Default)]
-struct Tried {
+pub(super) struct Tried {
     first: Option<usize>,
     rest: Vec<u64>,
     len: usize,
@@ -85,7 +83,7 @@ struct Tried {
 
 impl Tried {
     /// Adds `index` (of `n`); false if it was already there.
-    fn insert(&mut self, index: usize, n: usize) -> bool {
+    pub(super) fn insert(&mut self, index: usize, n: usize) -> bool {
         if self.first == Some(index) {
             return false;
         }
@@ -106,7 +104,7 @@ impl Tried {
         true
     }
 
-    fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.len
     }
 }
@@ -141,10 +139,6 @@ struct PendingEndpoint<S> {
     service: S,
 }
 
-/// How late after its deadline a fail-fast timer may be polled and still count as the
-/// same wait. Past that, the caller had stopped polling and a new wait begins.
-const ABANDONED_SLACK: Duration = Duration::from_millis(250);
-
 struct Wait {
     since: Instant,
     sleep: Pin<Box<Sleep>>,
@@ -166,7 +160,6 @@ impl<K, S, P: Strategy, C, T, H> Balance<K, S, P, C, T, H> {
             classify,
             track,
             key,
-            armed: false,
             waiter_id: None,
             ready: None,
             pending: Vec::new(),
@@ -269,10 +262,18 @@ impl<K, S, P: Strategy, C, T, H> Balance<K, S, P, C, T, H> {
                 match self.pending[i].service.poll_ready(cx) {
                     Poll::Ready(Ok(())) => {
                         let p = self.pending.swap_remove(i);
+                        let slot = &set.eligible[p.index];
+                        let stamp = Stamp::new(slot, set.skip);
+                        if stamp.is_stale(&slot.load) {
+                            // Ejected or drained while it was busy.
+                            passed.flagged = true;
+                            continue;
+                        }
                         self.pending.clear();
-                        self.ready = Some(ReadyEndpoint {
+                        self.ready = Some(Picked {
                             service: p.service,
-                            load: set.eligible[p.index].load.clone(),
+                            load: slot.load.clone(),
+                            stamp,
                         });
                         return Ok(());
                     }
@@ -293,7 +294,14 @@ impl<K, S, P: Strategy, C, T, H> Balance<K, S, P, C, T, H> {
         // random strategy draws new candidates, round robin moves on in its cycle), and
         // only then are the remaining endpoints scanned from a random place, so a busy
         // endpoint's share spreads over the others instead of landing on its neighbour.
-        for _ in 0..PICKS_BEFORE_SCAN {
+        // A strategy that routes by key chooses in `call`, with the key: here any ready
+        // endpoint will do (backpressure when none is), so it only scans.
+        let picks = if self.shared.strategy.uses_request_key() {
+            0
+        } else {
+            PICKS_BEFORE_SCAN
+        };
+        for _ in 0..picks {
             let index = self.shared.strategy.pick(table, &endpoints, &pick_cx);
             let index = if index < n { index } else { index % n };
             if tried.insert(index, n) && self.try_endpoint(set, index, cx, &mut passed) {
@@ -301,7 +309,7 @@ impl<K, S, P: Strategy, C, T, H> Balance<K, S, P, C, T, H> {
             }
         }
         if tried.len() < n {
-            let start = Rng::default().below(n);
+            let start = self.shared.rng.below(n);
             for index in (start..n).chain(0..start) {
                 if tried.insert(index, n) && self.try_endpoint(set, index, cx, &mut passed) {
                     return Ok(());
@@ -325,8 +333,9 @@ impl<K, S, P: Strategy, C, T, H> Balance<K, S, P, C, T, H> {
         S::Error: Into<BoxError>,
     {
         let slot = &set.eligible[index];
-        if slot.load.health_flags() & set.skip != 0 {
-            // Ejected or drained since the snapshot was published.
+        let stamp = Stamp::new(slot, set.skip);
+        if stamp.is_stale(&slot.load) {
+            // Ejected, drained, removed or replaced since the snapshot was published.
             passed.flagged = true;
             return false;
         }
@@ -334,9 +343,10 @@ impl<K, S, P: Strategy, C, T, H> Balance<K, S, P, C, T, H> {
         match service.poll_ready(cx) {
             Poll::Ready(Ok(())) => {
                 self.pending.clear();
-                self.ready = Some(ReadyEndpoint {
+                self.ready = Some(Picked {
                     service,
                     load: slot.load.clone(),
+                    stamp,
                 });
                 true
             }
@@ -380,18 +390,10 @@ impl<K, S, P: Strategy, C, T, H> Balance<K, S, P, C, T, H> {
         if fail_fast.is_zero() {
             return self.give_up(reason, Duration::ZERO, known);
         }
-        // A caller that stopped polling (its own timeout dropped the `ready()` future) and
-        // comes back later starts a new wait. A caller still waiting is woken by the timer
-        // itself, at its deadline; a timer that expired well before this poll (by more than
-        // ABANDONED_SLACK) belongs to an abandoned attempt.
-        let slack = ABANDONED_SLACK.min(fail_fast);
-        if self
-            .wait
-            .as_ref()
-            .is_some_and(|w| w.sleep.deadline() + slack < Instant::now())
-        {
-            self.wait = None;
-        }
+        // The wait ends at its deadline, however late this poll comes: a handle cannot tell
+        // a caller that polls late from one that gave up on a `ready()` and came back, and
+        // starting afresh would let a late poller wait without bound. (A caller that wants
+        // a fresh wait after giving up uses a fresh clone; see `Builder::fail_fast`.)
         if self.wait.is_none() && tokio::runtime::Handle::try_current().is_err() {
             // A timer needs a tokio runtime; outside one, fail instead of panicking.
             return Poll::Ready(Err(crate::error::BuildError::NoRuntime.into()));
@@ -456,19 +458,13 @@ where
     type Future = ResponseFuture<S, Req, C, T>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        if self.ready.is_some() || self.armed {
+        if self.ready.is_some() {
             return Poll::Ready(Ok(()));
         }
         self.shared.ensure_driver()?;
         loop {
             let set = self.shared.set.load();
-            let found = if self.shared.strategy.uses_request_key() {
-                // The endpoint is chosen by the request's key in `call`.
-                self.arm(&set)
-            } else {
-                self.find_ready(&set, cx)
-            };
-            let reason = match found {
+            let reason = match self.find_ready(&set, cx) {
                 Ok(()) => {
                     self.wait = None;
                     self.last_error = None;
@@ -491,12 +487,14 @@ where
 
     #[inline]
     fn call(&mut self, request: Req) -> Self::Future {
-        if std::mem::take(&mut self.armed) {
-            return self.route(request);
-        }
         let Some(ready) = self.ready.take() else {
             return ResponseFuture::not_ready(self.classify.clone(), self.track.clone());
         };
+        if self.shared.strategy.uses_request_key() || ready.stamp.is_stale(&ready.load) {
+            // Chosen by the request's key, or chosen again: the endpoint reserved in
+            // `poll_ready` was ejected, drained, removed or replaced since.
+            return self.route(request, ready);
+        }
         // The request starts now, not when its endpoint became ready.
         let start_ns = self.shared.timing.map_or(0, |t| t.now_ns());
         let guard = InFlight::new(ready.load, start_ns);
@@ -538,207 +536,6 @@ impl<K, S, P: Strategy, C, T, H> fmt::Debug for Balance<K, S, P, C, T, H> {
             .field("ready", &self.ready.is_some())
             .finish()
     }
-}
-
-/// Whether the set has an endpoint a request may be routed to.
-fn has_eligible<K, S, Tb>(set: &Set<K, S, Tb>) -> Result<(), UnavailableReason> {
-    match set.table {
-        Some(_) => Ok(()),
-        None => Err(set.empty_reason),
-    }
-}
-
-impl<K, S, P, C, T, H> Balance<K, S, P, C, T, H>
-where
-    P: Strategy,
-    C: Clone,
-    T: Clone,
-{
-    /// Arms the next `call` of a balancer whose strategy routes by key, if the set has an
-    /// endpoint to route to. Kept out of line so the common `poll_ready` stays small.
-    #[inline(never)]
-    fn arm(&mut self, set: &Set<K, S, P::Table>) -> Result<(), UnavailableReason> {
-        has_eligible(set)?;
-        // Every eligible endpoint may have been ejected or drained since the snapshot was
-        // published: then wait for the driver's next one, as `find_ready` does, rather than
-        // arm a call that can only fail. (The first endpoint usually decides.)
-        if set
-            .eligible
-            .iter()
-            .all(|slot| slot.load.health_flags() & set.skip != 0)
-        {
-            return Err(UnavailableReason::AllUnhealthy);
-        }
-        self.armed = true;
-        Ok(())
-    }
-
-    /// A response future that fails at once with [`Unavailable`].
-    fn unavailable<Req>(
-        &self,
-        reason: UnavailableReason,
-        endpoints: usize,
-        source: Option<Arc<BoxError>>,
-    ) -> ResponseFuture<S, Req, C, T>
-    where
-        S: Service<Req>,
-    {
-        let error = Unavailable {
-            reason,
-            waited: Duration::ZERO,
-            endpoints,
-            source,
-        };
-        ResponseFuture::failed(error.into(), self.classify.clone(), self.track.clone())
-    }
-
-    /// Routes a request by its key: the strategy's choices in the key's preference order,
-    /// then the endpoints no choice reached. The first whose service is ready now takes the
-    /// request; if none is, the response future waits for the first ready one.
-    #[inline(never)]
-    fn route<Req>(&mut self, request: Req) -> ResponseFuture<S, Req, C, T>
-    where
-        S: Service<Req> + Clone,
-        S::Error: Into<BoxError>,
-        H: RequestKey<Req>,
-    {
-        let set = self.shared.set.load();
-        let Some(table) = set.table.as_ref() else {
-            // The set emptied between poll_ready and call.
-            return self.unavailable(set.empty_reason, set.all.len(), None);
-        };
-        let mut walk = Walk {
-            busy: Vec::new(),
-            last_error: None,
-            passed: PassedOver::default(),
-        };
-        if let Some((mut service, load)) = self.walk_preference(&set, table, &request, &mut walk) {
-            let start_ns = self.shared.timing.map_or(0, |t| t.now_ns());
-            let guard = InFlight::new(load, start_ns);
-            return ResponseFuture::called(
-                service.call(request),
-                guard,
-                self.classify.clone(),
-                self.track.clone(),
-            );
-        }
-        if walk.busy.is_empty() {
-            let reason = walk.passed.reason(false);
-            return self.unavailable(reason, set.all.len(), walk.last_error);
-        }
-        let routing = Routing::new(
-            walk.busy,
-            request,
-            set.skip,
-            self.shared.timing,
-            self.shared.fail_fast,
-            set.all.len(),
-        );
-        ResponseFuture::routing(routing, self.classify.clone(), self.track.clone())
-    }
-
-    /// Polls the endpoints in the key's preference order (one strategy attempt per endpoint,
-    /// then the endpoints no attempt reached, from the first choice onwards; at most `n`
-    /// polls in all) and returns the first that is ready now. What it passed over is kept
-    /// in `walk`: busy ones in order, the last readiness error, whether any was flagged.
-    fn walk_preference<Req>(
-        &self,
-        set: &Set<K, S, P::Table>,
-        table: &P::Table,
-        request: &Req,
-        walk: &mut Walk<S>,
-    ) -> Option<(S, Arc<Load>)>
-    where
-        S: Service<Req> + Clone,
-        S::Error: Into<BoxError>,
-        H: RequestKey<Req>,
-    {
-        let n = set.entries.len();
-        let endpoints = Endpoints::new(&set.entries, &set.names);
-        let key = self.key.key(request);
-        let mut pick_cx = strategy::Context::new(self.shared.pick_epoch);
-        pick_cx.set_key(key.as_deref().filter(|k| !k.is_empty()));
-        let previous = self.key.previous_endpoints(request);
-        let mut passed_over = Vec::new();
-        let mut tried = Tried::default();
-        let mut first = None;
-        let (mut attempts, mut scanned) = (0, 0);
-        while tried.len() < n {
-            let index = if attempts < n {
-                if attempts > 0 {
-                    pick_cx = pick_cx.next_attempt();
-                }
-                attempts += 1;
-                let index = self.shared.strategy.pick(table, &endpoints, &pick_cx);
-                let index = if index < n { index } else { index % n };
-                first.get_or_insert(index);
-                index
-            } else if scanned < n {
-                scanned += 1;
-                (first.unwrap_or(0) + scanned) % n
-            } else {
-                break;
-            };
-            if !tried.insert(index, n) {
-                continue;
-            }
-            let slot = &set.eligible[index];
-            if slot.load.health_flags() & set.skip != 0 {
-                walk.passed.flagged = true;
-                continue;
-            }
-            if !previous.is_empty() && previous.iter().any(|p| p == endpoints.name(index)) {
-                passed_over.push(index);
-                continue;
-            }
-            if let Some(ready) = walk.poll(&slot.service, &slot.load) {
-                return Some(ready);
-            }
-        }
-        // A retry with no other candidate: back to an endpoint an earlier try went to,
-        // rather than failing.
-        if walk.busy.is_empty() {
-            for index in passed_over {
-                let slot = &set.eligible[index];
-                if let Some(ready) = walk.poll(&slot.service, &slot.load) {
-                    return Some(ready);
-                }
-            }
-        }
-        None
-    }
-}
-
-impl<S> Walk<S> {
-    /// Polls one endpoint's service once: returned when ready, noted when busy or broken.
-    fn poll<Req>(&mut self, service: &S, load: &Arc<Load>) -> Option<(S, Arc<Load>)>
-    where
-        S: Service<Req> + Clone,
-        S::Error: Into<BoxError>,
-    {
-        let mut service = service.clone();
-        match service.poll_ready(&mut Context::from_waker(std::task::Waker::noop())) {
-            Poll::Ready(Ok(())) => return Some((service, load.clone())),
-            Poll::Pending => self.busy.push(Candidate {
-                service,
-                load: load.clone(),
-            }),
-            Poll::Ready(Err(error)) => {
-                self.last_error = Some(readiness_failed(load, error.into()));
-                self.passed.broken = true;
-            }
-        }
-        None
-    }
-}
-
-/// What [`Balance::walk_preference`] passed over.
-struct Walk<S> {
-    /// Endpoints whose services were not ready, in preference order.
-    busy: Vec<Candidate<S>>,
-    /// The last readiness error.
-    last_error: Option<Arc<BoxError>>,
-    passed: PassedOver,
 }
 
 /// A stream of [`HealthEvent`]s; see [`Balance::health_events`].

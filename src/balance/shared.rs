@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::Duration;
@@ -16,8 +16,9 @@ use tokio::sync::mpsc;
 
 use crate::discover::DiscoveryStats;
 use crate::endpoint::{flags, EndpointState, EndpointStats, Load, Metadata, Penalty, Timing};
-use crate::error::{BuildError, UnavailableReason};
+use crate::error::{BoxError, BuildError, DriverStopped, UnavailableReason};
 use crate::health::{HealthEvent, HealthStats, OutlierSignal};
+use crate::strategy::rng::Rng;
 use crate::strategy::{Entry, LatencyTracking, Strategy};
 
 /// One endpoint as the balancer holds it.
@@ -31,6 +32,56 @@ pub(crate) struct Slot<K, S> {
     pub(crate) name: Arc<str>,
     /// Position in discovery order.
     pub(crate) order: u64,
+    /// The generation of `service` ([`flags::GENERATION`] bits of `load`'s state when it
+    /// was inserted).
+    pub(crate) generation: u32,
+}
+
+/// What an endpoint picked from a snapshot must still be when its request is sent: free of
+/// the flags that take it out of the snapshot's rotation (`skip`), not removed from the
+/// set, and with the same service (the generation of the slot it was picked from).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Stamp {
+    mask: u32,
+    expect: u32,
+}
+
+impl Stamp {
+    #[inline]
+    pub(crate) fn new<K, S>(slot: &Slot<K, S>, skip: u32) -> Self {
+        Stamp {
+            mask: skip | flags::REMOVED | flags::GENERATION,
+            expect: slot.generation,
+        }
+    }
+
+    /// Whether the endpoint changed since it was picked: one atomic load.
+    #[inline]
+    pub(crate) fn is_stale(self, load: &Load) -> bool {
+        (load.state() ^ self.expect) & self.mask != 0
+    }
+}
+
+/// A clone of an endpoint's service, picked for a request, with its counters and the
+/// stamp it must still match when the request is sent.
+pub(crate) struct Picked<S> {
+    pub(crate) service: S,
+    pub(crate) load: Arc<Load>,
+    pub(crate) stamp: Stamp,
+}
+
+impl<S> Picked<S> {
+    /// A clone of `slot`'s service, picked from a snapshot whose skip flags are `skip`.
+    pub(crate) fn clone_of<K>(slot: &Slot<K, S>, skip: u32) -> Self
+    where
+        S: Clone,
+    {
+        Picked {
+            service: slot.service.clone(),
+            load: slot.load.clone(),
+            stamp: Stamp::new(slot, skip),
+        }
+    }
 }
 
 /// The default endpoint name: the key's `Debug` form, without the quotes of a string key.
@@ -119,6 +170,13 @@ impl<K: Clone> EventHub<K> {
 
 type DriverFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// The driver has not been spawned yet (no runtime so far).
+const DRIVER_WAITING: u8 = 0;
+/// The driver is spawned on a runtime.
+const DRIVER_RUNNING: u8 = 1;
+/// The driver was dropped while handles live on: its runtime shut down, or it panicked.
+const DRIVER_STOPPED: u8 = 2;
+
 pub(crate) struct Shared<K, S, P: Strategy> {
     pub(crate) set: ArcSwap<Set<K, S, P::Table>>,
     pub(crate) strategy: P,
@@ -139,7 +197,11 @@ pub(crate) struct Shared<K, S, P: Strategy> {
     pub(crate) events: Mutex<EventHub<K>>,
     /// The driver until it is spawned.
     driver: Mutex<Option<DriverFuture>>,
-    driver_started: AtomicBool,
+    /// [`DRIVER_WAITING`], [`DRIVER_RUNNING`] or [`DRIVER_STOPPED`].
+    driver_state: AtomicU8,
+    /// The balancer's own random choices on the request path (where a scan for a ready
+    /// endpoint starts); seeded with [`Builder::seed`](crate::Builder::seed).
+    pub(crate) rng: Rng,
     /// Dropped with the last handle, which tells the driver to stop.
     _stop: oneshot::Sender<()>,
 }
@@ -152,6 +214,7 @@ impl<K, S, P: Strategy> Shared<K, S, P> {
         fail_fast: Duration,
         signal: Arc<OutlierSignal>,
         stop: oneshot::Sender<()>,
+        rng: Rng,
     ) -> Self
     where
         K: Clone,
@@ -180,7 +243,8 @@ impl<K, S, P: Strategy> Shared<K, S, P> {
             signal,
             events: Mutex::new(EventHub::new()),
             driver: Mutex::new(None),
-            driver_started: AtomicBool::new(false),
+            driver_state: AtomicU8::new(DRIVER_WAITING),
+            rng,
             _stop: stop,
         }
     }
@@ -207,6 +271,10 @@ impl<K, S, P: Strategy> Shared<K, S, P> {
     /// Publishes a new snapshot and wakes every handle waiting for one.
     pub(crate) fn publish(&self, set: Set<K, S, P::Table>) {
         self.set.store(Arc::new(set));
+        self.wake_waiters();
+    }
+
+    fn wake_waiters(&self) {
         let waiters: Vec<Waker> = lock(&self.waiters).drain().map(|(_, w)| w).collect();
         waiters.into_iter().for_each(Waker::wake);
     }
@@ -215,36 +283,45 @@ impl<K, S, P: Strategy> Shared<K, S, P> {
         *lock(&self.driver) = Some(driver);
     }
 
-    /// Spawns the driver if it has not been spawned yet.
+    /// Spawns the driver if it has not been spawned yet; fails if it cannot run (no
+    /// runtime) or has stopped. One atomic load when it runs.
     #[inline]
-    pub(crate) fn ensure_driver(&self) -> Result<(), BuildError> {
-        if self.driver_started.load(Ordering::Acquire) {
+    pub(crate) fn ensure_driver(&self) -> Result<(), BoxError> {
+        if self.driver_state.load(Ordering::Acquire) == DRIVER_RUNNING {
             return Ok(());
         }
-        self.spawn_driver()
+        self.driver_not_running()
     }
 
     #[cold]
-    fn spawn_driver(&self) -> Result<(), BuildError> {
+    fn driver_not_running(&self) -> Result<(), BoxError> {
         let mut slot = lock(&self.driver);
+        if self.driver_state.load(Ordering::Acquire) == DRIVER_STOPPED {
+            return Err(DriverStopped.into());
+        }
         if let Some(mut driver) = slot.take() {
-            match tokio::runtime::Handle::try_current() {
-                Ok(handle) => {
-                    // Apply what the source has ready now, inside the runtime, so the request
-                    // that started the driver already sees the endpoints.
-                    let mut cx = std::task::Context::from_waker(Waker::noop());
-                    if driver.as_mut().poll(&mut cx).is_pending() {
-                        handle.spawn(driver);
-                    }
-                }
-                Err(_) => {
-                    *slot = Some(driver);
-                    return Err(BuildError::NoRuntime);
-                }
+            let Ok(handle) = tokio::runtime::Handle::try_current() else {
+                *slot = Some(driver);
+                return Err(BuildError::NoRuntime.into());
+            };
+            // Running from here on, unless the driver is dropped (which marks it stopped).
+            self.driver_state.store(DRIVER_RUNNING, Ordering::Release);
+            // Apply what the source has ready now, inside the runtime, so the request that
+            // started the driver already sees the endpoints.
+            let mut cx = std::task::Context::from_waker(Waker::noop());
+            if driver.as_mut().poll(&mut cx).is_pending() {
+                handle.spawn(driver);
             }
         }
-        self.driver_started.store(true, Ordering::Release);
         Ok(())
+    }
+
+    /// Called when the driver is dropped while handles live on: every `poll_ready` fails
+    /// from now on with [`DriverStopped`], and the handles waiting for a change learn it now.
+    pub(crate) fn driver_stopped(&self) {
+        self.driver_state.store(DRIVER_STOPPED, Ordering::Release);
+        tracing::error!("{}", DriverStopped);
+        self.wake_waiters();
     }
 
     /// See [`Balance::set_draining`](crate::Balance::set_draining).

@@ -11,10 +11,11 @@ use crate::endpoint::{Endpoint, Metadata};
 
 /// A discovery source fed by a [`Sender`] from anywhere: another task, a thread, a callback.
 ///
-/// The channel is unbounded, since changes are small and rare; the balancer applies queued
-/// changes in batches of up to 256 before it publishes a new snapshot, so a burst costs one
-/// rebuild per batch. When every
-/// sender is dropped the source ends and the balancer keeps the last set.
+/// The channel is unbounded, since changes are small and rare. The balancer applies queued
+/// changes in batches of up to 256 (yielding to the runtime between batches) and publishes
+/// a new snapshot once the channel is empty, so a burst costs one rebuild and is never
+/// seen half applied. When every sender is dropped the source ends and the balancer keeps
+/// the last set.
 pub fn channel<K, S>() -> (Sender<K, S>, ChannelDiscover<K, S>) {
     let (tx, rx) = mpsc::unbounded_channel();
     (Sender { tx }, ChannelDiscover { rx })

@@ -139,6 +139,7 @@ use super::snapshots::SetDiff;
 use super::Change;
 use crate::endpoint::Endpoint;
 use crate::strategy::rng::Rng;
+use crate::time::after;
 
 /// What a [`Dns`] source yields.
 pub type DnsChange = Result<Change<SocketAddr, ()>, DnsError>;
@@ -636,7 +637,7 @@ impl Runner {
         let now = Instant::now();
         match result {
             Ok(answer) if !answer.endpoints.is_empty() => {
-                self.next_at = Some(now + self.pause(answer.ttl));
+                self.next_at = Some(after(now, self.pause(answer.ttl)));
                 self.last_good = Some(now);
                 self.apply(answer.endpoints)
             }
@@ -646,7 +647,7 @@ impl Runner {
     }
 
     fn failed(&mut self, e: DnsError, now: Instant) -> Vec<DnsChange> {
-        self.next_at = Some(now + self.pause(self.settings.min_ttl));
+        self.next_at = Some(after(now, self.pause(self.settings.min_ttl)));
         let mut out = vec![Err(e)];
         let stale = match (self.settings.max_stale, self.last_good) {
             (Some(max), Some(at)) => now.saturating_duration_since(at) >= max,

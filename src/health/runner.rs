@@ -26,6 +26,7 @@ use super::{
 };
 use crate::endpoint::{flags, Load, LoadSettings, Metadata, Penalty, Timing};
 use crate::strategy::rng::Rng;
+use crate::time::after;
 
 /// The share of its weight an endpoint on probation gets.
 const PROBATION_FACTOR: f64 = 0.1;
@@ -34,14 +35,6 @@ const PROBATION_FACTOR: f64 = 0.1;
 const WEIGHT_SCALE: u64 = 100;
 /// A slow-start ramp is published in this many steps over its window.
 const RAMP_STEPS: u32 = 20;
-/// The latest deadline the runner sets (about 30 years, as tokio's own "far future"): a
-/// configured `Duration::MAX` means "never", not an overflow.
-const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
-
-/// `now + d`, without overflow.
-fn after(now: Instant, d: Duration) -> Instant {
-    now + d.min(FAR_FUTURE)
-}
 
 type ProbeResult<K> = (K, u64, Result<(), super::ProbeFailure>);
 type ProbeTask<K> = Pin<Box<dyn Future<Output = ProbeResult<K>> + Send>>;
@@ -161,12 +154,13 @@ pub(crate) struct Runner<K> {
 
 impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
     /// A runner for endpoints whose counters take their clock and latency settings from
-    /// `timing` and `penalty`.
+    /// `timing` and `penalty`; `rng` draws the jitter of probe intervals.
     pub(crate) fn new(
         settings: HealthSettings,
         signal: Arc<OutlierSignal>,
         timing: Option<Timing>,
         penalty: Option<Penalty>,
+        rng: Rng,
     ) -> Self {
         let load_settings = Arc::new(LoadSettings {
             timing,
@@ -186,7 +180,7 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
             next_ramp_step: None,
             started: false,
             in_panic: false,
-            rng: Rng::default(),
+            rng,
         }
     }
 
@@ -976,7 +970,7 @@ mod tests {
             outlier: Some(outlier),
             ..HealthSettings::default()
         };
-        let mut runner = Runner::new(settings, signal.clone(), None, None);
+        let mut runner = Runner::new(settings, signal.clone(), None, None, Rng::default());
         let load = Arc::new(runner.new_load());
         runner.insert(&"a", &load, "a".into(), Metadata::default());
         (runner, load, signal)

@@ -169,6 +169,10 @@ impl<S: PreferenceOrder> Strategy for BoundedLoad<S> {
         true
     }
 
+    fn seed(&self) -> Option<u64> {
+        self.inner.seed()
+    }
+
     fn validate(&self) -> Result<(), BuildError> {
         if !self.factor.is_finite() || self.factor < 1.0 {
             return Err(BuildError::InvalidConfig(

@@ -241,6 +241,11 @@ impl Keyless {
         self.rng = Rng::seeded(seed);
     }
 
+    /// The seed given with [`set_seed`](Self::set_seed).
+    pub(crate) fn seed(&self) -> Option<u64> {
+        self.rng.seed()
+    }
+
     /// 32 random bits.
     #[inline]
     pub(crate) fn random32(&self) -> u32 {

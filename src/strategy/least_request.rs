@@ -114,7 +114,8 @@ impl LeastRequest {
 
     /// Draws from one reproducible sequence seeded with `seed` instead of per-thread
     /// generators. Single-threaded pick sequences then repeat exactly, which is what tests
-    /// want; concurrent picks contend on one atomic.
+    /// want; concurrent picks contend on one atomic. The balancer seeds its own random
+    /// choices from it too (see [`Strategy::seed`]), so its whole run repeats.
     pub fn with_seed(mut self, seed: u64) -> Self {
         self.rng = Rng::seeded(seed);
         self
@@ -240,6 +241,10 @@ impl Strategy for LeastRequest {
 
     fn failure_penalty(&self) -> Option<Duration> {
         (!self.failure_penalty.is_zero()).then_some(self.failure_penalty)
+    }
+
+    fn seed(&self) -> Option<u64> {
+        self.rng.seed()
     }
 
     fn validate(&self) -> Result<(), BuildError> {

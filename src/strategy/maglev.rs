@@ -324,6 +324,10 @@ impl Strategy for Maglev {
         true
     }
 
+    fn seed(&self) -> Option<u64> {
+        self.keyless.seed()
+    }
+
     fn validate(&self) -> Result<(), BuildError> {
         match self.size {
             Some(m) if !(MIN_TABLE_SIZE..=MAX_TABLE_SIZE).contains(&m) => Err(

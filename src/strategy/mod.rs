@@ -92,7 +92,8 @@ pub trait Strategy: Send + Sync + 'static {
     /// Whether the strategy routes by a key taken from each request (consistent hashing).
     ///
     /// When this returns `true`, the balancer chooses at `call` time instead of in
-    /// `poll_ready`: it takes the request's key with the balancer's
+    /// `poll_ready` (which only waits until some eligible endpoint's service is ready, and
+    /// reserves it): it takes the request's key with the balancer's
     /// [`RequestKey`](crate::key::RequestKey) and passes it in [`Context::key`]. If the
     /// chosen endpoint cannot take the request (its service is not ready, or it was ejected
     /// since the table was built), the balancer calls `pick` again with
@@ -121,6 +122,17 @@ pub trait Strategy: Send + Sync + 'static {
     /// [`Load::failure_penalty`](crate::endpoint::Load::failure_penalty). The default is
     /// `None`: no penalty is kept.
     fn failure_penalty(&self) -> Option<Duration> {
+        None
+    }
+
+    /// The seed of the strategy's random choices, when it was given one (for example
+    /// [`LeastRequest::with_seed`]). The default is `None`.
+    ///
+    /// A balancer whose strategy has a seed derives its own random choices from it (where
+    /// the search for a ready endpoint starts when the strategy's choices are busy, the
+    /// jitter of health probes), so that a seeded strategy makes the whole balancer
+    /// reproducible; [`Builder::seed`](crate::Builder::seed) overrides it.
+    fn seed(&self) -> Option<u64> {
         None
     }
 

@@ -162,6 +162,10 @@ impl Strategy for PeakEwma {
         }
     }
 
+    fn seed(&self) -> Option<u64> {
+        self.rng.seed()
+    }
+
     fn latency(&self) -> Option<LatencyTracking> {
         Some(self.tracking)
     }

@@ -50,6 +50,10 @@ impl Strategy for Random {
         AliasTable::Alias(alias_table(&weights).into_boxed_slice())
     }
 
+    fn seed(&self) -> Option<u64> {
+        self.rng.seed()
+    }
+
     #[inline]
     fn pick(&self, table: &AliasTable, endpoints: &Endpoints<'_>, _cx: &Context) -> usize {
         match table {

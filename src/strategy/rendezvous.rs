@@ -189,6 +189,10 @@ impl Strategy for Rendezvous {
     fn uses_request_key(&self) -> bool {
         true
     }
+
+    fn seed(&self) -> Option<u64> {
+        self.keyless.seed()
+    }
 }
 
 impl PreferenceOrder for Rendezvous {

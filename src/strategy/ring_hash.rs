@@ -358,6 +358,10 @@ impl Strategy for RingHash {
     fn uses_request_key(&self) -> bool {
         true
     }
+
+    fn seed(&self) -> Option<u64> {
+        self.keyless.seed()
+    }
 }
 
 impl PreferenceOrder for RingHash {

@@ -4,7 +4,9 @@
 //! (through `std::hash::RandomState`), so
 //! picks on different threads never contend. A strategy built `with_seed` instead draws from
 //! one shared atomic counter, which makes a single-threaded sequence of picks reproducible
-//! (tests use this); under concurrency the interleaving decides who gets which number.
+//! (tests use this); under concurrency the interleaving decides who gets which number. The
+//! balancer's own random choices (where a scan for a ready endpoint starts, probe jitter)
+//! draw from sequences derived from the same seed (see `Builder::seed`).
 //!
 //! The generator is wyrand (Wang Yi's 64-bit mixing generator): one add, one 64×64→128
 //! multiply, one xor per number.
@@ -45,16 +47,23 @@ fn seed_thread() -> u64 {
 /// A source of random numbers: per-thread, or one seeded shared sequence.
 #[derive(Debug, Default)]
 pub(crate) struct Rng {
-    seeded: Option<AtomicU64>,
+    seeded: Option<Seeded>,
+}
+
+/// One reproducible sequence: the seed it started from, and where it is.
+#[derive(Debug)]
+struct Seeded {
+    seed: u64,
+    state: AtomicU64,
 }
 
 impl Clone for Rng {
     fn clone(&self) -> Self {
         Rng {
-            seeded: self
-                .seeded
-                .as_ref()
-                .map(|s| AtomicU64::new(s.load(Ordering::Relaxed))),
+            seeded: self.seeded.as_ref().map(|s| Seeded {
+                seed: s.seed,
+                state: AtomicU64::new(s.state.load(Ordering::Relaxed)),
+            }),
         }
     }
 }
@@ -62,14 +71,29 @@ impl Clone for Rng {
 impl Rng {
     pub(crate) fn seeded(seed: u64) -> Self {
         Rng {
-            seeded: Some(AtomicU64::new(seed)),
+            seeded: Some(Seeded {
+                seed,
+                state: AtomicU64::new(seed),
+            }),
         }
+    }
+
+    /// A sequence of its own for each `stream` from one `seed`: the balancer's several
+    /// uses of one seed must not draw the same numbers.
+    pub(crate) fn derived(seed: u64, stream: u64) -> Self {
+        Rng::seeded(folded_mul(seed ^ INCREMENT, stream ^ MIX))
+    }
+
+    /// The seed of a seeded sequence.
+    pub(crate) fn seed(&self) -> Option<u64> {
+        self.seeded.as_ref().map(|s| s.seed)
     }
 
     #[inline]
     pub(crate) fn next_u64(&self) -> u64 {
         match &self.seeded {
-            Some(state) => mix(state
+            Some(seeded) => mix(seeded
+                .state
                 .fetch_add(INCREMENT, Ordering::Relaxed)
                 .wrapping_add(INCREMENT)),
             None => THREAD_STATE.with(|s| {
@@ -116,6 +140,16 @@ mod tests {
         let ys: Vec<u64> = (0..16).map(|_| b.next_u64()).collect();
         assert_eq!(xs, ys);
         assert_ne!(xs[0], xs[1]);
+    }
+
+    #[test]
+    fn derived_sequences_differ_by_stream_and_repeat() {
+        let draw = |rng: Rng| (0..4).map(|_| rng.next_u64()).collect::<Vec<_>>();
+        assert_eq!(draw(Rng::derived(7, 1)), draw(Rng::derived(7, 1)));
+        assert_ne!(draw(Rng::derived(7, 1)), draw(Rng::derived(7, 2)));
+        assert_ne!(draw(Rng::derived(7, 1)), draw(Rng::seeded(7)));
+        assert_eq!(Rng::seeded(7).seed(), Some(7));
+        assert_eq!(Rng::default().seed(), None);
     }
 
     #[test]
