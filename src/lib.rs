@@ -42,8 +42,10 @@
 //! - **Honest load.** Failures (errors, HTTP 5xx and 429, failing gRPC statuses) are not
 //!   fast successes, and in-flight counts return to zero on cancellation.
 //! - **Fails fast with a reason** instead of waiting forever when no endpoint is eligible.
-//! - **Health.** Active probes, outlier detection, panic mode, slow start and draining keep
-//!   traffic away from broken endpoints and bring it back when they recover.
+//! - **Health at the defaults.** Outlier detection is on by default, with rules that work
+//!   for three endpoints as for thousands (see [panic mode](health#panic-mode)). Active
+//!   probes, slow start and draining keep traffic away from broken endpoints and bring it
+//!   back when they recover.
 //!
 //! # Modules
 //!

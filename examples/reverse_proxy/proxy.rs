@@ -197,7 +197,8 @@ pub struct OutlierConfig {
     pub base_ejection: Duration,
     #[serde(deserialize_with = "de_duration")]
     pub max_ejection: Duration,
-    /// At most this share of the upstreams ejected at once (at least one).
+    /// At most this share of the upstreams ejected at once for failed requests (rounded
+    /// up); unreachable upstreams (connection refused) are ejected beyond it.
     pub max_ejection_percent: u32,
     /// After an ejection, an upstream gets a tenth of its weight until it answers this many
     /// requests in a row (0: back at full weight at once). With least-request under light
@@ -288,7 +289,7 @@ impl Default for OutlierConfig {
             consecutive_failures: 5,
             base_ejection: Duration::from_secs(30),
             max_ejection: Duration::from_secs(300),
-            max_ejection_percent: 10,
+            max_ejection_percent: 50,
             probation_successes: 5,
         }
     }
@@ -1174,6 +1175,23 @@ impl fmt::Display for ConnectTimeout {
 
 impl std::error::Error for ConnectTimeout {}
 
+/// A connection to an upstream could not be made. The I/O error stays the source, so that
+/// the balancer sees a refused connection as proof that the upstream is unreachable.
+#[derive(Debug)]
+struct ConnectFailed(SocketAddr, std::io::Error);
+
+impl fmt::Display for ConnectFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "connecting to {}: {}", self.0, self.1)
+    }
+}
+
+impl std::error::Error for ConnectFailed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.1)
+    }
+}
+
 impl Service<Request<Incoming>> for Upstream {
     type Response = Response<PooledBody>;
     type Error = BoxError;
@@ -1230,7 +1248,7 @@ impl UpstreamInner {
                 let _ = stream.set_nodelay(true);
                 Ok(stream)
             }
-            Ok(Err(error)) => Err(format!("connecting to {}: {error}", self.addr).into()),
+            Ok(Err(error)) => Err(Box::new(ConnectFailed(self.addr, error))),
             Err(_) => Err(Box::new(ConnectTimeout(self.addr))),
         }
     }

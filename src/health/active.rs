@@ -13,6 +13,12 @@
 //! - After that, a healthy endpoint becomes unhealthy after [`fall`](ActiveChecks::fall)
 //!   failures in a row (default 3) and an unhealthy one healthy after
 //!   [`rise`](ActiveChecks::rise) successes in a row (default 2), HAProxy's defaults.
+//!   An endpoint that could not be reached (its probe was refused a connection, or its host
+//!   or network was unreachable; see [`unreachable`](super::unreachable)) is healthy again
+//!   at its first successful probe: a process that was not listening and now is has
+//!   restarted, which needs no second look.
+//! - A successful probe after a failed one also ends an
+//!   [outlier ejection](super::outlier) early.
 //! - At most [`concurrency`](ActiveChecks::concurrency) probes (default 64) run at once;
 //!   the others wait their turn.
 
@@ -83,7 +89,8 @@ impl ActiveChecks {
         self
     }
 
-    /// Successes in a row that make an unhealthy endpoint healthy. At least 1.
+    /// Successes in a row that make an unhealthy endpoint healthy (one, for an endpoint
+    /// whose last failed probe could not reach it). At least 1.
     pub fn rise(mut self, rise: u32) -> Self {
         self.rise = rise;
         self

@@ -4,8 +4,9 @@
 //! | mechanism | what it does | configure with | module |
 //! |---|---|---|---|
 //! | active checks | probes each endpoint every 2 s; rise 2, fall 3 | [`Builder::active_checks`](crate::Builder::active_checks) | [`ActiveChecks`], [`Probe`] |
-//! | outlier detection | ejects endpoints whose responses fail | [`Builder::outlier_detection`](crate::Builder::outlier_detection) | [`outlier`] |
-//! | panic mode | below 50 % healthy, balances over all endpoints | [`Builder::panic_threshold`](crate::Builder::panic_threshold) | this module |
+//! | outlier detection | ejects endpoints whose responses fail; **on by default** | [`Builder::outlier_detection`](crate::Builder::outlier_detection) | [`outlier`] |
+//! | panic mode | below 50 % healthy, also sends traffic to endpoints out on a probe verdict alone | [`Builder::panic_threshold`](crate::Builder::panic_threshold) | this module |
+//! | unreachable endpoints | refused connections prove an endpoint down: ejected beyond the cap, kept out in panic mode | | [`unreachable`](mod@unreachable) |
 //! | slow start | ramps a new or recovered endpoint's weight | [`Builder::slow_start`](crate::Builder::slow_start) | [`slow_start`] |
 //! | draining | no new requests, in-flight ones finish | [`Balance::set_draining`](crate::Balance::set_draining) | this module |
 //! | events | every change of an endpoint's health | [`Balance::health_events`](crate::Balance::health_events) | this module |
@@ -24,9 +25,11 @@
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! let echo = tower::service_fn(|req: String| async move { Ok::<_, std::io::Error>(req) });
 //! let balance = Balance::builder()
+//!     // The toy service answers strings, not HTTP: only `Err` is a failure.
 //!     .classify(ErrorsAsFailures)
 //!     .active_checks(TcpProbe::new(), ActiveChecks::new().interval(Duration::from_secs(5)))
-//!     .outlier_detection(OutlierDetection::new())
+//!     // On by default; here with 3 failures in a row instead of 5.
+//!     .outlier_detection(OutlierDetection::new().consecutive_failures(Some(3)))
 //!     .slow_start(SlowStart::new(Duration::from_secs(30)))
 //!     .panic_threshold(0.5)
 //!     .build(discover::static_list([("127.0.0.1:8000", echo)]))
@@ -69,12 +72,14 @@
 //!    the cap (it is unreachable), `b` because 50 % of 3 endpoints, rounded up, is 2.
 //! 2. One endpoint of three is healthy, below 50 %: panic mode starts (and logs a
 //!    warning). `b` and `c` are *failing*, not suspect, and `a` is healthy, so `a` takes
-//!    every request: from then on no request fails. With a TCP probe (`TcpProbe`), `c` is
-//!    also unhealthy by its probe, which changes nothing: it is unreachable.
+//!    every request. With a TCP probe (`TcpProbe`), `c` is also unhealthy by its probe,
+//!    which changes nothing: it is unreachable.
 //! 3. `c` restarts: its next probe succeeds after having failed, which ends its ejection
-//!    (probation: a tenth of its weight until 5 successes in a row). Without probes, its
-//!    ejection ends after 30 s. `b` comes back on probation after 30 s, fails its first
-//!    request, and is ejected again for 60 s, and so on up to 300 s.
+//!    (probation: a tenth of its weight until 5 successes in a row, or 10 s). Without
+//!    probes, its ejection ends after 30 s. `b` comes back on probation after 30 s, fails
+//!    its one request there, and is ejected again for 60 s, and so on up to 300 s: one
+//!    failed request per return (measured: 56 of 48 400 requests over ten minutes,
+//!    `tests/health_defaults.rs`).
 //!
 //! Envoy's defaults (ejecting at most 10 %, at least one; panic mode over every endpoint)
 //! keep `b` in service and add `c` back: a third to two thirds of the requests fail for as

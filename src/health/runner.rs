@@ -441,11 +441,13 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
         }
         record.probed = Some(ok);
         let healthy_before = record.load.health_flags() & flags::UNHEALTHY == 0;
-        // The first answer decides at once; later ones need `rise` or `fall` in a row.
+        // The first answer decides at once; later ones need `rise` or `fall` in a row, but
+        // for an endpoint that could not be reached and now answers: a process that was not
+        // listening and now is (a restart) is back at its first success.
         let flip = if first {
             true
         } else if ok {
-            !healthy_before && record.in_row >= checks.rise
+            !healthy_before && (record.in_row >= checks.rise || was_unreachable)
         } else {
             healthy_before && record.in_row >= checks.fall
         };
@@ -949,7 +951,7 @@ fn completed_failures(load: &Load) -> u64 {
 mod tests {
     use super::*;
     use crate::health::outlier::FailurePercentage;
-    use crate::health::{ProbeFailure, TcpProbe};
+    use crate::health::{PanicMode, ProbeFailure, TcpProbe};
 
     /// A runner with active checks and outlier detection (ejecting after `consecutive`
     /// failures in a row, or at 85 % failures of at least one request), tracking endpoint
@@ -1073,5 +1075,229 @@ mod tests {
         assert_eq!(signal.ejected(), 0);
         complete(&load, true);
         assert_eq!(signal.ejected(), 0);
+    }
+
+    fn refused() -> Result<(), ProbeFailure> {
+        Err(ProbeFailure::Connect(
+            std::io::ErrorKind::ConnectionRefused.into(),
+        ))
+    }
+
+    fn bad_status() -> Result<(), ProbeFailure> {
+        Err(ProbeFailure::Status(http::StatusCode::SERVICE_UNAVAILABLE))
+    }
+
+    /// Hands `answer` to the runner as endpoint "a"'s next probe answer.
+    fn answer(
+        runner: &mut Runner<&'static str>,
+        answer: Result<(), ProbeFailure>,
+        events: &mut Vec<HealthEvent<&'static str>>,
+    ) {
+        let generation = runner.records[&"a"].generation;
+        let checks = ActiveChecks::new();
+        runner.on_probe_result(&checks, "a", generation, answer, Instant::now(), &mut |e| {
+            events.push(e)
+        });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_that_failed_during_an_ejection_ends_it_when_it_succeeds() {
+        let (mut runner, load, signal) = runner(1);
+        let mut events = Vec::new();
+        answer(&mut runner, Ok(()), &mut events);
+        complete(&load, true);
+        runner.reconcile(Instant::now(), &mut |e| events.push(e));
+        assert!(runner.records[&"a"].ejected_until.is_some());
+        // The endpoint goes away (refused) and comes back: the probe saw both.
+        answer(&mut runner, refused(), &mut events);
+        assert_ne!(load.health_flags() & flags::UNREACHABLE, 0);
+        answer(&mut runner, Ok(()), &mut events);
+        assert_eq!(
+            reasons(&events),
+            [
+                "unknown -> healthy (probe succeeded)",
+                "healthy -> ejected (1 failures in a row)",
+                "ejected -> probation (probe succeeded after failing during the ejection)",
+            ]
+        );
+        let bits = load.health_flags();
+        assert_eq!(bits & (flags::EJECTED | flags::UNREACHABLE), 0);
+        assert_ne!(bits & flags::PROBATION, 0);
+        assert_eq!(signal.ejected(), 0);
+        assert!(runner.records[&"a"].ejected_until.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_that_never_failed_leaves_the_ejection_to_its_time() {
+        // A TCP probe of a server that answers 500: it connects throughout.
+        let (mut runner, load, _) = runner(1);
+        let mut events = Vec::new();
+        answer(&mut runner, Ok(()), &mut events);
+        complete(&load, true);
+        runner.reconcile(Instant::now(), &mut |e| events.push(e));
+        for _ in 0..5 {
+            answer(&mut runner, Ok(()), &mut events);
+        }
+        assert_ne!(load.health_flags() & flags::EJECTED, 0);
+        assert_eq!(events.len(), 2, "{:?}", reasons(&events));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unreachable_endpoint_is_back_at_its_first_successful_probe() {
+        let (mut runner, load, _) = runner(5);
+        let mut events = Vec::new();
+        answer(&mut runner, refused(), &mut events);
+        assert_eq!(
+            load.health_flags() & (flags::UNHEALTHY | flags::UNREACHABLE),
+            flags::UNHEALTHY | flags::UNREACHABLE
+        );
+        answer(&mut runner, Ok(()), &mut events);
+        assert_eq!(
+            load.health_flags() & (flags::UNHEALTHY | flags::UNREACHABLE),
+            0
+        );
+        // A bad answer (not unreachable) still needs `rise` (2) successes in a row.
+        for _ in 0..3 {
+            answer(&mut runner, bad_status(), &mut events);
+        }
+        assert_eq!(load.health_flags() & flags::UNHEALTHY, flags::UNHEALTHY);
+        answer(&mut runner, Ok(()), &mut events);
+        assert_ne!(
+            load.health_flags() & flags::UNHEALTHY,
+            0,
+            "one success is not enough"
+        );
+        answer(&mut runner, Ok(()), &mut events);
+        assert_eq!(load.health_flags() & flags::UNHEALTHY, 0);
+    }
+
+    /// A runner over endpoints "0", "1", ... with the given weights, every one probed once
+    /// successfully (so none awaits its first answer), with these panic settings.
+    fn fleet(weights: &[u32], panic: PanicMode) -> (Runner<usize>, Vec<Arc<Load>>) {
+        let outlier = OutlierDetection::new();
+        let signal = Arc::new(OutlierSignal::new(&outlier));
+        let settings = HealthSettings {
+            active: Some((ActiveChecks::new(), Arc::new(TcpProbe::new()))),
+            outlier: Some(outlier),
+            panic,
+            ..HealthSettings::default()
+        };
+        let mut runner = Runner::new(settings, signal, None, None, Rng::default());
+        let loads: Vec<Arc<Load>> = weights
+            .iter()
+            .map(|_| Arc::new(runner.new_load()))
+            .collect();
+        for (i, load) in loads.iter().enumerate() {
+            runner.insert(&i, load, i.to_string().into(), Metadata::default());
+            runner.records.get_mut(&i).unwrap().probed = Some(true);
+        }
+        (runner, loads)
+    }
+
+    fn decide(runner: &mut Runner<usize>, weights: &[u32], loads: &[Arc<Load>]) -> Eligibility {
+        let keys: Vec<usize> = (0..weights.len()).collect();
+        let candidates: Vec<Candidate<'_, usize>> = keys
+            .iter()
+            .zip(weights)
+            .zip(loads)
+            .map(|((key, &weight), load)| Candidate { key, weight, load })
+            .collect();
+        runner.eligible(&candidates)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn panic_mode_admits_suspect_endpoints_but_not_failing_ones() {
+        use flags::{EJECTED, UNHEALTHY, UNREACHABLE};
+        let open = PanicMode::default();
+        let closed = PanicMode {
+            fail_closed: true,
+            ..open
+        };
+        // (flags of each endpoint, panic settings, who takes requests, admitted unhealthy)
+        let cases: [([u32; 3], PanicMode, [bool; 3], usize); 7] = [
+            // The seed's case: one healthy, one ejected for 500s, one refusing.
+            (
+                [0, EJECTED, UNHEALTHY | UNREACHABLE],
+                open,
+                [true, false, false],
+                0,
+            ),
+            (
+                [0, EJECTED, EJECTED | UNREACHABLE],
+                open,
+                [true, false, false],
+                0,
+            ),
+            // A probe verdict alone may be what is broken: in.
+            ([0, EJECTED, UNHEALTHY], open, [true, false, true], 1),
+            ([0, UNHEALTHY, UNHEALTHY], open, [true, true, true], 2),
+            // Nothing healthy or suspect: every endpoint (fail open).
+            (
+                [EJECTED, EJECTED, UNHEALTHY | UNREACHABLE],
+                open,
+                [true, true, true],
+                3,
+            ),
+            // Failing closed: only the healthy.
+            ([0, UNHEALTHY, UNHEALTHY], closed, [true, false, false], 0),
+            // Two of three healthy: no panic, the ejected one stays out.
+            ([0, 0, EJECTED], open, [true, true, false], 0),
+        ];
+        for (bits, panic, expected, admitted) in cases {
+            let weights = [1, 1, 1];
+            let (mut runner, loads) = fleet(&weights, panic);
+            for (load, bits) in loads.iter().zip(bits) {
+                load.set_flags(bits, true);
+            }
+            let decided = decide(&mut runner, &weights, &loads);
+            let takes: Vec<bool> = decided.weights.iter().map(Option::is_some).collect();
+            assert_eq!(takes, expected, "{bits:?} {panic:?}");
+            assert_eq!(decided.stats.admitted_unhealthy, admitted, "{bits:?}");
+            assert_eq!(
+                decided.stats.panic,
+                bits.iter().filter(|b| **b == 0).count() < 2
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hundred_endpoints_keep_panic_modes_protection_against_probe_verdicts() {
+        let weights = [1; 100];
+        let (mut runner, loads) = fleet(&weights, PanicMode::default());
+        // 60 out on a probe verdict alone (a health path broken everywhere, say): panic
+        // mode sends traffic to all 100, as Envoy's does.
+        for load in &loads[..60] {
+            load.set_flags(flags::UNHEALTHY, true);
+        }
+        let decided = decide(&mut runner, &weights, &loads);
+        assert!(decided.stats.panic);
+        assert_eq!(decided.stats.admitted_unhealthy, 60);
+        assert!(decided.weights.iter().all(Option::is_some));
+        // The same 60 unreachable instead: the 40 healthy take everything.
+        for load in &loads[..60] {
+            load.set_flags(flags::UNREACHABLE, true);
+        }
+        let decided = decide(&mut runner, &weights, &loads);
+        assert!(decided.stats.panic);
+        assert_eq!(decided.stats.unreachable, 60);
+        assert_eq!(decided.stats.admitted_unhealthy, 0);
+        assert_eq!(decided.weights.iter().filter(|w| w.is_some()).count(), 40);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn weights_above_43_million_keep_their_proportions_while_one_is_on_probation() {
+        let weights = [100_000_000, 300_000_000, 4_000_000_000];
+        let (mut runner, loads) = fleet(&weights, PanicMode::default());
+        loads[1].set_flags(flags::PROBATION, true);
+        let decided = decide(&mut runner, &weights, &loads);
+        let w: Vec<f64> = decided
+            .weights
+            .iter()
+            .map(|w| f64::from(w.unwrap()))
+            .collect();
+        // 300 M on probation counts a tenth: 30 M, against 100 M and 4 000 M.
+        assert!((w[1] / w[0] - 0.3).abs() < 1e-6, "{w:?}");
+        assert!((w[2] / w[0] - 40.0).abs() < 1e-6, "{w:?}");
+        assert!(w[2] <= f64::from(u32::MAX));
     }
 }
