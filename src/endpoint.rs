@@ -448,6 +448,12 @@ impl Load {
         self.decayed_penalty(bits, cx.now_nanos())
     }
 
+    /// Whether the endpoint has a failure penalty at all (one atomic load, no clock).
+    #[inline]
+    pub(crate) fn has_failure_penalty(&self) -> bool {
+        self.penalty.load(Ordering::Relaxed) != 0
+    }
+
     #[cold]
     fn decayed_penalty(&self, bits: u64, now_ns: u64) -> f64 {
         let at = self.penalty_at.load(Ordering::Relaxed);
@@ -618,9 +624,24 @@ impl Load {
     #[inline]
     pub(crate) fn record(&self, observed: Observed) {
         if observed != Observed::Success {
-            self.failures.fetch_add(1, Ordering::Relaxed);
-            self.add_penalty();
+            return self.record_failure(observed);
         }
+        // A success matters to outlier detection only after a failure, on probation, or
+        // for an endpoint marked unreachable: two loads from the first cache line decide.
+        if self.consecutive_failures.load(Ordering::Relaxed) == 0
+            && self.health.load(Ordering::Relaxed) & (flags::PROBATION | flags::UNREACHABLE) == 0
+        {
+            return;
+        }
+        if let Some(outlier) = self.outlier() {
+            self.observe_outcome(observed, outlier);
+        }
+    }
+
+    #[cold]
+    fn record_failure(&self, observed: Observed) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        self.add_penalty();
         if let Some(outlier) = self.outlier() {
             self.observe_outcome(observed, outlier);
         }

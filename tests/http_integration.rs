@@ -11,7 +11,7 @@ use hyper::{Request, Response, StatusCode};
 use tower::{Service, ServiceExt};
 use tower_lb::discover;
 use tower_lb::error::BoxError;
-use tower_lb::strategy::{LeastRequest, RoundRobin, Strategy};
+use tower_lb::strategy::{LeastRequest, PeakEwma, RoundRobin, Strategy};
 use tower_lb::Balance;
 
 use common::{client, endpoints, Server, ToEndpoint};
@@ -163,4 +163,53 @@ async fn concurrent_clients_through_build_with_reach_every_server() {
         assert!(e.completed > 0, "{e:?}");
         assert_eq!((e.in_flight, e.failures), (0, 0), "{e:?}");
     }
+}
+
+/// One server answers 503 at once, the other 200: before any ejection (outlier detection
+/// off), least request and peak-EWMA send the failing one less traffic than the healthy
+/// one, where an in-flight count alone would favour it (it has nothing in flight).
+async fn fast_failing_server_draws_less<P: Strategy + Clone>(strategy: P) -> (usize, usize) {
+    let healthy = Server::start(200).await;
+    let failing = Server::start(503).await;
+    let balance = balancer(strategy, &[&healthy, &failing]);
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let mut balance = balance.clone();
+            tokio::spawn(async move {
+                for _ in 0..250 {
+                    let _ = get(&mut balance, "/").await;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    (failing.hits(), healthy.hits())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_request_sends_a_fast_failing_server_less_than_a_healthy_one() {
+    let (failing, healthy) = fast_failing_server_draws_less(LeastRequest::new()).await;
+    eprintln!("least request: the 503 server got {failing} requests, the healthy one {healthy}");
+    assert_eq!(failing + healthy, 1000);
+    assert!(failing * 4 < healthy, "{failing} vs {healthy}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peak_ewma_sends_a_fast_failing_server_less_than_a_healthy_one() {
+    let (failing, healthy) = fast_failing_server_draws_less(PeakEwma::new()).await;
+    eprintln!("peak-EWMA: the 503 server got {failing} requests, the healthy one {healthy}");
+    assert_eq!(failing + healthy, 1000);
+    assert!(failing * 4 < healthy, "{failing} vs {healthy}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_penalty_least_request_would_favour_the_fast_failing_server() {
+    // The contrast: failures weigh nothing, and both servers answer at once, so the 503
+    // server draws about half (with real latency on the healthy one, more than half).
+    let strategy = LeastRequest::new().failure_penalty(std::time::Duration::ZERO);
+    let (failing, healthy) = fast_failing_server_draws_less(strategy).await;
+    eprintln!("least request without penalty: 503 server {failing}, healthy {healthy}");
+    assert!(failing * 4 >= healthy, "{failing} vs {healthy}");
 }

@@ -236,7 +236,9 @@ impl<P, C, T, H> Builder<P, C, T, H> {
     }
 
     /// In panic mode, keep to the healthy endpoints (and fail when there are none) instead
-    /// of balancing over all of them. Default `false` (fail open).
+    /// of also sending traffic to those out on a probe verdict alone, or to every endpoint
+    /// when none is healthy (see [panic mode](crate::health#panic-mode)). Default `false`
+    /// (fail open).
     pub fn fail_closed(mut self, fail_closed: bool) -> Self {
         self.settings.health.panic.fail_closed = fail_closed;
         self

@@ -27,9 +27,6 @@ pin_project! {
         // The rare states, boxed so the common one stays small and cheap to drop.
         Slow { slow: Box<Slow<S, Req>> },
         NotReady,
-        // The response was returned: the endpoint's future is gone (an `async` block panics
-        // when polled after completion), and polling again is an error.
-        Done,
     }
 }
 
@@ -113,7 +110,6 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::NotReady => return Poll::Ready(Err(NotReady.into())),
-                StateProj::Done => return Poll::Ready(Err(polled_after_completion())),
                 StateProj::Slow { slow } => match &mut **slow {
                     Slow::Failed(error) => {
                         return Poll::Ready(Err(error
@@ -132,11 +128,14 @@ where
                     },
                 },
                 StateProj::Called { future, guard } => {
+                    // The guard is taken when the endpoint's future completes: without it,
+                    // this future already returned its result, and the endpoint's future
+                    // must not be polled again (an `async` block panics then).
+                    if guard.is_none() {
+                        return Poll::Ready(Err(polled_after_completion()));
+                    }
                     let result = ready!(future.poll(cx));
-                    let guard = guard.take();
-                    this.state.set(State::Done);
-                    let Some(mut guard) = guard else {
-                        // Not reachable: the guard is taken only here, on the way to `Done`.
+                    let Some(mut guard) = guard.take() else {
                         return Poll::Ready(Err(polled_after_completion()));
                     };
                     let outcome = this.classify.classify(&result);

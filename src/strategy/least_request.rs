@@ -149,11 +149,10 @@ impl LeastRequest {
             return e.weight(a) > e.weight(b);
         }
         let (load_a, load_b) = (e.load(a), e.load(b));
-        let (la, lb) = (load_a.in_flight(), load_b.in_flight());
-        let (pa, pb) = (load_a.failure_penalty(cx), load_b.failure_penalty(cx));
-        if pa != 0.0 || pb != 0.0 {
-            return self.better_penalized(table, e, (a, la as f64 + pa), (b, lb as f64 + pb));
+        if load_a.has_failure_penalty() || load_b.has_failure_penalty() {
+            return self.better_penalized(table, e, a, b, cx);
         }
+        let (la, lb) = (load_a.in_flight(), load_b.in_flight());
         if table.equal_weights {
             // For any positive bias the score falls as the load rises.
             return la < lb;
@@ -167,16 +166,19 @@ impl LeastRequest {
         }
     }
 
-    /// [`better`](Self::better) when either endpoint has a failure penalty: `(index, in
-    /// flight + penalty)` of each, compared in `f64`.
+    /// [`better`](Self::better) when either endpoint has a failure penalty: each one's
+    /// requests in flight plus its penalty, compared in `f64`.
     #[cold]
     fn better_penalized(
         &self,
         table: &WeightInfo,
         e: &Endpoints<'_>,
-        (a, load_a): (usize, f64),
-        (b, load_b): (usize, f64),
+        a: usize,
+        b: usize,
+        cx: &Context,
     ) -> bool {
+        let load = |i: usize| e.load(i).in_flight() as f64 + e.load(i).failure_penalty(cx);
+        let (load_a, load_b) = (load(a), load(b));
         if table.equal_weights {
             return load_a < load_b;
         }
