@@ -135,6 +135,7 @@ impl InFlight {
     /// Judges a verdict that waits for trailers by `trailers`, or by their absence (`None`:
     /// the body ended without them, which is `UNKNOWN`). Does nothing otherwise.
     #[inline]
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) fn record_trailers(&mut self, trailers: Option<&http::HeaderMap>) {
         if let Verdict::Trailers(failures) = self.verdict {
             let outcome = grpc::trailers_outcome(trailers, failures);

@@ -339,6 +339,7 @@ pub(crate) fn code_outcome(code: GrpcCode, failures: GrpcCodes) -> Outcome {
 /// The verdict on the end of a gRPC response: its trailers, or `None` when the body ended
 /// without any. A missing or unreadable `grpc-status` is `UNKNOWN`.
 #[inline]
+#[cfg_attr(not(feature = "http"), allow(dead_code))]
 pub(crate) fn trailers_outcome(trailers: Option<&http::HeaderMap>, failures: GrpcCodes) -> Outcome {
     let code = trailers.and_then(grpc_status).unwrap_or(GrpcCode::Unknown);
     code_outcome(code, failures)
