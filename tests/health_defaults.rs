@@ -32,16 +32,15 @@ use tower_lb::{discover, Balance};
 // The seed's case with real servers
 // ------------------------------------------------------------------------------------------
 
-/// Sends `total` GETs through `balance` from `tasks` tasks at once; returns how many
-/// failed (an error, or a 5xx answer).
-async fn send_all<S>(balance: &S, tasks: usize, total: usize) -> usize
+/// Sends `total` requests made by `request` through `balance`, from `tasks` tasks at once;
+/// returns how many failed (an error, or a 5xx answer).
+async fn failures<S, R, B>(balance: &S, tasks: usize, total: usize, request: fn() -> R) -> usize
 where
-    S: Service<http::Request<Empty<Bytes>>, Response = http::Response<hyper::body::Incoming>>
-        + Clone
-        + Send
-        + 'static,
+    S: Service<R, Response = http::Response<B>> + Clone + Send + 'static,
     S::Error: Send,
     S::Future: Send,
+    R: Send + 'static,
+    B: Send + 'static,
 {
     let handles: Vec<_> = (0..tasks)
         .map(|_| {
@@ -49,8 +48,7 @@ where
             tokio::spawn(async move {
                 let mut failed = 0;
                 for _ in 0..total / tasks {
-                    let request = http::Request::get("/").body(Empty::new()).unwrap();
-                    match balance.clone().oneshot(request).await {
+                    match balance.clone().oneshot(request()).await {
                         Ok(response) if !response.status().is_server_error() => {}
                         _ => failed += 1,
                     }
@@ -64,6 +62,22 @@ where
         failed += handle.await.unwrap();
     }
     failed
+}
+
+/// Sends `total` GETs from `tasks` tasks to real servers; returns how many failed.
+async fn send_all<S>(balance: &S, tasks: usize, total: usize) -> usize
+where
+    S: Service<http::Request<Empty<Bytes>>, Response = http::Response<hyper::body::Incoming>>
+        + Clone
+        + Send
+        + 'static,
+    S::Error: Send,
+    S::Future: Send,
+{
+    failures(balance, tasks, total, || {
+        http::Request::get("/").body(Empty::new()).unwrap()
+    })
+    .await
 }
 
 /// Three servers: one well, one answering 500 to everything, one refusing connections.
@@ -261,32 +275,14 @@ fn endpoint(instance: &Instance) -> Endpoint {
     tower::timeout::Timeout::new(instance.clone(), Duration::from_secs(1))
 }
 
-/// Sends `total` requests from `tasks` tasks; returns how many failed.
+/// Sends `total` requests from `tasks` tasks to simulated instances; returns how many
+/// failed.
 async fn drive<S>(balance: &S, tasks: usize, total: usize) -> usize
 where
     S: Service<(), Response = http::Response<()>, Error = BoxError> + Clone + Send + 'static,
     S::Future: Send,
 {
-    let handles: Vec<_> = (0..tasks)
-        .map(|_| {
-            let balance = balance.clone();
-            tokio::spawn(async move {
-                let mut failed = 0;
-                for _ in 0..total / tasks {
-                    match balance.clone().oneshot(()).await {
-                        Ok(response) if !response.status().is_server_error() => {}
-                        _ => failed += 1,
-                    }
-                }
-                failed
-            })
-        })
-        .collect();
-    let mut failed = 0;
-    for handle in handles {
-        failed += handle.await.unwrap();
-    }
-    failed
+    failures(balance, tasks, total, || ()).await
 }
 
 fn states<S, P: tower_lb::strategy::Strategy, C, T, H>(

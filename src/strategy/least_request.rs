@@ -157,13 +157,24 @@ impl LeastRequest {
             // For any positive bias the score falls as the load rises.
             return la < lb;
         }
-        let (wa, wb) = (u128::from(e.weight(a)), u128::from(e.weight(b)));
         if self.bias == 1.0 {
+            let (wa, wb) = (u128::from(e.weight(a)), u128::from(e.weight(b)));
             wa * (u128::from(lb) + 1) > wb * (u128::from(la) + 1)
         } else {
-            let score = |w: u128, l: u64| w as f64 / ((l as f64) + 1.0).powf(self.bias);
-            score(wa, la) > score(wb, lb)
+            self.score(e.weight(a), la as f64) > self.score(e.weight(b), lb as f64)
         }
+    }
+
+    /// `weight / (load + 1)^bias`, in `f64`.
+    #[inline]
+    fn score(&self, weight: u32, load: f64) -> f64 {
+        let divisor = load + 1.0;
+        f64::from(weight)
+            / if self.bias == 1.0 {
+                divisor
+            } else {
+                divisor.powf(self.bias)
+            }
     }
 
     /// [`better`](Self::better) when either endpoint has a failure penalty: each one's
@@ -182,16 +193,7 @@ impl LeastRequest {
         if table.equal_weights {
             return load_a < load_b;
         }
-        let score = |w: u32, load: f64| {
-            let divisor = load + 1.0;
-            f64::from(w)
-                / if self.bias == 1.0 {
-                    divisor
-                } else {
-                    divisor.powf(self.bias)
-                }
-        };
-        score(e.weight(a), load_a) > score(e.weight(b), load_b)
+        self.score(e.weight(a), load_a) > self.score(e.weight(b), load_b)
     }
 }
 
