@@ -6,7 +6,9 @@
 //! - **Real hyper servers on 127.0.0.1** that answer 500 or 503, hang past the timeout,
 //!   refuse connections, then recover. They run on the real clock (tokio's paused clock
 //!   does not drive real sockets) with short intervals, and wait for conditions by polling
-//!   with a deadline of a few seconds, never by sleeping and hoping.
+//!   them ([`common::eventually`]), never by sleeping and hoping. Their timeouts and
+//!   ejections are long enough for a loaded machine, and what they assert of time is only
+//!   what a timer guarantees: never before it is due.
 //! - **In-memory endpoints and a scripted in-memory probe under tokio's paused clock**, for
 //!   everything that is about time: ejection lengths, probation, rise and fall, the outlier
 //!   interval, the slow-start ramp. These assert exact counts and exact times.
@@ -48,8 +50,8 @@ use tower_lb::strategy::{LeastRequest, RoundRobin, Strategy};
 use tower_lb::{Balance, Builder};
 
 use common::{
-    endpoints, hold, picks, send, settle, stats_of, Backend, CallLog, Gate, Server, ToEndpoint,
-    HANG,
+    endpoints, eventually, hold, picks, send, settle, stats_of, Backend, CallLog, Gate, Server,
+    ToEndpoint, HANG, PATIENCE,
 };
 
 // ------------------------------------------------------------------------------------------
@@ -1382,7 +1384,7 @@ where
     S: Service<Request<Empty<Bytes>>, Response = Response<Incoming>, Error = BoxError>,
 {
     let request = Request::get("/").body(Empty::new()).unwrap();
-    let response = tokio::time::timeout(secs(5), async {
+    let response = tokio::time::timeout(PATIENCE, async {
         balance.ready().await?.call(request).await
     })
     .await
@@ -1393,23 +1395,6 @@ where
     // The body is `"{addr} {path}"`: the server's address is what the tests compare.
     let addr = body.split_once(' ').map_or(&*body, |(addr, _)| addr);
     Ok((status, addr.to_string()))
-}
-
-/// Polls `condition` every 5 ms until it holds; fails the test after `deadline`. Returns
-/// how long it took.
-async fn wait_until(
-    what: &str,
-    deadline: Duration,
-    mut condition: impl FnMut() -> bool,
-) -> Duration {
-    let start = std::time::Instant::now();
-    loop {
-        if condition() {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(ms(5)).await;
-    }
 }
 
 fn real_state<P: Strategy>(
@@ -1471,23 +1456,28 @@ fn with_outliers<P: Strategy>(
         .unwrap()
 }
 
-/// Ejection after 3 failures in a row, for 300 ms (at most 1 s), then `probation`.
+/// How long [`quick_ejection`] ejects: far longer than the few requests the tests send
+/// while it lasts take on a loaded machine.
+const EJECTION: Duration = Duration::from_secs(1);
+
+/// Ejection after 3 failures in a row, for [`EJECTION`] (at most 3 times that), then
+/// `probation`.
 fn quick_ejection(probation: Option<u32>) -> OutlierDetection {
     OutlierDetection::new()
         .consecutive_failures(Some(3))
-        .base_ejection(ms(300))
-        .max_ejection(secs(1))
+        .base_ejection(EJECTION)
+        .max_ejection(EJECTION * 3)
         .probation_successes(probation)
 }
 
-/// Waits (real clock, up to 3 s) until at least `n` events have come, and returns them.
+/// Waits (real clock) until at least `n` events have come, and returns them.
 async fn wait_for_events<K: Debug>(
     events: &mut HealthEvents<K>,
     what: &str,
     n: usize,
 ) -> Vec<HealthEvent<K>> {
     let mut seen = Vec::new();
-    wait_until(what, secs(3), || {
+    eventually(what, async || {
         seen.extend(drain(events));
         seen.len() >= n
     })
@@ -1507,33 +1497,38 @@ async fn a_server_answering_500_is_ejected_at_the_threshold_and_returns_after_th
     );
     let mut events = balance.health_events();
 
-    // Exactly 3 answers of 500 reach the caller, then the server gets nothing more.
+    // Exactly 3 answers of 500 reach the caller (the third ejects the server as it
+    // completes), then the server gets nothing more.
     let (failures, last_failure_sent) = get_failures(&mut balance, 15).await;
     let ejected_after = last_failure_sent.unwrap();
     assert_eq!(failures, vec![Some(bad.addr.to_string()); 3]);
     assert_eq!(bad.hits(), 3);
     assert_eq!(real_state(&balance, bad.addr), EndpointState::Ejected);
 
-    // While ejected, and after the server has recovered, it gets no traffic.
+    // While ejected, and after the server has recovered, it gets no traffic: every request
+    // that is still answered during the ejection went elsewhere (the one that sees it end
+    // may have gone to it).
     bad.set(200);
-    while ejected_after.elapsed() < ms(200) {
+    for _ in 0..20 {
         let (status, body) = get(&mut balance).await.unwrap();
         assert_eq!(status, StatusCode::OK);
+        if real_state(&balance, bad.addr) != EndpointState::Ejected {
+            break;
+        }
         assert_ne!(body, bad.addr.to_string());
+        assert_eq!(bad.hits(), 3);
     }
-    assert_eq!(bad.hits(), 3);
 
-    // Back on probation 300 ms after the ejection (not before), then probation passes.
-    wait_until("the end of the ejection", secs(3), || {
+    // Back on probation once the ejection is over (never before), then probation passes.
+    eventually("the end of the ejection", async || {
         real_state(&balance, bad.addr) != EndpointState::Ejected
     })
     .await;
     let back_after = ejected_after.elapsed();
-    assert!(
-        back_after >= ms(300) && back_after < ms(1300),
-        "back after {back_after:?}"
+    assert!(back_after >= EJECTION, "back after {back_after:?}");
+    eprintln!(
+        "500 server: ejected after 3 failures, back after {back_after:?} (ejection {EJECTION:?})"
     );
-    eprintln!("500 server: ejected after 3 failures, back after {back_after:?} (ejection 300 ms)");
     for _ in 0..200 {
         if bad.hits() >= 5 {
             break;
@@ -1575,12 +1570,12 @@ async fn a_server_refusing_connections_is_ejected_and_returns_when_it_listens_ag
     assert_eq!(real_state(&balance, down.addr), EndpointState::Ejected);
 
     down.restart(tombstone);
-    wait_until("the end of the ejection", secs(3), || {
+    eventually("the end of the ejection", async || {
         real_state(&balance, down.addr) == EndpointState::Active
     })
     .await;
     let back_after = last_error_sent.unwrap().elapsed();
-    assert!(back_after >= ms(300), "back after {back_after:?}");
+    assert!(back_after >= EJECTION, "back after {back_after:?}");
     // Without probation it is back at full weight at once.
     get_ok(&mut balance, 30, None).await;
     assert_eq!(down.hits(), 10);
@@ -1748,15 +1743,25 @@ mod http_probes {
     use hyper_util::client::legacy::Client;
     use tower_lb::health::HttpProbe;
 
+    /// The probe's own timeout (10 s) is longer than the balancer's ([`PROBE_TIMEOUT`]).
     fn probe() -> HttpProbe<Client<HttpConnector, Empty<Bytes>>, Empty<Bytes>> {
-        HttpProbe::new(client()).path("/health").unwrap()
+        HttpProbe::new(client())
+            .path("/health")
+            .unwrap()
+            .timeout(secs(10))
+            .unwrap()
     }
+
+    /// The balancer's probe timeout: what a hanging server takes to fail its probe, and far
+    /// longer than a healthy one takes to answer on a loaded machine (a healthy server that
+    /// timed out would change the counts these tests assert).
+    const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
     fn fast_checks() -> ActiveChecks {
         ActiveChecks::new()
             .interval(ms(50))
             .jitter(0.0)
-            .timeout(ms(100))
+            .timeout(PROBE_TIMEOUT)
             .rise(2)
             .fall(2)
     }
@@ -1777,7 +1782,7 @@ mod http_probes {
     async fn a_hanging_server_becomes_unhealthy_with_a_probe_timeout() {
         let ok = Server::start(200).await;
         let hang = Server::start(HANG).await;
-        // The probe's own timeout (1 s) is longer: the balancer's 100 ms applies.
+        // The probe's own timeout (10 s) is longer: the balancer's 1 s applies.
         let mut balance = probed(Balance::builder(), &[&ok, &hang]);
         let mut events = balance.health_events();
         // Two first results: the healthy one's, and the hanging one's after its timeout.
@@ -1786,13 +1791,13 @@ mod http_probes {
         assert_eq!(
             summary(event),
             format!(
-                "{}: unknown -> unhealthy (probe failed: timeout 100ms)",
+                "{}: unknown -> unhealthy (probe failed: timeout 1s)",
                 hang.addr
             )
         );
         assert!(matches!(
             event.reason,
-            HealthReason::ProbeFailed(ref f) if matches!(**f, ProbeFailure::Timeout(t) if t == ms(100))
+            HealthReason::ProbeFailed(ref f) if matches!(**f, ProbeFailure::Timeout(t) if t == PROBE_TIMEOUT)
         ));
         assert_eq!(real_state(&balance, hang.addr), EndpointState::Unhealthy);
         get_ok(&mut balance, 10, Some(ok.addr)).await;
@@ -1819,7 +1824,7 @@ mod http_probes {
                 err.addr
             ),
             format!(
-                "{}: unknown -> unhealthy (probe failed: timeout 100ms)",
+                "{}: unknown -> unhealthy (probe failed: timeout 1s)",
                 hang.addr
             ),
             format!(
@@ -1840,7 +1845,7 @@ mod http_probes {
         err.set(200);
         hang.set(200);
         refused.restart(tombstone);
-        let took = wait_until("every server back", secs(3), || {
+        let took = eventually("every server back", async || {
             [&err, &hang, &refused]
                 .iter()
                 .all(|s| real_state(&balance, s.addr) == EndpointState::Active)
@@ -1870,7 +1875,7 @@ mod http_probes {
 
         // A healthy server that starts failing: unhealthy after `fall` (2) failed probes.
         ok.set(503);
-        wait_until("the 503 server unhealthy", secs(3), || {
+        eventually("the 503 server unhealthy", async || {
             real_state(&balance, ok.addr) == EndpointState::Unhealthy
         })
         .await;

@@ -1,6 +1,9 @@
 //! Routing by request key through the balancer: strategies that use a key choose at `call`
 //! time, fall back along the key's preference order when an endpoint cannot take the
 //! request, and wait for a busy preferred endpoint rather than fail.
+//!
+//! Every test in which a request waits runs under tokio's paused clock: the fail-fast
+//! timeout can then only end a wait that nothing else would end, however loaded the machine.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -226,7 +229,7 @@ async fn call_without_poll_ready_is_an_error_not_a_panic() {
     assert!(err.is::<tower_lb::error::NotReady>());
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_drained_endpoint_is_passed_over_for_the_next_in_order() {
     let switches = three();
     let mut lb = balancer(&switches);
@@ -238,7 +241,7 @@ async fn a_drained_endpoint_is_passed_over_for_the_next_in_order() {
     assert!(lb.set_draining(&"zzz", true).is_err());
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn when_every_endpoint_was_drained_since_the_snapshot_the_request_waits_for_the_next() {
     let switches = three();
     let lb = balancer(&switches);
@@ -285,7 +288,7 @@ async fn a_request_waiting_on_busy_endpoints_is_not_sent_to_one_drained_meanwhil
     assert!(unavailable.waited() < Duration::from_millis(500));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn poll_ready_waits_while_every_endpoint_is_busy() {
     let switches = three();
     let mut lb = balancer(&switches);
@@ -305,7 +308,7 @@ async fn poll_ready_waits_while_every_endpoint_is_busy() {
     assert_eq!(task.await.unwrap().unwrap(), "c");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_waiting_request_takes_an_endpoint_added_meanwhile() {
     let switches = three();
     let (tx, rx) = discover::channel();
@@ -469,7 +472,7 @@ impl tower_lb::key::RequestKey<Retry> for RetryKey {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_retry_passes_over_the_endpoints_it_went_to() {
     let switches = three();
     let mut lb = Balance::builder()

@@ -1,10 +1,14 @@
 //! The TCP and HTTP health probes against real servers on 127.0.0.1: hyper servers, and raw
 //! TCP listeners that answer with bytes that are not HTTP.
 //!
-//! Every probe runs under a 10 s guard, so a probe that hangs fails its test instead of
-//! hanging it. Timeouts are real (tokio's paused clock does not drive real sockets) and short.
+//! Every probe runs under a guard ([`common::PATIENCE`]), so a probe that hangs fails its test
+//! instead of hanging it. Timeouts are real (tokio's paused clock does not drive real sockets)
+//! and short; no assertion depends on how fast the machine is: a probe that must not wait for
+//! its timeout is checked by the failure it reports, not by a stopwatch.
 //!
 //! The HTTP tests (module `http`) need the `http` feature: `cargo test --all-features --test probes`.
+
+mod common;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -20,10 +24,10 @@ async fn refused_addr() -> SocketAddr {
     listener.local_addr().unwrap()
 }
 
-/// Runs one probe, failing the test if it takes more than 10 s.
+/// Runs one probe, failing the test if it hangs.
 async fn run<P: Probe>(probe: &P, addr: SocketAddr) -> Result<(), ProbeFailure> {
     tokio::time::timeout(
-        Duration::from_secs(10),
+        common::PATIENCE,
         probe.probe(&ProbeTarget::new(addr.to_string())),
     )
     .await
@@ -46,7 +50,7 @@ async fn tcp_healthy_when_a_connection_opens() {
 }
 
 async fn run_key(probe: &TcpProbe, key: String) -> Result<(), ProbeFailure> {
-    tokio::time::timeout(Duration::from_secs(10), probe.probe(&ProbeTarget::new(key)))
+    tokio::time::timeout(common::PATIENCE, probe.probe(&ProbeTarget::new(key)))
         .await
         .expect("the probe hung")
 }
@@ -308,12 +312,14 @@ mod http {
         let timeout = Duration::from_millis(200);
         let probe = HttpProbe::new(client()).timeout(timeout).unwrap();
         let start = Instant::now();
+        // The probe's own timeout ends it (the guard in `run` would say "hung"), never
+        // before it is due.
         match run(&probe, server.addr).await {
             Err(ProbeFailure::Timeout(t)) => assert_eq!(t, timeout),
             other => panic!("expected Timeout, got {other:?}"),
         }
         let took = start.elapsed();
-        assert!(took >= timeout && took < Duration::from_secs(3), "{took:?}");
+        assert!(took >= timeout, "{took:?}");
     }
 
     #[tokio::test]
@@ -357,17 +363,17 @@ mod http {
                 false,
             ),
         ];
+        // A probe that waited for more bytes would end with its 5 s timeout: the failure it
+        // reports shows that it did not.
         let probe = HttpProbe::new(client())
             .timeout(Duration::from_secs(5))
             .unwrap();
         for (reply, hold) in cases {
             let (addr, task) = raw(reply, hold).await;
-            let start = Instant::now();
             match run(&probe, addr).await {
                 Err(ProbeFailure::Transport(_) | ProbeFailure::Connect(_)) => {}
                 other => panic!("{reply:?}: expected a transport failure, got {other:?}"),
             }
-            assert!(start.elapsed() < Duration::from_secs(2), "{reply:?}");
             task.abort();
         }
     }
@@ -404,16 +410,15 @@ mod http {
             }
         })
         .await;
+        // Ended by the limit, not by the 5 s timeout (which would fail with `Timeout`).
         let probe = HttpProbe::new(client())
             .timeout(Duration::from_secs(5))
             .unwrap()
             .body_limit(64 * 1024);
-        let start = Instant::now();
         assert!(matches!(
             run(&probe, server.addr).await,
             Err(ProbeFailure::BodyTooLarge { limit: 65536 })
         ));
-        assert!(start.elapsed() < Duration::from_secs(2));
         assert!(chunks.load(Ordering::SeqCst) > 64);
     }
 
@@ -453,13 +458,18 @@ mod http {
     async fn a_read_body_lets_the_connection_be_reused() {
         let server = Server::status(StatusCode::OK).await;
         let probe = HttpProbe::new(client());
-        for _ in 0..3 {
+        run(&probe, server.addr).await.unwrap();
+        // The client puts a connection back in its pool from a task of its own, once the
+        // response body has been read: probe until a probe goes over the first connection.
+        // A body left unread would close every connection, and this would never happen.
+        let mut probes = 1;
+        common::eventually("a probe over a reused connection", async || {
             run(&probe, server.addr).await.unwrap();
-            // Lets the client return the connection to its pool.
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert_eq!(server.seen().len(), 3);
-        assert_eq!(server.connections.load(Ordering::SeqCst), 1);
+            probes += 1;
+            server.connections.load(Ordering::SeqCst) < probes
+        })
+        .await;
+        assert_eq!(server.seen().len(), probes);
     }
 
     #[tokio::test]

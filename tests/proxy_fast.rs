@@ -4,7 +4,12 @@
 //! partial answers, upstream connections closed while idle, pipelining, and the hand-over
 //! to hyper in the middle of a connection. Each case runs with the fast path on and off,
 //! and both must give the client the same answers.
+//!
+//! Every read waits for a complete answer or the connection's end ([`common::PATIENCE`] only
+//! turns a hang into a failure), and a test that needs something to have happened upstream
+//! waits for the upstream to report it.
 
+mod common;
 #[allow(dead_code)]
 #[path = "../examples/reverse_proxy/proxy.rs"]
 mod proxy;
@@ -20,12 +25,17 @@ use tokio::net::{TcpListener, TcpStream};
 
 use proxy::{Config, Proxy};
 
-/// A scripted upstream: answers by path, counts the connections it accepted, and reports
-/// every request head it read.
+/// A scripted upstream: answers by path, counts the connections it accepted, the answers it
+/// finished writing and the connections the proxy closed, and reports every request head it
+/// read.
 struct Scripted {
     addr: SocketAddr,
     connections: Arc<AtomicUsize>,
     heads: Arc<std::sync::Mutex<Vec<String>>>,
+    /// Answers written whole (every piece of the script, the pauses between them included).
+    answered: Arc<AtomicUsize>,
+    /// Connections that the proxy closed while the upstream waited for a request on them.
+    closed_by_proxy: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -109,11 +119,14 @@ async fn scripted() -> Scripted {
     let addr = listener.local_addr().unwrap();
     let connections = Arc::new(AtomicUsize::new(0));
     let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let closed_by_proxy = Arc::new(AtomicUsize::new(0));
     let (count, seen) = (connections.clone(), heads.clone());
+    let (done, closed) = (answered.clone(), closed_by_proxy.clone());
     let task = tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             count.fetch_add(1, Ordering::SeqCst);
-            let seen = seen.clone();
+            let (seen, done, closed) = (seen.clone(), done.clone(), closed.clone());
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 loop {
@@ -123,7 +136,10 @@ async fn scripted() -> Scripted {
                         }
                         let mut chunk = [0u8; 4096];
                         match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
+                            Ok(0) | Err(_) => {
+                                closed.fetch_add(1, Ordering::SeqCst);
+                                return;
+                            }
                             Ok(n) => buf.extend_from_slice(&chunk[..n]),
                         }
                     };
@@ -153,8 +169,10 @@ async fn scripted() -> Scripted {
                         if stream.write_all(piece).await.is_err() {
                             return;
                         }
+                        // Each piece in a write of its own, as a slow upstream sends them.
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
+                    done.fetch_add(1, Ordering::SeqCst);
                     if close {
                         return;
                     }
@@ -166,26 +184,28 @@ async fn scripted() -> Scripted {
         addr,
         connections,
         heads,
+        answered,
+        closed_by_proxy,
         task,
     }
 }
 
-/// The proxy in front of one upstream, health features off.
+/// The proxy in front of one upstream, health features off, and the default request
+/// timeout (a minute): no upstream here is slow enough to meet it.
 async fn proxy(upstream: SocketAddr, fast_path: bool) -> Proxy {
     let mut config: Config = proxy_common::config(&[upstream]);
     config.fast_path = fast_path;
     config.workers = 1;
     config.health.enabled = false;
     config.outlier.enabled = false;
-    config.timeouts.request = Duration::from_secs(2);
     proxy::start(&config).await.unwrap()
 }
 
-/// Sends `request` and reads until `done` says the answer is complete, the connection
-/// closes, or 5 s pass.
+/// Sends `request` and reads until `done` says the answer is complete or the connection
+/// closes (or, if neither ever happens, [`common::PATIENCE`] passes).
 async fn send(stream: &mut TcpStream, request: &str, done: impl Fn(&str) -> bool) -> String {
     stream.write_all(request.as_bytes()).await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
     let mut received = Vec::new();
     let mut buf = [0u8; 4096];
     while !done(&String::from_utf8_lossy(&received)) {
@@ -202,7 +222,7 @@ fn ends(tail: &'static str) -> impl Fn(&str) -> bool {
     move |text| text.ends_with(tail)
 }
 
-/// Only the connection's end (or the time limit) ends the read.
+/// Only the connection's end ends the read.
 fn closed(_: &str) -> bool {
     false
 }
@@ -218,11 +238,12 @@ fn own_answer(text: &str) -> bool {
         .is_some_and(|i| text[i + 4..].matches('\n').count() >= 2)
 }
 
-/// Whether the peer closed the connection (within 2 s).
+/// Whether the peer closes the connection (with nothing more sent first); false if it sends
+/// something, or if it never closes ([`common::PATIENCE`]).
 async fn is_closed(stream: &mut TcpStream) -> bool {
     let mut rest = [0u8; 16];
     matches!(
-        tokio::time::timeout(Duration::from_secs(2), stream.read(&mut rest)).await,
+        tokio::time::timeout(common::PATIENCE, stream.read(&mut rest)).await,
         Ok(Ok(0)) | Ok(Err(_))
     )
 }
@@ -399,7 +420,17 @@ async fn bytes_an_idle_upstream_connection_receives_never_answer_the_next_reques
             response.starts_with("HTTP/1.1 200 OK"),
             "{fast}: {response}"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Once the late bytes are written, they wait in the idle connection's socket: the
+        // fast path looks there when it takes the connection. Hyper's connection reads them
+        // as they come and closes: wait for that too.
+        common::eventually(
+            "the late body written (and, through hyper, seen)",
+            async || {
+                upstream.answered.load(Ordering::SeqCst) == 1
+                    && (fast || upstream.closed_by_proxy.load(Ordering::SeqCst) == 1)
+            },
+        )
+        .await;
         let response = send(&mut stream, &get("/"), ends("plain")).await;
         assert!(response.ends_with("\r\n\r\nplain"), "{fast}: {response}");
         assert!(!response.contains("junk"), "{fast}: {response}");
@@ -470,8 +501,9 @@ async fn requests_the_fast_path_does_not_take_get_hypers_answers() {
         )
         .await;
         assert!(response.starts_with("HTTP/1.1 400"), "{fast}: {response}");
-        // Sent in two parts, so that the head completes in one read past the limit
-        // (16 KiB): 15 000 bytes first, then the rest.
+        // Sent in two parts with a pause, as a slow client sends them, so that the head
+        // usually completes in one read past the limit (16 KiB): 15 000 bytes first, then
+        // the rest. However the proxy's reads split it, the answer must be 431.
         let mut stream = TcpStream::connect(addr).await.unwrap();
         let big = "a".repeat(17 * 1024);
         let request = format!("GET / HTTP/1.1\r\nHost: example\r\nX-Big: {big}\r\n\r\n");

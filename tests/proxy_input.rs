@@ -1,7 +1,12 @@
 //! The reverse proxy example against bad input, over raw TCP: malformed requests, oversized
 //! heads, request smuggling, slow clients, Host headers and absolute URIs that point
 //! elsewhere; plus its own answers (502, 504), forwarded headers and graceful shutdown.
+//!
+//! Every exchange reads until the proxy closes the connection, and every wait is for
+//! something to happen ([`common::eventually`]), so no answer depends on how fast the
+//! machine is; [`common::PATIENCE`] only turns a hang into a failure.
 
+mod common;
 #[allow(dead_code)]
 #[path = "../examples/reverse_proxy/proxy.rs"]
 mod proxy;
@@ -13,6 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use common::{eventually, PATIENCE};
 use proxy::{spawn_demo_upstream, Config, DemoUpstream, HostMode, Proxy};
 
 fn config(servers: &[SocketAddr]) -> Config {
@@ -32,23 +38,32 @@ async fn with_upstream(change: impl FnOnce(&mut Config)) -> (Proxy, DemoUpstream
 }
 
 /// Sends `request` as is and returns what comes back until the proxy closes the
-/// connection or stays silent for `idle`.
-async fn exchange(addr: SocketAddr, request: &[u8], idle: Duration) -> String {
+/// connection (every request here makes it close: an error, `Connection: close`, shutdown).
+async fn exchange(addr: SocketAddr, request: &[u8]) -> String {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream.write_all(request).await.unwrap();
-    read_until_idle(&mut stream, idle).await
+    read_until_closed(&mut stream).await
 }
 
-async fn read_until_idle(stream: &mut TcpStream, idle: Duration) -> String {
+/// What comes on `stream` until the proxy closes it; fails the test if it never does.
+async fn read_until_closed(stream: &mut TcpStream) -> String {
     let mut received = Vec::new();
     let mut buf = [0u8; 4096];
-    loop {
-        match tokio::time::timeout(idle, stream.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
-            Ok(Ok(n)) => received.extend_from_slice(&buf[..n]),
+    let read_all = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+            }
         }
-    }
-    String::from_utf8_lossy(&received).into_owned()
+    };
+    let closed = tokio::time::timeout(PATIENCE, read_all).await.is_ok();
+    let text = String::from_utf8_lossy(&received).into_owned();
+    assert!(
+        closed,
+        "the proxy never closed the connection; it sent: {text}"
+    );
+    text
 }
 
 fn status_line(response: &str) -> &str {
@@ -69,19 +84,16 @@ async fn get_and_close(addr: SocketAddr) -> String {
     exchange(
         addr,
         b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        IDLE,
     )
     .await
 }
 
-const IDLE: Duration = Duration::from_millis(1500);
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_request_line_gets_400() {
     let (proxy, _up) = with_upstream(|_| {}).await;
-    let response = exchange(proxy.addr, b"THIS IS NOT HTTP\r\n\r\n", IDLE).await;
+    let response = exchange(proxy.addr, b"THIS IS NOT HTTP\r\n\r\n").await;
     assert_status(&response, "400");
-    let response = exchange(proxy.addr, b"GET / HTTP/1.1\r\nBad Header\r\n\r\n", IDLE).await;
+    let response = exchange(proxy.addr, b"GET / HTTP/1.1\r\nBad Header\r\n\r\n").await;
     assert_status(&response, "400");
 }
 
@@ -90,7 +102,7 @@ async fn oversized_head_gets_431() {
     let (proxy, _up) = with_upstream(|_| {}).await;
     let big = "a".repeat(32 * 1024);
     let request = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n");
-    let response = exchange(proxy.addr, request.as_bytes(), IDLE).await;
+    let response = exchange(proxy.addr, request.as_bytes()).await;
     assert_status(&response, "431");
 }
 
@@ -107,7 +119,7 @@ async fn smuggling_attempts_are_refused() {
         let request = format!(
             "POST / HTTP/1.1\r\nHost: x\r\n{head}\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
         );
-        let response = exchange(proxy.addr, request.as_bytes(), IDLE).await;
+        let response = exchange(proxy.addr, request.as_bytes()).await;
         assert_status(&response, "400");
         assert_eq!(response.matches("HTTP/1.1").count(), 1, "{response}");
         assert!(response.contains("connection: close"), "{response}");
@@ -123,7 +135,7 @@ async fn smuggling_attempts_are_refused() {
         POST /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
         31\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n\r\n0\r\n\r\n\
         POST /c HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
-    let response = exchange(proxy.addr, request, IDLE).await;
+    let response = exchange(proxy.addr, request).await;
     assert!(
         response.contains("POST /a, host: x, 5 body bytes"),
         "{response}"
@@ -137,34 +149,36 @@ async fn smuggling_attempts_are_refused() {
     assert!(!response.contains("POST /c"), "{response}");
     // Transfer-Encoding in HTTP/1.0, which has no chunked coding.
     let request = b"POST / HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
-    let response = exchange(proxy.addr, request, IDLE).await;
+    let response = exchange(proxy.addr, request).await;
     assert_status(&response, "400");
     // Two different Content-Lengths.
     let request = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab";
-    let response = exchange(proxy.addr, request, IDLE).await;
+    let response = exchange(proxy.addr, request).await;
     assert_status(&response, "400");
     // A transfer coding other than chunked last.
     let request =
         b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n";
-    let response = exchange(proxy.addr, request, IDLE).await;
+    let response = exchange(proxy.addr, request).await;
     assert_status(&response, "400");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_client_is_disconnected() {
     let (proxy, _up) = with_upstream(|_| {}).await;
+    // Before the connection exists, so before the proxy's timer starts.
+    let started = Instant::now();
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
     stream
         .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
         .await
         .unwrap();
-    let started = Instant::now();
     // The head never ends: the header read timeout (500 ms) closes the connection, with a
-    // 408 or without an answer.
-    let response = read_until_idle(&mut stream, Duration::from_secs(5)).await;
+    // 408 or without an answer; not before it is due, and far sooner than the default
+    // (10 s) would.
+    let response = read_until_closed(&mut stream).await;
     let waited = started.elapsed();
     assert!(
-        waited < Duration::from_secs(3),
+        waited >= Duration::from_millis(500) && waited < Duration::from_secs(5),
         "the slow client was kept for {waited:?}"
     );
     assert!(
@@ -182,15 +196,21 @@ async fn never_forwards_to_an_unconfigured_address() {
     let request = format!(
         "GET http://{canary_addr}/secret HTTP/1.1\r\nHost: {canary_addr}\r\nConnection: close\r\n\r\n"
     );
-    let response = exchange(proxy.addr, request.as_bytes(), IDLE).await;
+    let response = exchange(proxy.addr, request.as_bytes()).await;
     assert_status(&response, "200");
     assert!(
         response.contains(&format!("x-upstream: {}", up.addr)),
         "{response}"
     );
     assert!(response.contains("GET /secret"), "{response}");
-    let accepted = tokio::time::timeout(Duration::from_millis(300), canary.accept()).await;
-    assert!(accepted.is_err(), "the proxy connected to the canary");
+    // A connection to the canary made while the request was served would be waiting in
+    // its accept queue by now (the kernel completes a loopback connect at once).
+    let canary = canary.into_std().unwrap();
+    canary.set_nonblocking(true).unwrap();
+    match canary.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the proxy connected to the canary: {other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,7 +218,7 @@ async fn forwarded_headers_and_host_modes() {
     let (proxy, up) = with_upstream(|_| {}).await;
     let request = b"GET /h HTTP/1.1\r\nHost: example.test\r\nX-Forwarded-For: 10.0.0.1\r\n\
         Connection: close, x-private\r\nX-Private: secret\r\n\r\n";
-    let response = exchange(proxy.addr, request, IDLE).await;
+    let response = exchange(proxy.addr, request).await;
     assert!(response.contains("host: example.test"), "{response}");
     assert!(
         response.contains("x-forwarded-for: 10.0.0.1, 127.0.0.1"),
@@ -208,7 +228,7 @@ async fn forwarded_headers_and_host_modes() {
 
     let (proxy, up2) = with_upstream(|c| c.upstream.host = HostMode::Upstream).await;
     let request = b"GET /h HTTP/1.1\r\nHost: example.test\r\nConnection: close\r\n\r\n";
-    let response = exchange(proxy.addr, request, IDLE).await;
+    let response = exchange(proxy.addr, request).await;
     assert!(
         response.contains(&format!("host: {}", up2.addr)),
         "{response}"
@@ -270,7 +290,7 @@ async fn a_retry_under_consistent_hashing_goes_to_the_next_upstream() {
     let proxy = proxy::start(&config).await.unwrap();
     let get = |path: &str| {
         let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-        async move { exchange(proxy.addr, request.as_bytes(), IDLE).await }
+        async move { exchange(proxy.addr, request.as_bytes()).await }
     };
     let upstream_of = |response: &str| {
         addrs
@@ -281,11 +301,10 @@ async fn a_retry_under_consistent_hashing_goes_to_the_next_upstream() {
     upstreams.remove(first).stop();
     // The stop takes effect when the runtime drops the upstream's tasks: wait until it
     // refuses connections (its pooled connections in the proxy are closed or reset by then).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while TcpStream::connect(addrs[first]).await.is_ok() {
-        assert!(Instant::now() < deadline, "the upstream never stopped");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("the stopped upstream to refuse connections", async || {
+        TcpStream::connect(addrs[first]).await.is_err()
+    })
+    .await;
     for _ in 0..3 {
         let response = get("/key").await;
         assert_status(&response, "200");
@@ -309,7 +328,9 @@ async fn every_upstream_down_gets_502_or_with_fail_closed_503() {
         let addrs = [a.addr, b.addr];
         let mut config = config(&addrs);
         config.health.interval = Duration::from_millis(100);
-        config.health.timeout = Duration::from_millis(100);
+        // A stopped upstream refuses at once; a running one must never time out, however
+        // loaded the machine (it would be unhealthy before the first request).
+        config.health.timeout = Duration::from_secs(1);
         config.health.fall = 2;
         config.health.fail_closed = fail_closed;
         config.timeouts.fail_fast = Duration::from_millis(200);
@@ -317,18 +338,13 @@ async fn every_upstream_down_gets_502_or_with_fail_closed_503() {
         assert_status(&get_and_close(proxy.addr).await, "200");
         a.stop();
         b.stop();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while proxy
-            .endpoints()
-            .iter()
-            .any(|e| e.state != tower_lb::endpoint::EndpointState::Unhealthy)
-        {
-            assert!(
-                Instant::now() < deadline,
-                "the checks never found both down"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually("the checks to find both down", async || {
+            proxy
+                .endpoints()
+                .iter()
+                .all(|e| e.state == tower_lb::endpoint::EndpointState::Unhealthy)
+        })
+        .await;
         let started = Instant::now();
         let response = get_and_close(proxy.addr).await;
         if fail_closed {
@@ -355,19 +371,26 @@ async fn shutdown_drains_in_flight_requests() {
         .write_all(b"POST /drain HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n12345")
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    eventually("the request in flight", async || {
+        proxy.endpoints().iter().map(|e| e.in_flight).sum::<u64>() == 1
+    })
+    .await;
     let shutdown = tokio::spawn(proxy.shutdown());
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    // No new connections once shutdown has begun.
+    // No new connections once shutdown has begun: the listeners close, while the request
+    // in flight still waits for the rest of its body.
+    eventually("the listeners to close", async || {
+        TcpStream::connect(addr).await.is_err()
+    })
+    .await;
     assert!(
-        TcpStream::connect(addr).await.is_err(),
-        "a new connection was accepted during shutdown"
+        !shutdown.is_finished(),
+        "shutdown did not wait for the request"
     );
     stream.write_all(b"67890").await.unwrap();
-    let response = read_until_idle(&mut stream, IDLE).await;
+    let response = read_until_closed(&mut stream).await;
     assert_status(&response, "200");
     assert!(response.contains("10 body bytes"), "{response}");
-    tokio::time::timeout(Duration::from_secs(5), shutdown)
+    tokio::time::timeout(PATIENCE, shutdown)
         .await
         .expect("shutdown did not finish")
         .unwrap();

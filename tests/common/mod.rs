@@ -293,6 +293,30 @@ where
     log.snapshot()[before..].to_vec()
 }
 
+/// How long [`eventually`] waits for its condition before it fails the test: far longer
+/// than any condition here takes on a loaded machine, so that it only turns a hang into a
+/// failure and no assertion depends on it.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Waits (real clock) until `condition` holds, checking it every 5 ms, and returns how long
+/// that took. Fails the test, saying it was waiting for `what`, after [`PATIENCE`].
+///
+/// For tests over real sockets, where tokio's paused clock cannot stand in: they wait for
+/// what they need to have happened instead of sleeping for a while and hoping it has.
+pub async fn eventually(what: &str, mut condition: impl AsyncFnMut() -> bool) -> Duration {
+    let start = std::time::Instant::now();
+    loop {
+        if condition().await {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "still waiting for {what} after {PATIENCE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Lets the balancer's background driver (and any other ready task) run.
 pub async fn settle() {
     for _ in 0..16 {
