@@ -81,6 +81,13 @@ impl InFlight {
         }
     }
 
+    /// The endpoint's counters.
+    #[inline]
+    #[cfg_attr(not(feature = "orca"), allow(dead_code))]
+    pub(crate) fn load(&self) -> &Load {
+        &self.load
+    }
+
     /// Records the outcome and latency; later calls do nothing. [`Outcome::Trailers`]
     /// samples the latency now (the head's) and leaves the outcome to
     /// [`record_trailers`](Self::record_trailers).
@@ -229,6 +236,7 @@ mod tests {
             timing: Some(timing),
             penalty: None,
             outlier: None,
+            reports: false,
         };
         (Arc::new(Load::new(Arc::new(settings), 0)), timing)
     }

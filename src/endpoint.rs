@@ -200,11 +200,27 @@ pub struct Load {
     failures: AtomicU64,
     readiness_failures: AtomicU64,
     cancelled: AtomicU64,
+    /// Server load reports (feature `orca`), behind a pointer on the cold line: `None`
+    /// unless the balancer reads reports. Takes 8 of the padding's bytes.
+    #[cfg(feature = "orca")]
+    reports: Option<Box<Reports>>,
     /// Successes since the endpoint entered probation.
     probation_successes: AtomicU32,
     /// Cold padding up to 128 bytes with the `Arc` header, so that the next allocation's
     /// hot counters do not share a line with these.
+    #[cfg(not(feature = "orca"))]
     _pad: [u32; 5],
+    #[cfg(feature = "orca")]
+    _pad: [u32; 3],
+}
+
+/// An endpoint's load reports (feature `orca`): the latest one and the counts.
+#[cfg(feature = "orca")]
+#[derive(Debug, Default)]
+struct Reports {
+    latest: arc_swap::ArcSwapOption<crate::orca::ReceivedReport>,
+    received: AtomicU64,
+    errors: AtomicU64,
 }
 
 /// What the endpoints of one balancer share, behind one pointer in each [`Load`].
@@ -216,6 +232,9 @@ pub(crate) struct LoadSettings {
     pub(crate) penalty: Option<Penalty>,
     /// Outlier detection's thresholds and the driver's wake-up, when it is on.
     pub(crate) outlier: Option<Arc<crate::health::OutlierSignal>>,
+    /// Whether each endpoint keeps the load reports of its responses (feature `orca`).
+    #[cfg_attr(not(feature = "orca"), allow(dead_code))]
+    pub(crate) reports: bool,
 }
 
 /// The clock and time constant of the [failure penalty](Load::failure_penalty).
@@ -310,10 +329,19 @@ impl Timing {
 
 impl Load {
     pub(crate) fn new(settings: Arc<LoadSettings>, initial_flags: u32) -> Self {
-        Load {
-            settings: Some(settings),
+        let load = Load {
             health: AtomicU32::new(initial_flags),
             ..Load::default()
+        };
+        #[cfg(feature = "orca")]
+        let load = if settings.reports {
+            load.with_load_reports()
+        } else {
+            load
+        };
+        Load {
+            settings: Some(settings),
+            ..load
         }
     }
 
@@ -561,6 +589,73 @@ impl Load {
         self
     }
 
+    /// The same counters, keeping load reports (feature `orca`): what a balancer that reads
+    /// reports gives each endpoint, for driving a report-fed strategy outside a balancer.
+    #[cfg(feature = "orca")]
+    pub fn with_load_reports(mut self) -> Self {
+        self.reports = Some(Box::default());
+        self
+    }
+
+    /// Whether this endpoint keeps load reports (feature `orca`).
+    #[cfg(feature = "orca")]
+    #[inline]
+    pub fn keeps_load_reports(&self) -> bool {
+        self.reports.is_some()
+    }
+
+    /// Records a load report, or a report that could not be read (feature `orca`). A report
+    /// becomes the endpoint's [latest](Self::latest_report), stamped with the time now; an
+    /// error is only counted. Does nothing unless the endpoint
+    /// [keeps reports](Self::keeps_load_reports).
+    ///
+    /// The balancer calls this for every response that carries a report; call it yourself
+    /// to feed reports from another source (an out-of-band stream).
+    #[cfg(feature = "orca")]
+    pub fn record_load_report(
+        &self,
+        report: Result<crate::orca::LoadReport, crate::orca::OrcaError>,
+    ) {
+        let Some(reports) = self.reports.as_deref() else {
+            return;
+        };
+        match report {
+            Ok(report) => {
+                reports.received.fetch_add(1, Ordering::Relaxed);
+                reports
+                    .latest
+                    .store(Some(crate::orca::ReceivedReport::now(report)));
+            }
+            Err(error) => {
+                reports.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%error, "load report ignored");
+            }
+        }
+    }
+
+    /// The latest load report and when it arrived (feature `orca`); `None` before the first,
+    /// or when the endpoint does not keep reports.
+    #[cfg(feature = "orca")]
+    pub fn latest_report(&self) -> Option<Arc<crate::orca::ReceivedReport>> {
+        self.reports.as_deref()?.latest.load_full()
+    }
+
+    /// Load reports received (feature `orca`).
+    #[cfg(feature = "orca")]
+    pub fn load_reports_received(&self) -> u64 {
+        self.reports
+            .as_deref()
+            .map_or(0, |r| r.received.load(Ordering::Relaxed))
+    }
+
+    /// Load reports that could not be read and were ignored (feature `orca`).
+    #[cfg(feature = "orca")]
+    pub fn load_report_errors(&self) -> u64 {
+        self.reports
+            .as_deref()
+            .map_or(0, |r| r.errors.load(Ordering::Relaxed))
+    }
+
     /// Requests sent to the endpoint that have not finished yet.
     #[inline]
     pub fn in_flight(&self) -> u64 {
@@ -719,6 +814,20 @@ pub struct EndpointStats<K> {
     pub cancelled: u64,
     /// The peak-EWMA latency estimate, when latency is tracked and sampled.
     pub latency: Option<Duration>,
+    /// The latest load report the endpoint sent (feature `orca`), when the balancer reads
+    /// reports and one arrived.
+    #[cfg(feature = "orca")]
+    pub load_report: Option<crate::orca::LoadReport>,
+    /// How long ago `load_report` arrived (feature `orca`).
+    #[cfg(feature = "orca")]
+    pub load_report_age: Option<Duration>,
+    /// Load reports received (feature `orca`).
+    #[cfg(feature = "orca")]
+    pub load_reports: u64,
+    /// Load reports that could not be read and were ignored (feature `orca`): see
+    /// [`OrcaError`](crate::orca::OrcaError).
+    #[cfg(feature = "orca")]
+    pub load_report_errors: u64,
 }
 
 #[cfg(test)]
@@ -735,6 +844,7 @@ mod tests {
                 }),
                 penalty: None,
                 outlier: None,
+                reports: false,
             }),
             0,
         )
@@ -799,6 +909,9 @@ mod tests {
         ] {
             assert!(16 + end <= 64, "{end}");
         }
+        // Load reports sit behind a pointer on the cold line.
+        #[cfg(feature = "orca")]
+        assert!(16 + std::mem::offset_of!(Load, reports) >= 64);
     }
 
     #[test]

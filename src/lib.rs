@@ -85,6 +85,8 @@ pub mod health;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod key;
+#[cfg(feature = "orca")]
+pub mod orca;
 pub mod strategy;
 mod time;
 

@@ -188,6 +188,8 @@ pub(crate) struct Shared<K, S, P: Strategy> {
     /// strategy reads latency or the failure penalty.
     pub(crate) pick_epoch: Option<Instant>,
     pub(crate) fail_fast: Duration,
+    /// Whether endpoints keep the load reports of their responses (feature `orca`).
+    pub(crate) reports: bool,
     /// Handles waiting for the set to change, by handle id.
     waiters: Mutex<HashMap<u64, Waker>>,
     next_handle: AtomicU64,
@@ -215,6 +217,7 @@ impl<K, S, P: Strategy> Shared<K, S, P> {
         signal: Arc<OutlierSignal>,
         stop: oneshot::Sender<()>,
         rng: Rng,
+        reports: bool,
     ) -> Self
     where
         K: Clone,
@@ -237,6 +240,7 @@ impl<K, S, P: Strategy> Shared<K, S, P> {
             penalty,
             pick_epoch,
             fail_fast,
+            reports,
             waiters: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(0),
             discovery: Mutex::new(DiscoveryStats::default()),
@@ -371,6 +375,14 @@ impl<K, S, P: Strategy> Shared<K, S, P> {
                 readiness_failures: slot.load.readiness_failures(),
                 cancelled: slot.load.cancelled(),
                 latency: slot.load.latency(),
+                #[cfg(feature = "orca")]
+                load_report: slot.load.latest_report().map(|r| r.report.clone()),
+                #[cfg(feature = "orca")]
+                load_report_age: slot.load.latest_report().map(|r| r.age()),
+                #[cfg(feature = "orca")]
+                load_reports: slot.load.load_reports_received(),
+                #[cfg(feature = "orca")]
+                load_report_errors: slot.load.load_report_errors(),
             })
             .collect()
     }

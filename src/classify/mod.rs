@@ -84,6 +84,22 @@ pub enum Outcome {
 pub trait Classify<Res, E>: Clone + Send + Sync + 'static {
     /// Classifies one result.
     fn classify(&self, result: &Result<Res, E>) -> Outcome;
+
+    /// The server's load report in a response's head (feature `orca`), if it carries one.
+    ///
+    /// Called only when the balancer reads reports (see [`orca`](crate::orca)). The default
+    /// finds none; [`DefaultClassifier`] and [`GrpcClassifier`] read an `http::Response`'s
+    /// headers with [`LoadReport::from_headers`](crate::orca::LoadReport::from_headers). A
+    /// closure classifier finds none: wrap it in
+    /// [`ReadReports`](crate::orca::ReadReports) to read HTTP reports.
+    #[cfg(feature = "orca")]
+    fn load_report(
+        &self,
+        response: &Res,
+    ) -> Option<Result<crate::orca::LoadReport, crate::orca::OrcaError>> {
+        let _ = response;
+        None
+    }
 }
 
 /// `Err`, HTTP responses with status 5xx or 429, and gRPC responses with a failing
@@ -104,6 +120,15 @@ impl<B, E> Classify<http::Response<B>, E> for DefaultClassifier {
             Ok(response) => grpc::response_outcome(response, GrpcCodes::DEFAULT_FAILURES),
             Err(_) => Outcome::Failure,
         }
+    }
+
+    #[cfg(feature = "orca")]
+    #[inline]
+    fn load_report(
+        &self,
+        response: &http::Response<B>,
+    ) -> Option<Result<crate::orca::LoadReport, crate::orca::OrcaError>> {
+        crate::orca::LoadReport::from_headers(response.headers())
     }
 }
 

@@ -142,11 +142,13 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
         timing: Option<Timing>,
         penalty: Option<Penalty>,
         rng: Rng,
+        reports: bool,
     ) -> Self {
         let load_settings = Arc::new(LoadSettings {
             timing,
             penalty,
             outlier: settings.outlier.as_ref().map(|_| signal.clone()),
+            reports,
         });
         Runner {
             settings,
@@ -745,7 +747,7 @@ mod tests {
             outlier: Some(outlier),
             ..HealthSettings::default()
         };
-        let mut runner = Runner::new(settings, signal.clone(), None, None, Rng::default());
+        let mut runner = Runner::new(settings, signal.clone(), None, None, Rng::default(), false);
         let load = Arc::new(runner.new_load());
         runner.insert(&"a", &load, "a".into(), Metadata::default());
         (runner, load, signal)
