@@ -306,8 +306,10 @@ impl Strategy for WeightedRoundRobin {
         // Endpoints that left the set (or became ineligible) are forgotten: when they
         // return, the blackout applies again, as when gRPC reconnects a subchannel.
         *state = kept;
+        // With one usable weight the others would take it as their mean: round robin.
+        let usable = weights.iter().filter(|&&w| w > 0.0).count();
         Schedule {
-            stride: StaticStride::new(&weights),
+            stride: (usable >= 2).then(|| StaticStride::new(&weights)).flatten(),
             weights,
         }
     }
