@@ -41,15 +41,16 @@ impl LoadReport {
         let mut report = LoadReport::default();
         let mut seen = 0u8;
         for entry in list.split(',') {
-            let entry = entry.trim();
+            // Byte-wise: every delimiter is ASCII, so the slices stay on char boundaries.
+            let entry = entry.trim_ascii();
             if entry.is_empty() {
                 continue;
             }
-            let Some(at) = entry.find(['=', ':']) else {
+            let Some(at) = entry.bytes().position(|b| b == b'=' || b == b':') else {
                 return Err(OrcaError::MissingValue(entry.to_owned()));
             };
-            let name = entry[..at].trim_end();
-            let raw = entry[at + 1..].trim_start();
+            let name = entry[..at].trim_ascii_end();
+            let raw = entry[at + 1..].trim_ascii_start();
             if name.is_empty() {
                 return Err(OrcaError::EmptyName);
             }
