@@ -15,6 +15,7 @@
 //! | `parse/text`, `parse/json`, `parse/bin`, `parse/grpc_bin` | `from_headers` of a typical report (cpu, application utilization, qps, eps, one named metric) in each form |
 //! | `parse/*_small` | the same with only `cpu_utilization` and `rps_fractional` |
 //! | `parse/text_value_only`, `parse/bin_value_only`, `parse/text_small_value_only` | the parser alone on the header's value (no header lookups) |
+//! | `parse/encode_text`, `parse/encode_bin`, `parse/encode_json` | writing the typical report in each form (the server's side) |
 //! | `parse/baseline_parse_f64` | one `str::parse::<f64>` of `0.4375`: the floor of any text form |
 //! | `layer/baseline` | a `service_fn` answering `http::Response<Full<Bytes>>`, called directly |
 //! | `layer/orca_text`, `layer/orca_bin` | the same behind `OrcaLayer` (TEXT or BIN header): recorder in the extensions, rates, report, header |
@@ -103,6 +104,11 @@ fn parse(c: &mut Criterion) {
     g.bench_function("text_small_value_only", |b| {
         b.iter(|| LoadReport::parse_text(black_box(&small_text)))
     });
+    // The encoders, for the server's side.
+    let report = typical();
+    g.bench_function("encode_text", |b| b.iter(|| black_box(&report).to_text()));
+    g.bench_function("encode_bin", |b| b.iter(|| black_box(&report).to_bin()));
+    g.bench_function("encode_json", |b| b.iter(|| black_box(&report).to_json()));
     g.bench_function("baseline_parse_f64", |b| {
         b.iter(|| black_box("0.4375").parse::<f64>())
     });

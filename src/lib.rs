@@ -59,6 +59,7 @@
 //! | [`completion`] | when a request stops counting as in flight |
 //! | [`health`] | active probes, outlier detection, panic mode, slow start, draining, events |
 //! | [`key`] | request keys for consistent hashing |
+//! | `orca` | (feature `orca`) server-reported load: ORCA load reports, the server layer `OrcaLayer` |
 //! | [`error`] | the balancer's errors |
 //! | `http` | (feature `http`) HTTP request keys, and keep a request in flight until its body ends |
 //!
@@ -67,6 +68,7 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `dns` | no | `discover::dns`: endpoints from DNS A/AAAA or SRV records (depends on `hickory-resolver`) |
+//! | `orca` | no | `orca`: ORCA load reports read from responses (gRFC A51), `strategy::WeightedRoundRobin` (gRFC A58/A114), and the server layer `orca::OrcaLayer` (implies `http`; depends on `prost`, `base64` and `serde_json`) |
 //! | `http` | yes | `http::OnBodyEnd` and `http::TrackedBody`, the request keys in `http::key`, and `health::HttpProbe` (depends on `http-body` and `bytes`) |
 //!
 //! [tower]: https://docs.rs/tower

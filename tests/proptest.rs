@@ -432,10 +432,9 @@ mod orca {
                 prop_assert!(valid(&report));
             }
             if let Ok(text) = std::str::from_utf8(&value) {
-                for parsed in [LoadReport::parse_text(text), LoadReport::parse_json(text)] {
-                    if let Ok(report) = parsed {
-                        prop_assert!(valid(&report));
-                    }
+                let parsed = [LoadReport::parse_text(text), LoadReport::parse_json(text)];
+                for report in parsed.into_iter().flatten() {
+                    prop_assert!(valid(&report));
                 }
             }
         }

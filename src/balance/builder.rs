@@ -324,7 +324,7 @@ impl<P, C, T, H> Builder<P, C, T, H> {
         // The balancer's own random choices, each from its own sequence of one seed.
         let seed = self.settings.seed.or_else(|| self.strategy.seed());
         let rng = |stream| seed.map_or_else(Rng::default, |seed| Rng::derived(seed, stream));
-        let shared = Arc::new(Shared::new(
+        let mut shared = Shared::new(
             self.strategy,
             latency,
             failure_penalty,
@@ -332,8 +332,9 @@ impl<P, C, T, H> Builder<P, C, T, H> {
             signal,
             stop_tx,
             rng(SCAN_STREAM),
-            reports,
-        ));
+        );
+        shared.reports = reports;
+        let shared = Arc::new(shared);
         let driver = Driver::new(
             &shared,
             boxed(discovery),

@@ -188,7 +188,8 @@ pub(crate) struct Shared<K, S, P: Strategy> {
     /// strategy reads latency or the failure penalty.
     pub(crate) pick_epoch: Option<Instant>,
     pub(crate) fail_fast: Duration,
-    /// Whether endpoints keep the load reports of their responses (feature `orca`).
+    /// Whether endpoints keep the load reports of their responses (feature `orca`); set by
+    /// the builder before the driver starts.
     pub(crate) reports: bool,
     /// Handles waiting for the set to change, by handle id.
     waiters: Mutex<HashMap<u64, Waker>>,
@@ -217,7 +218,6 @@ impl<K, S, P: Strategy> Shared<K, S, P> {
         signal: Arc<OutlierSignal>,
         stop: oneshot::Sender<()>,
         rng: Rng,
-        reports: bool,
     ) -> Self
     where
         K: Clone,
@@ -240,7 +240,7 @@ impl<K, S, P: Strategy> Shared<K, S, P> {
             penalty,
             pick_epoch,
             fail_fast,
-            reports,
+            reports: false,
             waiters: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(0),
             discovery: Mutex::new(DiscoveryStats::default()),

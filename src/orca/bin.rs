@@ -33,7 +33,14 @@ const BASE64: GeneralPurpose = GeneralPurpose::new(
 
 impl LoadReport {
     /// Parses the binary form: base64 (padded or not) of the protobuf message, with or
-    /// without the `BIN ` prefix.
+    /// without the `BIN ` prefix: the value of `endpoint-load-metrics-bin` (gRPC's
+    /// metadata, in trailers), or of `endpoint-load-metrics` after `BIN `.
+    ///
+    /// gRPC requires readers of `-bin` metadata to take base64 with or without padding, so
+    /// this reader does, for every binary form. As Envoy does, an empty value, base64 that
+    /// does not decode, and bytes that are not an `OrcaLoadReport` are errors; unknown
+    /// protobuf fields are skipped (protobuf's rule). Values must also be finite and not
+    /// negative ([`validate`](Self::validate)), which Envoy does not check.
     pub fn parse_bin(value: &[u8]) -> Result<LoadReport, OrcaError> {
         let b64 = value.strip_prefix(PREFIX.as_bytes()).unwrap_or(value);
         let b64 = b64.trim_ascii();

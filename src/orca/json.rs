@@ -1,14 +1,6 @@
 //! The `JSON ` form of `endpoint-load-metrics`: proto3's JSON mapping of `OrcaLoadReport`.
 //!
-//! proto3 JSON names each field by its lowerCamelCase name (`cpuUtilization`), and parsers
-//! also accept the proto field name (`cpu_utilization`), as Envoy's examples write it. A
-//! double may be a JSON number or a string (`"0.5"`, `"NaN"`, `"Infinity"`); a uint64 (`rps`)
-//! a number or a decimal string; `null` is the field's default. Maps are objects of numbers.
-//!
-//! Like Envoy (which parses with protobuf's JSON parser and fails on unknown fields), a field
-//! `OrcaLoadReport` does not have is an error ([`OrcaError::UnknownField`]). Values must be
-//! finite and not negative. The encoder writes proto field names, omits zero scalars and
-//! empty maps (proto3 JSON's defaults), and writes non-finite values as proto3's strings.
+//! The rules are in the docs of [`LoadReport::parse_json`].
 
 use std::collections::BTreeMap;
 
@@ -21,7 +13,17 @@ use super::report::{check_value, LoadReport};
 pub(crate) const PREFIX: &str = "JSON ";
 
 impl LoadReport {
-    /// Parses the `JSON ` form, with or without its prefix (see the [module docs](self)).
+    /// Parses the `JSON ` form, with or without its prefix.
+    ///
+    /// proto3 JSON names each field by its lowerCamelCase name (`cpuUtilization`), and parsers
+    /// also accept the proto field name (`cpu_utilization`), as Envoy's examples write it. A
+    /// double may be a JSON number or a string (`"0.5"`, `"NaN"`, `"Infinity"`); a uint64 (`rps`)
+    /// a number or a decimal string; `null` is the field's default. Maps are objects of numbers.
+    ///
+    /// Like Envoy (which parses with protobuf's JSON parser and fails on unknown fields), a field
+    /// `OrcaLoadReport` does not have is an error ([`OrcaError::UnknownField`]). Values must be
+    /// finite and not negative. The encoder writes proto field names, omits zero scalars and
+    /// empty maps (proto3 JSON's defaults), and writes non-finite values as proto3's strings.
     pub fn parse_json(value: &str) -> Result<LoadReport, OrcaError> {
         let json = value.strip_prefix(PREFIX).unwrap_or(value);
         let object: Map<String, Value> =
@@ -50,7 +52,8 @@ impl LoadReport {
         Ok(report)
     }
 
-    /// Writes the `JSON ` form, prefix included (see the [module docs](self)).
+    /// Writes the `JSON ` form, prefix included: proto field names, zero scalars and empty
+    /// maps left out, non-finite values as proto3's strings (see [`parse_json`](Self::parse_json)).
     pub fn to_json(&self) -> String {
         let mut object = Map::new();
         let mut scalar = |name: &str, value: f64| {

@@ -1,21 +1,6 @@
 //! The `TEXT ` form of `endpoint-load-metrics`: a comma-separated list of `name=value`.
 //!
-//! The ORCA design (and Envoy's documentation) write entries as `name=value`, for example
-//! `TEXT cpu_utilization=0.3, mem_utilization=0.8, rps_fractional=10.0, eps=1,
-//! named_metrics.custom_metric_util=0.4`. Envoy's parser (`source/common/orca/orca_parser.cc`)
-//! splits each entry at its first `:` instead. This parser takes whichever of `=` and `:`
-//! comes first, so it reads both; the encoder writes `=`.
-//!
-//! Rules, as Envoy applies them unless said otherwise:
-//! - entries are separated by commas; whitespace around entries, names and values is ignored;
-//!   an empty entry (a trailing comma) is skipped (Envoy rejects it);
-//! - names: `cpu_utilization`, `mem_utilization`, `application_utilization`,
-//!   `rps_fractional`, `eps`, and `named_metrics.<name>`; this parser also takes
-//!   `utilization.<name>`, `request_cost.<name>` and the deprecated integer `rps`, which
-//!   Envoy rejects as unsupported;
-//! - any other name is an error ([`OrcaError::UnknownField`]), and so is an empty name, an
-//!   entry without a value, a value that is not a number, NaN or infinite, and a metric
-//!   named twice; a negative value is an error too (Envoy accepts it).
+//! The rules are in the docs of [`LoadReport::parse_text`].
 
 use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
@@ -35,7 +20,24 @@ const EPS: u8 = 16;
 const RPS: u8 = 32;
 
 impl LoadReport {
-    /// Parses the `TEXT ` form, with or without its prefix (see the [module docs](self)).
+    /// Parses the `TEXT ` form, with or without its prefix.
+    ///
+    /// The ORCA design (and Envoy's documentation) write entries as `name=value`, for example
+    /// `TEXT cpu_utilization=0.3, mem_utilization=0.8, rps_fractional=10.0, eps=1,
+    /// named_metrics.custom_metric_util=0.4`. Envoy's parser (`source/common/orca/orca_parser.cc`)
+    /// splits each entry at its first `:` instead. This parser takes whichever of `=` and `:`
+    /// comes first, so it reads both; the encoder writes `=`.
+    ///
+    /// Rules, as Envoy applies them unless said otherwise:
+    /// - entries are separated by commas; whitespace around entries, names and values is ignored;
+    ///   an empty entry (a trailing comma) is skipped (Envoy rejects it);
+    /// - names: `cpu_utilization`, `mem_utilization`, `application_utilization`,
+    ///   `rps_fractional`, `eps`, and `named_metrics.<name>`; this parser also takes
+    ///   `utilization.<name>`, `request_cost.<name>` and the deprecated integer `rps`, which
+    ///   Envoy rejects as unsupported;
+    /// - any other name is an error ([`OrcaError::UnknownField`]), and so is an empty name, an
+    ///   entry without a value, a value that is not a number, NaN or infinite, and a metric
+    ///   named twice; a negative value is an error too (Envoy accepts it).
     pub fn parse_text(value: &str) -> Result<LoadReport, OrcaError> {
         let list = value.strip_prefix(PREFIX).unwrap_or(value);
         let mut report = LoadReport::default();
@@ -176,9 +178,11 @@ trait Fmt {
 
 impl Fmt for f64 {
     fn write(&self, out: &mut String) {
-        // `{:?}` is the shortest text that reads back as the same f64, with an exponent
-        // for very large and very small values (so no value is hundreds of digits long).
-        let _ = write!(out, "{self:?}");
+        // The shortest text that reads back as the same f64, with an exponent for very
+        // large and very small values (so no value is hundreds of digits long). NaN and
+        // infinities (not in a valid report) come out as "NaN", "inf", "-inf", which the
+        // parser rejects by name.
+        out.push_str(zmij::Buffer::new().format(*self));
     }
 }
 

@@ -196,7 +196,7 @@ impl WeightedRoundRobin {
     pub fn weight_of(&self, report: &LoadReport) -> f64 {
         let qps = report.rps_fractional;
         let utilization = report.utilization_for_weight(&self.metric_names);
-        if !(qps > 0.0 && utilization > 0.0) || !qps.is_finite() || !utilization.is_finite() {
+        if !(qps.is_finite() && utilization.is_finite() && qps > 0.0 && utilization > 0.0) {
             return 0.0;
         }
         let penalty = if report.eps > 0.0 && self.error_utilization_penalty > 0.0 {
@@ -331,8 +331,8 @@ impl Strategy for WeightedRoundRobin {
     }
 
     fn validate(&self) -> Result<(), BuildError> {
-        if !(self.error_utilization_penalty >= 0.0) || self.error_utilization_penalty.is_infinite()
-        {
+        let penalty = self.error_utilization_penalty;
+        if penalty.is_nan() || penalty.is_infinite() || penalty < 0.0 {
             return Err(BuildError::InvalidConfig(
                 "error_utilization_penalty must be a finite number at least 0",
             ));
