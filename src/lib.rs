@@ -60,14 +60,14 @@
 //! | [`health`] | active probes, outlier detection, panic mode, slow start, draining, events |
 //! | [`key`] | request keys for consistent hashing |
 //! | [`error`] | the balancer's errors |
-//! | `http` | (feature `http`) HTTP request keys, and keep a request in flight until its body ends |
+//! | `http` | (feature `http`) HTTP request keys, keep a request in flight until its body ends, and request bodies whose errors are the caller's (`ClientBody`) |
 //!
 //! # Features
 //!
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `dns` | no | `discover::dns`: endpoints from DNS A/AAAA or SRV records (depends on `hickory-resolver`) |
-//! | `http` | yes | `http::OnBodyEnd` and `http::TrackedBody`, the request keys in `http::key`, and `health::HttpProbe` (depends on `http-body` and `bytes`) |
+//! | `http` | yes | `http::OnBodyEnd` and `http::TrackedBody`, `http::ClientBody`, the request keys in `http::key`, and `health::HttpProbe` (depends on `http-body` and `bytes`) |
 //!
 //! [tower]: https://docs.rs/tower
 
