@@ -366,18 +366,30 @@ impl Load {
 
     /// Starts probation: counts successes from zero. Probation starts before the ejection
     /// ends, so that the first failure after the ejection finds the endpoint on probation.
+    ///
+    /// Like [`end_ejection`](Self::end_ejection), it forgets the failures that ejected the
+    /// endpoint.
     pub(crate) fn begin_probation(&self) {
-        self.consecutive_failures.store(0, Ordering::Relaxed);
+        self.forgive();
         self.probation_successes.store(0, Ordering::Relaxed);
         self.set_flags(flags::PROBATION, true);
         self.set_flags(flags::EJECTED, false);
     }
 
     /// Ends an ejection without probation: back at full weight, counting failures in a row
-    /// from zero (the failures that ejected it must not count again).
+    /// from zero.
     pub(crate) fn end_ejection(&self) {
-        self.consecutive_failures.store(0, Ordering::Relaxed);
+        self.forgive();
         self.set_flags(flags::EJECTED, false);
+    }
+
+    /// The failures that ejected the endpoint must not count again once the ejection is
+    /// over: neither in the count of failures in a row, nor in the failure penalty (an
+    /// endpoint back from an ejection would otherwise draw no requests under least request
+    /// until its penalty faded, seconds after it came back).
+    fn forgive(&self) {
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        self.penalty.store(0, Ordering::Relaxed);
     }
 
     /// Failures in a row, as outlier detection counts them.
