@@ -175,7 +175,7 @@ pub struct Load {
     /// Requests sent. In flight = `started - finished`, so a request costs two locked
     /// operations on these counters instead of three (+1, -1, completed +1).
     started: AtomicU64,
-    /// Requests that finished: completed or cancelled.
+    /// Requests that finished: completed, cancelled or ignored.
     finished: AtomicU64,
     /// Peak-EWMA latency estimate in nanoseconds, as `f64` bits; 0 means no sample yet.
     rtt_ns: AtomicU64,
@@ -200,6 +200,10 @@ pub struct Load {
     failures: AtomicU64,
     readiness_failures: AtomicU64,
     cancelled: AtomicU64,
+    /// Requests whose outcome said nothing about the endpoint ([`Outcome::Ignored`]).
+    ///
+    /// [`Outcome::Ignored`]: crate::classify::Outcome::Ignored
+    ignored: AtomicU64,
     /// Server load reports (feature `orca`), behind a pointer on the cold line: `None`
     /// unless the balancer reads reports. Takes 8 of the padding's bytes.
     #[cfg(feature = "orca")]
@@ -209,9 +213,9 @@ pub struct Load {
     /// Cold padding up to 128 bytes with the `Arc` header, so that the next allocation's
     /// hot counters do not share a line with these.
     #[cfg(not(feature = "orca"))]
-    _pad: [u32; 5],
-    #[cfg(feature = "orca")]
     _pad: [u32; 3],
+    #[cfg(feature = "orca")]
+    _pad: [u32; 1],
 }
 
 /// An endpoint's load reports (feature `orca`): the latest one and the counts.
@@ -283,6 +287,9 @@ pub(crate) enum Observed {
     /// A failure whose error shows that the endpoint could not be reached (see
     /// [`health::unreachable`](crate::health::unreachable)).
     Unreachable,
+    /// Neither: the result says nothing about the endpoint (the caller's request body
+    /// failed, or the classifier said so).
+    Ignored,
 }
 
 /// A penalty below this counts as none (and is cleared).
@@ -387,18 +394,30 @@ impl Load {
 
     /// Starts probation: counts successes from zero. Probation starts before the ejection
     /// ends, so that the first failure after the ejection finds the endpoint on probation.
+    ///
+    /// Like [`end_ejection`](Self::end_ejection), it forgets the failures that ejected the
+    /// endpoint.
     pub(crate) fn begin_probation(&self) {
-        self.consecutive_failures.store(0, Ordering::Relaxed);
+        self.forgive();
         self.probation_successes.store(0, Ordering::Relaxed);
         self.set_flags(flags::PROBATION, true);
         self.set_flags(flags::EJECTED, false);
     }
 
     /// Ends an ejection without probation: back at full weight, counting failures in a row
-    /// from zero (the failures that ejected it must not count again).
+    /// from zero.
     pub(crate) fn end_ejection(&self) {
-        self.consecutive_failures.store(0, Ordering::Relaxed);
+        self.forgive();
         self.set_flags(flags::EJECTED, false);
+    }
+
+    /// The failures that ejected the endpoint must not count again once the ejection is
+    /// over: neither in the count of failures in a row, nor in the failure penalty (an
+    /// endpoint back from an ejection would otherwise draw no requests under least request
+    /// until its penalty faded, seconds after it came back).
+    fn forgive(&self) {
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        self.penalty.store(0, Ordering::Relaxed);
     }
 
     /// Failures in a row, as outlier detection counts them.
@@ -666,19 +685,23 @@ impl Load {
             .saturating_sub(finished)
     }
 
-    /// Requests that finished with a response or an error, not counting cancelled ones.
+    /// Requests that finished with a response or an error, not counting cancelled and
+    /// [ignored](Load::ignored) ones.
     ///
     /// A request finishes when its [`InFlight`](crate::completion::InFlight) guard is
     /// released: at the response with [`OnResponse`](crate::completion::OnResponse), at the
-    /// end of the body with `OnBodyEnd`. Requests sent = `in_flight + completed + cancelled`
-    /// whenever no request is finishing; a snapshot taken while requests finish reads the
+    /// end of the body with `OnBodyEnd`. Requests sent =
+    /// `in_flight + completed + cancelled + ignored` whenever no request is finishing; a snapshot taken while requests finish reads the
     /// counters one after another and may be off by those. The outcome (success or failure)
     /// is recorded earlier, when the response head arrives.
     pub fn completed(&self) -> u64 {
-        // A cancellation counts `cancelled` before `finished` (Release), so reading
-        // `finished` first (Acquire) sees the `cancelled` of every request it counts.
+        // A cancellation counts `cancelled` (and an ignored outcome `ignored`) before
+        // `finished` (Release), so reading `finished` first (Acquire) sees those of every
+        // request it counts.
         let finished = self.finished.load(Ordering::Acquire);
-        finished.saturating_sub(self.cancelled.load(Ordering::Relaxed))
+        finished
+            .saturating_sub(self.cancelled.load(Ordering::Relaxed))
+            .saturating_sub(self.ignored.load(Ordering::Relaxed))
     }
 
     /// Completed requests that the classifier judged to be failures, plus readiness checks
@@ -696,6 +719,16 @@ impl Load {
     /// Requests whose response future was dropped before it finished.
     pub fn cancelled(&self) -> u64 {
         self.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// Requests whose outcome said nothing about the endpoint, counted neither as
+    /// completed nor as failures: [`Outcome::Ignored`], which the balancer records when the
+    /// caller's own request body failed the request (see
+    /// [`classify`](crate::classify#errors-of-the-callers-request-body)).
+    ///
+    /// [`Outcome::Ignored`]: crate::classify::Outcome::Ignored
+    pub fn ignored(&self) -> u64 {
+        self.ignored.load(Ordering::Relaxed)
     }
 
     /// The latency estimate as last updated (peak-EWMA, not decayed to now), or `None`
@@ -733,8 +766,14 @@ impl Load {
         }
     }
 
+    /// Records a failure, or an outcome that is neither success nor failure (off the
+    /// success path's way).
     #[cold]
     fn record_failure(&self, observed: Observed) {
+        if observed == Observed::Ignored {
+            self.ignored.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         self.failures.fetch_add(1, Ordering::Relaxed);
         self.add_penalty();
         if let Some(outlier) = self.outlier() {
@@ -746,7 +785,7 @@ impl Load {
     pub(crate) fn record_readiness_failure(&self, observed: Observed) {
         self.readiness_failures.fetch_add(1, Ordering::Relaxed);
         self.record(match observed {
-            Observed::Success => Observed::Failure,
+            Observed::Success | Observed::Ignored => Observed::Failure,
             other => other,
         });
     }
@@ -812,6 +851,9 @@ pub struct EndpointStats<K> {
     pub readiness_failures: u64,
     /// Requests whose response future was dropped before completion.
     pub cancelled: u64,
+    /// Requests whose outcome said nothing about the endpoint (see [`Load::ignored`]):
+    /// neither completed nor failed.
+    pub ignored: u64,
     /// The peak-EWMA latency estimate, when latency is tracked and sampled.
     pub latency: Option<Duration>,
     /// The latest load report the endpoint sent (feature `orca`), when the balancer reads

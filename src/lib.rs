@@ -61,7 +61,7 @@
 //! | [`key`] | request keys for consistent hashing |
 //! | `orca` | (feature `orca`) server-reported load: ORCA load reports, the server layer `OrcaLayer` |
 //! | [`error`] | the balancer's errors |
-//! | `http` | (feature `http`) HTTP request keys, and keep a request in flight until its body ends |
+//! | `http` | (feature `http`) HTTP request keys, keep a request in flight until its body ends, and request bodies whose errors are the caller's (`ClientBody`) |
 //!
 //! # Features
 //!
@@ -69,7 +69,7 @@
 //! |---|---|---|
 //! | `dns` | no | `discover::dns`: endpoints from DNS A/AAAA or SRV records (depends on `hickory-resolver`) |
 //! | `orca` | no | `orca`: ORCA load reports read from responses (gRFC A51), `strategy::WeightedRoundRobin` (gRFC A58/A114), and the server layer `orca::OrcaLayer` (implies `http`; depends on `prost`, `base64` and `serde_json`) |
-//! | `http` | yes | `http::OnBodyEnd` and `http::TrackedBody`, the request keys in `http::key`, and `health::HttpProbe` (depends on `http-body` and `bytes`) |
+//! | `http` | yes | `http::OnBodyEnd` and `http::TrackedBody`, `http::ClientBody`, the request keys in `http::key`, and `health::HttpProbe` (depends on `http-body` and `bytes`) |
 //!
 //! [tower]: https://docs.rs/tower
 

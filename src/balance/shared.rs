@@ -374,6 +374,7 @@ impl<K, S, P: Strategy> Shared<K, S, P> {
                 failures: slot.load.failures(),
                 readiness_failures: slot.load.readiness_failures(),
                 cancelled: slot.load.cancelled(),
+                ignored: slot.load.ignored(),
                 latency: slot.load.latency(),
                 #[cfg(feature = "orca")]
                 load_report: slot.load.latest_report().map(|r| r.report.clone()),

@@ -1,5 +1,6 @@
-//! HTTP helpers (feature `http`): request keys for consistent hashing ([`key`]), and keeping
-//! a request in flight until its response body ends ([`OnBodyEnd`]).
+//! HTTP helpers (feature `http`): request keys for consistent hashing ([`key`]), keeping
+//! a request in flight until its response body ends ([`OnBodyEnd`]), and request bodies
+//! whose errors are the caller's, not the endpoint's ([`ClientBody`]).
 //!
 //! ```no_run
 //! # #[cfg(feature = "http")] {
@@ -19,8 +20,16 @@
 //! latency sample are still recorded when the response head arrives, except for a gRPC
 //! response whose status comes in its trailers: its outcome is recorded when they arrive
 //! (see [`classify`](crate::classify#grpc)), which makes `OnBodyEnd` the policy for gRPC.
+//!
+//! A proxy forwards bodies it does not control: wrapped in [`ClientBody`], their errors (an
+//! aborted upload, a malformed chunk) are [`ClientBodyError`]s, and the balancer records a
+//! request that fails because of one as neither a failure nor a success of the endpoint
+//! (see [`classify`](crate::classify#errors-of-the-callers-request-body)).
 
 mod body;
+mod client_body;
 pub mod key;
 
+pub use crate::classify::ClientBodyError;
 pub use body::{OnBodyEnd, TrackedBody};
+pub use client_body::ClientBody;
