@@ -1,0 +1,322 @@
+//! The discovery loop: list the prefix, watch it from the list's revision, and after any
+//! failure list it again and send only what changed.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use etcd_client::{Client, EventType, GetOptions, KeyValue, WatchOptions, WatchStream, Watcher};
+
+use super::error::{EtcdError, InvalidValue, Operation};
+use super::key::EtcdKey;
+use super::value::{EndpointValue, ValueError};
+use super::EtcdChange;
+use crate::discover::Change;
+use crate::endpoint::{Endpoint, Metadata};
+use crate::strategy::rng::Rng;
+
+/// A discovery source's settings.
+#[derive(Debug, Clone)]
+pub(super) struct Settings {
+    pub(super) prefix: String,
+    /// The longest wait for a list or for a watch to start.
+    pub(super) request_timeout: Duration,
+    /// The pause before the first retry; it doubles with each failure in a row.
+    pub(super) backoff_min: Duration,
+    /// The longest pause between retries.
+    pub(super) backoff_max: Duration,
+}
+
+/// What the balancer has from us for one etcd key.
+#[derive(Debug, Clone, PartialEq)]
+struct Known {
+    key: EtcdKey,
+    weight: u32,
+    metadata: Metadata,
+}
+
+impl Known {
+    fn endpoint(&self) -> Endpoint<EtcdKey, ()> {
+        Endpoint::new(self.key.clone(), ())
+            .with_weight(self.weight)
+            .with_metadata(self.metadata.clone())
+    }
+}
+
+enum Phase {
+    /// List the prefix (after a pause when `failures` > 0).
+    List,
+    /// Start a watch from this revision.
+    Watch { from: i64 },
+    /// Read the watch. The watcher is kept so that the watch lives as long as the stream.
+    Watching {
+        _watcher: Watcher,
+        stream: Box<WatchStream>,
+    },
+}
+
+pub(super) struct Runner {
+    client: Client,
+    settings: Settings,
+    /// The endpoints the balancer has from us, by etcd key.
+    known: HashMap<String, Known>,
+    /// No list has succeeded yet: the first one is sent as a reset.
+    first: bool,
+    phase: Phase,
+    /// Failures in a row, for the backoff.
+    failures: u32,
+    rng: Rng,
+}
+
+impl Runner {
+    pub(super) fn new(client: Client, settings: Settings) -> Self {
+        Runner {
+            client,
+            settings,
+            known: HashMap::new(),
+            first: true,
+            phase: Phase::List,
+            failures: 0,
+            rng: Rng::default(),
+        }
+    }
+
+    /// The pause before retry number `failures` (from 1): `backoff_min` doubled each time,
+    /// at most `backoff_max`, of which a random half is taken off ("equal jitter"), so that
+    /// clients that lost the same etcd do not come back in step.
+    fn pause(&self) -> Duration {
+        let doublings = self.failures.saturating_sub(1).min(30);
+        let base = self
+            .settings
+            .backoff_min
+            .saturating_mul(1 << doublings)
+            .min(self.settings.backoff_max);
+        base.mul_f64(1.0 - 0.5 * self.rng.unit())
+    }
+
+    /// One step: whatever changes it found (possibly none) and errors, in that order.
+    pub(super) async fn step(&mut self) -> Vec<EtcdChange> {
+        match std::mem::replace(&mut self.phase, Phase::List) {
+            Phase::List => {
+                if self.failures > 0 {
+                    tokio::time::sleep(self.pause()).await;
+                }
+                self.list().await
+            }
+            Phase::Watch { from } => self.start_watch(from).await,
+            Phase::Watching {
+                _watcher,
+                mut stream,
+            } => {
+                let message = stream.message().await;
+                let prefix = || self.settings.prefix.clone();
+                let out = match message {
+                    Ok(Some(response)) if response.compact_revision() != 0 => {
+                        vec![Err(EtcdError::Compacted {
+                            prefix: prefix(),
+                            compact_revision: response.compact_revision(),
+                        })]
+                    }
+                    Ok(Some(response)) if response.canceled() => {
+                        self.failures += 1;
+                        vec![Err(EtcdError::Canceled {
+                            prefix: prefix(),
+                            reason: response.cancel_reason().to_string(),
+                        })]
+                    }
+                    Ok(Some(response)) => {
+                        self.phase = Phase::Watching { _watcher, stream };
+                        return self.apply_events(response.events());
+                    }
+                    Ok(None) => {
+                        self.failures += 1;
+                        vec![Err(EtcdError::WatchEnded { prefix: prefix() })]
+                    }
+                    Err(e) => {
+                        self.failures += 1;
+                        vec![Err(EtcdError::request(Operation::Watch, &prefix(), e))]
+                    }
+                };
+                tracing::debug!(prefix = %self.settings.prefix, "etcd watch lost; listing again");
+                out
+            }
+        }
+    }
+
+    async fn list(&mut self) -> Vec<EtcdChange> {
+        let mut kv = self.client.kv_client();
+        let prefix = self.settings.prefix.clone();
+        let options = GetOptions::new().with_prefix();
+        let listed = EtcdError::bounded(
+            Operation::List,
+            &prefix,
+            self.settings.request_timeout,
+            kv.get(prefix.as_bytes(), Some(options)),
+        )
+        .await;
+        match listed {
+            Ok(mut response) => {
+                let revision = response.header().map_or(0, |h| h.revision());
+                self.failures = 0;
+                self.phase = Phase::Watch { from: revision + 1 };
+                self.apply_list(response.take_kvs())
+            }
+            Err(e) => {
+                self.failures += 1;
+                vec![Err(e)]
+            }
+        }
+    }
+
+    async fn start_watch(&mut self, from: i64) -> Vec<EtcdChange> {
+        let mut watch = self.client.watch_client();
+        let prefix = self.settings.prefix.clone();
+        let options = WatchOptions::new().with_prefix().with_start_revision(from);
+        let started = EtcdError::bounded(
+            Operation::Watch,
+            &prefix,
+            self.settings.request_timeout,
+            watch.watch(prefix.as_bytes(), Some(options)),
+        )
+        .await;
+        match started {
+            Ok((watcher, stream)) => {
+                tracing::debug!(prefix = %prefix, from, "etcd watch started");
+                self.phase = Phase::Watching {
+                    _watcher: watcher,
+                    stream: Box::new(stream),
+                };
+                Vec::new()
+            }
+            Err(e) => {
+                self.failures += 1;
+                vec![Err(e)]
+            }
+        }
+    }
+
+    /// A full list: the first as a reset, later ones as the differences from what the
+    /// balancer has.
+    fn apply_list(&mut self, kvs: Vec<KeyValue>) -> Vec<EtcdChange> {
+        let mut skipped = Vec::new();
+        let mut listed: Vec<(String, Known)> = Vec::with_capacity(kvs.len());
+        for kv in &kvs {
+            match read(kv) {
+                Ok((key, known)) => listed.push((key, known)),
+                Err(invalid) => {
+                    // A key that had a good value keeps it.
+                    if let Some(old) = self.known.get(&invalid.key) {
+                        listed.push((invalid.key.clone(), old.clone()));
+                    }
+                    skipped.push(invalid);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        if std::mem::take(&mut self.first) {
+            if !listed.is_empty() {
+                out.push(Ok(Change::Reset(
+                    listed.iter().map(|(_, k)| k.endpoint()).collect(),
+                )));
+            }
+            self.known = listed.into_iter().collect();
+        } else {
+            let next: HashMap<String, Known> = listed.into_iter().collect();
+            let gone: Vec<String> = self
+                .known
+                .keys()
+                .filter(|k| !next.contains_key(*k))
+                .cloned()
+                .collect();
+            for key in gone {
+                if let Some(old) = self.known.remove(&key) {
+                    out.push(Ok(Change::Remove(old.key)));
+                }
+            }
+            let mut next: Vec<(String, Known)> = next.into_iter().collect();
+            next.sort_by(|a, b| a.0.cmp(&b.0));
+            for (key, known) in next {
+                out.extend(self.upsert(key, known));
+            }
+        }
+        tracing::debug!(prefix = %self.settings.prefix, endpoints = self.known.len(), changes = out.len(), "etcd prefix listed");
+        self.finish(out, skipped)
+    }
+
+    fn apply_events(&mut self, events: &[etcd_client::Event]) -> Vec<EtcdChange> {
+        let mut out = Vec::new();
+        let mut skipped = Vec::new();
+        for event in events {
+            let Some(kv) = event.kv() else { continue };
+            match event.event_type() {
+                EventType::Delete => {
+                    let key = String::from_utf8_lossy(kv.key());
+                    if let Some(old) = self.known.remove(key.as_ref()) {
+                        out.push(Ok(Change::Remove(old.key)));
+                    }
+                }
+                EventType::Put => match read(kv) {
+                    Ok((key, known)) => out.extend(self.upsert(key, known)),
+                    Err(invalid) => skipped.push(invalid),
+                },
+            }
+        }
+        self.finish(out, skipped)
+    }
+
+    /// The changes that make the balancer's endpoint for `key` the one described.
+    fn upsert(&mut self, key: String, known: Known) -> Vec<EtcdChange> {
+        let mut out = Vec::new();
+        match self.known.get(&key) {
+            Some(old) if *old == known => return out,
+            // A new address is a new endpoint.
+            Some(old) if old.key != known.key => out.push(Ok(Change::Remove(old.key.clone()))),
+            _ => {}
+        }
+        out.push(Ok(Change::Insert(known.endpoint())));
+        self.known.insert(key, known);
+        out
+    }
+
+    /// Appends one error naming the skipped keys, after the changes, and logs each.
+    fn finish(&self, mut out: Vec<EtcdChange>, skipped: Vec<InvalidValue>) -> Vec<EtcdChange> {
+        if skipped.is_empty() {
+            return out;
+        }
+        for s in &skipped {
+            tracing::warn!(key = %s.key, error = %s.error, "etcd value skipped");
+        }
+        out.push(Err(EtcdError::InvalidValues {
+            prefix: self.settings.prefix.clone(),
+            skipped,
+        }));
+        out
+    }
+}
+
+/// Reads one key and its value.
+fn read(kv: &KeyValue) -> Result<(String, Known), InvalidValue> {
+    let key = match std::str::from_utf8(kv.key()) {
+        Ok(key) => key.to_string(),
+        Err(_) => {
+            return Err(InvalidValue {
+                key: String::from_utf8_lossy(kv.key()).into_owned(),
+                error: ValueError::KeyNotUtf8,
+            })
+        }
+    };
+    match EndpointValue::parse(kv.value()) {
+        Ok(value) => {
+            let (addr, weight, mut metadata) = value.into_parts();
+            if metadata.name.is_none() {
+                metadata.name = Some(addr.clone());
+            }
+            let known = Known {
+                key: EtcdKey::new(key.as_str(), addr),
+                weight,
+                metadata,
+            };
+            Ok((key, known))
+        }
+        Err(error) => Err(InvalidValue { key, error }),
+    }
+}
