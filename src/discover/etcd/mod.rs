@@ -117,6 +117,8 @@ use futures_core::Stream;
 use futures_util::stream::{self, StreamExt};
 
 pub use error::{EtcdError, InvalidValue, Operation};
+/// The etcd client crate this module is built on, for [`Client`] and its options.
+pub use etcd_client;
 pub use key::EtcdKey;
 pub use registration::Registration;
 pub use value::{EndpointValue, ValueError};

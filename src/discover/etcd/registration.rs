@@ -134,7 +134,9 @@ impl Drop for Registration {
 
 /// A TTL in etcd's whole seconds, rounded up, at least 1.
 fn ttl_seconds(ttl: Duration) -> i64 {
-    let secs = ttl.as_secs().saturating_add(u64::from(ttl.subsec_nanos() > 0));
+    let secs = ttl
+        .as_secs()
+        .saturating_add(u64::from(ttl.subsec_nanos() > 0));
     i64::try_from(secs).unwrap_or(i64::MAX).max(1)
 }
 

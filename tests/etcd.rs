@@ -1,0 +1,444 @@
+//! etcd discovery and registration against real etcd members on loopback (see
+//! `etcd_cluster`): registration and deregistration, lease expiry, compaction, a restart of
+//! etcd, and a three-member cluster that loses its leader while endpoints come and go.
+//!
+//! Each test skips with a message when the `etcd` binary is missing, except under `CI`.
+//! Every wait is on an event from the source (with a generous timeout), not on a sleep.
+
+#![cfg(feature = "etcd")]
+
+mod etcd_cluster;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, DeleteOptions};
+use futures::{Stream, StreamExt};
+
+use etcd_cluster::{etcd_or_skip, options, Cluster};
+use tower_lb::discover::etcd::{EndpointValue, Etcd, EtcdChange, EtcdError, EtcdKey, Registration};
+use tower_lb::discover::Change;
+use tower_lb::Metadata;
+
+/// The longest wait for one item from a source.
+const WAIT: Duration = Duration::from_secs(15);
+
+/// One item as text: `+addr@key w=N` for an insert, `-addr@key` for a remove,
+/// `reset[...]`, or `error: ...`.
+fn describe(item: &EtcdChange) -> String {
+    let short = |k: &EtcdKey| format!("{}@{}", k.addr(), k.key());
+    match item {
+        Ok(Change::Insert(e)) => format!("+{} w={}", short(&e.key), e.weight),
+        Ok(Change::Remove(k)) => format!("-{}", short(k)),
+        Ok(Change::Reset(v)) => {
+            let v: Vec<String> = v.iter().map(|e| short(&e.key)).collect();
+            format!("reset[{}]", v.join(","))
+        }
+        Err(e) => format!("error: {e}"),
+    }
+}
+
+async fn next(source: &mut (impl Stream<Item = EtcdChange> + Unpin)) -> EtcdChange {
+    match tokio::time::timeout(WAIT, source.next()).await {
+        Ok(Some(item)) => item,
+        Ok(None) => panic!("the source ended"),
+        Err(_) => panic!("no change from the source within {WAIT:?}"),
+    }
+}
+
+async fn next_text(source: &mut (impl Stream<Item = EtcdChange> + Unpin)) -> String {
+    describe(&next(source).await)
+}
+
+/// A source with short timeouts and backoff, for tests.
+fn source(client: Client, prefix: &str) -> Etcd {
+    Etcd::prefix(client, prefix)
+        .request_timeout(Duration::from_secs(1))
+        .backoff(Duration::from_millis(50), Duration::from_millis(500))
+}
+
+async fn put(client: &mut Client, key: &str, value: &str) -> i64 {
+    let response = client.put(key, value, None).await.expect("put");
+    response.header().unwrap().revision()
+}
+
+#[tokio::test]
+async fn register_update_and_deregister() {
+    let Some(etcd) = etcd_or_skip("register_update_and_deregister") else {
+        return;
+    };
+    let cluster = Cluster::start(etcd, 1).await;
+    let mut client = cluster.client().await;
+    put(&mut client, "/svc/a", "127.0.0.1:1001\n").await;
+    let mut etcd = source(client.clone(), "/svc/");
+    assert_eq!(next_text(&mut etcd).await, "reset[127.0.0.1:1001@/svc/a]");
+
+    // A registration: weight and zone from the value, named by its address.
+    let value = EndpointValue::new("127.0.0.1:1002")
+        .unwrap()
+        .with_weight(2)
+        .with_zone("z1");
+    let b = Registration::register(client.clone(), "/svc/b", &value, Duration::from_secs(5))
+        .await
+        .unwrap();
+    match next(&mut etcd).await {
+        Ok(Change::Insert(e)) => {
+            assert_eq!(e.key, EtcdKey::new("/svc/b", "127.0.0.1:1002"));
+            assert_eq!(e.weight, 2);
+            let mut expected = Metadata::zone("z1");
+            expected.name = Some("127.0.0.1:1002".into());
+            assert_eq!(e.metadata, expected);
+        }
+        other => panic!("expected the insert of b, got {}", describe(&other)),
+    }
+
+    // A bad value skips its key and says so; a key outside the prefix is not seen.
+    put(&mut client, "/svc/c", "no port here").await;
+    put(&mut client, "/svc-other/x", "127.0.0.1:9").await;
+    let error = next(&mut etcd).await.unwrap_err();
+    match &error {
+        EtcdError::InvalidValues { skipped, .. } => {
+            assert_eq!(skipped.len(), 1);
+            assert_eq!(skipped[0].key, "/svc/c");
+        }
+        other => panic!("expected InvalidValues, got {other}"),
+    }
+    // A new weight updates in place; a new address is a new endpoint.
+    put(
+        &mut client,
+        "/svc/a",
+        r#"{"addr":"127.0.0.1:1001","weight":5}"#,
+    )
+    .await;
+    assert_eq!(next_text(&mut etcd).await, "+127.0.0.1:1001@/svc/a w=5");
+    put(&mut client, "/svc/a", "127.0.0.1:1003").await;
+    assert_eq!(next_text(&mut etcd).await, "-127.0.0.1:1001@/svc/a");
+    assert_eq!(next_text(&mut etcd).await, "+127.0.0.1:1003@/svc/a w=1");
+    // The same value again changes nothing: the next change is the shutdown's removal.
+    put(&mut client, "/svc/a", "127.0.0.1:1003").await;
+    b.shutdown().await.unwrap();
+    assert_eq!(next_text(&mut etcd).await, "-127.0.0.1:1002@/svc/b");
+
+    // Dropping a registration deregisters it too.
+    let d = Registration::register(
+        client.clone(),
+        "/svc/d",
+        &EndpointValue::new("127.0.0.1:1004").unwrap(),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!(next_text(&mut etcd).await, "+127.0.0.1:1004@/svc/d w=1");
+    drop(d);
+    assert_eq!(next_text(&mut etcd).await, "-127.0.0.1:1004@/svc/d");
+    // A bad key that gets a good value is inserted; a delete removes.
+    put(&mut client, "/svc/c", "127.0.0.1:1005").await;
+    assert_eq!(next_text(&mut etcd).await, "+127.0.0.1:1005@/svc/c w=1");
+    client
+        .delete("/svc/", Some(DeleteOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    let mut removed = vec![next_text(&mut etcd).await, next_text(&mut etcd).await];
+    removed.sort();
+    assert_eq!(
+        removed,
+        ["-127.0.0.1:1003@/svc/a", "-127.0.0.1:1005@/svc/c"]
+    );
+}
+
+/// A server that dies stops renewing its lease; its key goes after the TTL, while a live
+/// server registered with the same TTL stays.
+#[tokio::test]
+async fn a_dead_servers_key_expires_after_its_ttl() {
+    let Some(etcd) = etcd_or_skip("a_dead_servers_key_expires_after_its_ttl") else {
+        return;
+    };
+    let cluster = Cluster::start(etcd, 1).await;
+    let client = cluster.client().await;
+    let ttl = Duration::from_secs(2);
+    let live = Registration::register(
+        client.clone(),
+        "/exp/live",
+        &EndpointValue::new("127.0.0.1:2001").unwrap(),
+        ttl,
+    )
+    .await
+    .unwrap();
+    let mut etcd = source(client.clone(), "/exp/");
+    assert_eq!(
+        next_text(&mut etcd).await,
+        "reset[127.0.0.1:2001@/exp/live]"
+    );
+
+    // The "dead" server: its own runtime and client, dropped with the registration still
+    // in place (no revoke), as when a process is killed.
+    let endpoints = cluster.endpoints();
+    let registered = Instant::now();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let client = Client::connect(endpoints, Some(options())).await.unwrap();
+            let dead = Registration::register(
+                client,
+                "/exp/dead",
+                &EndpointValue::new("127.0.0.1:2002").unwrap(),
+                ttl,
+            )
+            .await
+            .unwrap();
+            std::mem::forget(dead);
+        });
+        // Dropping the runtime ends the keep-alive task.
+    })
+    .join()
+    .unwrap();
+    assert_eq!(next_text(&mut etcd).await, "+127.0.0.1:2002@/exp/dead w=1");
+    assert_eq!(next_text(&mut etcd).await, "-127.0.0.1:2002@/exp/dead");
+    let lived = registered.elapsed();
+    assert!(
+        lived >= Duration::from_millis(1900),
+        "the dead server's key went after {lived:?}, before its TTL of {ttl:?}"
+    );
+    // The live one outlived the same TTL, renewed by its task.
+    let mut check = client.clone();
+    let left = check
+        .lease_time_to_live(live.lease_id(), None)
+        .await
+        .unwrap()
+        .ttl();
+    assert!(left > 0, "the live registration's lease has {left} s left");
+    assert_eq!(check.get("/exp/live", None).await.unwrap().kvs().len(), 1);
+    live.shutdown().await.unwrap();
+    assert_eq!(next_text(&mut etcd).await, "-127.0.0.1:2001@/exp/live");
+}
+
+/// The revisions the source's watch needs are compacted while it lags (it is not polled
+/// between its list and its watch): it reports the compaction, lists again, sends only the
+/// differences, and watches on from there.
+#[tokio::test]
+async fn compaction_while_the_watch_lags() {
+    let Some(etcd) = etcd_or_skip("compaction_while_the_watch_lags") else {
+        return;
+    };
+    let cluster = Cluster::start(etcd, 1).await;
+    let mut client = cluster.client().await;
+    put(&mut client, "/cmp/a", "127.0.0.1:3001").await;
+    put(&mut client, "/cmp/b", "127.0.0.1:3002").await;
+    let mut etcd = source(client.clone(), "/cmp/");
+    assert_eq!(
+        next_text(&mut etcd).await,
+        "reset[127.0.0.1:3001@/cmp/a,127.0.0.1:3002@/cmp/b]"
+    );
+    put(&mut client, "/cmp/c", "127.0.0.1:3003").await;
+    client.delete("/cmp/a", None).await.unwrap();
+    let revision = put(&mut client, "/cmp/d", "127.0.0.1:3004").await;
+    client.compact(revision, None).await.unwrap();
+
+    let error = next(&mut etcd).await.unwrap_err();
+    assert!(
+        matches!(error, EtcdError::Compacted { compact_revision, .. } if compact_revision == revision),
+        "{error}"
+    );
+    // Removals first, then insertions in key order.
+    assert_eq!(next_text(&mut etcd).await, "-127.0.0.1:3001@/cmp/a");
+    assert_eq!(next_text(&mut etcd).await, "+127.0.0.1:3003@/cmp/c w=1");
+    assert_eq!(next_text(&mut etcd).await, "+127.0.0.1:3004@/cmp/d w=1");
+    put(&mut client, "/cmp/e", "127.0.0.1:3005").await;
+    assert_eq!(next_text(&mut etcd).await, "+127.0.0.1:3005@/cmp/e w=1");
+}
+
+/// etcd is killed and started again: the source reports errors and removes nothing while
+/// it is down, then lists again and sends only what changed.
+#[tokio::test]
+async fn etcd_restart_keeps_the_set_and_resumes() {
+    let Some(etcd) = etcd_or_skip("etcd_restart_keeps_the_set_and_resumes") else {
+        return;
+    };
+    let mut cluster = Cluster::start(etcd, 1).await;
+    let mut client = cluster.client().await;
+    put(&mut client, "/rs/a", "127.0.0.1:4001").await;
+    put(&mut client, "/rs/b", "127.0.0.1:4002").await;
+    let mut etcd = source(client.clone(), "/rs/");
+    assert_eq!(
+        next_text(&mut etcd).await,
+        "reset[127.0.0.1:4001@/rs/a,127.0.0.1:4002@/rs/b]"
+    );
+    put(&mut client, "/rs/c", "127.0.0.1:4003").await;
+    assert_eq!(next_text(&mut etcd).await, "+127.0.0.1:4003@/rs/c w=1");
+
+    cluster.kill(0);
+    // The lost watch, then at least two failed lists (retried with backoff): errors only.
+    for _ in 0..3 {
+        let item = next(&mut etcd).await;
+        assert!(item.is_err(), "while etcd is down: {}", describe(&item));
+    }
+    cluster.restart(0).await;
+    let mut writer = Client::connect([cluster.endpoint(0)], Some(options()))
+        .await
+        .unwrap();
+    put(&mut writer, "/rs/d", "127.0.0.1:4004").await;
+    writer.delete("/rs/a", None).await.unwrap();
+
+    // Whether they come from the list after the restart or from the new watch, the two
+    // changes come once each, and nothing else does.
+    let mut changes = Vec::new();
+    let mut errors = 0;
+    while changes.len() < 2 {
+        match next(&mut etcd).await {
+            Ok(change) => changes.push(describe(&Ok(change))),
+            Err(_) => errors += 1,
+        }
+    }
+    changes.sort();
+    assert_eq!(
+        changes,
+        ["+127.0.0.1:4004@/rs/d w=1", "-127.0.0.1:4001@/rs/a"]
+    );
+    put(&mut writer, "/rs/e", "127.0.0.1:4005").await;
+    loop {
+        match next(&mut etcd).await {
+            Ok(change) => {
+                assert_eq!(describe(&Ok(change)), "+127.0.0.1:4005@/rs/e w=1");
+                break;
+            }
+            Err(_) => errors += 1,
+        }
+    }
+    eprintln!("errors after the restart: {errors}");
+}
+
+/// Keeps retrying a write through elections (each try bounded by 2 s).
+async fn retry<T, F: std::future::Future<Output = Result<T, etcd_client::Error>>>(
+    mut op: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Ok(t)) = tokio::time::timeout(Duration::from_secs(2), op()).await {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "etcd accepted no write for 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Three members; the leader is killed while endpoints are added and removed. The source
+/// must end with exactly the endpoints written, having inserted and removed each once, and
+/// the set it describes is never empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_killed_while_endpoints_change() {
+    let Some(etcd) = etcd_or_skip("leader_killed_while_endpoints_change") else {
+        return;
+    };
+    let mut cluster = Cluster::start(etcd, 3).await;
+    let writer = cluster.client().await;
+    let base: Vec<String> = (0..10).map(|i| format!("/cl/k{i}")).collect();
+    for (i, key) in base.iter().enumerate() {
+        retry(|| {
+            let (key, value) = (key.clone(), format!("127.0.0.1:{}", 5000 + i));
+            let mut w = writer.clone();
+            async move { w.put(key, value, None).await }
+        })
+        .await;
+    }
+
+    // The reader applies each change to a mirror of the set and checks it as it goes.
+    let mut etcd = source(cluster.client().await, "/cl/");
+    let (tx, mut rx) = tokio::sync::watch::channel(BTreeMap::<String, String>::new());
+    let reader = tokio::spawn(async move {
+        let mut mirror: BTreeMap<String, String> = BTreeMap::new();
+        let mut log = Vec::new();
+        let mut errors = 0;
+        loop {
+            let Some(item) = etcd.next().await else { break };
+            match item {
+                Ok(Change::Reset(list)) => {
+                    assert!(mirror.is_empty(), "a second reset: {list:?}");
+                    for e in list {
+                        mirror.insert(e.key.key().to_string(), e.key.addr().to_string());
+                    }
+                    log.push("reset".to_string());
+                }
+                Ok(Change::Insert(e)) => {
+                    let (key, addr) = (e.key.key().to_string(), e.key.addr().to_string());
+                    assert!(
+                        mirror.insert(key.clone(), addr).is_none(),
+                        "{key} inserted twice"
+                    );
+                    log.push(format!("+{key}"));
+                }
+                Ok(Change::Remove(k)) => {
+                    assert!(
+                        mirror.remove(k.key()).is_some(),
+                        "{} removed while absent",
+                        k.key()
+                    );
+                    log.push(format!("-{}", k.key()));
+                }
+                Err(_) => errors += 1,
+            }
+            assert!(!mirror.is_empty(), "the set was emptied; changes: {log:?}");
+            if tx.send(mirror.clone()).is_err() {
+                return (log, errors);
+            }
+        }
+        (log, errors)
+    });
+    rx.wait_for(|m| m.len() == base.len()).await.unwrap();
+
+    // Twenty additions and five removals, the leader killed after the sixth addition.
+    let mut expected: BTreeMap<String, String> = base
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (k.clone(), format!("127.0.0.1:{}", 5000 + i)))
+        .collect();
+    let mut killed = None;
+    for i in 0..20 {
+        let (key, value) = (format!("/cl/a{i:02}"), format!("127.0.0.1:{}", 6000 + i));
+        retry(|| {
+            let (key, value, mut w) = (key.clone(), value.clone(), writer.clone());
+            async move { w.put(key, value, None).await }
+        })
+        .await;
+        expected.insert(key, value);
+        if i < 5 {
+            let key = base[i].clone();
+            retry(|| {
+                let (key, mut w) = (key.clone(), writer.clone());
+                async move { w.delete(key, None).await }
+            })
+            .await;
+            expected.remove(&base[i]);
+        }
+        if i == 6 {
+            let leader = cluster.leader().await;
+            cluster.kill(leader);
+            killed = Some(leader);
+        }
+    }
+    let waited = tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|m| *m == expected))
+        .await
+        .is_ok();
+    assert!(
+        waited,
+        "the source's set is {:?}, expected {:?}",
+        *rx.borrow(),
+        expected
+    );
+    drop(rx);
+    // One more change wakes the reader, which then sees the channel closed and returns.
+    retry(|| {
+        let mut w = writer.clone();
+        async move { w.put("/cl/z", "127.0.0.1:7000", None).await }
+    })
+    .await;
+    let (log, errors) = tokio::time::timeout(WAIT, reader).await.unwrap().unwrap();
+    // Each addition and removal exactly once (the reader checked there was no other).
+    let inserts = log.iter().filter(|l| l.starts_with("+/cl/a")).count();
+    let removes = log.iter().filter(|l| l.starts_with('-')).count();
+    assert_eq!((inserts, removes), (20, 5), "{log:?}");
+    eprintln!(
+        "leader m{} killed; the source saw {errors} error(s) and {} changes",
+        killed.unwrap(),
+        log.len()
+    );
+}
