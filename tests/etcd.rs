@@ -247,6 +247,72 @@ async fn compaction_while_the_watch_lags() {
     assert_eq!(next_text(&mut etcd).await, "+127.0.0.1:3005@/cmp/e w=1");
 }
 
+/// A list that finds the prefix empty while the balancer has endpoints is an empty reset
+/// (which the balancer ignores by default), and the next endpoints come as a whole reset.
+#[tokio::test]
+async fn a_list_that_finds_nothing_is_an_empty_reset() {
+    let Some(etcd) = etcd_or_skip("a_list_that_finds_nothing_is_an_empty_reset") else {
+        return;
+    };
+    let cluster = Cluster::start(etcd, 1).await;
+    let mut client = cluster.client().await;
+    put(&mut client, "/empty/a", "127.0.0.1:3101").await;
+    put(&mut client, "/empty/b", "127.0.0.1:3102").await;
+    let mut etcd = source(client.clone(), "/empty/");
+    assert_eq!(
+        next_text(&mut etcd).await,
+        "reset[127.0.0.1:3101@/empty/a,127.0.0.1:3102@/empty/b]"
+    );
+    // While the source lags, everything goes and the history is compacted: it must list.
+    // (A compaction at revision r keeps r itself, so one more write outside the prefix puts
+    // the delete behind it.)
+    client
+        .delete("/empty/", Some(DeleteOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    let revision = put(&mut client, "/elsewhere", "x").await;
+    client.compact(revision, None).await.unwrap();
+    assert!(matches!(
+        next(&mut etcd).await,
+        Err(EtcdError::Compacted { .. })
+    ));
+    assert_eq!(next_text(&mut etcd).await, "reset[]");
+    put(&mut client, "/empty/c", "127.0.0.1:3103").await;
+    assert_eq!(next_text(&mut etcd).await, "reset[127.0.0.1:3103@/empty/c]");
+    put(&mut client, "/empty/d", "127.0.0.1:3104").await;
+    assert_eq!(next_text(&mut etcd).await, "+127.0.0.1:3104@/empty/d w=1");
+}
+
+/// A lease that ends behind the registration's back (revoked here; expired after a long
+/// pause in real life) is noticed at the next renewal: the key is written again under a
+/// new lease.
+#[tokio::test]
+async fn a_registration_whose_lease_ends_registers_again() {
+    let Some(etcd) = etcd_or_skip("a_registration_whose_lease_ends_registers_again") else {
+        return;
+    };
+    let cluster = Cluster::start(etcd, 1).await;
+    let mut client = cluster.client().await;
+    let mut etcd = source(client.clone(), "/again/");
+    let registration = Registration::register(
+        client.clone(),
+        "/again/a",
+        &EndpointValue::new("127.0.0.1:3201").unwrap(),
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap();
+    assert_eq!(next_text(&mut etcd).await, "reset[127.0.0.1:3201@/again/a]");
+    let first = registration.lease_id();
+    client.lease_revoke(first).await.unwrap();
+    assert_eq!(next_text(&mut etcd).await, "-127.0.0.1:3201@/again/a");
+    // Renewals come every TTL/3: the key is back within about 0.7 s.
+    assert_eq!(next_text(&mut etcd).await, "+127.0.0.1:3201@/again/a w=1");
+    assert_ne!(registration.lease_id(), first);
+    registration.shutdown().await.unwrap();
+    assert_eq!(next_text(&mut etcd).await, "-127.0.0.1:3201@/again/a");
+}
+
 /// etcd is killed and started again: the source reports errors and removes nothing while
 /// it is down, then lists again and sends only what changed.
 #[tokio::test]
@@ -341,8 +407,15 @@ async fn leader_killed_while_endpoints_change() {
         .await;
     }
 
-    // The reader applies each change to a mirror of the set and checks it as it goes.
-    let mut etcd = source(cluster.client().await, "/cl/");
+    // The reader applies each change to a mirror of the set and checks it as it goes. Its
+    // client requires a leader, so a member that lost it cancels the watch at once.
+    let client = Client::connect(
+        cluster.endpoints(),
+        Some(options().with_require_leader(true)),
+    )
+    .await
+    .unwrap();
+    let mut etcd = source(client, "/cl/");
     let (tx, mut rx) = tokio::sync::watch::channel(BTreeMap::<String, String>::new());
     let reader = tokio::spawn(async move {
         let mut mirror: BTreeMap<String, String> = BTreeMap::new();

@@ -14,10 +14,12 @@
 //! use tower_lb::discover::etcd::{Etcd, EtcdKey};
 //! use tower_lb::{strategy::RoundRobin, Balance};
 //!
-//! // Keep-alive pings notice a dead connection that sends no reset.
+//! // Keep-alive pings notice a dead connection that sends no reset; a member that lost its
+//! // leader cancels the watch instead of serving a stale one.
 //! let options = ConnectOptions::new()
 //!     .with_connect_timeout(Duration::from_secs(2))
-//!     .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3));
+//!     .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
+//!     .with_require_leader(true);
 //! let client = Client::connect(["http://10.0.0.1:2379", "http://10.0.0.2:2379"], Some(options)).await?;
 //! let balance = Balance::builder()
 //!     .strategy(RoundRobin::new())
@@ -64,7 +66,7 @@
 //! # Start and watch
 //!
 //! The source lists the prefix, sends the endpoints as one [`Change::Reset`] (nothing, if
-//! the prefix is empty), then watches the prefix from the revision after the list's: each
+//! the prefix is empty; the first endpoints to appear are then a reset), then watches the prefix from the revision after the list's: each
 //! change after the list is seen once, and none before it is seen again. A put of a new key
 //! inserts an endpoint; a put that changes the weight or metadata updates it in place (its
 //! service and statistics stay); a put that changes the address removes the old endpoint
@@ -77,7 +79,12 @@
 //! (default 5 s), the source yields an [`EtcdError`] (the balancer logs it and counts it in
 //! [`DiscoveryStats::errors`](crate::discover::DiscoveryStats::errors)), keeps the last good
 //! set, and lists the prefix again. The list is compared with what the balancer has and
-//! only the differences are sent, then a new watch starts after that list. Until a list
+//! only the differences are sent, then a new watch starts after that list. A list that
+//! comes back empty when the set was not is sent as an empty [`Change::Reset`], which the
+//! balancer ignores by default (an etcd restored from an empty backup looks just like
+//! that; see [`allow_empty_reset`](crate::Builder::allow_empty_reset)); the next endpoints
+//! to appear are then sent as a whole reset. Deletes seen by the watch remove endpoints
+//! one by one and can empty the set: every server deregistered. Until a list
 //! succeeds, retries back off: [`backoff`](Etcd::backoff) starts at 100 ms and doubles up
 //! to 10 s, less a random part of up to half (so that many clients do not come back in
 //! step). After a compaction the list comes at once.
@@ -86,7 +93,10 @@
 //! source's next list goes to a member that answers. HTTP/2 keep-alive
 //! ([`ConnectOptions::with_keep_alive`](etcd_client::ConnectOptions::with_keep_alive))
 //! notices a connection that died silently; without it a watch on such a connection waits
-//! until the operating system gives up on it.
+//! until the operating system gives up on it. With
+//! [`with_require_leader(true)`](etcd_client::ConnectOptions::with_require_leader), a member
+//! cut off from its cluster's leader cancels the watch (the source then lists through a
+//! member that has one) rather than keeping it open with no news.
 //!
 //! # Bad values
 //!

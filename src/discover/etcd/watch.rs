@@ -59,8 +59,10 @@ pub(super) struct Runner {
     settings: Settings,
     /// The endpoints the balancer has from us, by etcd key.
     known: HashMap<String, Known>,
-    /// No list has succeeded yet: the first one is sent as a reset.
-    first: bool,
+    /// Send the next non-empty set as a whole reset: no list has succeeded yet, or the last
+    /// one was empty and was sent as an empty reset (which the balancer ignores by default,
+    /// so it may still have endpoints we no longer know).
+    resync: bool,
     phase: Phase,
     /// Failures in a row, for the backoff.
     failures: u32,
@@ -73,7 +75,7 @@ impl Runner {
             client,
             settings,
             known: HashMap::new(),
-            first: true,
+            resync: true,
             phase: Phase::List,
             failures: 0,
             rng: Rng::default(),
@@ -195,7 +197,8 @@ impl Runner {
     }
 
     /// A full list: the first as a reset, later ones as the differences from what the
-    /// balancer has.
+    /// balancer has. A list that empties a non-empty set is an empty reset, so that the
+    /// balancer's [`allow_empty_reset`](crate::Builder::allow_empty_reset) decides.
     fn apply_list(&mut self, kvs: Vec<KeyValue>) -> Vec<EtcdChange> {
         let mut skipped = Vec::new();
         let mut listed: Vec<(String, Known)> = Vec::with_capacity(kvs.len());
@@ -212,12 +215,17 @@ impl Runner {
             }
         }
         let mut out = Vec::new();
-        if std::mem::take(&mut self.first) {
-            if !listed.is_empty() {
-                out.push(Ok(Change::Reset(
-                    listed.iter().map(|(_, k)| k.endpoint()).collect(),
-                )));
+        if listed.is_empty() {
+            if !self.known.is_empty() {
+                tracing::warn!(prefix = %self.settings.prefix, "etcd prefix listed empty; sending an empty reset");
+                out.push(Ok(Change::Reset(Vec::new())));
+                self.resync = true;
             }
+            self.known.clear();
+        } else if std::mem::take(&mut self.resync) {
+            out.push(Ok(Change::Reset(
+                listed.iter().map(|(_, k)| k.endpoint()).collect(),
+            )));
             self.known = listed.into_iter().collect();
         } else {
             let next: HashMap<String, Known> = listed.into_iter().collect();
@@ -259,6 +267,15 @@ impl Runner {
                     Err(invalid) => skipped.push(invalid),
                 },
             }
+        }
+        if self.resync && !self.known.is_empty() {
+            // The first endpoints after an empty list: the whole set, as a reset.
+            self.resync = false;
+            let mut known: Vec<&Known> = self.known.values().collect();
+            known.sort_by(|a, b| a.key.key().cmp(b.key.key()));
+            out = vec![Ok(Change::Reset(
+                known.into_iter().map(Known::endpoint).collect(),
+            ))];
         }
         self.finish(out, skipped)
     }
