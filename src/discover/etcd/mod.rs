@@ -10,7 +10,7 @@
 //! ```no_run
 //! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::time::Duration;
-//! use etcd_client::{Client, ConnectOptions};
+//! use tower_lb::discover::etcd::etcd_client::{Client, ConnectOptions};
 //! use tower_lb::discover::etcd::{Etcd, EtcdKey};
 //! use tower_lb::{strategy::RoundRobin, Balance};
 //!
@@ -65,9 +65,10 @@
 //!
 //! # Start and watch
 //!
-//! The source lists the prefix, sends the endpoints as one [`Change::Reset`] (nothing, if
-//! the prefix is empty; the first endpoints to appear are then a reset), then watches the prefix from the revision after the list's: each
-//! change after the list is seen once, and none before it is seen again. A put of a new key
+//! The source lists the prefix, sends the endpoints as one [`Change::Reset`] (nothing if
+//! the prefix is empty; the first endpoints to appear are then a reset), then watches the
+//! prefix from the revision after the list's: each change after the list is seen once,
+//! and none before it is seen again. A put of a new key
 //! inserts an endpoint; a put that changes the weight or metadata updates it in place (its
 //! service and statistics stay); a put that changes the address removes the old endpoint
 //! and inserts the new one; a delete (or an expired lease) removes it.
@@ -84,10 +85,13 @@
 //! balancer ignores by default (an etcd restored from an empty backup looks just like
 //! that; see [`allow_empty_reset`](crate::Builder::allow_empty_reset)); the next endpoints
 //! to appear are then sent as a whole reset. Deletes seen by the watch remove endpoints
-//! one by one and can empty the set: every server deregistered. Until a list
-//! succeeds, retries back off: [`backoff`](Etcd::backoff) starts at 100 ms and doubles up
-//! to 10 s, less a random part of up to half (so that many clients do not come back in
-//! step). After a compaction the list comes at once.
+//! one by one and can empty the set: every server deregistered.
+//!
+//! Retries back off: the pause before each list after a failure starts at 100 ms and
+//! doubles up to 10 s ([`backoff`](Etcd::backoff)), less a random part of up to half (so
+//! that many clients do not come back in step). A run of failures ends only when a watch
+//! has lasted the longest pause, so a member that answers lists but cancels every watch is
+//! retried at a slowing pace too. After a compaction the list comes at once.
 //!
 //! Give the client several endpoints of the cluster: it spreads requests over them and the
 //! source's next list goes to a member that answers. HTTP/2 keep-alive
@@ -108,8 +112,9 @@
 //!
 //! # Registration
 //!
-//! See [`Registration`]. Put each server under its own key (its address is a good
-//! choice: `/services/api/10.0.0.7:8080`), with a TTL of a few seconds.
+//! See [`Registration`]. Put each server under its own key (its address is a good choice:
+//! `/services/api/10.0.0.7:8080`), with a TTL of a few seconds. The `etcd` example runs
+//! servers that register themselves and a client that balances over them while one leaves.
 
 mod error;
 mod key;

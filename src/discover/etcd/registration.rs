@@ -198,7 +198,7 @@ async fn keep_alive(client: Client, key: String, value: String, ttl: i64, lease:
             let pause = Duration::from_millis(100)
                 .saturating_mul(1 << failures.min(16))
                 .min(every);
-            tokio::time::sleep(pause.mul_f64(1.0 - 0.5 * rng.unit())).await;
+            tokio::time::sleep(pause.saturating_sub(pause.mul_f64(0.5 * rng.unit()))).await;
         }
         let id = lease.load(Ordering::Acquire);
         let renewed = match stream.as_mut() {

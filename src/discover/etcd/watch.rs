@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use etcd_client::{Client, EventType, GetOptions, KeyValue, WatchOptions, WatchStream, Watcher};
+use tokio::time::Instant;
 
 use super::error::{EtcdError, InvalidValue, Operation};
 use super::key::EtcdKey;
@@ -51,6 +52,8 @@ enum Phase {
     Watching {
         _watcher: Watcher,
         stream: Box<WatchStream>,
+        /// When the watch started.
+        since: Instant,
     },
 }
 
@@ -64,7 +67,9 @@ pub(super) struct Runner {
     /// so it may still have endpoints we no longer know).
     resync: bool,
     phase: Phase,
-    /// Failures in a row, for the backoff.
+    /// Failures in a row, for the backoff. A list that works does not end the run: only a
+    /// watch that lasts [`backoff_max`](Settings::backoff_max) does, so a member that
+    /// lists but cancels every watch is retried at a slowing pace too.
     failures: u32,
     rng: Rng,
 }
@@ -82,17 +87,9 @@ impl Runner {
         }
     }
 
-    /// The pause before retry number `failures` (from 1): `backoff_min` doubled each time,
-    /// at most `backoff_max`, of which a random half is taken off ("equal jitter"), so that
-    /// clients that lost the same etcd do not come back in step.
     fn pause(&self) -> Duration {
-        let doublings = self.failures.saturating_sub(1).min(30);
-        let base = self
-            .settings
-            .backoff_min
-            .saturating_mul(1 << doublings)
-            .min(self.settings.backoff_max);
-        base.mul_f64(1.0 - 0.5 * self.rng.unit())
+        let s = &self.settings;
+        pause(self.failures, s.backoff_min, s.backoff_max, self.rng.unit())
     }
 
     /// One step: whatever changes it found (possibly none) and errors, in that order.
@@ -108,8 +105,12 @@ impl Runner {
             Phase::Watching {
                 _watcher,
                 mut stream,
+                since,
             } => {
                 let message = stream.message().await;
+                if since.elapsed() >= self.settings.backoff_max {
+                    self.failures = 0;
+                }
                 let prefix = || self.settings.prefix.clone();
                 let out = match message {
                     Ok(Some(response)) if response.compact_revision() != 0 => {
@@ -126,7 +127,11 @@ impl Runner {
                         })]
                     }
                     Ok(Some(response)) => {
-                        self.phase = Phase::Watching { _watcher, stream };
+                        self.phase = Phase::Watching {
+                            _watcher,
+                            stream,
+                            since,
+                        };
                         return self.apply_events(response.events());
                     }
                     Ok(None) => {
@@ -158,7 +163,6 @@ impl Runner {
         match listed {
             Ok(mut response) => {
                 let revision = response.header().map_or(0, |h| h.revision());
-                self.failures = 0;
                 self.phase = Phase::Watch { from: revision + 1 };
                 self.apply_list(response.take_kvs())
             }
@@ -186,6 +190,7 @@ impl Runner {
                 self.phase = Phase::Watching {
                     _watcher: watcher,
                     stream: Box::new(stream),
+                    since: Instant::now(),
                 };
                 Vec::new()
             }
@@ -310,6 +315,15 @@ impl Runner {
     }
 }
 
+/// The pause before retry number `failures` (from 1): `min` doubled each time, at most
+/// `max`, less `unit` (random, in `[0, 1)`) times half of it ("equal jitter"), so that
+/// clients that lost the same etcd do not come back in step.
+fn pause(failures: u32, min: Duration, max: Duration, unit: f64) -> Duration {
+    let doublings = failures.saturating_sub(1).min(30);
+    let base = min.saturating_mul(1 << doublings).min(max);
+    base.saturating_sub(base.mul_f64(0.5 * unit))
+}
+
 /// Reads one key and its value.
 fn read(kv: &KeyValue) -> Result<(String, Known), InvalidValue> {
     let key = match std::str::from_utf8(kv.key()) {
@@ -335,5 +349,28 @@ fn read(kv: &KeyValue) -> Result<(String, Known), InvalidValue> {
             Ok((key, known))
         }
         Err(error) => Err(InvalidValue { key, error }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_less_up_to_half() {
+        let ms = Duration::from_millis;
+        let pauses: Vec<Duration> = (1..=9)
+            .map(|n| pause(n, ms(100), ms(10_000), 0.0))
+            .collect();
+        assert_eq!(
+            pauses,
+            [100, 200, 400, 800, 1600, 3200, 6400, 10_000, 10_000].map(ms)
+        );
+        assert_eq!(pause(3, ms(100), ms(10_000), 0.5), ms(300));
+        assert!(pause(3, ms(100), ms(10_000), 0.999_999) > ms(200));
+        assert_eq!(
+            pause(u32::MAX, ms(100), Duration::MAX, 0.0),
+            ms(100) * (1 << 30)
+        );
     }
 }
