@@ -1,6 +1,8 @@
 //! etcd discovery and registration against real etcd members on loopback (see
-//! `etcd_cluster`): registration and deregistration, lease expiry, compaction, a restart of
-//! etcd, and a three-member cluster that loses its leader while endpoints come and go.
+//! `etcd_cluster`): registration and deregistration, lease expiry and re-registration,
+//! compaction (between list and watch, and of a stalled live watch, with a list of two
+//! pages after it), an emptied prefix, a restart of etcd, and a three-member cluster that
+//! loses its leader while endpoints come and go.
 //!
 //! Each test skips with a message when the `etcd` binary is missing, except under `CI`.
 //! Every wait is on an event from the source (with a generous timeout), not on a sleep.
@@ -513,4 +515,54 @@ async fn leader_killed_while_endpoints_change() {
         killed.unwrap(),
         log.len()
     );
+}
+
+/// A live watch whose reader stalls while etcd writes on: once the watch's buffers are
+/// full etcd sets it aside, and a compaction in the meantime cancels it with the
+/// compacted revision. The source reports it, lists again and ends with the same set as
+/// etcd, each key inserted once.
+#[tokio::test]
+async fn compaction_during_a_stalled_watch() {
+    let Some(etcd) = etcd_or_skip("compaction_during_a_stalled_watch") else {
+        return;
+    };
+    let cluster = Cluster::start(etcd, 1).await;
+    let mut client = cluster.client().await;
+    put(&mut client, "/big/base", "127.0.0.1:3300").await;
+    let mut etcd = source(client.clone(), "/big/");
+    assert_eq!(
+        next_text(&mut etcd).await,
+        "reset[127.0.0.1:3300@/big/base]"
+    );
+    // A change seen through the watch: it is running.
+    put(&mut client, "/big/first", "127.0.0.1:3301").await;
+    assert_eq!(next_text(&mut etcd).await, "+127.0.0.1:3301@/big/first w=1");
+
+    // The source is not polled while 24 MB of endpoints are written and compacted away;
+    // listing them again takes two pages.
+    let padding = "x".repeat(40 * 1024);
+    let mut revision = 0;
+    let n = 600;
+    for i in 0..n {
+        let value = format!(
+            r#"{{"addr":"127.0.0.1:{}","labels":{{"pad":"{padding}"}}}}"#,
+            10_000 + i
+        );
+        revision = put(&mut client, &format!("/big/k{i:03}"), &value).await;
+    }
+    client.compact(revision, None).await.unwrap();
+
+    let mut inserted = std::collections::BTreeSet::new();
+    let mut compacted = false;
+    while inserted.len() < n {
+        match next(&mut etcd).await {
+            Ok(Change::Insert(e)) => {
+                assert!(inserted.insert(e.key.key().to_string()), "{} twice", e.key);
+            }
+            Err(EtcdError::Compacted { .. }) => compacted = true,
+            other => panic!("unexpected {}", describe(&other)),
+        }
+    }
+    eprintln!("compacted: {compacted}");
+    assert!(compacted, "the stalled watch was not compacted");
 }

@@ -68,7 +68,9 @@
 //! The source lists the prefix, sends the endpoints as one [`Change::Reset`] (nothing if
 //! the prefix is empty; the first endpoints to appear are then a reset), then watches the
 //! prefix from the revision after the list's: each change after the list is seen once,
-//! and none before it is seen again. A put of a new key
+//! and none before it is seen again. A list reads 500 keys per request, every page at the
+//! revision of the first, so a large prefix is still one consistent snapshot; responses
+//! of up to 64 MiB are accepted (tonic's default limit is 4 MiB). A put of a new key
 //! inserts an endpoint; a put that changes the weight or metadata updates it in place (its
 //! service and statistics stay); a put that changes the address removes the old endpoint
 //! and inserts the new one; a delete (or an expired lease) removes it.

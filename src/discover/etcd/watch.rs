@@ -150,21 +150,10 @@ impl Runner {
     }
 
     async fn list(&mut self) -> Vec<EtcdChange> {
-        let mut kv = self.client.kv_client();
-        let prefix = self.settings.prefix.clone();
-        let options = GetOptions::new().with_prefix();
-        let listed = EtcdError::bounded(
-            Operation::List,
-            &prefix,
-            self.settings.request_timeout,
-            kv.get(prefix.as_bytes(), Some(options)),
-        )
-        .await;
-        match listed {
-            Ok(mut response) => {
-                let revision = response.header().map_or(0, |h| h.revision());
+        match self.list_pages().await {
+            Ok((revision, kvs)) => {
                 self.phase = Phase::Watch { from: revision + 1 };
-                self.apply_list(response.take_kvs())
+                self.apply_list(kvs)
             }
             Err(e) => {
                 self.failures += 1;
@@ -173,8 +162,61 @@ impl Runner {
         }
     }
 
+    /// Every key under the prefix, at the revision of the first page, [`LIST_PAGE`] keys
+    /// per request; and that revision.
+    async fn list_pages(&mut self) -> Result<(i64, Vec<KeyValue>), EtcdError> {
+        let mut kv = self
+            .client
+            .kv_client()
+            .max_decoding_message_size(MAX_MESSAGE);
+        let prefix = &self.settings.prefix;
+        let end = prefix_end(prefix.as_bytes());
+        // etcd takes an empty key as no key: the first key of all is "\0".
+        let mut from = if prefix.is_empty() {
+            vec![0]
+        } else {
+            prefix.as_bytes().to_vec()
+        };
+        let mut revision = 0;
+        let mut kvs = Vec::new();
+        loop {
+            let mut options = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(LIST_PAGE);
+            if revision != 0 {
+                options = options.with_revision(revision);
+            }
+            let mut page = EtcdError::bounded(
+                Operation::List,
+                prefix,
+                self.settings.request_timeout,
+                kv.get(from.clone(), Some(options)),
+            )
+            .await?;
+            if revision == 0 {
+                revision = page.header().map_or(0, |h| h.revision());
+            }
+            let more = page.more();
+            let taken = page.take_kvs();
+            match taken.last() {
+                Some(last) if more => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => {
+                    kvs.extend(taken);
+                    return Ok((revision, kvs));
+                }
+            }
+            kvs.extend(taken);
+        }
+    }
+
     async fn start_watch(&mut self, from: i64) -> Vec<EtcdChange> {
-        let mut watch = self.client.watch_client();
+        let mut watch = self
+            .client
+            .watch_client()
+            .max_decoding_message_size(MAX_MESSAGE);
         let prefix = self.settings.prefix.clone();
         let options = WatchOptions::new().with_prefix().with_start_revision(from);
         let started = EtcdError::bounded(
@@ -315,6 +357,28 @@ impl Runner {
     }
 }
 
+/// Keys per list request. Pages are read at the revision of the first, so the list is one
+/// consistent snapshot however many it takes.
+const LIST_PAGE: i64 = 500;
+
+/// The largest response accepted: a page of [`LIST_PAGE`] values, or one watch response
+/// (all the events of one revision). etcd accepts values up to 1.5 MiB by default
+/// (`--max-request-bytes`); tonic's default limit is 4 MiB.
+const MAX_MESSAGE: usize = 64 << 20;
+
+/// The end of the key range of `prefix`: the prefix with its last byte below 0xff
+/// incremented (what follows it dropped); `"\0"` (every key) when there is none.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    match prefix.iter().rposition(|&b| b < 0xff) {
+        Some(i) => {
+            let mut end = prefix[..=i].to_vec();
+            end[i] += 1;
+            end
+        }
+        None => vec![0],
+    }
+}
+
 /// The pause before retry number `failures` (from 1): `min` doubled each time, at most
 /// `max`, less `unit` (random, in `[0, 1)`) times half of it ("equal jitter"), so that
 /// clients that lost the same etcd do not come back in step.
@@ -372,5 +436,13 @@ mod tests {
             pause(u32::MAX, ms(100), Duration::MAX, 0.0),
             ms(100) * (1 << 30)
         );
+    }
+
+    #[test]
+    fn prefix_ends() {
+        assert_eq!(prefix_end(b"/svc/"), b"/svc0");
+        assert_eq!(prefix_end(b"a\xff\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff"), b"\0");
+        assert_eq!(prefix_end(b""), b"\0");
     }
 }
