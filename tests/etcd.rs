@@ -64,16 +64,40 @@ async fn put(client: &mut Client, key: &str, value: &str) -> i64 {
     response.header().unwrap().revision()
 }
 
+/// A one-member etcd holding `keys` (key, value), and a source on `prefix` whose first
+/// list has come as a reset of `addr@key`s in key order; `None` when the test skips.
+/// Keep the cluster in a named binding (`_cluster`): dropping it stops etcd.
+async fn one_member(
+    test: &str,
+    prefix: &str,
+    keys: &[(&str, &str)],
+) -> Option<(Cluster, Client, Etcd)> {
+    let cluster = Cluster::start(etcd_or_skip(test)?, 1).await;
+    let mut client = cluster.client().await;
+    for (key, value) in keys {
+        put(&mut client, key, value).await;
+    }
+    let mut etcd = source(client.clone(), prefix);
+    let listed: Vec<String> = keys
+        .iter()
+        .map(|(k, v)| format!("{}@{k}", v.trim()))
+        .collect();
+    let expected = format!("reset[{}]", listed.join(","));
+    assert_eq!(next_text(&mut etcd).await, expected);
+    Some((cluster, client, etcd))
+}
+
 #[tokio::test]
 async fn register_update_and_deregister() {
-    let Some(etcd) = etcd_or_skip("register_update_and_deregister") else {
+    let Some((_cluster, mut client, mut etcd)) = one_member(
+        "register_update_and_deregister",
+        "/svc/",
+        &[("/svc/a", "127.0.0.1:1001\n")],
+    )
+    .await
+    else {
         return;
     };
-    let cluster = Cluster::start(etcd, 1).await;
-    let mut client = cluster.client().await;
-    put(&mut client, "/svc/a", "127.0.0.1:1001\n").await;
-    let mut etcd = source(client.clone(), "/svc/");
-    assert_eq!(next_text(&mut etcd).await, "reset[127.0.0.1:1001@/svc/a]");
 
     // A registration: weight and zone from the value, named by its address.
     let value = EndpointValue::new("127.0.0.1:1002")
@@ -219,18 +243,15 @@ async fn a_dead_servers_key_expires_after_its_ttl() {
 /// differences, and watches on from there.
 #[tokio::test]
 async fn compaction_while_the_watch_lags() {
-    let Some(etcd) = etcd_or_skip("compaction_while_the_watch_lags") else {
+    let Some((_cluster, mut client, mut etcd)) = one_member(
+        "compaction_while_the_watch_lags",
+        "/cmp/",
+        &[("/cmp/a", "127.0.0.1:3001"), ("/cmp/b", "127.0.0.1:3002")],
+    )
+    .await
+    else {
         return;
     };
-    let cluster = Cluster::start(etcd, 1).await;
-    let mut client = cluster.client().await;
-    put(&mut client, "/cmp/a", "127.0.0.1:3001").await;
-    put(&mut client, "/cmp/b", "127.0.0.1:3002").await;
-    let mut etcd = source(client.clone(), "/cmp/");
-    assert_eq!(
-        next_text(&mut etcd).await,
-        "reset[127.0.0.1:3001@/cmp/a,127.0.0.1:3002@/cmp/b]"
-    );
     put(&mut client, "/cmp/c", "127.0.0.1:3003").await;
     client.delete("/cmp/a", None).await.unwrap();
     let revision = put(&mut client, "/cmp/d", "127.0.0.1:3004").await;
@@ -253,18 +274,18 @@ async fn compaction_while_the_watch_lags() {
 /// (which the balancer ignores by default), and the next endpoints come as a whole reset.
 #[tokio::test]
 async fn a_list_that_finds_nothing_is_an_empty_reset() {
-    let Some(etcd) = etcd_or_skip("a_list_that_finds_nothing_is_an_empty_reset") else {
+    let Some((_cluster, mut client, mut etcd)) = one_member(
+        "a_list_that_finds_nothing_is_an_empty_reset",
+        "/empty/",
+        &[
+            ("/empty/a", "127.0.0.1:3101"),
+            ("/empty/b", "127.0.0.1:3102"),
+        ],
+    )
+    .await
+    else {
         return;
     };
-    let cluster = Cluster::start(etcd, 1).await;
-    let mut client = cluster.client().await;
-    put(&mut client, "/empty/a", "127.0.0.1:3101").await;
-    put(&mut client, "/empty/b", "127.0.0.1:3102").await;
-    let mut etcd = source(client.clone(), "/empty/");
-    assert_eq!(
-        next_text(&mut etcd).await,
-        "reset[127.0.0.1:3101@/empty/a,127.0.0.1:3102@/empty/b]"
-    );
     // While the source lags, everything goes and the history is compacted: it must list.
     // (A compaction at revision r keeps r itself, so one more write outside the prefix puts
     // the delete behind it.)
@@ -319,18 +340,15 @@ async fn a_registration_whose_lease_ends_registers_again() {
 /// it is down, then lists again and sends only what changed.
 #[tokio::test]
 async fn etcd_restart_keeps_the_set_and_resumes() {
-    let Some(etcd) = etcd_or_skip("etcd_restart_keeps_the_set_and_resumes") else {
+    let Some((mut cluster, mut client, mut etcd)) = one_member(
+        "etcd_restart_keeps_the_set_and_resumes",
+        "/rs/",
+        &[("/rs/a", "127.0.0.1:4001"), ("/rs/b", "127.0.0.1:4002")],
+    )
+    .await
+    else {
         return;
     };
-    let mut cluster = Cluster::start(etcd, 1).await;
-    let mut client = cluster.client().await;
-    put(&mut client, "/rs/a", "127.0.0.1:4001").await;
-    put(&mut client, "/rs/b", "127.0.0.1:4002").await;
-    let mut etcd = source(client.clone(), "/rs/");
-    assert_eq!(
-        next_text(&mut etcd).await,
-        "reset[127.0.0.1:4001@/rs/a,127.0.0.1:4002@/rs/b]"
-    );
     put(&mut client, "/rs/c", "127.0.0.1:4003").await;
     assert_eq!(next_text(&mut etcd).await, "+127.0.0.1:4003@/rs/c w=1");
 
@@ -523,17 +541,15 @@ async fn leader_killed_while_endpoints_change() {
 /// etcd, each key inserted once.
 #[tokio::test]
 async fn compaction_during_a_stalled_watch() {
-    let Some(etcd) = etcd_or_skip("compaction_during_a_stalled_watch") else {
+    let Some((_cluster, mut client, mut etcd)) = one_member(
+        "compaction_during_a_stalled_watch",
+        "/big/",
+        &[("/big/base", "127.0.0.1:3300")],
+    )
+    .await
+    else {
         return;
     };
-    let cluster = Cluster::start(etcd, 1).await;
-    let mut client = cluster.client().await;
-    put(&mut client, "/big/base", "127.0.0.1:3300").await;
-    let mut etcd = source(client.clone(), "/big/");
-    assert_eq!(
-        next_text(&mut etcd).await,
-        "reset[127.0.0.1:3300@/big/base]"
-    );
     // A change seen through the watch: it is running.
     put(&mut client, "/big/first", "127.0.0.1:3301").await;
     assert_eq!(next_text(&mut etcd).await, "+127.0.0.1:3301@/big/first w=1");
