@@ -1,7 +1,8 @@
 //! etcd discovery and registration against real etcd members on loopback (see
 //! `etcd_cluster`): registration and deregistration, lease expiry and re-registration,
 //! compaction (between list and watch, and of a stalled live watch, with a list of two
-//! pages after it), an emptied prefix, a restart of etcd, and a three-member cluster that
+//! pages after it), an emptied prefix, a restart of etcd (which a registration outlives),
+//! and a three-member cluster that
 //! loses its leader while endpoints come and go.
 //!
 //! Each test skips with a message when the `etcd` binary is missing, except under `CI`.
@@ -349,7 +350,16 @@ async fn etcd_restart_keeps_the_set_and_resumes() {
     else {
         return;
     };
-    put(&mut client, "/rs/c", "127.0.0.1:4003").await;
+    // A server's registration, which must outlive the restart.
+    let ttl = Duration::from_secs(2);
+    let c = Registration::register(
+        client.clone(),
+        "/rs/c",
+        &EndpointValue::new("127.0.0.1:4003").unwrap(),
+        ttl,
+    )
+    .await
+    .unwrap();
     assert_eq!(next_text(&mut etcd).await, "+127.0.0.1:4003@/rs/c w=1");
 
     cluster.kill(0);
@@ -390,6 +400,17 @@ async fn etcd_restart_keeps_the_set_and_resumes() {
             Err(_) => errors += 1,
         }
     }
+    // etcd restarts every lease's countdown when it starts; the registration's task must
+    // have reconnected and renewed it, or its key goes within the TTL. Nothing to wait for
+    // here but time: 1.5 TTLs without a change.
+    let quiet = Instant::now() + ttl * 3 / 2;
+    while let Ok(item) = tokio::time::timeout_at(quiet.into(), etcd.next()).await {
+        let item = item.expect("the source ended");
+        assert!(item.is_err(), "after the restart: {}", describe(&item));
+        errors += 1;
+    }
+    c.shutdown().await.unwrap();
+    assert_eq!(next_text(&mut etcd).await, "-127.0.0.1:4003@/rs/c");
     eprintln!("errors after the restart: {errors}");
 }
 
