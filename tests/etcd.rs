@@ -2,8 +2,7 @@
 //! `etcd_cluster`): registration and deregistration, lease expiry and re-registration,
 //! compaction (between list and watch, and of a stalled live watch, with a list of two
 //! pages after it), an emptied prefix, a restart of etcd (which a registration outlives),
-//! and a three-member cluster that
-//! loses its leader while endpoints come and go.
+//! and a three-member cluster that loses its leader while endpoints come and go.
 //!
 //! Each test skips with a message when the `etcd` binary is missing, except under `CI`.
 //! Every wait is on an event from the source (with a generous timeout), not on a sleep.
@@ -341,7 +340,7 @@ async fn a_registration_whose_lease_ends_registers_again() {
 /// it is down, then lists again and sends only what changed.
 #[tokio::test]
 async fn etcd_restart_keeps_the_set_and_resumes() {
-    let Some((mut cluster, mut client, mut etcd)) = one_member(
+    let Some((mut cluster, client, mut etcd)) = one_member(
         "etcd_restart_keeps_the_set_and_resumes",
         "/rs/",
         &[("/rs/a", "127.0.0.1:4001"), ("/rs/b", "127.0.0.1:4002")],
