@@ -10,6 +10,11 @@
 //! The group `clock` measures one read of tokio's clock (and std's, for comparison):
 //! `cargo bench --bench pick -- clock`.
 //!
+//! The group `any` measures a run-time choice against the static type in the same run:
+//! `any/<strategy>/static/<N>` picks with the strategy's own type, `any/<strategy>/any/<N>`
+//! with the same strategy inside an `AnyStrategy` (one `match` more), for N = 10 and 100
+//! (`cargo bench --bench pick -- any`). The hashing strategies pick with a fixed key.
+//!
 //! Ids are `pick/<strategy>/<N>` for N = 10, 100 and 10 000 endpoints:
 //!
 //! | strategy | configuration |
@@ -41,7 +46,8 @@ use criterion::{
 };
 use tower_lb::endpoint::Load;
 use tower_lb::strategy::{
-    Context, EndpointList, LeastRequest, PeakEwma, Random, RoundRobin, Strategy,
+    AnyStrategy, Context, EndpointList, LeastRequest, Maglev, PeakEwma, Random, RingHash,
+    RoundRobin, Strategy,
 };
 
 /// Endpoint counts.
@@ -144,5 +150,53 @@ fn clock(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, pick, clock);
+/// Times `strategy.pick` on `n` named idle endpoints, with `key` for the hashing strategies.
+fn bench_named<P: Strategy>(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    id: BenchmarkId,
+    n: usize,
+    strategy: &P,
+    key: Option<&[u8]>,
+) {
+    let list = EndpointList::from_named((0..n).map(|i| (format!("10.0.0.{i}:80"), 1)));
+    let endpoints = list.endpoints();
+    let table = strategy.build(&endpoints);
+    g.bench_function(id, |b| {
+        b.iter(|| {
+            let cx = Context::with_key(key);
+            strategy.pick(black_box(&table), black_box(&endpoints), black_box(&cx))
+        })
+    });
+}
+
+/// Each strategy's pick with its own type and inside an [`AnyStrategy`], in the same run.
+fn any(c: &mut Criterion) {
+    let mut g = c.benchmark_group("any");
+    g.sample_size(30)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    fn pair<P: Strategy + Into<AnyStrategy>>(
+        g: &mut BenchmarkGroup<'_, WallTime>,
+        name: &str,
+        n: usize,
+        make: impl Fn() -> P,
+        key: Option<&[u8]>,
+    ) {
+        let id = |variant: &str| BenchmarkId::new(format!("{name}/{variant}"), n);
+        bench_named(g, id("static"), n, &make(), key);
+        bench_named(g, id("any"), n, &make().into(), key);
+    }
+    let key = Some(&b"user-42"[..]);
+    for n in [10, 100] {
+        pair(&mut g, "round_robin", n, RoundRobin::new, None);
+        pair(&mut g, "random", n, Random::new, None);
+        pair(&mut g, "least_request", n, LeastRequest::new, None);
+        pair(&mut g, "peak_ewma", n, PeakEwma::new, None);
+        pair(&mut g, "ring_hash", n, RingHash::new, key);
+        pair(&mut g, "maglev", n, Maglev::new, key);
+    }
+    g.finish();
+}
+
+criterion_group!(benches, pick, clock, any);
 criterion_main!(benches);

@@ -46,9 +46,8 @@ use tower_lb::error::{BoxError, BuildError, Unavailable};
 use tower_lb::health::{ActiveChecks, Health, OutlierDetection, TcpProbe};
 use tower_lb::http::key::{HttpKey, PreviousEndpoints};
 use tower_lb::key::{NoKey, RequestKey};
-use tower_lb::strategy::{
-    BoundedLoad, LeastRequest, Maglev, PeakEwma, Random, Rendezvous, RingHash, RoundRobin, Strategy,
-};
+pub use tower_lb::strategy::StrategyKind;
+use tower_lb::strategy::{AnyStrategy, Strategy};
 use tower_lb::{EndpointStats, Monitor};
 
 #[path = "fast.rs"]
@@ -92,6 +91,7 @@ pub struct UpstreamConfig {
     /// `server ADDR weight=N;` lines.
     pub servers: Vec<Server>,
     /// The balancing strategy.
+    #[serde(deserialize_with = "de_from_str")]
     pub strategy: StrategyKind,
     /// What the hashing strategies hash (nginx: `hash $key consistent;`).
     #[serde(deserialize_with = "de_from_str")]
@@ -381,58 +381,6 @@ where
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum StrategyKind {
-    RoundRobin,
-    Random,
-    LeastRequest,
-    PeakEwma,
-    RingHash,
-    Maglev,
-    Rendezvous,
-}
-
-impl StrategyKind {
-    /// Whether the strategy routes by the request's hash key.
-    pub fn hashes(self) -> bool {
-        matches!(
-            self,
-            StrategyKind::RingHash | StrategyKind::Maglev | StrategyKind::Rendezvous
-        )
-    }
-}
-
-impl FromStr for StrategyKind {
-    type Err = String;
-
-    fn from_str(name: &str) -> Result<Self, String> {
-        StrategyKind::deserialize(
-            serde::de::value::StrDeserializer::<serde::de::value::Error>::new(name),
-        )
-        .map_err(|_| {
-            format!(
-                "unknown strategy `{name}` (expected round-robin, random, least-request, \
-                 peak-ewma, ring-hash, maglev or rendezvous)"
-            )
-        })
-    }
-}
-
-impl fmt::Display for StrategyKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            StrategyKind::RoundRobin => "round-robin",
-            StrategyKind::Random => "random",
-            StrategyKind::LeastRequest => "least-request",
-            StrategyKind::PeakEwma => "peak-ewma",
-            StrategyKind::RingHash => "ring-hash",
-            StrategyKind::Maglev => "maglev",
-            StrategyKind::Rendezvous => "rendezvous",
-        })
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Http1,
@@ -538,7 +486,7 @@ pub async fn start(config: &Config) -> Result<Proxy, BoxError> {
         attempts: config.retry.attempts,
         request_timeout: config.timeouts.request,
         host: config.upstream.host,
-        client_ip_key: config.upstream.strategy.hashes()
+        client_ip_key: config.upstream.strategy.uses_request_key()
             && config.upstream.hash_key == HttpKey::ClientIp,
     });
 
@@ -750,16 +698,15 @@ fn build_balancer(
             Ok((BoxCloneSyncService::new(balance), None, monitor, log))
         }};
     }
-    match (config.upstream.strategy, config.upstream.bounded_load) {
-        (StrategyKind::RoundRobin, _) => plain!(RoundRobin::new()),
-        (StrategyKind::Random, _) => plain!(Random::new()),
-        (StrategyKind::LeastRequest, _) => plain!(LeastRequest::new()),
-        (StrategyKind::PeakEwma, _) => plain!(PeakEwma::new()),
-        (StrategyKind::RingHash, None) => keyed!(RingHash::new()),
-        (StrategyKind::RingHash, Some(c)) => keyed!(BoundedLoad::new(RingHash::new()).factor(c)),
-        (StrategyKind::Maglev, None) => keyed!(Maglev::new()),
-        (StrategyKind::Maglev, Some(c)) => keyed!(BoundedLoad::new(Maglev::new()).factor(c)),
-        (StrategyKind::Rendezvous, _) => keyed!(Rendezvous::new()),
+    let strategy = AnyStrategy::from(config.upstream.strategy);
+    let strategy = match config.upstream.bounded_load {
+        Some(c) => strategy.bounded_load(c)?,
+        None => strategy,
+    };
+    if strategy.uses_request_key() {
+        keyed!(strategy)
+    } else {
+        plain!(strategy)
     }
 }
 

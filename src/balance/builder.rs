@@ -8,12 +8,13 @@ use futures_util::StreamExt;
 use tokio::sync::oneshot;
 
 use super::driver::{boxed, Driver};
-use super::layer::{BalanceLayer, MakeEndpoint};
+use super::make::MakeEndpoint;
 use super::service::Balance;
 use super::shared::Shared;
 use crate::classify::DefaultClassifier;
 use crate::completion::OnResponse;
 use crate::discover::{Change, Discover};
+use crate::endpoint::SyncEndpoint;
 use crate::error::BuildError;
 use crate::health::{
     ActiveChecks, HealthSettings, OutlierDetection, OutlierSignal, Probe, SlowStart,
@@ -82,6 +83,14 @@ impl Default for Builder {
                 seed: None,
             },
         }
+    }
+}
+
+impl Balance<(), ()> {
+    /// A [`Builder`] with the defaults: least request (two choices), the default
+    /// classifier, outlier detection on, in-flight until the response, fail fast after 3 s.
+    pub fn builder() -> Builder {
+        Builder::new()
     }
 }
 
@@ -244,21 +253,19 @@ impl<P, C, T, H> Builder<P, C, T, H> {
         self
     }
 
-    fn validate(&self) -> Result<(), BuildError>
+    pub(super) fn validate(&self) -> Result<(), BuildError>
     where
         P: Strategy,
     {
         self.strategy.validate()?;
         self.settings.health.validate()?;
-        if self
-            .strategy
-            .latency()
-            .or(self.settings.latency)
-            .is_some_and(|l| l.decay.is_zero())
-        {
-            return Err(BuildError::InvalidConfig(
-                "latency decay must be greater than zero",
-            ));
+        if let Some(latency) = self.strategy.latency().or(self.settings.latency) {
+            BuildError::reject_if(
+                latency.decay.is_zero(),
+                "LatencyTracking::decay",
+                latency.decay,
+                "greater than zero",
+            )?;
         }
         Ok(())
     }
@@ -271,7 +278,7 @@ impl<P, C, T, H> Builder<P, C, T, H> {
     /// set is published when the driver has applied them all, right after.)
     /// Outside a runtime the source is not polled until the driver is spawned, at the first
     /// `poll_ready`, and `poll_ready` fails with
-    /// [`BuildError::NoRuntime`] if there is still none. The runtime needs its time driver
+    /// [`NoRuntime`](crate::error::NoRuntime) if there is still none. The runtime needs its time driver
     /// (`enable_time` or `enable_all`) for the fail-fast timeout.
     ///
     /// The balancer belongs to the runtime its driver runs on. When that runtime shuts down
@@ -279,15 +286,18 @@ impl<P, C, T, H> Builder<P, C, T, H> {
     /// `poll_ready` fails with [`DriverStopped`](crate::error::DriverStopped) on every
     /// handle, whichever runtime polls it: build a balancer in each runtime.
     ///
-    /// Fails with [`BuildError::InvalidConfig`] when the strategy's parameters are invalid.
+    /// Fails with [`BuildError::InvalidConfig`] when a setting is out of range: the
+    /// strategy's, the health settings, a probe's, or the discovery source's
+    /// ([`Discover::validate`]). Nothing starts then.
     pub fn build<K, S, D>(self, discovery: D) -> Result<Balance<K, S, P, C, T, H>, BuildError>
     where
         D: Discover<K, S> + Send + 'static,
         K: Clone + Eq + Hash + Debug + Send + Sync + 'static,
-        S: Send + Sync + 'static,
+        S: SyncEndpoint,
         P: Strategy,
     {
         self.validate()?;
+        discovery.validate()?;
         Ok(self.build_unchecked(discovery))
     }
 
@@ -295,7 +305,7 @@ impl<P, C, T, H> Builder<P, C, T, H> {
     where
         D: Discover<K, S> + Send + 'static,
         K: Clone + Eq + Hash + Debug + Send + Sync + 'static,
-        S: Send + Sync + 'static,
+        S: SyncEndpoint,
         P: Strategy,
     {
         let (stop_tx, stop_rx) = oneshot::channel();
@@ -348,11 +358,12 @@ impl<P, C, T, H> Builder<P, C, T, H> {
     where
         D: Discover<K, ()> + Send + 'static,
         M: MakeEndpoint<K> + Send + 'static,
-        M::Service: Clone + Send + Sync + 'static,
+        M::Service: Clone + SyncEndpoint,
         K: Clone + Eq + Hash + Debug + Send + Sync + 'static,
         P: Strategy,
     {
         self.validate()?;
+        discovery.validate()?;
         Ok(self.build_with_unchecked(discovery, make))
     }
 
@@ -364,7 +375,7 @@ impl<P, C, T, H> Builder<P, C, T, H> {
     where
         D: Discover<K, ()> + Send + 'static,
         M: MakeEndpoint<K> + Send + 'static,
-        M::Service: Clone + Send + Sync + 'static,
+        M::Service: Clone + SyncEndpoint,
         K: Clone + Eq + Hash + Debug + Send + Sync + 'static,
         P: Strategy,
     {
@@ -408,18 +419,5 @@ impl<P, C, T, H> Builder<P, C, T, H> {
             })
         });
         self.build_unchecked(changes)
-    }
-
-    /// A [`BalanceLayer`] that builds this balancer around a [`MakeEndpoint`] in a
-    /// `tower::ServiceBuilder`. Checks the configuration now, since a layer cannot fail.
-    pub fn into_layer<K, D>(
-        self,
-        discovery: D,
-    ) -> Result<BalanceLayer<K, D, P, C, T, H>, BuildError>
-    where
-        P: Strategy,
-    {
-        self.validate()?;
-        Ok(BalanceLayer::from_builder(discovery, self))
     }
 }

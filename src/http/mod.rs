@@ -1,5 +1,11 @@
-//! HTTP helpers (feature `http`): request keys for consistent hashing ([`key`]), and keeping
-//! a request in flight until its response body ends ([`OnBodyEnd`]).
+//! HTTP helpers (feature `http`): the endpoint service for HTTP clients ([`HttpEndpoint`]),
+//! request keys for consistent hashing ([`key`]), and keeping a request in flight until its
+//! response body ends ([`OnBodyEnd`]).
+//!
+//! [`HttpEndpoint`] is what every HTTP user needs: the service for one endpoint, which
+//! sends a request through a shared client (a hyper-util legacy `Client`, or any
+//! `Service<http::Request<B>>`) to that endpoint's address, and puts [`ServedBy`] in the
+//! response. See its docs for a balancer whose type can be named.
 //!
 //! ```no_run
 //! # #[cfg(feature = "http")] {
@@ -21,6 +27,8 @@
 //! (see [`classify`](crate::classify#grpc)), which makes `OnBodyEnd` the policy for gRPC.
 
 mod body;
+mod endpoint;
 pub mod key;
 
 pub use body::{OnBodyEnd, TrackedBody};
+pub use endpoint::{EndpointError, HttpEndpoint, ResponseFuture, ServedBy};
