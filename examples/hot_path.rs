@@ -12,31 +12,14 @@
 //! count does not, so this is how a change to the hot path is compared with the commit
 //! before it.
 
-use std::future::{ready, Ready};
-use std::task::{Context, Poll};
+#[path = "support/echo.rs"]
+mod echo;
 
+use echo::Echo;
 use tower::{Service, ServiceExt};
 use tower_lb::classify::ErrorsAsFailures;
 use tower_lb::strategy::{LeastRequest, RoundRobin, Strategy};
 use tower_lb::{discover, Builder};
-
-/// An endpoint that answers every request at once with the request itself.
-#[derive(Clone)]
-struct Echo;
-
-impl Service<u64> for Echo {
-    type Response = u64;
-    type Error = std::io::Error;
-    type Future = Ready<Result<u64, std::io::Error>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: u64) -> Self::Future {
-        ready(Ok(request))
-    }
-}
 
 async fn run<P: Strategy>(strategy: P, bare: bool, n: u64) {
     let mut builder = Builder::new().strategy(strategy).classify(ErrorsAsFailures);

@@ -20,8 +20,11 @@ use crate::strategy::Strategy;
 /// in a struct field or a `match` whose arms build different balancers. The statistics,
 /// health events and draining stay at hand through [`monitor`](Self::monitor).
 ///
-/// Erasing costs a boxed response future per request (one allocation) and a dynamic call;
-/// a field of type `Balance<...>` costs neither.
+/// Erasing costs a boxed response future per request (one allocation) and dynamic calls:
+/// 200 instructions per request, 37 % more than the same balancer unboxed (747 against 547
+/// under least request, `scripts/hot-path-instructions.sh --forms`). A field of type
+/// `Balance<...>` (with [`AnyStrategy`](crate::strategy::AnyStrategy) for a strategy chosen
+/// at run time) costs neither.
 ///
 /// ```
 /// use tower::{Service, ServiceExt};

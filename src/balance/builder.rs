@@ -46,6 +46,18 @@ const PROBE_STREAM: u64 = 2;
 /// assert_eq!(balance.endpoints().len(), 2);
 /// # }
 /// ```
+///
+/// # Endpoint services
+///
+/// `build` takes the endpoint services from discovery, `build_with` makes them from keys.
+/// Either way an endpoint service is a `tower::Service` that is `Clone + Send + Sync +
+/// 'static` ([`SyncEndpoint`]): hyper clients, tonic channels, `service_fn`, and for HTTP
+/// [`HttpEndpoint`](crate::http::HttpEndpoint) (feature `http`). A service that is `Send`
+/// but not `Sync`, such as `tower::util::BoxCloneService`, goes in a
+/// [`SyncService`](crate::endpoint::SyncService). Its responses must fit the
+/// [classifier](Builder::classify): the default one reads `http::Response`, and any other
+/// response type needs [`ErrorsAsFailures`](crate::classify::ErrorsAsFailures) or a
+/// [`classify_fn`](crate::classify::classify_fn).
 #[derive(Debug, Clone)]
 pub struct Builder<P = LeastRequest, C = DefaultClassifier, T = OnResponse, H = NoKey> {
     strategy: P,

@@ -142,7 +142,20 @@ impl<K, D: Clone, P: Clone, C: Clone, T: Clone, H: Clone> Clone for BalanceLayer
 /// Implemented for every `Discover<K, ()> + Clone + Send + 'static`. A source that is not
 /// `Clone` (a [`channel`](crate::discover::channel),
 /// [`from_snapshots`](crate::discover::from_snapshots), DNS) goes to
-/// [`Builder::build_with`], which takes the same key-to-service factory.
+/// [`Builder::build_with`], which takes the same key-to-service factory. The compiler
+/// says so where the source is given:
+///
+/// ```compile_fail,E0277
+/// use std::net::SocketAddr;
+/// use tower_lb::{discover, Builder};
+///
+/// let (tx, rx) = discover::channel::<SocketAddr, ()>();
+/// // error[E0277]: `ChannelDiscover<SocketAddr, ()>` cannot be the discovery source of a
+/// //               `BalanceLayer`
+/// //   note: for a source that can be used once (`discover::channel`, ...), build the
+/// //         balancer with `Builder::build_with(source, make_endpoint)` instead
+/// let layer = Builder::new().into_layer(rx);
+/// ```
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be the discovery source of a `BalanceLayer`",
     label = "a layer builds a balancer from a clone of this source for every `layer` call",

@@ -50,6 +50,27 @@ use crate::strategy::{LeastRequest, Strategy};
 /// is [`BoxError`]: the endpoint's error, or one of the balancer's own
 /// [errors](crate::error).
 ///
+/// # When `balance.ready()` does not compile
+///
+/// `ready()` (tower's `ServiceExt`) needs the balancer to be a `Service` for the request.
+/// When a bound of that is not met (most often a [classifier](crate::classify) that does not
+/// fit the endpoint's responses), rustc says the method's trait bounds are not satisfied
+/// (E0599); the function form `ServiceExt::<Request>::ready(&mut balance)` names the bound
+/// that is missing, with its fix.
+///
+/// ```compile_fail,E0599
+/// use tower::ServiceExt;
+/// use tower_lb::{discover, Balance};
+///
+/// # async fn demo() {
+/// let strings = tower::service_fn(|_: ()| async { Ok::<_, std::io::Error>("hi") });
+/// let mut balance = Balance::builder().build(discover::static_list([("a", strings)])).unwrap();
+/// // error[E0599]: the method `ready` exists for struct `Balance<..>`, but its trait bounds
+/// //               were not satisfied
+/// balance.ready().await;
+/// # }
+/// ```
+///
 /// # Runtime
 ///
 /// A balancer belongs to one tokio runtime: the one its background driver runs on (see
