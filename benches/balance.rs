@@ -175,6 +175,23 @@ fn assert_idle<P: Strategy, C, T>(balance: &Balance<usize, Echo, P, C, T>) {
     );
 }
 
+/// The runtime of the single-task benchmarks.
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// The runtime of the shared benchmarks: two workers on the two cores.
+fn two_workers() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
 // ----- single task -----
 
 /// One request, driven by hand: `poll_ready`, `call`, one poll of the response future.
@@ -215,10 +232,7 @@ where
 }
 
 fn single_task(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let rt = current_thread();
     let _entered = rt.enter();
 
     let mut g = c.benchmark_group("single_task");
@@ -310,11 +324,7 @@ fn bench_shared<S>(
 }
 
 fn shared(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let rt = two_workers();
     // Our driver and tower's buffer worker are spawned on this runtime.
     let _entered = rt.enter();
 
@@ -348,10 +358,7 @@ fn erased(c: &mut Criterion) {
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
     {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
+        let rt = current_thread();
         let _entered = rt.enter();
         let n = SHARED_ENDPOINTS;
         let name = |s: &str| format!("single_task/{s}");
@@ -370,11 +377,7 @@ fn erased(c: &mut Criterion) {
         let mut locked = over(LeastRequest::new(), n, unsync);
         bench_single(&mut g, &name("unsync"), n, &mut locked);
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let rt = two_workers();
     let _entered = rt.enter();
     g.sampling_mode(SamplingMode::Flat)
         .sample_size(20)

@@ -20,10 +20,10 @@
 //! differently (its `poll_ready` has two callers), which would move `hot_path`'s figures.
 //! Compare the forms with this binary's `static`.
 
-#[path = "support/echo.rs"]
-mod echo;
+#[path = "support/mod.rs"]
+mod support;
 
-use echo::Echo;
+use support::{requests, runtime, usage, Echo};
 use tower::util::{BoxCloneService, BoxCloneSyncService};
 use tower::{Service, ServiceExt};
 use tower_lb::classify::ErrorsAsFailures;
@@ -75,21 +75,13 @@ async fn run<P: Strategy>(strategy: P, form: &str, n: u64) -> Result<(), String>
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: hot_path_forms least-request|round-robin \
-                 static|any-strategy|boxed-balance|box-clone-sync|unsync REQUESTS";
+    let text = "usage: hot_path_forms least-request|round-robin \
+                static|any-strategy|boxed-balance|box-clone-sync|unsync REQUESTS";
     let [strategy, form, n] = args.as_slice() else {
-        eprintln!("{usage}");
-        std::process::exit(2);
+        usage(text)
     };
-    let Ok(n) = n.parse::<u64>() else {
-        eprintln!("{usage}");
-        std::process::exit(2);
-    };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let result = runtime.block_on(async {
+    let n = requests(n, text);
+    let result = runtime().block_on(async {
         match (strategy.as_str(), form.as_str()) {
             // The same strategy chosen at run time, by its name.
             (name, "any-strategy") => match name.parse::<AnyStrategy>() {
@@ -102,7 +94,7 @@ fn main() {
         }
     });
     if let Err(e) = result {
-        eprintln!("{e}\n{usage}");
-        std::process::exit(2);
+        eprintln!("{e}");
+        usage(text);
     }
 }
