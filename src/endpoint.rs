@@ -77,8 +77,10 @@ impl<K, S> Endpoint<K, S> {
     }
 }
 
-/// Descriptive labels of an endpoint. The balancer stores and reports them; of the
-/// strategies in this crate, only the consistent-hashing ones read one of them, the
+/// Descriptive labels of an endpoint. The balancer stores and reports them, and strategies
+/// see them through [`Endpoints::metadata`](crate::strategy::Endpoints::metadata) (a
+/// zone-aware strategy routes by [`zone`](Metadata::zone): `examples/zone_aware.rs`). Of
+/// the strategies in this crate, only the consistent-hashing ones read one of them, the
 /// [`name`](Metadata::name).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Metadata {
