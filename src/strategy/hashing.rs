@@ -5,12 +5,13 @@
 //!
 //! - **CRC-32** (IEEE 802.3: reflected polynomial `0xEDB88320`, initial value and final xor
 //!   `0xFFFFFFFF`), the checksum nginx hashes with, so that [`RingHash`](super::RingHash)
-//!   places servers and keys exactly where nginx's `hash $key consistent` does. It streams
-//!   (nginx hashes a server's host, a NUL byte and its port as one message, then continues
-//!   from that state for every point) and reads eight bytes per step with eight 256-entry
-//!   tables ("slicing-by-8", Kounavis and Berry, "A Systematic Approach to Building High
-//!   Performance Software-Based CRC Generators", ISCC 2005) instead of one byte per step
-//!   with one table; the result is the same. The tables are computed at compile time.
+//!   places servers and keys exactly where nginx's `hash $key consistent` does, computed by
+//!   the `crc32fast` crate (carry-less multiplication where the CPU has it, slicing-by-16
+//!   tables elsewhere). Its hasher streams and clones, which the ring needs: nginx hashes a
+//!   server's host, a NUL byte and its port as one message, then continues from that state
+//!   for every point. It replaced a hand-written slicing-by-8 CRC: as fast on a 15-byte key
+//!   (17 ns), 2.2 times faster on 64 bytes (16 against 34 ns) and 10 times on 512, 3 ns
+//!   slower on 4 bytes (measured in one run, `x86_64`).
 //! - **A 64-bit keyed hash** for [`Maglev`](super::Maglev) and
 //!   [`Rendezvous`](super::Rendezvous), which owe nobody compatibility and need more than 32
 //!   bits: 16 bytes per step, each step one 64×64→128-bit multiply whose halves are xored
@@ -28,106 +29,6 @@
 use super::rng::Rng;
 use super::round_robin::{Cycle, RoundRobin};
 use super::{Context, Endpoints, Strategy};
-
-// ---------------------------------------------------------------------------------------
-// CRC-32
-// ---------------------------------------------------------------------------------------
-
-/// The reflected IEEE polynomial.
-const CRC_POLY: u32 = 0xEDB8_8320;
-
-/// `TABLES[0]` is the classic byte-at-a-time table; `TABLES[k][b]` is the CRC of byte `b`
-/// followed by `k` zero bytes, which lets one step fold eight bytes.
-static CRC_TABLES: [[u32; 256]; 8] = crc_tables();
-
-const fn crc_tables() -> [[u32; 256]; 8] {
-    let mut t = [[0u32; 256]; 8];
-    let mut i = 0;
-    while i < 256 {
-        let mut c = i as u32;
-        let mut bit = 0;
-        while bit < 8 {
-            c = if c & 1 == 1 {
-                CRC_POLY ^ (c >> 1)
-            } else {
-                c >> 1
-            };
-            bit += 1;
-        }
-        t[0][i] = c;
-        i += 1;
-    }
-    let mut i = 0;
-    while i < 256 {
-        let mut k = 1;
-        while k < 8 {
-            let prev = t[k - 1][i];
-            t[k][i] = (prev >> 8) ^ t[0][(prev & 0xff) as usize];
-            k += 1;
-        }
-        i += 1;
-    }
-    t
-}
-
-/// A CRC-32 computation in progress: feed it bytes with [`update`](Crc32::update) in as many
-/// pieces as you like, then read the checksum with [`finish`](Crc32::finish). A copy
-/// continues independently from the same state.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Crc32 {
-    state: u32,
-}
-
-impl Default for Crc32 {
-    fn default() -> Self {
-        Crc32::new()
-    }
-}
-
-impl Crc32 {
-    /// The state before any byte (all ones).
-    pub(crate) const fn new() -> Self {
-        Crc32 { state: 0xFFFF_FFFF }
-    }
-
-    /// Feeds `bytes`.
-    #[inline]
-    pub(crate) fn update(&mut self, bytes: &[u8]) {
-        let t = &CRC_TABLES;
-        let mut crc = self.state;
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let lo = u32::from_le_bytes([c[0], c[1], c[2], c[3]]) ^ crc;
-            let hi = u32::from_le_bytes([c[4], c[5], c[6], c[7]]);
-            crc = t[7][(lo & 0xff) as usize]
-                ^ t[6][((lo >> 8) & 0xff) as usize]
-                ^ t[5][((lo >> 16) & 0xff) as usize]
-                ^ t[4][(lo >> 24) as usize]
-                ^ t[3][(hi & 0xff) as usize]
-                ^ t[2][((hi >> 8) & 0xff) as usize]
-                ^ t[1][((hi >> 16) & 0xff) as usize]
-                ^ t[0][(hi >> 24) as usize];
-        }
-        for &b in chunks.remainder() {
-            crc = t[0][((crc ^ u32::from(b)) & 0xff) as usize] ^ (crc >> 8);
-        }
-        self.state = crc;
-    }
-
-    /// The checksum of everything fed so far.
-    #[inline]
-    pub(crate) fn finish(&self) -> u32 {
-        !self.state
-    }
-}
-
-/// The CRC-32 of `bytes` (`crc32(b"123456789") == 0xCBF43926`).
-#[inline]
-pub(crate) fn crc32(bytes: &[u8]) -> u32 {
-    let mut c = Crc32::new();
-    c.update(bytes);
-    c.finish()
-}
 
 // ---------------------------------------------------------------------------------------
 // 64-bit hashing
