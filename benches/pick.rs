@@ -28,6 +28,11 @@
 //! | `least_request_full_scan` | `LeastRequest::new().full_scan()`, N = 10 and 100 only |
 //! | `peak_ewma` | `PeakEwma::new()`, every endpoint with a latency sample (steady state) |
 //! | `peak_ewma_unsampled` | `PeakEwma::new()`, no endpoint sampled yet (cold start) |
+//! | `weighted_round_robin` | (feature `orca`) `WeightedRoundRobin`, no blackout, reported weights `(i % 5) + 1`: the stride scheduler |
+//! | `weighted_round_robin_skewed` | (feature `orca`) as above, weights 1 except one of 1000 (capped at 10 × the mean: the most turns a pick takes) |
+//! | `weighted_round_robin_fallback` | (feature `orca`) `WeightedRoundRobin` with no reports: its round robin |
+//!
+//! The `orca` rows need the feature: `cargo bench --features orca --bench pick -- weighted`.
 //!
 //! # How the pick is isolated
 //!
@@ -99,6 +104,39 @@ fn bench_peak_ewma_sampled(g: &mut BenchmarkGroup<'_, WallTime>, n: usize) {
     });
 }
 
+/// Times weighted round robin's pick on `n` endpoints that reported the weights `weight`
+/// (none: no reports, its round-robin fallback).
+#[cfg(feature = "orca")]
+fn bench_wrr(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    n: usize,
+    weight: Option<fn(usize) -> f64>,
+) {
+    use tower_lb::orca::LoadReport;
+    use tower_lb::strategy::WeightedRoundRobin;
+    let mut list = EndpointList::default();
+    for i in 0..n {
+        let load = Arc::new(Load::default().with_load_reports());
+        if let Some(weight) = weight {
+            load.record_load_report(Ok(LoadReport {
+                rps_fractional: weight(i),
+                cpu_utilization: 1.0,
+                ..LoadReport::default()
+            }));
+        }
+        list.push(1, load);
+    }
+    let endpoints = list.endpoints();
+    let strategy = WeightedRoundRobin::new().blackout_period(Duration::ZERO);
+    let table = strategy.build(&endpoints);
+    assert_eq!(table.is_round_robin(), weight.is_none());
+    let cx = Context::at_nanos(1_000_000_000);
+    g.bench_function(BenchmarkId::new(name, n), |b| {
+        b.iter(|| strategy.pick(black_box(&table), black_box(&endpoints), black_box(&cx)))
+    });
+}
+
 fn pick(c: &mut Criterion) {
     let mut g = c.benchmark_group("pick");
     g.sample_size(30)
@@ -134,6 +172,22 @@ fn pick(c: &mut Criterion) {
         }
         bench_peak_ewma_sampled(&mut g, n);
         bench_direct(&mut g, "peak_ewma_unsampled", n, PeakEwma::new(), equal);
+        #[cfg(feature = "orca")]
+        {
+            bench_wrr(
+                &mut g,
+                "weighted_round_robin",
+                n,
+                Some(|i| (i % 5) as f64 + 1.0),
+            );
+            bench_wrr(
+                &mut g,
+                "weighted_round_robin_skewed",
+                n,
+                Some(|i| if i == 0 { 1000.0 } else { 1.0 }),
+            );
+            bench_wrr(&mut g, "weighted_round_robin_fallback", n, None);
+        }
     }
     g.finish();
 }

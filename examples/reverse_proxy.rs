@@ -18,11 +18,13 @@
 //!     server 127.0.0.1:8000;        # [[upstream.servers]] address = "127.0.0.1:8000"
 //!     server 127.0.0.1:8001;
 //!     server 127.0.0.1:8002;
-//!     keepalive 64;                 # upstream.keepalive (per worker)
+//!     keepalive 64;                 # upstream.keepalive (per worker, all upstreams)
 //! }
 //! server {
 //!     listen 127.0.0.1:8080;        # listen
 //!     client_header_timeout 10s;    # limits.header_read_timeout
+//!     client_body_timeout 60s;      # limits.body_read_timeout
+//!     send_timeout 60s;             # limits.send_timeout
 //!     location / {
 //!         proxy_pass http://app;
 //!         proxy_http_version 1.1;
@@ -44,12 +46,22 @@
 //! What it does:
 //!
 //! - HTTP/1.1 to clients; HTTP/1.1 or h2c (`upstream.protocol`) to the upstreams, with a
-//!   keep-alive pool per upstream and worker thread. Bodies stream in both directions.
-//! - Hop-by-hop headers are removed; `x-forwarded-for` and `x-forwarded-proto` are added;
-//!   Host is the client's (`pass`) or the upstream's (`upstream`). The upstream address is
-//!   always a configured one, whatever the Host header or an absolute URI say.
+//!   keep-alive pool per worker thread (at most `upstream.keepalive` idle connections over
+//!   all upstreams, as nginx's `keepalive`). Bodies stream in both directions.
+//! - Hop-by-hop headers and header names with `_` are removed; `x-forwarded-for` and
+//!   `x-forwarded-proto` are added; Host is the client's (`pass`) or the upstream's
+//!   (`upstream`). The upstream address is always a configured one, whatever the Host
+//!   header or an absolute URI say.
+//! - Requests nginx refuses are refused (400: no or two Hosts, a Host that is no host
+//!   name, a lowercase method, `*`, `..` segments; 405: `TRACE`, `CONNECT`); see `rules.rs`.
 //! - 502 when the upstream fails, 503 when no upstream is available, 504 on connect or
-//!   request timeout, each with a plain-text body that says why.
+//!   request timeout, each with a generic plain-text reason (the details go to the log).
+//!   The request timeout is each upstream's, inside the balancer: a timeout counts as that
+//!   upstream's failure, and an upstream that never answers is ejected.
+//! - A request body the client aborts gets no answer, a malformed one 400, one that stalls
+//!   for `limits.body_read_timeout` 408; none of them counts against the upstream
+//!   (`tower_lb::http::ClientBody`). A client that takes no part of an answer for
+//!   `limits.send_timeout` is disconnected.
 //! - An idempotent request that fails before it was sent (connection refused, or a pooled
 //!   connection closed) is retried through the balancer, within `retry.attempts` and a
 //!   budget (20 % of requests plus 10 per second), so it is not lost. Under a hashing
@@ -60,13 +72,16 @@
 //!   than `limits.max_header_bytes` get 431; a client that does not send its head within
 //!   `limits.header_read_timeout` is disconnected.
 //! - Active health checks (TCP connect every 2 s, rise 2, fall 3) and outlier detection (5
-//!   failures in a row eject an upstream), on by default; every change is printed.
+//!   failures in a row eject an upstream), on by default; every change is printed. A
+//!   restarted upstream serves again at the first probe that reaches it.
 //! - Ctrl-C stops accepting, lets in-flight requests finish (`timeouts.drain`), and exits.
 //! - `workers` threads (default: one per CPU), each with its own listening socket
 //!   (`SO_REUSEPORT`) and upstream connections, like nginx's worker processes.
 //! - A fast path for plain requests (HTTP/1.1, no body, `GET`, `HEAD`, `OPTIONS`,
 //!   `DELETE`): parsed in place and relayed without hyper, one task per client connection
-//!   for both legs; any other request hands the connection to hyper (`fast.rs`).
+//!   for both legs; any other request hands the connection to hyper (`fast.rs`). Both
+//!   paths re-frame a body that the upstream's close delimits as chunked (so that a client
+//!   sees when it was cut) and drop trailers.
 //!
 //! | `--strategy` | tower-lb strategy | nginx |
 //! |---|---|---|
@@ -87,7 +102,8 @@
 //! client (`tower_lb::http::OnBodyEnd`), like nginx's connection count.
 //!
 //! What this example does not do that nginx does: TLS, WebSocket upgrades, HTTP/2 to
-//! clients, retries of requests whose body was already sent, or caching.
+//! clients, retries of requests whose body was already sent, caching, or a timeout between
+//! two reads of an upstream's response body (the request timeout bounds the head).
 
 #[allow(dead_code)]
 #[path = "reverse_proxy/proxy.rs"]

@@ -81,6 +81,13 @@ impl InFlight {
         }
     }
 
+    /// The endpoint's counters.
+    #[inline]
+    #[cfg_attr(not(feature = "orca"), allow(dead_code))]
+    pub(crate) fn load(&self) -> &Load {
+        &self.load
+    }
+
     /// Records the outcome and latency; later calls do nothing. [`Outcome::Trailers`]
     /// samples the latency now (the head's) and leaves the outcome to
     /// [`record_trailers`](Self::record_trailers).
@@ -93,14 +100,17 @@ impl InFlight {
             Outcome::Success => Observed::Success,
             Outcome::Failure => Observed::Failure,
             Outcome::Trailers(failures) => return self.defer(failures),
+            Outcome::Ignored => Observed::Ignored,
         };
         self.observe(observed);
     }
 
     /// Records the outcome of a call that returned `error`: a failure the classifier
-    /// judged one is [unreachable](crate::health::unreachable) when the error says so. An
-    /// error has no trailers: a verdict left to them is judged as for a body that ended
-    /// without any (`UNKNOWN`, a failure).
+    /// judged one is the caller's when the caller's request body caused it
+    /// ([`ClientBodyError`](crate::classify::ClientBodyError)), and
+    /// [unreachable](crate::health::unreachable) when the error says so. An error has no
+    /// trailers: a verdict left to them is judged as for a body that ended without any
+    /// (`UNKNOWN`, a failure).
     #[cold]
     pub(crate) fn record_error(&mut self, outcome: Outcome, error: &BoxError) {
         if self.verdict != Verdict::Open {
@@ -108,6 +118,12 @@ impl InFlight {
         }
         let observed = match outcome {
             Outcome::Success => Observed::Success,
+            Outcome::Ignored => Observed::Ignored,
+            Outcome::Failure | Outcome::Trailers(_)
+                if crate::classify::ClientBodyError::find(&**error).is_some() =>
+            {
+                Observed::Ignored
+            }
             Outcome::Failure | Outcome::Trailers(_)
                 if crate::health::unreachable::is_unreachable(&**error) =>
             {
@@ -118,13 +134,16 @@ impl InFlight {
         self.observe(observed);
     }
 
-    /// Records an outcome decided now: the verdict, and a latency sample up to now.
+    /// Records an outcome decided now: the verdict, and a latency sample up to now (none
+    /// for an ignored one: its time may be the caller's).
     #[inline]
     fn observe(&mut self, observed: Observed) {
         self.verdict = Verdict::Recorded;
         self.load.record(observed);
-        self.load
-            .sample_latency(self.start_ns, observed != Observed::Success);
+        if observed != Observed::Ignored {
+            self.load
+                .sample_latency(self.start_ns, observed != Observed::Success);
+        }
     }
 
     fn defer(&mut self, failures: GrpcCodes) {
@@ -229,6 +248,7 @@ mod tests {
             timing: Some(timing),
             penalty: None,
             outlier: None,
+            reports: false,
         };
         (Arc::new(Load::new(Arc::new(settings), 0)), timing)
     }
@@ -322,6 +342,41 @@ mod tests {
             (4, 2, 1)
         );
         assert_eq!(load.in_flight(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn errors_of_the_callers_body_are_neither_failures_nor_successes() {
+        let (load, timing) = timed(Duration::from_secs(1));
+        let client: BoxError = Box::new(std::io::Error::other(
+            crate::classify::ClientBodyError::new("aborted"),
+        ));
+        let endpoint: BoxError = Box::new(std::io::Error::from(std::io::ErrorKind::TimedOut));
+        for (outcome, error) in [
+            (Outcome::Failure, &client),
+            (Outcome::Trailers(GrpcCodes::DEFAULT_FAILURES), &client),
+            (Outcome::Ignored, &endpoint),
+        ] {
+            let mut guard = InFlight::new(load.clone(), timing.now_ns());
+            advance(Duration::from_millis(20)).await;
+            guard.record_error(outcome, error);
+        }
+        let mut guard = InFlight::new(load.clone(), timing.now_ns());
+        guard.record(Outcome::Ignored);
+        drop(guard);
+        assert_eq!(
+            (
+                load.completed(),
+                load.failures(),
+                load.cancelled(),
+                load.ignored()
+            ),
+            (0, 0, 0, 4)
+        );
+        assert_eq!(load.latency(), None, "no latency sample");
+        assert_eq!(load.in_flight(), 0);
+        // The endpoint's own error still counts.
+        InFlight::new(load.clone(), timing.now_ns()).record_error(Outcome::Failure, &endpoint);
+        assert_eq!((load.completed(), load.failures()), (1, 1));
     }
 
     #[tokio::test(start_paused = true)]

@@ -181,7 +181,7 @@ pub struct Load {
     /// Requests sent. In flight = `started - finished`, so a request costs two locked
     /// operations on these counters instead of three (+1, -1, completed +1).
     started: AtomicU64,
-    /// Requests that finished: completed or cancelled.
+    /// Requests that finished: completed, cancelled or ignored.
     finished: AtomicU64,
     /// Peak-EWMA latency estimate in nanoseconds, as `f64` bits; 0 means no sample yet.
     rtt_ns: AtomicU64,
@@ -206,11 +206,31 @@ pub struct Load {
     failures: AtomicU64,
     readiness_failures: AtomicU64,
     cancelled: AtomicU64,
+    /// Requests whose outcome said nothing about the endpoint ([`Outcome::Ignored`]).
+    ///
+    /// [`Outcome::Ignored`]: crate::classify::Outcome::Ignored
+    ignored: AtomicU64,
+    /// Server load reports (feature `orca`), behind a pointer on the cold line: `None`
+    /// unless the balancer reads reports. Takes 8 of the padding's bytes.
+    #[cfg(feature = "orca")]
+    reports: Option<Box<Reports>>,
     /// Successes since the endpoint entered probation.
     probation_successes: AtomicU32,
     /// Cold padding up to 128 bytes with the `Arc` header, so that the next allocation's
     /// hot counters do not share a line with these.
-    _pad: [u32; 5],
+    #[cfg(not(feature = "orca"))]
+    _pad: [u32; 3],
+    #[cfg(feature = "orca")]
+    _pad: [u32; 1],
+}
+
+/// An endpoint's load reports (feature `orca`): the latest one and the counts.
+#[cfg(feature = "orca")]
+#[derive(Debug, Default)]
+struct Reports {
+    latest: arc_swap::ArcSwapOption<crate::orca::ReceivedReport>,
+    received: AtomicU64,
+    errors: AtomicU64,
 }
 
 /// What the endpoints of one balancer share, behind one pointer in each [`Load`].
@@ -222,6 +242,9 @@ pub(crate) struct LoadSettings {
     pub(crate) penalty: Option<Penalty>,
     /// Outlier detection's thresholds and the driver's wake-up, when it is on.
     pub(crate) outlier: Option<Arc<dyn OutcomePolicy>>,
+    /// Whether each endpoint keeps the load reports of its responses (feature `orca`).
+    #[cfg_attr(not(feature = "orca"), allow(dead_code))]
+    pub(crate) reports: bool,
 }
 
 /// What one request's outcome does to its endpoint's health beyond the counters: outlier
@@ -280,6 +303,9 @@ pub(crate) enum Observed {
     /// A failure whose error shows that the endpoint could not be reached (see
     /// [`health::unreachable`](crate::health::unreachable)).
     Unreachable,
+    /// Neither: the result says nothing about the endpoint (the caller's request body
+    /// failed, or the classifier said so).
+    Ignored,
 }
 
 /// A penalty below this counts as none (and is cleared).
@@ -326,10 +352,19 @@ impl Timing {
 
 impl Load {
     pub(crate) fn new(settings: Arc<LoadSettings>, initial_flags: u32) -> Self {
-        Load {
-            settings: Some(settings),
+        let load = Load {
             health: AtomicU32::new(initial_flags),
             ..Load::default()
+        };
+        #[cfg(feature = "orca")]
+        let load = if settings.reports {
+            load.with_load_reports()
+        } else {
+            load
+        };
+        Load {
+            settings: Some(settings),
+            ..load
         }
     }
 
@@ -375,18 +410,30 @@ impl Load {
 
     /// Starts probation: counts successes from zero. Probation starts before the ejection
     /// ends, so that the first failure after the ejection finds the endpoint on probation.
+    ///
+    /// Like [`end_ejection`](Self::end_ejection), it forgets the failures that ejected the
+    /// endpoint.
     pub(crate) fn begin_probation(&self) {
-        self.consecutive_failures.store(0, Ordering::Relaxed);
+        self.forgive();
         self.probation_successes.store(0, Ordering::Relaxed);
         self.set_flags(flags::PROBATION, true);
         self.set_flags(flags::EJECTED, false);
     }
 
     /// Ends an ejection without probation: back at full weight, counting failures in a row
-    /// from zero (the failures that ejected it must not count again).
+    /// from zero.
     pub(crate) fn end_ejection(&self) {
-        self.consecutive_failures.store(0, Ordering::Relaxed);
+        self.forgive();
         self.set_flags(flags::EJECTED, false);
+    }
+
+    /// The failures that ejected the endpoint must not count again once the ejection is
+    /// over: neither in the count of failures in a row, nor in the failure penalty (an
+    /// endpoint back from an ejection would otherwise draw no requests under least request
+    /// until its penalty faded, seconds after it came back).
+    fn forgive(&self) {
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        self.penalty.store(0, Ordering::Relaxed);
     }
 
     /// Failures in a row, as outlier detection counts them.
@@ -537,6 +584,73 @@ impl Load {
         self
     }
 
+    /// The same counters, keeping load reports (feature `orca`): what a balancer that reads
+    /// reports gives each endpoint, for driving a report-fed strategy outside a balancer.
+    #[cfg(feature = "orca")]
+    pub fn with_load_reports(mut self) -> Self {
+        self.reports = Some(Box::default());
+        self
+    }
+
+    /// Whether this endpoint keeps load reports (feature `orca`).
+    #[cfg(feature = "orca")]
+    #[inline]
+    pub fn keeps_load_reports(&self) -> bool {
+        self.reports.is_some()
+    }
+
+    /// Records a load report, or a report that could not be read (feature `orca`). A report
+    /// becomes the endpoint's [latest](Self::latest_report), stamped with the time now; an
+    /// error is only counted. Does nothing unless the endpoint
+    /// [keeps reports](Self::keeps_load_reports).
+    ///
+    /// The balancer calls this for every response that carries a report; call it yourself
+    /// to feed reports from another source (an out-of-band stream).
+    #[cfg(feature = "orca")]
+    pub fn record_load_report(
+        &self,
+        report: Result<crate::orca::LoadReport, crate::orca::OrcaError>,
+    ) {
+        let Some(reports) = self.reports.as_deref() else {
+            return;
+        };
+        match report {
+            Ok(report) => {
+                reports.received.fetch_add(1, Ordering::Relaxed);
+                reports
+                    .latest
+                    .store(Some(crate::orca::ReceivedReport::now(report)));
+            }
+            Err(error) => {
+                reports.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%error, "load report ignored");
+            }
+        }
+    }
+
+    /// The latest load report and when it arrived (feature `orca`); `None` before the first,
+    /// or when the endpoint does not keep reports.
+    #[cfg(feature = "orca")]
+    pub fn latest_report(&self) -> Option<Arc<crate::orca::ReceivedReport>> {
+        self.reports.as_deref()?.latest.load_full()
+    }
+
+    /// Load reports received (feature `orca`).
+    #[cfg(feature = "orca")]
+    pub fn load_reports_received(&self) -> u64 {
+        self.reports
+            .as_deref()
+            .map_or(0, |r| r.received.load(Ordering::Relaxed))
+    }
+
+    /// Load reports that could not be read and were ignored (feature `orca`).
+    #[cfg(feature = "orca")]
+    pub fn load_report_errors(&self) -> u64 {
+        self.reports
+            .as_deref()
+            .map_or(0, |r| r.errors.load(Ordering::Relaxed))
+    }
+
     /// Requests sent to the endpoint that have not finished yet.
     #[inline]
     pub fn in_flight(&self) -> u64 {
@@ -547,19 +661,23 @@ impl Load {
             .saturating_sub(finished)
     }
 
-    /// Requests that finished with a response or an error, not counting cancelled ones.
+    /// Requests that finished with a response or an error, not counting cancelled and
+    /// [ignored](Load::ignored) ones.
     ///
     /// A request finishes when its [`InFlight`](crate::completion::InFlight) guard is
     /// released: at the response with [`OnResponse`](crate::completion::OnResponse), at the
-    /// end of the body with `OnBodyEnd`. Requests sent = `in_flight + completed + cancelled`
-    /// whenever no request is finishing; a snapshot taken while requests finish reads the
+    /// end of the body with `OnBodyEnd`. Requests sent =
+    /// `in_flight + completed + cancelled + ignored` whenever no request is finishing; a snapshot taken while requests finish reads the
     /// counters one after another and may be off by those. The outcome (success or failure)
     /// is recorded earlier, when the response head arrives.
     pub fn completed(&self) -> u64 {
-        // A cancellation counts `cancelled` before `finished` (Release), so reading
-        // `finished` first (Acquire) sees the `cancelled` of every request it counts.
+        // A cancellation counts `cancelled` (and an ignored outcome `ignored`) before
+        // `finished` (Release), so reading `finished` first (Acquire) sees those of every
+        // request it counts.
         let finished = self.finished.load(Ordering::Acquire);
-        finished.saturating_sub(self.cancelled.load(Ordering::Relaxed))
+        finished
+            .saturating_sub(self.cancelled.load(Ordering::Relaxed))
+            .saturating_sub(self.ignored.load(Ordering::Relaxed))
     }
 
     /// Completed requests that the classifier judged to be failures, plus readiness checks
@@ -577,6 +695,16 @@ impl Load {
     /// Requests whose response future was dropped before it finished.
     pub fn cancelled(&self) -> u64 {
         self.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// Requests whose outcome said nothing about the endpoint, counted neither as
+    /// completed nor as failures: [`Outcome::Ignored`], which the balancer records when the
+    /// caller's own request body failed the request (see
+    /// [`classify`](crate::classify#errors-of-the-callers-request-body)).
+    ///
+    /// [`Outcome::Ignored`]: crate::classify::Outcome::Ignored
+    pub fn ignored(&self) -> u64 {
+        self.ignored.load(Ordering::Relaxed)
     }
 
     /// The latency estimate as last updated (peak-EWMA, not decayed to now), or `None`
@@ -614,8 +742,14 @@ impl Load {
         }
     }
 
+    /// Records a failure, or an outcome that is neither success nor failure (off the
+    /// success path's way).
     #[cold]
     fn record_failure(&self, observed: Observed) {
+        if observed == Observed::Ignored {
+            self.ignored.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         self.failures.fetch_add(1, Ordering::Relaxed);
         self.add_penalty();
         if let Some(outlier) = self.outlier() {
@@ -627,7 +761,7 @@ impl Load {
     pub(crate) fn record_readiness_failure(&self, observed: Observed) {
         self.readiness_failures.fetch_add(1, Ordering::Relaxed);
         self.record(match observed {
-            Observed::Success => Observed::Failure,
+            Observed::Success | Observed::Ignored => Observed::Failure,
             other => other,
         });
     }
@@ -693,8 +827,25 @@ pub struct EndpointStats<K> {
     pub readiness_failures: u64,
     /// Requests whose response future was dropped before completion.
     pub cancelled: u64,
+    /// Requests whose outcome said nothing about the endpoint (see [`Load::ignored`]):
+    /// neither completed nor failed.
+    pub ignored: u64,
     /// The peak-EWMA latency estimate, when latency is tracked and sampled.
     pub latency: Option<Duration>,
+    /// The latest load report the endpoint sent (feature `orca`), when the balancer reads
+    /// reports and one arrived.
+    #[cfg(feature = "orca")]
+    pub load_report: Option<crate::orca::LoadReport>,
+    /// How long ago `load_report` arrived (feature `orca`).
+    #[cfg(feature = "orca")]
+    pub load_report_age: Option<Duration>,
+    /// Load reports received (feature `orca`).
+    #[cfg(feature = "orca")]
+    pub load_reports: u64,
+    /// Load reports that could not be read and were ignored (feature `orca`): see
+    /// [`OrcaError`](crate::orca::OrcaError).
+    #[cfg(feature = "orca")]
+    pub load_report_errors: u64,
 }
 
 #[cfg(test)]
@@ -711,6 +862,7 @@ mod tests {
                 }),
                 penalty: None,
                 outlier: None,
+                reports: false,
             }),
             0,
         )
@@ -775,6 +927,9 @@ mod tests {
         ] {
             assert!(16 + end <= 64, "{end}");
         }
+        // Load reports sit behind a pointer on the cold line.
+        #[cfg(feature = "orca")]
+        assert!(16 + std::mem::offset_of!(Load, reports) >= 64);
     }
 
     #[test]

@@ -59,15 +59,17 @@
 //! | [`completion`] | when a request stops counting as in flight |
 //! | [`health`] | active probes, outlier detection, panic mode, slow start, draining, events |
 //! | [`key`] | request keys for consistent hashing |
+//! | `orca` | (feature `orca`) server-reported load: ORCA load reports, the server layer `OrcaLayer` |
 //! | [`error`] | the balancer's errors |
-//! | `http` | (feature `http`) HTTP request keys, and keep a request in flight until its body ends |
+//! | `http` | (feature `http`) HTTP request keys, keep a request in flight until its body ends, and request bodies whose errors are the caller's (`ClientBody`) |
 //!
 //! # Features
 //!
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `dns` | no | `discover::dns`: endpoints from DNS A/AAAA or SRV records (depends on `hickory-resolver`) |
-//! | `http` | yes | `http::OnBodyEnd` and `http::TrackedBody`, the request keys in `http::key`, and `health::HttpProbe` (depends on `http-body` and `bytes`) |
+//! | `orca` | no | `orca`: ORCA load reports read from responses (gRFC A51), `strategy::WeightedRoundRobin` (gRFC A58/A114), and the server layer `orca::OrcaLayer` (implies `http`; depends on `prost`, `base64` and `serde_json`) |
+//! | `http` | yes | `http::OnBodyEnd` and `http::TrackedBody`, `http::ClientBody`, the request keys in `http::key`, and `health::HttpProbe` (depends on `http-body` and `bytes`) |
 //!
 //! [tower]: https://docs.rs/tower
 
@@ -85,6 +87,8 @@ pub mod health;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod key;
+#[cfg(feature = "orca")]
+pub mod orca;
 pub mod strategy;
 mod time;
 

@@ -9,6 +9,10 @@
 //!
 //! And random `grpc-status` values and content types against the classifier: no input
 //! panics, and only the sixteen canonical codes read as anything but `UNKNOWN`.
+//!
+//! And (feature `orca`) the ORCA load report parsers: no header value panics any of them,
+//! whatever its bytes or prefix; every valid report reads back from every form; a report
+//! that parses holds only finite, non-negative numbers.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -335,5 +339,138 @@ proptest! {
             (true, Some(_)) => Outcome::Success,
         };
         prop_assert_eq!(outcome, expected);
+    }
+}
+
+#[cfg(feature = "orca")]
+mod orca {
+    use std::collections::BTreeMap;
+
+    use http::{HeaderMap, HeaderValue};
+    use proptest::prelude::*;
+    use tower_lb::orca::{HeaderForm, LoadReport, OrcaError};
+
+    /// Numbers a report may hold, and a few awkward ones (0, tiny, huge, integral).
+    fn value() -> impl Strategy<Value = f64> {
+        prop_oneof![
+            0.0..10.0f64,
+            Just(0.0),
+            Just(1e-300),
+            Just(1e300),
+            (0u32..100_000).prop_map(f64::from),
+        ]
+    }
+
+    /// Metric names every form carries (TEXT cannot carry `,` `=` `:` or spaces).
+    fn names() -> impl Strategy<Value = BTreeMap<String, f64>> {
+        proptest::collection::btree_map("[a-zA-Z0-9_.\\-]{1,12}", value(), 0..4)
+    }
+
+    prop_compose! {
+        fn report()(
+            cpu in value(), mem in value(), app in value(), rps in any::<u64>(),
+            qps in value(), eps in value(),
+            named in names(), utilization in names(), cost in names(),
+        ) -> LoadReport {
+            LoadReport {
+                cpu_utilization: cpu,
+                mem_utilization: mem,
+                application_utilization: app,
+                rps,
+                rps_fractional: qps,
+                eps,
+                named_metrics: named,
+                utilization,
+                request_cost: cost,
+            }
+        }
+    }
+
+    /// A header value of any bytes HTTP allows, with one of the prefixes or none.
+    fn header_value() -> impl Strategy<Value = Vec<u8>> {
+        let prefix = prop_oneof![
+            Just(&b"TEXT "[..]),
+            Just(&b"JSON "[..]),
+            Just(&b"BIN "[..]),
+            Just(&b""[..]),
+        ];
+        let body = prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..200),
+            "[a-z_.]{0,20}[=:][-+0-9.eEinfatyNI]{0,12}(, ?[a-z_.]{0,20}[=:][-0-9.e]{0,8}){0,4}"
+                .prop_map(String::into_bytes),
+            "[A-Za-z0-9+/=]{0,120}".prop_map(String::into_bytes),
+            "\\{(\"[a-z_A-Z]{1,24}\": ?(-?[0-9.e]{1,8}|\"[A-Za-z0-9.-]{0,9}\"|null|true|\\{\\}|\\[\\]),? ?){0,4}\\}?"
+                .prop_map(String::into_bytes),
+        ];
+        (prefix, body).prop_map(|(p, b)| [p, &b[..]].concat())
+    }
+
+    fn valid(report: &LoadReport) -> bool {
+        report.validate().is_ok()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn no_header_value_panics_a_parser(value in header_value(), bin in any::<bool>()) {
+            let name = if bin { "endpoint-load-metrics-bin" } else { "endpoint-load-metrics" };
+            if let Ok(value) = HeaderValue::from_bytes(&value) {
+                let mut headers = HeaderMap::new();
+                headers.insert(name, value);
+                match LoadReport::from_headers(&headers) {
+                    Some(Ok(report)) => prop_assert!(valid(&report)),
+                    Some(Err(_)) => {}
+                    None => prop_assert!(false, "a report header was present"),
+                }
+            }
+            // The parsers on their own, on any bytes.
+            if let Ok(report) = LoadReport::parse_bin(&value) {
+                prop_assert!(valid(&report));
+            }
+            if let Ok(report) = LoadReport::from_protobuf(&value) {
+                prop_assert!(valid(&report));
+            }
+            if let Ok(text) = std::str::from_utf8(&value) {
+                let parsed = [LoadReport::parse_text(text), LoadReport::parse_json(text)];
+                for report in parsed.into_iter().flatten() {
+                    prop_assert!(valid(&report));
+                }
+            }
+        }
+
+        #[test]
+        fn every_form_reads_back_every_valid_report(report in report()) {
+            for form in [HeaderForm::Text, HeaderForm::Json, HeaderForm::Bin, HeaderForm::GrpcBin] {
+                let mut headers = HeaderMap::new();
+                report.write_headers(&mut headers, form);
+                prop_assert_eq!(LoadReport::from_headers(&headers), Some(Ok(report.clone())));
+            }
+        }
+
+        #[test]
+        fn a_bad_number_in_any_field_is_rejected(
+            report in report(),
+            field in 0usize..5,
+            bad in prop_oneof![Just(f64::NAN), Just(f64::INFINITY), Just(f64::NEG_INFINITY), -1e9..-1e-9f64],
+        ) {
+            let mut report = report;
+            *[
+                &mut report.cpu_utilization,
+                &mut report.mem_utilization,
+                &mut report.application_utilization,
+                &mut report.rps_fractional,
+                &mut report.eps,
+            ][field] = bad;
+            for form in [HeaderForm::Text, HeaderForm::Json, HeaderForm::Bin, HeaderForm::GrpcBin] {
+                let mut headers = HeaderMap::new();
+                report.write_headers(&mut headers, form);
+                let parsed = LoadReport::from_headers(&headers);
+                prop_assert!(
+                    matches!(parsed, Some(Err(OrcaError::BadValue { .. }))),
+                    "{:?}: {:?}", form, parsed
+                );
+            }
+        }
     }
 }

@@ -16,7 +16,7 @@ mod proxy;
 mod proxy_common;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,31 +24,27 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use proxy::{Config, Proxy};
+use proxy_common::{scripted, send, End, Reply, Scripted};
 
-/// A scripted upstream: answers by path, counts the connections it accepted, the answers it
-/// finished writing and the connections the proxy closed, and reports every request head it
-/// read.
-struct Scripted {
-    addr: SocketAddr,
-    connections: Arc<AtomicUsize>,
-    heads: Arc<std::sync::Mutex<Vec<String>>>,
-    /// Answers written whole (every piece of the script, the pauses between them included).
-    answered: Arc<AtomicUsize>,
-    /// Connections that the proxy closed while the upstream waited for a request on them.
-    closed_by_proxy: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Scripted {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// What the upstream does for a path.
-fn script(path: &str) -> (Vec<&'static [u8]>, bool) {
-    // (pieces written with a pause between them, close the connection afterwards)
+/// What the upstream does for a path: its answer in pieces, and whether it closes the
+/// connection after it.
+fn script(_method: &str, path: &str) -> Reply {
     match path {
+        // A close-delimited answer cut by a reset: the client must be able to tell.
+        "/close-reset" => {
+            return Reply::new(&[b"HTTP/1.1 200 OK\r\n\r\nthe start, then"], End::Reset)
+        }
+        // Trailers with a bare LF, and after it what a lenient client would take for the
+        // next answer.
+        "/trailer-lf" => {
+            return Reply::new(
+                &[b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-T: 1\n\nHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n"],
+                End::Keep,
+            )
+        }
+        _ => {}
+    }
+    let (pieces, close): (Vec<&'static [u8]>, bool) = match path {
         "/chunked" => (
             vec![b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nKeep-Alive: timeout=5\r\nConnection: x-secret\r\nX-Secret: 1\r\nX-Kept: yes\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nTrailer-A: 1\r\n\r\n"],
             false,
@@ -111,83 +107,8 @@ fn script(path: &str) -> (Vec<&'static [u8]>, bool) {
             vec![b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nplain"],
             false,
         ),
-    }
-}
-
-async fn scripted() -> Scripted {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let connections = Arc::new(AtomicUsize::new(0));
-    let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let answered = Arc::new(AtomicUsize::new(0));
-    let closed_by_proxy = Arc::new(AtomicUsize::new(0));
-    let (count, seen) = (connections.clone(), heads.clone());
-    let (done, closed) = (answered.clone(), closed_by_proxy.clone());
-    let task = tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
-            let (seen, done, closed) = (seen.clone(), done.clone(), closed.clone());
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                loop {
-                    let end = loop {
-                        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            break end + 4;
-                        }
-                        let mut chunk = [0u8; 4096];
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => {
-                                closed.fetch_add(1, Ordering::SeqCst);
-                                return;
-                            }
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    };
-                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                    buf.drain(..end);
-                    // Skip a Content-Length body.
-                    let length = head
-                        .lines()
-                        .find_map(|l| {
-                            let (name, value) = l.split_once(':')?;
-                            name.eq_ignore_ascii_case("content-length")
-                                .then(|| value.trim().parse::<usize>().ok())?
-                        })
-                        .unwrap_or(0);
-                    while buf.len() < length {
-                        let mut chunk = [0u8; 4096];
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    buf.drain(..length);
-                    let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
-                    seen.lock().unwrap().push(head);
-                    let (pieces, close) = script(&path);
-                    for piece in pieces {
-                        if stream.write_all(piece).await.is_err() {
-                            return;
-                        }
-                        // Each piece in a write of its own, as a slow upstream sends them.
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                    done.fetch_add(1, Ordering::SeqCst);
-                    if close {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    Scripted {
-        addr,
-        connections,
-        heads,
-        answered,
-        closed_by_proxy,
-        task,
-    }
+    };
+    Reply::new(&pieces, if close { End::Close } else { End::Keep })
 }
 
 /// The proxy in front of one upstream, health features off, and the default request
@@ -199,22 +120,6 @@ async fn proxy(upstream: SocketAddr, fast_path: bool) -> Proxy {
     config.health.enabled = false;
     config.outlier.enabled = false;
     proxy::start(&config).await.unwrap()
-}
-
-/// Sends `request` and reads until `done` says the answer is complete or the connection
-/// closes (or, if neither ever happens, [`common::PATIENCE`] passes).
-async fn send(stream: &mut TcpStream, request: &str, done: impl Fn(&str) -> bool) -> String {
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let deadline = tokio::time::Instant::now() + common::PATIENCE;
-    let mut received = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !done(&String::from_utf8_lossy(&received)) {
-        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
-            Ok(Ok(n)) => received.extend_from_slice(&buf[..n]),
-        }
-    }
-    String::from_utf8_lossy(&received).into_owned()
 }
 
 /// An answer that ends with `tail`.
@@ -259,7 +164,7 @@ where
     Fut: std::future::Future<Output = ()>,
 {
     for fast_path in [true, false] {
-        let upstream = Arc::new(scripted().await);
+        let upstream = Arc::new(scripted(script).await);
         let proxy = proxy(upstream.addr, fast_path).await;
         check(upstream.clone(), proxy.addr, fast_path).await;
     }
@@ -286,7 +191,7 @@ fn body_of(response: &str) -> &str {
 }
 
 #[tokio::test]
-async fn chunked_answers_are_relayed_with_their_trailers_and_without_hop_by_hop_headers() {
+async fn chunked_answers_are_relayed_without_their_trailers_and_hop_by_hop_headers() {
     both_paths(|upstream, addr, fast| async move {
         let mut stream = TcpStream::connect(addr).await.unwrap();
         let response = send(&mut stream, &get("/chunked"), chunked_end).await;
@@ -307,6 +212,9 @@ async fn chunked_answers_are_relayed_with_their_trailers_and_without_hop_by_hop_
             "hello world",
             "{fast}: {response}"
         );
+        // Trailers are dropped, as nginx drops them.
+        assert!(response.ends_with("\r\n0\r\n\r\n"), "{fast}: {response}");
+        assert!(!response.contains("Trailer-A"), "{fast}: {response}");
         // The connection is reused for the next request, here and upstream.
         let response = send(&mut stream, &get("/"), ends("plain")).await;
         assert!(response.ends_with("plain"), "{response}");
@@ -341,25 +249,38 @@ async fn every_framing_reaches_the_client_whole() {
         let response = send(&mut stream, &get("/"), ends("plain")).await;
         assert!(response.ends_with("plain"), "{fast}: {response}");
         // A coding other than chunked: the fast path reads until close, whatever
-        // Content-Length says (RFC 9112, section 6.3); hyper's client goes by the length.
+        // Content-Length says (RFC 9112, section 6.3), and adds chunked framing for the
+        // client; hyper's client goes by the length.
         let mut other = TcpStream::connect(addr).await.unwrap();
-        let done = move |t: &str| !fast && t.ends_with("abc");
+        let done = move |t: &str| if fast { chunked_end(t) } else { t.ends_with("abc") };
         let response = send(&mut other, &get("/gzip-close"), done).await;
         if fast {
-            assert!(response.ends_with("\r\n\r\nabcdef"), "{response}");
+            assert!(
+                response
+                    .to_ascii_lowercase()
+                    .contains("transfer-encoding: gzip, chunked\r\n"),
+                "{response}"
+            );
+            assert_eq!(dechunk(body_of(&response)), "abcdef", "{response}");
         } else {
             assert!(response.contains("abc"), "{response}");
         }
-        // Until close: the fast path relays it as it is and closes the client connection
-        // after it; hyper turns it into a chunked body.
-        let done = |t: &str| t.ends_with("until the end") || t.ends_with("0\r\n\r\n");
-        let response = send(&mut stream, &get("/close"), done).await;
-        assert!(response.contains("until the end"), "{fast}: {response}");
-        if fast {
-            assert!(response.ends_with("until the end"), "{response}");
-            assert!(response.to_ascii_lowercase().contains("connection: close"));
-            assert!(is_closed(&mut stream).await);
-        }
+        // Until close: both paths re-frame it as chunked (so that a client can tell a cut
+        // answer from a whole one) and keep the client connection.
+        let response = send(&mut stream, &get("/close"), chunked_end).await;
+        assert!(
+            response
+                .to_ascii_lowercase()
+                .contains("transfer-encoding: chunked\r\n"),
+            "{fast}: {response}"
+        );
+        assert_eq!(dechunk(body_of(&response)), "until the end", "{response}");
+        assert!(
+            !response.to_ascii_lowercase().contains("connection: close"),
+            "{fast}: {response}"
+        );
+        let response = send(&mut stream, &get("/"), ends("plain")).await;
+        assert!(response.ends_with("plain"), "{fast}: {response}");
         // No body: HEAD, 204, and the answer after a 100 Continue.
         let mut stream = TcpStream::connect(addr).await.unwrap();
         let response = send(
@@ -475,7 +396,7 @@ async fn the_proxys_own_answer_to_head_has_no_body() {
         let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
         let request =
             "HEAD / HTTP/1.1\r\nHost: example\r\n\r\nGET / HTTP/1.1\r\nHost: example\r\n\r\n";
-        let two = |t: &str| t.matches("HTTP/1.1 502").count() == 2 && t.ends_with(")\n");
+        let two = |t: &str| t.matches("HTTP/1.1 502").count() == 2 && t.ends_with("failed\n");
         let response = send(&mut stream, request, two).await;
         let heads: Vec<&str> = response.split("HTTP/1.1 502").collect();
         assert_eq!(heads.len(), 3, "{fast_path}: {response}");
@@ -483,7 +404,7 @@ async fn the_proxys_own_answer_to_head_has_no_body() {
         assert_eq!(response.contains("date:"), !fast_path, "{response}");
         assert!(body_of(heads[1]).is_empty(), "{fast_path}: {response}");
         assert!(
-            body_of(heads[2]).contains("refused"),
+            body_of(heads[2]).contains("the upstream request failed"),
             "{fast_path}: {response}"
         );
     }
@@ -611,6 +532,70 @@ async fn a_client_that_asks_to_close_gets_its_answer_then_the_close() {
         assert!(response.ends_with("plain"), "{fast}: {response}");
         assert!(response.to_ascii_lowercase().contains("connection: close"));
         assert!(is_closed(&mut stream).await, "{fast}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_close_delimited_answer_cut_by_a_reset_reaches_the_client_visibly_cut() {
+    both_paths(|_upstream, addr, fast| async move {
+        // The upstream resets the connection in the middle of an answer that only its end
+        // delimits. Relayed as it came, the client would see a clean close and take the
+        // part for the whole; re-framed as chunked, the last chunk is missing.
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let response = send(&mut stream, &get("/close-reset"), closed).await;
+        if response.starts_with("HTTP/1.1 200") {
+            assert!(
+                response
+                    .to_ascii_lowercase()
+                    .contains("transfer-encoding: chunked\r\n"),
+                "{fast}: {response}"
+            );
+            assert!(!response.ends_with("0\r\n\r\n"), "{fast}: {response}");
+        } else {
+            // The reset came before the answer was read: the proxy's own 502.
+            assert!(response.starts_with("HTTP/1.1 502"), "{fast}: {response}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn trailers_cannot_smuggle_an_answer_to_a_lenient_client() {
+    both_paths(|_upstream, addr, fast| async move {
+        // A bare LF in the trailers, then what a lenient client would read as the next
+        // answer. Only one answer may reach the client, and no trailer byte.
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let done = |t: &str| t.ends_with("\r\n0\r\n\r\n") || t.ends_with("\r\n\r\n\r\n");
+        let response = send(&mut stream, &get("/trailer-lf"), done).await;
+        assert_eq!(
+            response.matches("HTTP/1.1 200").count(),
+            1,
+            "{fast}: {response}"
+        );
+        assert!(!response.contains("X-T"), "{fast}: {response}");
+        if fast {
+            assert!(response.ends_with("2\r\nok\r\n0\r\n\r\n"), "{response}");
+            // The upstream connection and the client's go on.
+            let response = send(&mut stream, &get("/"), ends("plain")).await;
+            assert!(response.ends_with("plain"), "{response}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn header_names_with_underscores_are_dropped_as_nginx_does() {
+    both_paths(|upstream, addr, fast| async move {
+        // nginx (`underscores_in_headers off`) drops them: behind a proxy that maps
+        // `X-User` to `X_User`, a client could otherwise pass one for the other.
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let request = "GET / HTTP/1.1\r\nHost: example\r\nX_User: admin\r\nX-User: me\r\n\r\n";
+        let response = send(&mut stream, request, ends("plain")).await;
+        assert!(response.ends_with("plain"), "{fast}: {response}");
+        let head = upstream.heads.lock().unwrap()[0].to_ascii_lowercase();
+        assert!(!head.contains("x_user"), "{fast}: {head}");
+        assert!(head.contains("x-user: me"), "{fast}: {head}");
     })
     .await;
 }

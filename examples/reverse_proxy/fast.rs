@@ -11,46 +11,53 @@
 //! request and no task switch.
 //!
 //! Anything else goes to hyper, which reads the same bytes from the start of that request:
-//! a request with a body, `Transfer-Encoding` or `Expect`, a protocol upgrade or `CONNECT`,
-//! HTTP/1.0, a non-idempotent method, a target that is not a path, no `Host`, more than 100
-//! headers, a head larger than the limit, or anything httparse refuses. From then on hyper
-//! serves the connection: every rule of the proxy's HTTP handling (400, 431, smuggling,
-//! absolute URIs) keeps living in one place. The fast path is off for h2c upstreams and for
-//! the hashing strategies.
+//! a request with a body, `Transfer-Encoding` or `Expect`, a protocol upgrade, HTTP/1.0, a
+//! method other than `GET`, `HEAD`, `OPTIONS` and `DELETE`, a target that is not a path or
+//! has a `..` segment, no `Host`, two, or one that is no host name, more than 100 headers,
+//! a head larger than the limit, or anything httparse refuses. From then on hyper serves
+//! the connection: every rule of the proxy's HTTP handling (400, 405, 431, smuggling,
+//! absolute URIs, `rules.rs`) keeps living in one place. The fast path is off for h2c
+//! upstreams and for the hashing strategies.
 //!
 //! What the fast path does like the hyper path: hop-by-hop headers (and those `Connection`
-//! names) are removed both ways, `X-Forwarded-For` and `X-Forwarded-Proto` are set, Host is
-//! passed or set to the upstream's, the head must arrive within `header_read_timeout`, the
-//! response head within the request timeout (else 504), failures give the same 502, 503
-//! and 504 answers, and a request the upstream connection lost before any answer is tried
-//! again (on a fresh connection, then through the balancer within the retry budget).
+//! names) and header names with `_` are removed, `X-Forwarded-For` and `X-Forwarded-Proto`
+//! are set, Host is passed or set to the upstream's, the head must arrive within
+//! `header_read_timeout`, the response head within the request timeout (else 504, and a
+//! failure of the upstream), each write to the client within `send_timeout` (else the
+//! connection closes), failures give the same 502, 503 and 504 answers, a body delimited by
+//! the upstream closing the connection is re-framed as chunked (so that a client can tell
+//! a cut body from a whole one: the last chunk is missing), trailers are dropped, and a
+//! request the upstream connection lost before any answer is tried again (on a fresh
+//! connection, then through the balancer within the retry budget).
 //!
 //! Where it differs from the hyper path: header names keep the case they came in; its own
-//! 502, 503 and 504 answers carry no `Date`; a body delimited by the upstream closing the
-//! connection closes the client connection too (hyper re-frames it as chunked); and a
-//! client that disconnects while its request waits for the upstream is noticed when the
-//! answer comes or the request timeout passes, not at once.
+//! 502, 503 and 504 answers carry no `Date`; and a client that disconnects while its
+//! request waits for the upstream is noticed when the answer comes or the request timeout
+//! passes, not at once.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 use tower::retry::budget::Budget;
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceExt};
 
 use super::framing::Chunked;
+use super::pool::Conn;
+use super::rules;
 use super::{
-    error_response, is_connection_loss, proxy_error, ClientConn, HostMode, Limits, NotSent,
-    ProxyBody, State, UpstreamInner, HOP_BY_HOP,
+    error_response, is_connection_loss, ClientConn, HostMode, Limits, NotSent, ProxyBody, State,
+    UpstreamInner, HOP_BY_HOP,
 };
 
 /// The balancer, for fast-path requests.
@@ -96,7 +103,10 @@ fn parse(buf: &[u8], client: &ClientConn, host_mode: HostMode, max_head: usize) 
         return Parsed::Hyper;
     };
     let head_method = method == "HEAD";
-    if !matches!(method, "GET" | "HEAD" | "OPTIONS" | "DELETE" | "TRACE") || !origin_form(path) {
+    if !matches!(method, "GET" | "HEAD" | "OPTIONS" | "DELETE")
+        || !origin_form(path)
+        || rules::has_dot_segment(path)
+    {
         return Parsed::Hyper;
     }
     // Hop-by-hop headers, and those `Connection` names.
@@ -136,8 +146,8 @@ fn parse(buf: &[u8], client: &ClientConn, host_mode: HostMode, max_head: usize) 
     for header in request.headers.iter() {
         let name = header.name;
         if name.eq_ignore_ascii_case("host") {
-            if host {
-                return Parsed::Hyper; // two Host headers: rare, left to hyper's path
+            if host || !rules::valid_host(header.value) {
+                return Parsed::Hyper; // two Host headers, or a bad one: hyper's path refuses
             }
             host = true;
             if host_mode == HostMode::Pass {
@@ -156,6 +166,7 @@ fn parse(buf: &[u8], client: &ClientConn, host_mode: HostMode, max_head: usize) 
         if is_hop_by_hop(name.as_bytes(), &named)
             || name.eq_ignore_ascii_case("x-forwarded-proto")
             || name.eq_ignore_ascii_case("content-length")
+            || rules::has_underscore(name.as_bytes())
         {
             continue;
         }
@@ -243,14 +254,13 @@ pub async fn serve(
 ) -> Ended {
     let mut buf = BytesMut::with_capacity(4096);
     let (max_head, header_read_timeout) = (limits.max_header_bytes, limits.header_read_timeout);
-    // Timers (for heads, for answers) and the shutdown wait made once per connection, not
-    // per request: moving a timer's deadline later is an atomic update, making one is not.
+    // The timer (for heads, and for writes that wait) and the shutdown wait made once per
+    // connection, not per request: moving a timer's deadline later is an atomic update,
+    // making one is not.
     let stop = shutdown.wait_for(|stop| *stop);
     tokio::pin!(stop);
     let timer = tokio::time::sleep(header_read_timeout);
     tokio::pin!(timer);
-    let request_timer = tokio::time::sleep(state.request_timeout);
-    tokio::pin!(request_timer);
     loop {
         // The next head, within the header read timeout (counted from the first wait, as
         // hyper does), unless the proxy shuts down meanwhile.
@@ -286,15 +296,12 @@ pub async fn serve(
             .requests
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let close = request.close;
-        let keep = match exchange(
-            &mut stream,
-            request,
-            &state,
-            &mut service,
-            request_timer.as_mut(),
-        )
-        .await
-        {
+        let client = Client {
+            stream: &mut stream,
+            timer: timer.as_mut(),
+            send_timeout: limits.send_timeout,
+        };
+        let keep = match exchange(client, request, &state, &mut service).await {
             Ok(keep) => keep,
             Err(_) => return Ended::Closed,
         };
@@ -306,50 +313,64 @@ pub async fn serve(
     }
 }
 
+/// The client side of an exchange: its socket, and the connection's timer for writes that
+/// wait.
+struct Client<'a> {
+    stream: &'a mut TcpStream,
+    timer: Pin<&'a mut Sleep>,
+    send_timeout: Duration,
+}
+
+impl Client<'_> {
+    /// Writes `data`; a write that waits longer than the send timeout (nginx:
+    /// `send_timeout`, between two writes) fails with `TimedOut`. Most writes complete at
+    /// once: the timer is moved only for one that waits.
+    async fn send(&mut self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            match self.stream.try_write(data) {
+                Ok(n) => data = &data[n..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let deadline = tokio::time::Instant::now() + self.send_timeout;
+                    self.timer.as_mut().reset(deadline);
+                    tokio::select! {
+                        biased;
+                        writable = self.stream.writable() => writable?,
+                        _ = self.timer.as_mut() => return Err(io::ErrorKind::TimedOut.into()),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
 /// One request through the balancer and back to the client. `Ok(false)`: the connection
 /// must close after it.
 async fn exchange(
-    stream: &mut TcpStream,
+    mut client: Client<'_>,
     mut request: FastRequest,
     state: &State,
     service: &mut FastService,
-    mut timer: Pin<&mut tokio::time::Sleep>,
 ) -> io::Result<bool> {
     let mut attempt = 1;
     let head_method = request.head_method;
+    // The request timeout is the upstream's (`UpstreamInner::send_fast`), inside the
+    // balancer, which counts it as the upstream's failure; the wait for an upstream is the
+    // balancer's fail-fast timeout.
     let response = loop {
-        timer
-            .as_mut()
-            .reset(tokio::time::Instant::now() + state.request_timeout);
-        let call = async {
+        let called = async {
             let ready = service.ready().await?;
             ready.call(request).await
         };
-        let called = tokio::select! {
-            biased;
-            result = call => Ok(result),
-            _ = timer.as_mut() => Err(()),
-        };
-        let error = match called {
-            Ok(Ok(response)) => {
+        let error = match called.await {
+            Ok(response) => {
                 if attempt == 1 {
                     state.budget.deposit();
                 }
                 break response;
             }
-            Ok(Err(error)) => error,
-            Err(_) => {
-                let reason = format!(
-                    "the upstream did not answer within {:?}",
-                    state.request_timeout
-                );
-                return write_answer(
-                    stream,
-                    proxy_error(StatusCode::GATEWAY_TIMEOUT, &reason),
-                    head_method,
-                )
-                .await;
-            }
+            Err(error) => error,
         };
         match error.downcast::<NotSent<FastRequest>>() {
             Ok(not_sent) => {
@@ -361,13 +382,13 @@ async fn exchange(
                         attempt += 1;
                     }
                     _ => {
-                        return write_answer(stream, error_response(&*cause, attempt), head_method)
-                            .await
+                        let answer = error_response(&*cause, attempt);
+                        return write_answer(client, answer, head_method).await;
                     }
                 }
             }
             Err(error) => {
-                return write_answer(stream, error_response(&*error, attempt), head_method).await
+                return write_answer(client, error_response(&*error, attempt), head_method).await
             }
         }
     };
@@ -375,7 +396,7 @@ async fn exchange(
     let mut body = response.into_body();
     while let Some(frame) = body.frame().await {
         if let Ok(data) = frame?.into_data() {
-            stream.write_all(&data).await?;
+            client.send(&data).await?;
         }
     }
     Ok(keep)
@@ -384,7 +405,7 @@ async fn exchange(
 /// Writes one of the proxy's own answers (with no body after a HEAD request); the
 /// connection is kept open.
 async fn write_answer(
-    stream: &mut TcpStream,
+    mut client: Client<'_>,
     response: Response<ProxyBody>,
     head_method: bool,
 ) -> io::Result<bool> {
@@ -401,9 +422,9 @@ async fn write_answer(
         status.canonical_reason().unwrap_or(""),
         body.len()
     );
-    stream.write_all(head.as_bytes()).await?;
+    client.send(head.as_bytes()).await?;
     if !head_method {
-        stream.write_all(&body).await?;
+        client.send(&body).await?;
     }
     Ok(true)
 }
@@ -412,10 +433,12 @@ async fn write_answer(
 // The upstream side
 // ----------------------------------------------------------------------------------------
 
-/// An idle upstream connection of the fast path, with what it read past the last response.
+/// An upstream connection of the fast path, with what it read past the last response,
+/// and its timer for the request timeout (made once per connection, moved per request).
 pub struct FastConn {
     stream: TcpStream,
     buf: BytesMut,
+    timer: Pin<Box<Sleep>>,
 }
 
 impl std::fmt::Debug for FastRequest {
@@ -451,6 +474,7 @@ impl UpstreamInner {
                         FastConn {
                             stream,
                             buf: BytesMut::with_capacity(4096),
+                            timer: Box::pin(tokio::time::sleep(self.settings.request_timeout)),
                         },
                         false,
                     ),
@@ -460,8 +484,9 @@ impl UpstreamInner {
             match self.round_trip(&mut conn, &out, request.head_method).await {
                 Ok((mut head, framing, keep_alive, status)) => {
                     // The client connection closes after this response when the client
-                    // asked, or when only the end of the connection ends the body.
-                    let close = request.close || matches!(framing, Framing::UntilClose);
+                    // asked. (A body that the end of the connection ends is re-framed as
+                    // chunked: the client connection goes on.)
+                    let close = request.close;
                     if close {
                         head.extend_from_slice(b"connection: close\r\n");
                     }
@@ -495,80 +520,97 @@ impl UpstreamInner {
                 // upstream failed it (no retry, as on the hyper path).
                 Err(RoundTrip::Lost(error)) if fresh_tried => return Err(not_sent(request, error)),
                 Err(RoundTrip::Lost(error) | RoundTrip::Failed(error)) => return Err(error.into()),
+                // The upstream's failure, which the balancer counts.
+                Err(RoundTrip::TimedOut) => return Err(self.response_timeout()),
             }
         }
     }
 
-    /// Writes the head and reads the response head: the head rewritten for the client, how
-    /// the body is framed, whether the connection can be reused, and the status.
+    /// Writes the head and reads the response head within the request timeout: the head
+    /// rewritten for the client, how the body is framed, whether the connection can be
+    /// reused, and the status.
     async fn round_trip(
         &self,
         conn: &mut FastConn,
         out: &[u8],
         head_method: bool,
     ) -> Result<(BytesMut, Framing, bool, StatusCode), RoundTrip> {
-        conn.stream.write_all(out).await.map_err(RoundTrip::lost)?;
-        conn.buf.clear();
-        // Once any byte of an answer came (a 1xx included), a loss is a failure.
-        let mut answered = false;
-        loop {
-            // What is already read first: a 1xx answer may have come with the real one.
-            match response_head(&conn.buf, head_method) {
-                Ok(Some((len, head, framing, keep_alive, status))) => {
-                    conn.buf.advance(len);
-                    if status.is_informational() {
-                        continue; // 100 Continue and the like: the answer follows
-                    }
-                    return Ok((head, framing, keep_alive, status));
-                }
-                Ok(None) => {}
-                Err(error) => return Err(RoundTrip::Failed(error)),
-            }
-            if conn.buf.len() >= 64 * 1024 {
-                return Err(RoundTrip::Failed(io::Error::other(
-                    "the upstream's response head is larger than 64 KiB",
-                )));
-            }
-            conn.buf.reserve(4096);
-            match conn.stream.read_buf(&mut conn.buf).await {
-                Ok(0) if !answered => {
-                    return Err(RoundTrip::Lost(io::ErrorKind::UnexpectedEof.into()))
-                }
-                Ok(0) => {
-                    return Err(RoundTrip::Failed(io::Error::other(
-                        "the upstream closed the connection in the response head",
-                    )))
-                }
-                Ok(_) => answered = true,
-                Err(error) if !answered => return Err(RoundTrip::lost(error)),
-                Err(error) => return Err(RoundTrip::Failed(error)),
-            }
+        let deadline = tokio::time::Instant::now() + self.settings.request_timeout;
+        conn.timer.as_mut().reset(deadline);
+        let FastConn { stream, buf, timer } = conn;
+        tokio::select! {
+            biased;
+            result = exchange_heads(stream, buf, out, head_method) => result,
+            _ = timer.as_mut() => Err(RoundTrip::TimedOut),
         }
     }
+}
 
+/// Writes the request head and reads the response head (see [`UpstreamInner::round_trip`]).
+async fn exchange_heads(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    out: &[u8],
+    head_method: bool,
+) -> Result<(BytesMut, Framing, bool, StatusCode), RoundTrip> {
+    stream.write_all(out).await.map_err(RoundTrip::lost)?;
+    buf.clear();
+    // Once any byte of an answer came (a 1xx included), a loss is a failure.
+    let mut answered = false;
+    loop {
+        // What is already read first: a 1xx answer may have come with the real one.
+        match response_head(buf, head_method) {
+            Ok(Some((len, head, framing, keep_alive, status))) => {
+                buf.advance(len);
+                if status.is_informational() {
+                    continue; // 100 Continue and the like: the answer follows
+                }
+                return Ok((head, framing, keep_alive, status));
+            }
+            Ok(None) => {}
+            Err(error) => return Err(RoundTrip::Failed(error)),
+        }
+        if buf.len() >= 64 * 1024 {
+            return Err(RoundTrip::Failed(io::Error::other(
+                "the upstream's response head is larger than 64 KiB",
+            )));
+        }
+        buf.reserve(4096);
+        match stream.read_buf(buf).await {
+            Ok(0) if !answered => return Err(RoundTrip::Lost(io::ErrorKind::UnexpectedEof.into())),
+            Ok(0) => {
+                return Err(RoundTrip::Failed(io::Error::other(
+                    "the upstream closed the connection in the response head",
+                )))
+            }
+            Ok(_) => answered = true,
+            Err(error) if !answered => return Err(RoundTrip::lost(error)),
+            Err(error) => return Err(RoundTrip::Failed(error)),
+        }
+    }
+}
+
+impl UpstreamInner {
     /// An idle connection to reuse: not idle too long, and silent since its last answer.
     /// Bytes or an end that came while it was idle (a late body, an answer nobody asked
     /// for, the upstream closing it) rule it out, so that they are never taken for the next
     /// request's answer.
     fn take_fast(&self) -> Option<FastConn> {
-        let now = Instant::now();
         loop {
-            let (conn, since) = self.pool().lock().unwrap().fast.pop()?;
-            if now - since < self.settings.idle_timeout && silent(&conn.stream) {
-                return Some(conn);
+            if let Conn::Fast(conn) = self.settings.idle.take(self.index, true)? {
+                if silent(&conn.stream) {
+                    return Some(conn);
+                }
             }
         }
     }
 
     fn drain_fast(&self) {
-        self.pool().lock().unwrap().fast.clear();
+        self.settings.idle.drop_fast(self.index);
     }
 
     fn give_back(&self, conn: FastConn) {
-        let mut pool = self.pool().lock().unwrap();
-        if pool.fast.len() < self.settings.keepalive {
-            pool.fast.push((conn, Instant::now()));
-        }
+        self.settings.idle.put(self.index, Conn::Fast(conn));
     }
 }
 
@@ -586,6 +628,8 @@ enum RoundTrip {
     Lost(io::Error),
     /// Later, or by a malformed answer.
     Failed(io::Error),
+    /// No response head within the request timeout.
+    TimedOut,
 }
 
 impl RoundTrip {
@@ -677,7 +721,10 @@ fn response_head(buf: &[u8], head_method: bool) -> io::Result<Option<ResponseHea
     };
     // The head for the client: HTTP/1.1, hop-by-hop headers out. The framing headers stay
     // as the body is relayed as framed (`Content-Length` only without Transfer-Encoding),
-    // whatever `Connection` names.
+    // whatever `Connection` names; a body that the end of the connection ends is re-framed
+    // as chunked, its codings kept before `chunked`.
+    let rechunk = matches!(framing, Framing::UntilClose);
+    let mut codings: Vec<&[u8]> = Vec::new();
     let mut head = BytesMut::with_capacity(len + 32);
     head.extend_from_slice(b"HTTP/1.1 ");
     head.extend_from_slice(status.as_str().as_bytes());
@@ -689,13 +736,20 @@ fn response_head(buf: &[u8], head_method: bool) -> io::Result<Option<ResponseHea
         let keep = if name.eq_ignore_ascii_case(b"content-length") {
             !transfer_encoding
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            !no_body
+            if rechunk {
+                codings.push(header.value);
+            }
+            !no_body && !rechunk
         } else {
             !is_hop_by_hop(name, &named)
         };
         if keep {
             push_header(&mut head, name, header.value);
         }
+    }
+    if rechunk {
+        codings.push(b"chunked");
+        push_header(&mut head, b"transfer-encoding", &codings.join(&b", "[..]));
     }
     Ok(Some((len, head, framing, keep_alive, status)))
 }
@@ -708,13 +762,67 @@ fn response_head(buf: &[u8], head_method: bool) -> io::Result<Option<ResponseHea
 enum Framing {
     Length(u64),
     Chunked(Chunked),
+    /// Until the upstream closes the connection: relayed chunked.
     UntilClose,
 }
 
+fn malformed_chunks() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        "malformed chunked response body",
+    )
+}
+
+impl Framing {
+    /// Moves the body bytes in `buf` (up to the end of the body) to `out`, framed for the
+    /// client: as they came, but for the trailers of a chunked body, which are dropped (as
+    /// nginx drops them), and a body that the connection's end delimits, whose bytes go in
+    /// chunks. Whether the body ended. A malformed chunked body is an error.
+    fn relay(&mut self, buf: &mut BytesMut, out: &mut BytesMut) -> io::Result<bool> {
+        match self {
+            Framing::Length(left) => {
+                let n = (*left).min(buf.len() as u64);
+                *left -= n;
+                out.extend_from_slice(&buf[..n as usize]);
+                buf.advance(n as usize);
+                Ok(*left == 0)
+            }
+            Framing::Chunked(chunked) => {
+                if !chunked.in_trailers() {
+                    let n = chunked
+                        .feed_until_trailers(buf)
+                        .map_err(|_| malformed_chunks())?;
+                    out.extend_from_slice(&buf[..n]);
+                    buf.advance(n);
+                }
+                if !chunked.in_trailers() {
+                    return Ok(false);
+                }
+                // Read, not relayed: after the last chunk's line, the empty line alone.
+                let (n, done) = chunked.feed(buf).map_err(|_| malformed_chunks())?;
+                buf.advance(n);
+                if done {
+                    out.extend_from_slice(b"\r\n");
+                }
+                Ok(done)
+            }
+            Framing::UntilClose => {
+                if !buf.is_empty() {
+                    out.put_slice(format!("{:x}\r\n", buf.len()).as_bytes());
+                    out.extend_from_slice(buf);
+                    out.extend_from_slice(b"\r\n");
+                    buf.clear();
+                }
+                Ok(false)
+            }
+        }
+    }
+}
+
 /// A response relayed as it arrives: the first frame is the rewritten head (with whatever
-/// body bytes came with it), the next ones the body bytes as framed on the wire. Only the
-/// fast path's client side reads it. At its end the upstream connection goes back to the
-/// pool, if it can be reused.
+/// body bytes came with it), the next ones the body bytes as [relayed](Framing::relay).
+/// Only the fast path's client side reads it. At its end the upstream connection goes back
+/// to the pool, if it can be reused.
 pub struct FastBody {
     head: Option<BytesMut>,
     conn: Option<FastConn>,
@@ -726,37 +834,29 @@ pub struct FastBody {
 }
 
 impl FastBody {
-    /// Takes the body bytes that are in the buffer, up to the end of the body; whether the
-    /// body ended. A malformed chunked body is an error.
-    fn take_buffered(&mut self, out: &mut BytesMut) -> io::Result<bool> {
-        let Some(conn) = self.conn.as_mut() else {
-            return Ok(true);
-        };
-        let (n, done) = match &mut self.framing {
-            Framing::Length(left) => {
-                let n = (*left).min(conn.buf.len() as u64);
-                *left -= n;
-                (n as usize, *left == 0)
-            }
-            Framing::Chunked(chunked) => chunked.feed(&conn.buf).map_err(|_| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "malformed chunked response body",
-                )
-            })?,
-            Framing::UntilClose => (conn.buf.len(), false),
-        };
-        out.extend_from_slice(&conn.buf[..n]);
-        conn.buf.advance(n);
-        Ok(done)
-    }
-
     fn finish(&mut self) {
         if let Some(conn) = self.conn.take() {
             if self.keep_alive && conn.buf.is_empty() {
                 self.upstream.give_back(conn);
             }
         }
+    }
+
+    /// Ends the body with `error`, after `out` if there is anything in it: what came before
+    /// the fault still goes out, and the error comes next. The client connection then
+    /// closes, with the body visibly incomplete (no last chunk, or fewer bytes than its
+    /// length).
+    fn fail(
+        &mut self,
+        out: BytesMut,
+        error: io::Error,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        self.conn = None;
+        if out.is_empty() {
+            return Poll::Ready(Some(Err(error)));
+        }
+        self.failed = Some(error);
+        Poll::Ready(Some(Ok(Frame::data(out.freeze()))))
     }
 }
 
@@ -775,44 +875,32 @@ impl Body for FastBody {
         // The head, when it has not gone yet, is the start of the first frame.
         let mut out = this.head.take().unwrap_or_default();
         loop {
-            let done = match this.take_buffered(&mut out) {
-                Ok(done) => done,
-                Err(error) => {
-                    // What came before the fault still goes out; the error comes next.
-                    this.conn = None;
-                    if out.is_empty() {
-                        return Poll::Ready(Some(Err(error)));
-                    }
-                    this.failed = Some(error);
-                    return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
-                }
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready((!out.is_empty()).then(|| Ok(Frame::data(out.freeze()))));
             };
-            if done {
-                this.finish();
+            match this.framing.relay(&mut conn.buf, &mut out) {
+                Ok(true) => {
+                    this.finish();
+                    continue;
+                }
+                Ok(false) => {}
+                Err(error) => return this.fail(out, error),
             }
             if !out.is_empty() {
                 return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
             }
-            if done {
-                return Poll::Ready(None);
-            }
-            let Some(conn) = this.conn.as_mut() else {
-                return Poll::Ready(None);
-            };
             let mut chunk = [0u8; 16 * 1024];
             let mut read = ReadBuf::new(&mut chunk);
             match Pin::new(&mut conn.stream).poll_read(cx, &mut read) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(error)) => {
-                    this.conn = None;
-                    return Poll::Ready(Some(Err(error)));
-                }
+                Poll::Ready(Err(error)) => return this.fail(out, error),
                 Poll::Ready(Ok(())) if read.filled().is_empty() => {
+                    if !matches!(this.framing, Framing::UntilClose) {
+                        return this.fail(out, io::ErrorKind::UnexpectedEof.into());
+                    }
+                    // The end of a body the end of the connection delimits: the last chunk.
                     this.conn = None;
-                    return match this.framing {
-                        Framing::UntilClose => Poll::Ready(None),
-                        _ => Poll::Ready(Some(Err(io::ErrorKind::UnexpectedEof.into()))),
-                    };
+                    out.extend_from_slice(b"0\r\n\r\n");
                 }
                 Poll::Ready(Ok(())) => conn.buf.extend_from_slice(read.filled()),
             }

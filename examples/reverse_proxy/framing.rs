@@ -355,7 +355,8 @@ impl Scanner {
 /// the data, CR LF; after the last (size 0) chunk, trailer lines each ending in CR LF, then
 /// CR LF. A bare LF ends no line. It finds the end of the body where hyper does; hyper's
 /// limits on the size of extensions and trailers are not applied. Shared by the request
-/// scan and the fast path, which relays chunked answers as they are.
+/// scan and the fast path, which relays chunked answers as they are up to their trailers,
+/// and drops those (see [`Chunked::feed_until_trailers`]).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Chunked {
     step: Step,
@@ -389,8 +390,36 @@ pub struct Malformed;
 impl Chunked {
     /// Follows `bytes`: how many belong to the body, and whether it ends with them.
     pub fn feed(&mut self, bytes: &[u8]) -> Result<(usize, bool), Malformed> {
+        self.advance(bytes, false)
+    }
+
+    /// Follows `bytes` up to the trailers, if they start in them: how many come before,
+    /// the last chunk's line included. A relay that writes those as they are and drops
+    /// the rest (reading it with [`feed`](Self::feed) while [`in_trailers`](Self::in_trailers))
+    /// never passes on a trailer byte: trailer lines are the one place where a bare LF is
+    /// part of the body, which a lenient reader would take for the end of a line.
+    pub fn feed_until_trailers(&mut self, bytes: &[u8]) -> Result<usize, Malformed> {
+        self.advance(bytes, true).map(|(used, _)| used)
+    }
+
+    /// Whether the last chunk has been read: what follows is trailers, then the end.
+    pub fn in_trailers(&self) -> bool {
+        matches!(
+            self.step,
+            Step::EndCr | Step::Trailer | Step::TrailerLf | Step::EndLf | Step::Done
+        )
+    }
+
+    fn advance(
+        &mut self,
+        bytes: &[u8],
+        stop_at_trailers: bool,
+    ) -> Result<(usize, bool), Malformed> {
         let mut used = 0;
         while used < bytes.len() && self.step != Step::Done {
+            if stop_at_trailers && self.in_trailers() {
+                break;
+            }
             if let Step::Data(n) = self.step {
                 let skip = n.min((bytes.len() - used) as u64);
                 used += skip as usize;
@@ -531,6 +560,33 @@ mod tests {
             let mut scanner = Scanner::default();
             assert_eq!(scanner.feed(head), None);
             assert_eq!(scanner.state, State::Stopped);
+        }
+    }
+
+    #[test]
+    fn the_relay_stops_where_the_trailers_start() {
+        let body = b"5;x=1\r\nhello\r\n0\r\nA: 1\nB\r\n\r\nnext";
+        for piece in 1..=body.len() {
+            let (mut chunked, mut relayed, mut rest) = (Chunked::default(), Vec::new(), 0);
+            let mut done = false;
+            for part in body.chunks(piece) {
+                let mut part = part;
+                if !chunked.in_trailers() {
+                    let n = chunked.feed_until_trailers(part).unwrap();
+                    relayed.extend_from_slice(&part[..n]);
+                    part = &part[n..];
+                }
+                if chunked.in_trailers() && !done {
+                    let (n, end) = chunked.feed(part).unwrap();
+                    done = end;
+                    rest += part.len() - n;
+                } else if done {
+                    rest += part.len();
+                }
+            }
+            assert!(done, "pieces of {piece}");
+            assert_eq!(relayed, b"5;x=1\r\nhello\r\n0\r\n", "pieces of {piece}");
+            assert_eq!(rest, 4, "pieces of {piece}");
         }
     }
 

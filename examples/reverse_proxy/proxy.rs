@@ -6,17 +6,20 @@
 //! - [`start`]: binds the listener (one `SO_REUSEPORT` socket per worker thread, like nginx's
 //!   worker processes), builds the tower-lb balancer with health checks and outlier
 //!   detection, and serves until [`Proxy::shutdown`], which drains in-flight requests.
-//! - [`Upstream`]: the tower service for one upstream, with its own keep-alive pool per
-//!   worker thread (HTTP/1.1) or one multiplexed connection per worker thread (h2c).
+//! - [`Upstream`]: the tower service for one upstream: pooled HTTP/1.1 connections (the
+//!   keep-alive pool of each worker thread, `pool.rs`) or one multiplexed connection per
+//!   worker thread (h2c); the request timeout applies here, per upstream, so that the
+//!   balancer sees a timeout as the upstream's failure.
 //! - [`spawn_demo_upstream`]: a small fast upstream (HTTP/1.1 and h2c) for demos, benchmarks
 //!   and tests.
 //! - `fast.rs`: plain requests proxied without hyper; `framing.rs`: the smuggling scan in
-//!   front of hyper.
+//!   front of hyper; `rules.rs`: what is refused (400, 405) as nginx refuses it;
+//!   `upload.rs`: request bodies on their way upstream, whose errors are the client's;
+//!   `stall.rs`: the timeouts between two reads or writes of a client.
 
 use std::convert::Infallible;
 use std::fmt;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,11 +29,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::StreamExt;
-use http::header::{CONNECTION, CONTENT_TYPE, HOST};
+use http::header::{ALLOW, CONNECTION, CONTENT_TYPE, HOST};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Either, Empty, Full};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Incoming};
 use hyper::client::conn::{http1 as client1, http2 as client2};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -45,6 +48,7 @@ use tower_lb::discover;
 use tower_lb::error::{BoxError, BuildError, Unavailable};
 use tower_lb::health::{ActiveChecks, Health, OutlierDetection, TcpProbe};
 use tower_lb::http::key::{HttpKey, PreviousEndpoints};
+use tower_lb::http::ClientBodyError;
 use tower_lb::key::{NoKey, RequestKey};
 pub use tower_lb::strategy::StrategyKind;
 use tower_lb::strategy::{AnyStrategy, Strategy};
@@ -54,7 +58,17 @@ use tower_lb::{EndpointStats, Monitor};
 mod fast;
 #[path = "framing.rs"]
 mod framing;
+#[path = "pool.rs"]
+mod pool;
+#[path = "rules.rs"]
+mod rules;
+#[path = "stall.rs"]
+mod stall;
+#[path = "upload.rs"]
+mod upload;
 use framing::{Conflict, Scanned};
+use pool::{Conn, PooledBody, Pools, ReturnToPool};
+use upload::{BodyTimeout, Upload};
 
 // ----------------------------------------------------------------------------------------
 // Configuration
@@ -100,7 +114,8 @@ pub struct UpstreamConfig {
     pub bounded_load: Option<f64>,
     /// `http1` or `h2c` (HTTP/2 over cleartext, prior knowledge).
     pub protocol: Protocol,
-    /// Idle keep-alive connections kept per upstream and worker (nginx: `keepalive`).
+    /// Idle keep-alive connections kept per worker, over all upstreams and both paths, the
+    /// least recently used closed first (nginx: `keepalive`, per worker process).
     pub keepalive: usize,
     /// The Host header sent upstream: `pass` (the client's, nginx `$host`) or `upstream`
     /// (the upstream's address, nginx's default `$proxy_host`).
@@ -127,7 +142,8 @@ pub struct Timeouts {
     #[serde(deserialize_with = "de_duration")]
     pub connect: Duration,
     /// From sending the request to the upstream's response head (nginx:
-    /// `proxy_read_timeout`, for the first byte); on expiry: 504.
+    /// `proxy_read_timeout`, for the first byte); on expiry: 504, and a failure of that
+    /// upstream for outlier detection (the timeout is inside the balancer, per upstream).
     #[serde(deserialize_with = "de_duration")]
     pub request: Duration,
     /// How long a request waits for an upstream when none is available; then 503.
@@ -152,6 +168,15 @@ pub struct Limits {
     /// Largest request head, in bytes (at least 8192; nginx: `large_client_header_buffers`);
     /// larger heads get 431.
     pub max_header_bytes: usize,
+    /// Longest wait for the next part of a request body (nginx: `client_body_timeout`,
+    /// between two reads, not for the whole body): then 408, or, once the request was
+    /// answered, the connection closes.
+    #[serde(deserialize_with = "de_duration")]
+    pub body_read_timeout: Duration,
+    /// Longest wait for the client to take the next part of an answer (nginx:
+    /// `send_timeout`, between two writes): then the connection closes.
+    #[serde(deserialize_with = "de_duration")]
+    pub send_timeout: Duration,
 }
 
 /// Retries of idempotent requests that failed before anything was sent (nginx:
@@ -201,9 +226,11 @@ pub struct OutlierConfig {
     /// up); unreachable upstreams (connection refused) are ejected beyond it.
     pub max_ejection_percent: u32,
     /// After an ejection, an upstream gets a tenth of its weight until it answers this many
-    /// requests in a row (0: back at full weight at once). With least-request under light
-    /// load, such an upstream may wait long for those requests.
-    pub probation_successes: u32,
+    /// requests in a row, and its first failure ejects it again (0: back at full weight at
+    /// once). Default: 5, but 0 for least-request and peak-ewma: under them a tenth of the
+    /// weight gets an upstream almost no request at light load (the others score higher
+    /// while they are idle), so probation would only hold it back for its 10 s limit.
+    pub probation_successes: Option<u32>,
 }
 
 impl Default for Config {
@@ -254,6 +281,8 @@ impl Default for Limits {
         Limits {
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 16 * 1024,
+            body_read_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -290,7 +319,7 @@ impl Default for OutlierConfig {
             base_ejection: Duration::from_secs(30),
             max_ejection: Duration::from_secs(300),
             max_ejection_percent: 50,
-            probation_successes: 5,
+            probation_successes: None,
         }
     }
 }
@@ -445,7 +474,7 @@ struct State {
     fast: Option<fast::FastService>,
     budget: TpsBudget,
     attempts: u32,
-    request_timeout: Duration,
+    body_read_timeout: Duration,
     host: HostMode,
     client_ip_key: bool,
 }
@@ -460,17 +489,22 @@ pub async fn start(config: &Config) -> Result<Proxy, BoxError> {
     let workers = config.worker_count();
     let pools = Arc::new(PoolSettings {
         workers,
-        keepalive: config.upstream.keepalive,
         connect_timeout: config.timeouts.connect,
-        idle_timeout: config.timeouts.keepalive,
+        request_timeout: config.timeouts.request,
         protocol: config.upstream.protocol,
+        idle: Pools::new(
+            workers,
+            config.upstream.keepalive,
+            config.timeouts.keepalive,
+        ),
     });
     let endpoints = config
         .upstream
         .servers
         .iter()
-        .map(|s| {
-            Upstream::new(s.address, config.upstream.host, pools.clone())
+        .enumerate()
+        .map(|(index, s)| {
+            Upstream::new(index, s.address, config.upstream.host, pools.clone())
                 .map(|u| (s.address, u, s.weight))
         })
         .collect::<Result<Vec<_>, BoxError>>()?;
@@ -484,7 +518,7 @@ pub async fn start(config: &Config) -> Result<Proxy, BoxError> {
             config.retry.budget_percent / 100.0,
         ),
         attempts: config.retry.attempts,
-        request_timeout: config.timeouts.request,
+        body_read_timeout: config.limits.body_read_timeout,
         host: config.upstream.host,
         client_ip_key: config.upstream.strategy.uses_request_key()
             && config.upstream.hash_key == HttpKey::ClientIp,
@@ -607,6 +641,7 @@ async fn accept_loop(
             // The smuggling scan starts at the request hyper reads first.
             let served = connection.requests.load(Ordering::Relaxed);
             let io = Scanned::from_request(read, stream, connection.conflict.clone(), served);
+            let io = stall::SendTimeout::new(io, limits.send_timeout);
             let service =
                 service_fn(move |request| forward(state.clone(), connection.clone(), request));
             let conn = watcher.watch(builder.serve_connection(TokioIo::new(io), service));
@@ -627,12 +662,17 @@ async fn accept_loop(
     let _ = tokio::time::timeout(drain, drained).await;
 }
 
-/// Client disconnects and slow clients are part of normal traffic.
+/// Client disconnects, aborted uploads and slow clients are part of normal traffic.
 fn is_routine(error: &hyper::Error) -> bool {
-    error.is_incomplete_message() || error.is_canceled() || error.is_timeout() || {
-        let text = error.to_string();
-        text.contains("reset") || text.contains("broken pipe") || text.contains("timed out")
-    }
+    error.is_incomplete_message()
+        || error.is_canceled()
+        || error.is_timeout()
+        || find::<ClientGone>(error).is_some()
+        || find::<std::io::Error>(error).is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        || {
+            let text = error.to_string();
+            text.contains("reset") || text.contains("broken pipe") || text.contains("timed out")
+        }
 }
 
 /// What the proxy knows of a client connection.
@@ -666,7 +706,7 @@ type Completion = tower_lb::http::OnBodyEnd;
 pub type UpstreamBody = tower_lb::http::TrackedBody<PooledBody>;
 
 /// A balancer with its strategy type erased.
-type BalancedService = BoxCloneSyncService<Request<Incoming>, Response<UpstreamBody>, BoxError>;
+type BalancedService = BoxCloneSyncService<Request<Upload>, Response<UpstreamBody>, BoxError>;
 
 type HealthLog = Arc<Mutex<Vec<(Instant, SocketAddr, Health)>>>;
 
@@ -725,7 +765,7 @@ type ProxyBalance<P, H> = tower_lb::Balance<
 
 /// Builds a tower-lb balancer with `strategy` (routing by `key`, for the hashing strategies)
 /// with active health checks and outlier detection, and erases its type.
-fn build<P: Strategy, H: RequestKey<Request<Incoming>>>(
+fn build<P: Strategy, H: RequestKey<Request<Upload>>>(
     config: &Config,
     strategy: P,
     key: H,
@@ -752,16 +792,21 @@ fn build<P: Strategy, H: RequestKey<Request<Incoming>>>(
     }
     let outlier = &config.outlier;
     if outlier.enabled {
+        // Probation's tenth of the weight starves an upstream under the load-aware
+        // strategies at light load: none for them unless configured.
+        let probation = outlier
+            .probation_successes
+            .unwrap_or(match config.upstream.strategy {
+                StrategyKind::LeastRequest | StrategyKind::PeakEwma => 0,
+                _ => 5,
+            });
         builder = builder.outlier_detection(
             OutlierDetection::new()
                 .consecutive_failures(Some(outlier.consecutive_failures))
                 .base_ejection(outlier.base_ejection)
                 .max_ejection(outlier.max_ejection)
                 .max_ejection_percent(outlier.max_ejection_percent)
-                .probation_successes(match outlier.probation_successes {
-                    0 => None,
-                    n => Some(n),
-                }),
+                .probation_successes((probation > 0).then_some(probation)),
         );
     }
     let balance = builder.build(discover::static_list(endpoints))?;
@@ -795,29 +840,42 @@ fn build<P: Strategy, H: RequestKey<Request<Incoming>>>(
 /// What the proxy answers with: the upstream's body, or its own error text.
 pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
 
+/// The client went away in the middle of its request (an aborted upload): there is no one
+/// to answer, and hyper closes the connection.
+#[derive(Debug)]
+struct ClientGone;
+
+impl fmt::Display for ClientGone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the client aborted its request")
+    }
+}
+
+impl std::error::Error for ClientGone {}
+
 /// Forwards one request through the balancer and turns its result into the response.
 async fn forward(
     state: Arc<State>,
     client: Arc<ClientConn>,
     mut request: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
+) -> Result<Response<ProxyBody>, ClientGone> {
     // Request smuggling: hyper lets Transfer-Encoding win over Content-Length, drops the
     // latter and closes the connection after the answer (RFC 9112, section 6.3); the scan
     // of the raw bytes (`framing`) tells which request it was, and it is refused outright.
     let index = client.requests.fetch_add(1, Ordering::Relaxed);
     if client.conflict.is(index) {
-        let mut response = proxy_error(
-            StatusCode::BAD_REQUEST,
-            "the request has both Content-Length and Transfer-Encoding",
-        );
-        response
-            .headers_mut()
-            .insert(CONNECTION, HeaderValue::from_static("close"));
-        return Ok(response);
+        return Ok(refused(rules::Refusal {
+            status: StatusCode::BAD_REQUEST,
+            reason: "the request has both Content-Length and Transfer-Encoding",
+        }));
+    }
+    if let Err(refusal) = rules::check(&request) {
+        return Ok(refused(refusal));
     }
     let idempotent = request.method().is_idempotent();
     let headers = request.headers_mut();
     strip_hop_by_hop(headers);
+    rules::drop_underscored(headers);
     append_forwarded_for(headers, &client.forwarded_for);
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     if state.host == HostMode::Pass && !headers.contains_key(HOST) {
@@ -836,11 +894,14 @@ async fn forward(
         request.extensions_mut().insert(client.addr);
     }
 
+    // The body's errors are the client's, and it may stall only so long between reads.
+    let mut request = request.map(|body| Upload::new(body, state.body_read_timeout));
     let mut attempt = 1;
     loop {
-        let call = state.balancer.clone().oneshot(request);
-        let error = match tokio::time::timeout(state.request_timeout, call).await {
-            Ok(Ok(response)) => {
+        // No timeout around the balancer: the request timeout is the upstream's (see
+        // `UpstreamInner::send`), so that outlier detection counts it as a failure.
+        let error = match state.balancer.clone().oneshot(request).await {
+            Ok(response) => {
                 if attempt == 1 {
                     state.budget.deposit();
                 }
@@ -851,21 +912,12 @@ async fn forward(
                 *response.version_mut() = http::Version::HTTP_11;
                 return Ok(response);
             }
-            Ok(Err(error)) => error,
-            Err(_) => {
-                return Ok(proxy_error(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    &format!(
-                        "the upstream did not answer within {:?}",
-                        state.request_timeout
-                    ),
-                ))
-            }
+            Err(error) => error,
         };
         // A request that never left the proxy comes back with its error: an idempotent one
         // is tried again within the attempts and the budget. The balancer picks afresh; a
         // hashing strategy passes over the upstreams the request has been to.
-        match error.downcast::<NotSent<Request<Incoming>>>() {
+        match error.downcast::<NotSent<Request<Upload>>>() {
             Ok(not_sent) => {
                 let retry = idempotent && attempt < state.attempts && state.budget.withdraw();
                 match not_sent.take() {
@@ -876,9 +928,53 @@ async fn forward(
                     (_, cause) => return Ok(error_response(&*cause, attempt)),
                 }
             }
-            Err(error) => return Ok(error_response(&*error, attempt)),
+            Err(error) => {
+                return client_fault(&*error)
+                    .unwrap_or_else(|| Ok(error_response(&*error, attempt)))
+            }
         }
     }
+}
+
+/// The answer to a request that failed because of its own body, if it did: 408 when it
+/// stalled (nginx: `client_body_timeout`), 400 when it was malformed, and none when the
+/// client went away (nginx: 499 in its log, nothing on the wire).
+fn client_fault(
+    error: &(dyn std::error::Error + 'static),
+) -> Option<Result<Response<ProxyBody>, ClientGone>> {
+    let fault = ClientBodyError::find(error)?.get_ref();
+    if find::<BodyTimeout>(fault).is_some() {
+        return Some(Ok(refused(rules::Refusal {
+            status: StatusCode::REQUEST_TIMEOUT,
+            reason: "the request body stalled",
+        })));
+    }
+    let malformed = find::<std::io::Error>(fault).is_some_and(|io| {
+        matches!(
+            io.kind(),
+            std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
+        )
+    });
+    Some(if malformed {
+        Ok(refused(rules::Refusal {
+            status: StatusCode::BAD_REQUEST,
+            reason: "the request body is malformed",
+        }))
+    } else {
+        Err(ClientGone)
+    })
+}
+
+/// The proxy's answer to a request it refuses: the status and its reason, and the
+/// connection closes (what follows on it cannot be trusted to be a request).
+fn refused(refusal: rules::Refusal) -> Response<ProxyBody> {
+    let mut response = proxy_error(refusal.status, refusal.reason);
+    let headers = response.headers_mut();
+    headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    if refusal.status == StatusCode::METHOD_NOT_ALLOWED {
+        headers.insert(ALLOW, HeaderValue::from_static(rules::ALLOWED));
+    }
+    response
 }
 
 /// Removes the hop-by-hop headers (RFC 9110, section 7.6.1), including those the
@@ -939,31 +1035,28 @@ fn append_forwarded_for(headers: &mut HeaderMap, client: &HeaderValue) {
     headers.insert(name, value); // replaces every earlier value
 }
 
-/// 503 when the balancer had no upstream to offer, 504 when connecting timed out, 502 when
-/// talking to the chosen upstream failed.
+/// 503 when the balancer had no upstream to offer, 504 when connecting or the response
+/// head timed out, 502 when talking to the chosen upstream failed. The client gets a
+/// generic reason (nginx's pages say as little); the error, with the upstream's address and
+/// its causes, goes to the log.
 fn error_response(error: &(dyn std::error::Error + 'static), attempts: u32) -> Response<ProxyBody> {
+    let (status, reason) = if find::<Unavailable>(error).is_some() {
+        (StatusCode::SERVICE_UNAVAILABLE, "no upstream is available")
+    } else if find::<ConnectTimeout>(error).is_some() || find::<ResponseTimeout>(error).is_some() {
+        (
+            StatusCode::GATEWAY_TIMEOUT,
+            "the upstream did not answer in time",
+        )
+    } else {
+        (StatusCode::BAD_GATEWAY, "the upstream request failed")
+    };
     let tries = if attempts > 1 {
         format!(" (after {attempts} tries)")
     } else {
         String::new()
     };
-    let (status, reason) = if let Some(unavailable) = find::<Unavailable>(error) {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("no upstream is available: {unavailable}"),
-        )
-    } else if find::<ConnectTimeout>(error).is_some() {
-        (
-            StatusCode::GATEWAY_TIMEOUT,
-            format!("connecting to the upstream timed out{tries}"),
-        )
-    } else {
-        (
-            StatusCode::BAD_GATEWAY,
-            format!("the upstream request failed{tries}: {}", error_chain(error)),
-        )
-    };
-    proxy_error(status, &reason)
+    eprintln!("proxy: {status}{tries}: {}", error_chain(error));
+    proxy_error(status, reason)
 }
 
 fn find<'a, E: std::error::Error + 'static>(
@@ -979,9 +1072,6 @@ fn find<'a, E: std::error::Error + 'static>(
 
 /// An answer of the proxy's own, with a plain text body that says what happened.
 fn proxy_error(status: StatusCode, reason: &str) -> Response<ProxyBody> {
-    if status.is_server_error() {
-        eprintln!("proxy: {status}: {reason}");
-    }
     let mut response = Response::new(Either::Right(Full::from(format!("{status}\n{reason}\n"))));
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -1009,26 +1099,17 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 
 struct PoolSettings {
     workers: usize,
-    keepalive: usize,
     connect_timeout: Duration,
-    idle_timeout: Duration,
+    /// From sending a request to its response head.
+    request_timeout: Duration,
     protocol: Protocol,
+    /// The idle HTTP/1.1 connections of every upstream, per worker.
+    idle: Pools,
 }
 
 /// What goes to an HTTP/1.1 upstream: the client's body, or none for a request kept for a
 /// replay (see [`UpstreamInner::send_http1`]).
-type SendBody = Either<Incoming, Empty<Bytes>>;
-
-/// The connections of one upstream on one worker thread.
-#[derive(Default)]
-struct Pool {
-    /// Idle HTTP/1.1 connections, with the time they became idle.
-    idle: Vec<(client1::SendRequest<SendBody>, Instant)>,
-    /// The h2c connection, shared by all requests of the worker.
-    h2: Option<client2::SendRequest<Incoming>>,
-    /// Idle connections of the fast path.
-    fast: Vec<(fast::FastConn, Instant)>,
-}
+type SendBody = Either<Upload, Empty<Bytes>>;
 
 /// The service that sends requests to one upstream.
 #[derive(Clone)]
@@ -1037,16 +1118,19 @@ pub struct Upstream {
 }
 
 struct UpstreamInner {
+    /// Its place in the config: its connections' key in the pool.
+    index: usize,
     addr: SocketAddr,
     authority: Authority,
     host: Option<HeaderValue>,
     settings: Arc<PoolSettings>,
-    /// One pool per worker thread: no lock is ever contended.
-    pools: Vec<Mutex<Pool>>,
+    /// The h2c connection of each worker thread, shared by all its requests.
+    h2: Vec<Mutex<Option<client2::SendRequest<Upload>>>>,
 }
 
 impl Upstream {
     fn new(
+        index: usize,
         addr: SocketAddr,
         host: HostMode,
         settings: Arc<PoolSettings>,
@@ -1056,14 +1140,15 @@ impl Upstream {
             HostMode::Upstream => Some(HeaderValue::from_str(authority.as_str())?),
             HostMode::Pass => None,
         };
-        let pools = (0..settings.workers).map(|_| Mutex::default()).collect();
+        let h2 = (0..settings.workers).map(|_| Mutex::default()).collect();
         Ok(Upstream {
             inner: Arc::new(UpstreamInner {
+                index,
                 addr,
                 authority,
                 host,
                 settings,
-                pools,
+                h2,
             }),
         })
     }
@@ -1122,6 +1207,20 @@ impl fmt::Display for ConnectTimeout {
 
 impl std::error::Error for ConnectTimeout {}
 
+/// The upstream sent no response head within the request timeout: its failure, which the
+/// balancer counts (a timeout around the balancer would be a cancellation, which outlier
+/// detection ignores, so a black-hole upstream would never be ejected).
+#[derive(Debug)]
+pub struct ResponseTimeout(SocketAddr, Duration);
+
+impl fmt::Display for ResponseTimeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} did not answer within {:?}", self.0, self.1)
+    }
+}
+
+impl std::error::Error for ResponseTimeout {}
+
 /// A connection to an upstream could not be made. The I/O error stays the source, so that
 /// the balancer sees a refused connection as proof that the upstream is unreachable.
 #[derive(Debug)]
@@ -1139,7 +1238,7 @@ impl std::error::Error for ConnectFailed {
     }
 }
 
-impl Service<Request<Incoming>> for Upstream {
+impl Service<Request<Upload>> for Upstream {
     type Response = Response<PooledBody>;
     type Error = BoxError;
     type Future = BoxFuture<'static, Result<Response<PooledBody>, BoxError>>;
@@ -1150,7 +1249,7 @@ impl Service<Request<Incoming>> for Upstream {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, request: Request<Upload>) -> Self::Future {
         let inner = self.inner.clone();
         Box::pin(async move { inner.send(request).await })
     }
@@ -1174,7 +1273,7 @@ impl UpstreamInner {
     /// The error for a request that did not leave the proxy, or was lost before any
     /// answer: the request comes back to be tried again, marked as having been here, so
     /// that a hashing strategy passes over this upstream for the retry.
-    fn not_sent(&self, mut request: Request<Incoming>, cause: impl Into<BoxError>) -> BoxError {
+    fn not_sent(&self, mut request: Request<Upload>, cause: impl Into<BoxError>) -> BoxError {
         let extensions = request.extensions_mut();
         let mut previous = extensions.remove::<PreviousEndpoints>().unwrap_or_default();
         previous.0.push(self.addr.to_string());
@@ -1182,9 +1281,14 @@ impl UpstreamInner {
         NotSent::boxed(request, cause)
     }
 
-    fn pool(&self) -> &Mutex<Pool> {
+    fn response_timeout(&self) -> BoxError {
+        Box::new(ResponseTimeout(self.addr, self.settings.request_timeout))
+    }
+
+    /// This worker's h2c connection slot.
+    fn h2(&self) -> &Mutex<Option<client2::SendRequest<Upload>>> {
         let worker = WORKER.with(|w| w.get());
-        &self.pools[worker % self.pools.len()]
+        &self.h2[worker % self.h2.len()]
     }
 
     async fn connect(&self) -> Result<TcpStream, BoxError> {
@@ -1202,7 +1306,7 @@ impl UpstreamInner {
 
     async fn send(
         self: Arc<Self>,
-        mut request: Request<Incoming>,
+        mut request: Request<Upload>,
     ) -> Result<Response<PooledBody>, BoxError> {
         if let Some(host) = &self.host {
             request.headers_mut().insert(HOST, host.clone());
@@ -1234,24 +1338,29 @@ impl UpstreamInner {
         }
     }
 
+    /// A pooled connection to reuse, ready for a request within the connect timeout (one
+    /// that is not may still be busy with an earlier exchange: it is closed).
+    async fn take_idle(&self) -> Option<client1::SendRequest<SendBody>> {
+        loop {
+            let Conn::Hyper(mut sender) = self.settings.idle.take(self.index, false)? else {
+                continue;
+            };
+            if sender.is_closed() {
+                continue;
+            }
+            match tokio::time::timeout(self.settings.connect_timeout, sender.ready()).await {
+                Ok(Ok(())) => return Some(sender),
+                _ => continue, // closed while idle, or stuck: take another
+            }
+        }
+    }
+
     async fn send_http1(
         self: Arc<Self>,
-        mut request: Request<Incoming>,
+        mut request: Request<Upload>,
     ) -> Result<Response<PooledBody>, BoxError> {
         loop {
-            let idle = {
-                let mut pool = self.pool().lock().unwrap();
-                let now = Instant::now();
-                let mut found = None;
-                while let Some((sender, since)) = pool.idle.pop() {
-                    if !sender.is_closed() && now - since < self.settings.idle_timeout {
-                        found = Some(sender);
-                        break;
-                    }
-                }
-                found
-            };
-            let (mut sender, reused) = match idle {
+            let (mut sender, reused) = match self.take_idle().await {
                 Some(sender) => (sender, true),
                 None => {
                     let stream = match self.connect().await {
@@ -1269,10 +1378,7 @@ impl UpstreamInner {
                     (sender, false)
                 }
             };
-            if sender.ready().await.is_err() {
-                if reused {
-                    continue; // closed while idle: take another
-                }
+            if !reused && sender.ready().await.is_err() {
                 return Err(self.not_sent(request, "the new connection closed at once"));
             }
             // An idempotent request without a body, sent on a reused connection, is kept (its
@@ -1280,6 +1386,7 @@ impl UpstreamInner {
             // connection before any answer (it died, or closed the idle connection just as it
             // was taken), it goes back to the balancer for another try, as nginx's
             // `proxy_next_upstream error` does. Other requests cannot be replayed once sent.
+            let written = request.body().written();
             let (outgoing, kept) =
                 if reused && request.method().is_idempotent() && request.body().is_end_stream() {
                     let mut copy = Request::new(Either::Right(Empty::new()));
@@ -1291,16 +1398,14 @@ impl UpstreamInner {
                 } else {
                     (request.map(Either::Left), None)
                 };
-            match sender.try_send_request(outgoing).await {
+            let sent = sender.try_send_request(outgoing);
+            let Ok(sent) = tokio::time::timeout(self.settings.request_timeout, sent).await else {
+                return Err(self.response_timeout());
+            };
+            match sent {
                 Ok(response) => {
-                    let guard = ReturnToPool {
-                        sender: Some(sender),
-                        upstream: self.clone(),
-                    };
-                    return Ok(response.map(|body| PooledBody {
-                        inner: body,
-                        guard: Some(guard),
-                    }));
+                    let back = ReturnToPool::new(sender, self.clone(), written);
+                    return Ok(response.map(|body| PooledBody::new(body, Some(back))));
                 }
                 Err(mut error) => {
                     let returned = error.take_message();
@@ -1329,12 +1434,9 @@ impl UpstreamInner {
 
     async fn send_h2(
         self: Arc<Self>,
-        request: Request<Incoming>,
+        request: Request<Upload>,
     ) -> Result<Response<PooledBody>, BoxError> {
-        let existing = {
-            let pool = self.pool().lock().unwrap();
-            pool.h2.clone().filter(|s| !s.is_closed())
-        };
+        let existing = self.h2().lock().unwrap().clone().filter(|s| !s.is_closed());
         let mut sender = match existing {
             Some(sender) => sender,
             None => {
@@ -1350,18 +1452,23 @@ impl UpstreamInner {
                 tokio::spawn(async move {
                     let _ = connection.await;
                 });
-                self.pool().lock().unwrap().h2 = Some(sender.clone());
+                *self.h2().lock().unwrap() = Some(sender.clone());
                 sender
             }
         };
-        if let Err(error) = sender.ready().await {
-            return Err(self.not_sent(request, error));
+        // A stream on the shared connection, within the connect timeout (the connection
+        // may have no room for one).
+        match tokio::time::timeout(self.settings.connect_timeout, sender.ready()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => return Err(self.not_sent(request, error)),
+            Err(_) => return Err(self.not_sent(request, ConnectTimeout(self.addr))),
         }
-        match sender.try_send_request(request).await {
-            Ok(response) => Ok(response.map(|body| PooledBody {
-                inner: body,
-                guard: None,
-            })),
+        let sent = sender.try_send_request(request);
+        let Ok(sent) = tokio::time::timeout(self.settings.request_timeout, sent).await else {
+            return Err(self.response_timeout());
+        };
+        match sent {
+            Ok(response) => Ok(response.map(|body| PooledBody::new(body, None))),
             Err(mut error) => match error.take_message() {
                 Some(back) => Err(self.not_sent(back, error.into_error())),
                 None => Err(error.into_error().into()),
@@ -1393,64 +1500,6 @@ fn is_connection_loss(kind: std::io::ErrorKind) -> bool {
         kind,
         ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
     )
-}
-
-/// Puts an HTTP/1.1 connection back in its pool when the response body has been read.
-struct ReturnToPool {
-    sender: Option<client1::SendRequest<SendBody>>,
-    upstream: Arc<UpstreamInner>,
-}
-
-impl Drop for ReturnToPool {
-    fn drop(&mut self) {
-        if let Some(sender) = self.sender.take() {
-            if sender.is_closed() {
-                return;
-            }
-            let mut pool = self.upstream.pool().lock().unwrap();
-            if pool.idle.len() < self.upstream.settings.keepalive {
-                pool.idle.push((sender, Instant::now()));
-            }
-        }
-    }
-}
-
-/// An upstream response body; at its end, the connection goes back to the pool.
-pub struct PooledBody {
-    inner: Incoming,
-    guard: Option<ReturnToPool>,
-}
-
-impl Body for PooledBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => drop(this.guard.take()),
-            Poll::Ready(Some(Err(_))) => {
-                // A broken connection is not reused.
-                if let Some(mut guard) = this.guard.take() {
-                    guard.sender = None;
-                }
-            }
-            _ => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }
 
 // ----------------------------------------------------------------------------------------

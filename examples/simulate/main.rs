@@ -10,7 +10,7 @@
 //!
 //! | flag | meaning | default |
 //! |---|---|---|
-//! | `--scenario NAME` | `buoyant`, `mixed-speed`, `overload-ramp`, `fast-fail`, `churn`, `hot-keys`, or `all` | `all` |
+//! | `--scenario NAME` | `buoyant`, `mixed-speed`, `overload-ramp`, `fast-fail`, `churn`, `hot-keys`, `antagonist`, `heterogeneous` (these two with load reports: run them with `--features orca` for weighted round robin), or `all` | `all` |
 //! | `--out DIR` | where the Markdown tables and SVG plots go | `target/simulate` |
 //! | `--seed N` | the seed every random number derives from | 1 |
 //! | `--time-scale F` | multiplies each scenario's duration and timeline | 1 |
@@ -31,7 +31,7 @@ use std::process::ExitCode;
 
 fn usage() -> &'static str {
     "usage: simulate [--scenario NAME|all] [--out DIR] [--seed N] [--time-scale F] [--rate-scale F] [--clients N] [--only A,B]\n\
-     scenarios: buoyant, mixed-speed, overload-ramp, fast-fail, churn, hot-keys"
+     scenarios: buoyant, mixed-speed, overload-ramp, fast-fail, churn, hot-keys, antagonist, heterogeneous"
 }
 
 struct Args {

@@ -25,6 +25,15 @@
 //!   service holds its slot until its service time is over (the work is not interrupted).
 //!   The backend counts the requests it receives, per time bin, and knows its true queue
 //!   (waiting plus in service), which only the oracle reads.
+//! - **Utilization and load reports** (feature `orca`, scenarios `antagonist` and
+//!   `heterogeneous`): a backend's utilization is its busy slots over its slots, averaged
+//!   over the last second (integrated exactly over time), plus an antagonist's share: an
+//!   antagonist that takes a share `a` of a backend's capacity (another process on the same
+//!   machine) multiplies its service times by `1 / (1 - a)` and shows as utilization
+//!   `a + (1 - a) × busy / slots`, but never in any client's in-flight count. Every answer
+//!   of such a backend carries an ORCA report (`endpoint-load-metrics: TEXT ...`) with that
+//!   utilization as `cpu_utilization` and its answers per second over the last second
+//!   (`tower_lb::orca::RateWindow`) as `rps_fractional`.
 //! - **Load** is open-loop: one dispatcher issues the scenario's Poisson arrivals at their
 //!   times, whatever the answers. For each request it awaits `ready()` on the contestant's
 //!   service (bounded by the request's deadline), calls it, and spawns the response future
@@ -175,6 +184,9 @@ pub enum Effect {
     Fail,
     /// Every request fails at once with an error (connection refused: restarting).
     Refuse,
+    /// An antagonist takes this share of the backend's capacity: service times are
+    /// multiplied by `1 / (1 - share)`, and the reported utilization includes the share.
+    Antagonist(f64),
 }
 
 /// An [`Effect`] from `from` (inclusive) to `to` (exclusive), in scenario time.
@@ -271,6 +283,69 @@ pub struct BackendState {
     total: AtomicU64,
     /// Requests received per key (keyed scenarios only).
     keys: Option<Mutex<HashMap<u64, u32>>>,
+    /// Busy slots over time, for the utilization in load reports.
+    busy: Mutex<BusyClock>,
+    /// Whether answers carry load reports (scenario `reports`).
+    reports: bool,
+    /// Answers per second over the last second, for load reports.
+    #[cfg(feature = "orca")]
+    answered: tower_lb::orca::RateWindow,
+}
+
+/// The integral of busy slots over time, and samples of it to average over the last second.
+#[derive(Debug)]
+struct BusyClock {
+    busy: usize,
+    since: Instant,
+    /// Slot-microseconds spent busy up to `since`.
+    total_us: u64,
+    /// `(time, total_us then)`, oldest first, about every 100 ms.
+    samples: std::collections::VecDeque<(Instant, u64)>,
+}
+
+impl BusyClock {
+    fn new(now: Instant) -> Self {
+        BusyClock {
+            busy: 0,
+            since: now,
+            total_us: 0,
+            samples: std::collections::VecDeque::from([(now, 0)]),
+        }
+    }
+
+    fn total_at(&self, now: Instant) -> u64 {
+        self.total_us
+            + self.busy as u64 * now.saturating_duration_since(self.since).as_micros() as u64
+    }
+
+    fn change(&mut self, now: Instant, delta: isize) {
+        self.total_us = self.total_at(now);
+        self.since = now;
+        self.busy = self.busy.saturating_add_signed(delta);
+    }
+
+    /// Mean busy slots over the last second (or since the start).
+    fn mean_busy(&mut self, now: Instant) -> f64 {
+        let total = self.total_at(now);
+        let window = Duration::from_secs(1);
+        if self
+            .samples
+            .back()
+            .is_none_or(|(t, _)| now.saturating_duration_since(*t) >= Duration::from_millis(100))
+        {
+            self.samples.push_back((now, total));
+        }
+        // Keep one sample at least a second old, drop those before it.
+        while self.samples.len() > 2 && now.saturating_duration_since(self.samples[1].0) >= window {
+            self.samples.pop_front();
+        }
+        let (then, before) = self.samples[0];
+        let span = now.saturating_duration_since(then).as_micros() as u64;
+        if span == 0 {
+            return self.busy as f64;
+        }
+        (total - before) as f64 / span as f64
+    }
 }
 
 /// A simulated backend; clones share it.
@@ -294,7 +369,49 @@ impl Backend {
             arrivals: Mutex::new(vec![0; bins]),
             total: AtomicU64::new(0),
             keys: sc.keys.as_ref().map(|_| Mutex::new(HashMap::new())),
+            busy: Mutex::new(BusyClock::new(epoch)),
+            reports: sc.reports,
+            #[cfg(feature = "orca")]
+            answered: tower_lb::orca::RateWindow::new(Duration::from_secs(1)),
         }))
+    }
+
+    /// The utilization a report carries now: busy slots over slots (last second) plus the
+    /// antagonist's share. 0 for a backend without slots.
+    pub fn utilization(&self, now: Instant) -> f64 {
+        let Some(slots) = self.0.spec.slots else {
+            return 0.0;
+        };
+        let t = now.saturating_duration_since(self.0.epoch);
+        let share: f64 = self
+            .0
+            .spec
+            .active(t)
+            .map(|e| match e {
+                Effect::Antagonist(a) => a,
+                _ => 0.0,
+            })
+            .sum::<f64>()
+            .min(1.0);
+        let busy = self.0.busy.lock().unwrap().mean_busy(now) / slots as f64;
+        share + (1.0 - share) * busy.min(1.0)
+    }
+
+    /// A 200, with a load report when the scenario has them.
+    fn answer(&self) -> http::Response<()> {
+        #[allow(unused_mut)]
+        let mut response = status(200);
+        #[cfg(feature = "orca")]
+        if self.0.reports {
+            self.0.answered.record();
+            let report = tower_lb::orca::LoadReport {
+                cpu_utilization: self.utilization(Instant::now()),
+                rps_fractional: self.0.answered.rate(),
+                ..Default::default()
+            };
+            report.write_headers(response.headers_mut(), tower_lb::orca::HeaderForm::Text);
+        }
+        response
     }
 
     /// Requests waiting or in service now.
@@ -332,6 +449,7 @@ impl Backend {
             match effect {
                 Effect::Latency(d) => dist = d,
                 Effect::Slower(f) => factor *= f,
+                Effect::Antagonist(share) => factor /= (1.0 - share).max(0.01),
                 Effect::Fail | Effect::Refuse => {}
             }
         }
@@ -348,21 +466,32 @@ struct Ticket {
     end: Option<Instant>,
 }
 
+impl BackendState {
+    /// A slot's work ends: it no longer counts as busy.
+    fn release(&self, busy: bool) {
+        if busy {
+            self.busy.lock().unwrap().change(Instant::now(), -1);
+        }
+        self.queue.fetch_sub(1, Relaxed);
+    }
+}
+
 impl Drop for Ticket {
     fn drop(&mut self) {
+        let busy = self.end.is_some();
         if let Some(end) = self.end.filter(|end| Instant::now() < *end) {
             let backend = self.backend.clone();
             let permit = self.permit.take();
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
                 handle.spawn(async move {
                     tokio::time::sleep_until(end).await;
-                    backend.queue.fetch_sub(1, Relaxed);
+                    backend.release(true);
                     drop(permit);
                 });
                 return;
             }
         }
-        self.backend.queue.fetch_sub(1, Relaxed);
+        self.backend.release(busy);
     }
 }
 
@@ -392,7 +521,7 @@ impl Service<SimRequest> for Backend {
                     return Box::pin(async move { Err(Refused(index).into()) });
                 }
                 Effect::Fail => return Box::pin(async { Ok(status(503)) }),
-                Effect::Latency(_) | Effect::Slower(_) => {}
+                Effect::Latency(_) | Effect::Slower(_) | Effect::Antagonist(_) => {}
             }
         }
         self.0.queue.fetch_add(1, Relaxed);
@@ -409,10 +538,11 @@ impl Service<SimRequest> for Backend {
             let start = Instant::now();
             let end =
                 start + backend.service_time(start.saturating_duration_since(backend.0.epoch));
+            backend.0.busy.lock().unwrap().change(start, 1);
             ticket.end = Some(end);
             tokio::time::sleep_until(end).await;
             drop(ticket);
-            Ok(status(200))
+            Ok(backend.answer())
         })
     }
 }
@@ -523,6 +653,9 @@ pub enum Algo {
     TowerPeakEwma,
     /// The simulator's oracle: the shortest true queue among the backends that answer.
     Oracle,
+    /// `WeightedRoundRobin` (feature `orca`) with gRPC's defaults, fed by the backends'
+    /// load reports.
+    WeightedRoundRobin,
 }
 
 /// A contestant: an algorithm, and for this crate's strategies the health features on top.
@@ -589,6 +722,7 @@ impl Contestant {
             Algo::TowerPending => "tower p2c PendingRequests",
             Algo::TowerPeakEwma => "tower p2c PeakEwma",
             Algo::Oracle => "oracle (shortest true queue)",
+            Algo::WeightedRoundRobin => "weighted-round-robin (ORCA reports)",
         }
         .to_owned();
         if self.outlier {
@@ -622,6 +756,16 @@ pub fn standard_contestants() -> Vec<Contestant> {
         Contestant::new(TowerPeakEwma),
         Contestant::new(Oracle),
     ]
+}
+
+/// The contestants of the scenarios with load reports: the standard ones, and weighted
+/// round robin by the reports when the `orca` feature is on.
+pub fn orca_contestants() -> Vec<Contestant> {
+    let mut contestants = standard_contestants();
+    if cfg!(feature = "orca") {
+        contestants.insert(5, Contestant::new(Algo::WeightedRoundRobin));
+    }
+    contestants
 }
 
 /// The contestants of the hot-keys scenario.
@@ -662,6 +806,8 @@ pub struct Scenario {
     pub capacity: Option<f64>,
     /// Independent balancers per contestant (see [`Options::clients`]).
     pub clients: usize,
+    /// Whether backends attach load reports to their answers (feature `orca`).
+    pub reports: bool,
 }
 
 impl Scenario {
@@ -676,13 +822,15 @@ impl Scenario {
     }
 }
 
-pub const SCENARIOS: [&str; 6] = [
+pub const SCENARIOS: [&str; 8] = [
     "buoyant",
     "mixed-speed",
     "overload-ramp",
     "fast-fail",
     "churn",
     "hot-keys",
+    "antagonist",
+    "heterogeneous",
 ];
 
 /// The scenario `name`, sized by `options`.
@@ -694,6 +842,8 @@ pub fn scenario(name: &str, options: &Options) -> Option<Scenario> {
         "fast-fail" => fast_fail(options),
         "churn" => churn(options),
         "hot-keys" => hot_keys(options),
+        "antagonist" => antagonist(options),
+        "heterogeneous" => heterogeneous(options),
         _ => return None,
     })
 }
@@ -749,6 +899,7 @@ fn base(
         bin: secs(o.time_scale),
         capacity: None,
         clients: o.clients.max(1),
+        reports: false,
     }
 }
 
@@ -1042,6 +1193,76 @@ fn hot_keys(o: &Options) -> Scenario {
     }
 }
 
+/// Ten equal backends; from 20 s to 40 s antagonists take half the capacity of three.
+fn antagonist(o: &Options) -> Scenario {
+    let t = |s: f64| secs(s * o.time_scale);
+    let duration = t(60.0);
+    let base = Dist::Exp { mean: 20.0 };
+    let n = slots(4, o);
+    let hit = [2, 5, 8];
+    let backends: Vec<BackendSpec> = (0..10)
+        .map(|i| {
+            let b = BackendSpec::new(base, Some(n));
+            if hit.contains(&i) {
+                b.with(t(20.0), t(40.0), Effect::Antagonist(0.5))
+            } else {
+                b
+            }
+        })
+        .collect();
+    let capacity = capacity(&backends).expect("slots");
+    let level = 0.8;
+    let deadline = Duration::from_secs(2);
+    Scenario {
+        title: "antagonists: three of ten backends lose half their capacity for 20 s".into(),
+        notes: vec![
+            slots_note(10, n, base) + ".",
+            format!(
+                "From {:.0} s to {:.0} s an antagonist (another process on the machine) takes 50 % of the capacity of backends 2, 5 and 8: their service times double, and their reported utilization includes it; clients see only their own requests in flight. Capacity then {:.0} req/s, so the load is {:.2} of what is left.",
+                t(20.0).as_secs_f64(),
+                t(40.0).as_secs_f64(),
+                capacity * 0.85,
+                level / 0.85
+            ),
+            load_note(level, capacity, duration, deadline),
+            "Every answer carries an ORCA load report (cpu_utilization, rps_fractional); weighted round robin (gRPC's defaults: blackout 10 s, weights updated every second) weights by it; the other contestants ignore it.".into(),
+        ],
+        contestants: orca_contestants(),
+        reports: true,
+        ..ramped("antagonist", o, duration, deadline, backends, capacity, &[level])
+    }
+}
+
+/// Backends of 1×, 2× and 4× capacity: do the shares follow capacity?
+fn heterogeneous(o: &Options) -> Scenario {
+    let t = |s: f64| secs(s * o.time_scale);
+    let duration = t(40.0);
+    let base = Dist::Exp { mean: 20.0 };
+    let backends: Vec<BackendSpec> = [4, 8, 16]
+        .iter()
+        .map(|&k| BackendSpec::new(base, Some(slots(k, o))))
+        .collect();
+    let capacity = capacity(&backends).expect("slots");
+    let level = 0.6;
+    let deadline = Duration::from_secs(2);
+    Scenario {
+        title: "heterogeneous capacity: backends of 1×, 2× and 4×".into(),
+        notes: vec![
+            format!(
+                "3 backends with {}, {} and {} slots and a FIFO queue each; service times {base}.",
+                slots(4, o),
+                slots(8, o),
+                slots(16, o)
+            ),
+            load_note(level, capacity, duration, deadline),
+            "Capacity shares 1/7, 2/7, 4/7. Every answer carries an ORCA load report; after weighted round robin's 10 s blackout its shares should follow capacity.".into(),
+        ],
+        contestants: orca_contestants(),
+        reports: true,
+        ..ramped("heterogeneous", o, duration, deadline, backends, capacity, &[level])
+    }
+}
+
 // ----- the load -----
 
 /// One request of the open-loop load.
@@ -1331,6 +1552,12 @@ async fn contest(env: &Env<'_>, c: Contestant) {
             .await
         }
         Algo::Oracle => oracle(env).await,
+        #[cfg(feature = "orca")]
+        Algo::WeightedRoundRobin => {
+            ours(env, c, tower_lb::strategy::WeightedRoundRobin::new()).await
+        }
+        #[cfg(not(feature = "orca"))]
+        Algo::WeightedRoundRobin => panic!("weighted round robin needs the orca feature"),
     }
 }
 

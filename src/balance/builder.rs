@@ -75,6 +75,7 @@ struct Settings {
     latency: Option<LatencyTracking>,
     health: HealthSettings,
     seed: Option<u64>,
+    load_reports: bool,
 }
 
 impl Default for Builder {
@@ -93,6 +94,7 @@ impl Default for Builder {
                     ..HealthSettings::default()
                 },
                 seed: None,
+                load_reports: false,
             },
         }
     }
@@ -216,6 +218,16 @@ impl<P, C, T, H> Builder<P, C, T, H> {
         self
     }
 
+    /// Reads the load report of every response (feature `orca`) even when the strategy does
+    /// not use reports, so that [`Balance::endpoints`] shows each endpoint's latest one. A
+    /// strategy that reads reports ([`WeightedRoundRobin`](crate::strategy::WeightedRoundRobin))
+    /// turns this on itself. See [`orca`](crate::orca) for where reports are read.
+    #[cfg(feature = "orca")]
+    pub fn load_reports(mut self, read: bool) -> Self {
+        self.settings.load_reports = read;
+        self
+    }
+
     /// Probes every endpoint with `probe` on the schedule in `checks`; see
     /// [`health::active`](crate::health::active). Off by default.
     pub fn active_checks(mut self, probe: impl Probe, checks: ActiveChecks) -> Self {
@@ -329,10 +341,12 @@ impl<P, C, T, H> Builder<P, C, T, H> {
             &health.outlier.clone().unwrap_or_default(),
         ));
         let failure_penalty = self.strategy.failure_penalty();
+        let reports =
+            cfg!(feature = "orca") && (self.settings.load_reports || self.strategy.load_reports());
         // The balancer's own random choices, each from its own sequence of one seed.
         let seed = self.settings.seed.or_else(|| self.strategy.seed());
         let rng = |stream| seed.map_or_else(Rng::default, |seed| Rng::derived(seed, stream));
-        let shared = Arc::new(Shared::new(
+        let mut shared = Shared::new(
             self.strategy,
             latency,
             failure_penalty,
@@ -340,7 +354,9 @@ impl<P, C, T, H> Builder<P, C, T, H> {
             signal,
             stop_tx,
             rng(SCAN_STREAM),
-        ));
+        );
+        shared.reports = reports;
+        let shared = Arc::new(shared);
         let driver = Driver::new(
             &shared,
             boxed(discovery),

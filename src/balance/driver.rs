@@ -98,6 +98,11 @@ pub(crate) struct Driver<K, S, P: Strategy> {
     unpublished: usize,
     /// After a failed publish: the failures in a row, and when to try again.
     retry: Option<(u32, Pin<Box<Sleep>>)>,
+    /// How often the strategy's table is rebuilt with the set unchanged
+    /// ([`Strategy::rebuild_every`]), and the timer of the next rebuild (made at the first
+    /// poll, inside the runtime).
+    rebuild_period: Option<Duration>,
+    rebuild_timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl<K, S, P> Driver<K, S, P>
@@ -121,6 +126,7 @@ where
                 shared.timing,
                 shared.penalty,
                 rng,
+                shared.reports,
             ),
             shared: Arc::downgrade(shared),
             discovery,
@@ -135,7 +141,30 @@ where
             dirty: false,
             unpublished: 0,
             retry: None,
+            rebuild_period: shared
+                .strategy
+                .rebuild_every()
+                .map(|p| p.max(Duration::from_millis(1))),
+            rebuild_timer: None,
         }
+    }
+
+    /// Whether the strategy's timed rebuild is due (and arms the next one).
+    fn rebuild_due(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(period) = self.rebuild_period else {
+            return false;
+        };
+        let Some(timer) = &mut self.rebuild_timer else {
+            self.rebuild_timer = Some(armed_sleep(period, cx));
+            return false;
+        };
+        if timer.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        // The next rebuild a period from now: a driver polled late does not catch up.
+        timer.as_mut().reset(tokio::time::Instant::now() + period);
+        let _ = timer.as_mut().poll(cx);
+        !self.endpoints.is_empty()
     }
 
     /// Applies every change the source has ready (up to the budget). Returns whether
@@ -406,6 +435,8 @@ where
             tracing::info!(%event, "endpoint health changed");
             lock(&shared.events).emit(event);
         });
+        // A strategy fed by live figures rebuilds its table on its timer, set unchanged.
+        changed |= this.rebuild_due(cx);
         this.dirty |= changed;
         // While the source has more changes ready, the set may be half applied: publish
         // once it has none (after yielding to the runtime between batches).

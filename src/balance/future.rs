@@ -142,6 +142,12 @@ where
                     return Poll::Ready(match result {
                         Ok(response) => {
                             guard.record(outcome);
+                            #[cfg(feature = "orca")]
+                            if guard.load().keeps_load_reports() {
+                                if let Some(report) = this.classify.load_report(&response) {
+                                    guard.load().record_load_report(report);
+                                }
+                            }
                             Ok(this.track.track(response, guard))
                         }
                         Err(e) => {

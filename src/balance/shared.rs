@@ -153,6 +153,9 @@ pub(crate) struct Shared<K, S, P: Strategy> {
     /// strategy reads latency or the failure penalty.
     pub(crate) pick_epoch: Option<Instant>,
     pub(crate) fail_fast: Duration,
+    /// Whether endpoints keep the load reports of their responses (feature `orca`); set by
+    /// the builder before the driver starts.
+    pub(crate) reports: bool,
     /// Handles waiting for the set to change, by handle id.
     waiters: Mutex<HashMap<u64, Waker>>,
     next_handle: AtomicU64,
@@ -202,6 +205,7 @@ impl<K, S, P: Strategy> Shared<K, S, P> {
             penalty,
             pick_epoch,
             fail_fast,
+            reports: false,
             waiters: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(0),
             discovery: Mutex::new(DiscoveryStats::default()),
@@ -344,7 +348,16 @@ impl<K, S, P: Strategy> Shared<K, S, P> {
                 failures: slot.load.failures(),
                 readiness_failures: slot.load.readiness_failures(),
                 cancelled: slot.load.cancelled(),
+                ignored: slot.load.ignored(),
                 latency: slot.load.latency(),
+                #[cfg(feature = "orca")]
+                load_report: slot.load.latest_report().map(|r| r.report.clone()),
+                #[cfg(feature = "orca")]
+                load_report_age: slot.load.latest_report().map(|r| r.age()),
+                #[cfg(feature = "orca")]
+                load_reports: slot.load.load_reports_received(),
+                #[cfg(feature = "orca")]
+                load_report_errors: slot.load.load_report_errors(),
             })
             .collect()
     }

@@ -308,6 +308,15 @@ impl<B, E> Classify<http::Response<B>, E> for GrpcClassifier {
             Err(_) => Outcome::Failure,
         }
     }
+
+    #[cfg(feature = "orca")]
+    #[inline]
+    fn load_report(
+        &self,
+        response: &http::Response<B>,
+    ) -> Option<Result<crate::orca::LoadReport, crate::orca::OrcaError>> {
+        crate::orca::LoadReport::from_headers(response.headers())
+    }
 }
 
 /// The verdict on one HTTP response, gRPC-aware, with `failures` as the failing gRPC codes.

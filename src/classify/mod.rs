@@ -6,7 +6,7 @@
 //!
 //! | classifier | failure when |
 //! |---|---|
-//! | [`DefaultClassifier`] | the service returned `Err`; an `http::Response` with status 5xx or 429; a gRPC response whose `grpc-status` is `UNKNOWN`, `DEADLINE_EXCEEDED`, `RESOURCE_EXHAUSTED`, `INTERNAL`, `UNAVAILABLE` or `DATA_LOSS`, or that ends without one |
+//! | [`DefaultClassifier`] | the service returned `Err` (unless the caller's request body caused it: [see below](#errors-of-the-callers-request-body)); an `http::Response` with status 5xx or 429; a gRPC response whose `grpc-status` is `UNKNOWN`, `DEADLINE_EXCEEDED`, `RESOURCE_EXHAUSTED`, `INTERNAL`, `UNAVAILABLE` or `DATA_LOSS`, or that ends without one |
 //! | [`GrpcClassifier`] | as the default, with the gRPC codes you choose |
 //! | [`ErrorsAsFailures`] | the service returned `Err` (any response type) |
 //! | [`classify_fn`]`(f)`, for any `Fn(&Result<Res, E>) -> Outcome` | the closure says so |
@@ -51,9 +51,38 @@
 //! # drop(builder);
 //! # }
 //! ```
+//!
+//! # Errors of the caller's request body
+//!
+//! A request can fail because of what the caller sent: the client of a proxy aborts its
+//! upload, sends a malformed chunk, or stalls past a timeout. HTTP clients report that as
+//! the request's error, and counted against the endpoint it would let any client eject
+//! healthy endpoints by aborting uploads. Wrap request bodies in
+//! [`http::ClientBody`](crate::http::ClientBody) (or mark their errors with
+//! [`ClientBodyError`] yourself): when the classifier judges an `Err` a failure and a
+//! `ClientBodyError` is in its [`source`](std::error::Error::source) chain, the balancer
+//! records [`Outcome::Ignored`] instead, whichever classifier it uses (as it looks for
+//! [unreachable](crate::health::unreachable) endpoints in the same errors). Such a request
+//! counts neither as a failure nor as a success: no failure in a row, no success on
+//! probation, no latency sample, no failure penalty; it is counted in
+//! [`EndpointStats::ignored`](crate::EndpointStats::ignored). See the [`client`] module.
+//!
+//! ```
+//! # #[cfg(feature = "http")] {
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use tower_lb::http::ClientBody;
+//!
+//! // The body a proxy forwards: its errors are the client's, never the endpoint's.
+//! let request = http::Request::new(ClientBody::new(Full::new(Bytes::from("upload"))));
+//! # drop(request);
+//! # }
+//! ```
 
+pub mod client;
 pub mod grpc;
 
+pub use client::ClientBodyError;
 pub use grpc::{grpc_status, is_grpc, GrpcClassifier, GrpcCode, GrpcCodes};
 
 /// The verdict on one completed request.
@@ -73,6 +102,14 @@ pub enum Outcome {
     /// that is an `Err` has no trailers: it is judged as a body that ended without them. See
     /// the [module docs](self#grpc).
     Trailers(GrpcCodes),
+    /// The result says nothing about the endpoint: neither a success nor a failure. No
+    /// failure in a row is counted or reset, no success on probation, no latency sample;
+    /// the request counts in [`EndpointStats::ignored`](crate::EndpointStats::ignored),
+    /// not in `completed`. The balancer records it for an `Err` judged a failure that the
+    /// caller's own request body caused (see the
+    /// [module docs](self#errors-of-the-callers-request-body)); a classifier of your own
+    /// can return it too (say, for a status that means the client went away).
+    Ignored,
 }
 
 /// Decides whether a result of an endpoint's service is a failure.
@@ -109,6 +146,22 @@ pub enum Outcome {
 pub trait Classify<Res, E>: Clone + Send + Sync + 'static {
     /// Classifies one result.
     fn classify(&self, result: &Result<Res, E>) -> Outcome;
+
+    /// The server's load report in a response's head (feature `orca`), if it carries one.
+    ///
+    /// Called only when the balancer reads reports (see [`orca`](crate::orca)). The default
+    /// finds none; [`DefaultClassifier`] and [`GrpcClassifier`] read an `http::Response`'s
+    /// headers with [`LoadReport::from_headers`](crate::orca::LoadReport::from_headers). A
+    /// closure classifier finds none: wrap it in
+    /// [`ReadReports`](crate::orca::ReadReports) to read HTTP reports.
+    #[cfg(feature = "orca")]
+    fn load_report(
+        &self,
+        response: &Res,
+    ) -> Option<Result<crate::orca::LoadReport, crate::orca::OrcaError>> {
+        let _ = response;
+        None
+    }
 }
 
 /// `Err`, HTTP responses with status 5xx or 429, and gRPC responses with a failing
@@ -129,6 +182,15 @@ impl<B, E> Classify<http::Response<B>, E> for DefaultClassifier {
             Ok(response) => grpc::response_outcome(response, GrpcCodes::DEFAULT_FAILURES),
             Err(_) => Outcome::Failure,
         }
+    }
+
+    #[cfg(feature = "orca")]
+    #[inline]
+    fn load_report(
+        &self,
+        response: &http::Response<B>,
+    ) -> Option<Result<crate::orca::LoadReport, crate::orca::OrcaError>> {
+        crate::orca::LoadReport::from_headers(response.headers())
     }
 }
 

@@ -181,8 +181,9 @@ pub enum HealthReason {
     },
     /// The ejection time is over.
     EjectionEnded,
-    /// A probe succeeded after one had failed during the ejection: the endpoint came back
-    /// (restarted, say) before its ejection time was over.
+    /// A probe succeeded after one had failed during the ejection, or after the endpoint
+    /// was ejected for requests that could not reach it (refused connections): it came
+    /// back (restarted, say) before its ejection time was over.
     ProbeRecovered,
     /// Enough successes in a row on probation.
     ProbationPassed,

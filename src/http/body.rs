@@ -73,6 +73,13 @@ impl<B: Body> Body for TrackedBody<B> {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(trailers), Some(guard)) = (frame.trailers_ref(), this.guard.as_mut()) {
                     guard.record_trailers(Some(trailers));
+                    // gRPC servers send their load report in the trailers (gRFC A51).
+                    #[cfg(feature = "orca")]
+                    if guard.load().keeps_load_reports() {
+                        if let Some(report) = crate::orca::LoadReport::from_headers(trailers) {
+                            guard.load().record_load_report(report);
+                        }
+                    }
                 }
                 if this.inner.is_end_stream() {
                     if let Some(mut guard) = this.guard.take() {

@@ -1,6 +1,7 @@
 //! HTTP helpers (feature `http`): the endpoint service for HTTP clients ([`HttpEndpoint`]),
-//! request keys for consistent hashing ([`key`]), and keeping a request in flight until its
-//! response body ends ([`OnBodyEnd`]).
+//! request keys for consistent hashing ([`key`]), keeping a request in flight until its
+//! response body ends ([`OnBodyEnd`]), and request bodies whose errors are the caller's,
+//! not the endpoint's ([`ClientBody`]).
 //!
 //! [`HttpEndpoint`] is what every HTTP user needs: the service for one endpoint, which
 //! sends a request through a shared client (a hyper-util legacy `Client`, or any
@@ -25,10 +26,18 @@
 //! latency sample are still recorded when the response head arrives, except for a gRPC
 //! response whose status comes in its trailers: its outcome is recorded when they arrive
 //! (see [`classify`](crate::classify#grpc)), which makes `OnBodyEnd` the policy for gRPC.
+//!
+//! A proxy forwards bodies it does not control: wrapped in [`ClientBody`], their errors (an
+//! aborted upload, a malformed chunk) are [`ClientBodyError`]s, and the balancer records a
+//! request that fails because of one as neither a failure nor a success of the endpoint
+//! (see [`classify`](crate::classify#errors-of-the-callers-request-body)).
 
 mod body;
+mod client_body;
 mod endpoint;
 pub mod key;
 
+pub use crate::classify::ClientBodyError;
 pub use body::{OnBodyEnd, TrackedBody};
+pub use client_body::ClientBody;
 pub use endpoint::{EndpointError, HttpEndpoint, ResponseFuture, ServedBy};

@@ -18,6 +18,7 @@
 //! | [`RingHash`] | O(1) (bucket index), by request key | yes, 160 points per unit (nginx `hash $key consistent`) | no | [`ring_hash`] |
 //! | [`Maglev`] | O(1) (one slot), by request key | yes, slots in proportion | no | [`maglev`] |
 //! | [`Rendezvous`] | O(n), by request key | yes, `weight / -ln(u)` | no | [`rendezvous`] |
+//! | `WeightedRoundRobin` (feature `orca`) | O(max / mean) turns, one CAS | by server load reports, `qps / utilization` (gRFC A58) | load reports | `weighted_round_robin` |
 //! | [`BoundedLoad`] | as the wrapped strategy, plus O(n) when the key's endpoint is busy | as the wrapped strategy | in-flight | [`bounded_load`] |
 //! | [`AnyStrategy`] | as the strategy inside, plus one `match` | as the strategy inside | as the strategy inside | chosen at run time, by name |
 //!
@@ -78,6 +79,10 @@ pub mod rendezvous;
 pub mod ring_hash;
 pub(crate) mod rng;
 pub mod round_robin;
+#[cfg(feature = "orca")]
+pub mod stride;
+#[cfg(feature = "orca")]
+pub mod weighted_round_robin;
 
 pub use any::{AnyStrategy, AnyTable, StrategyKind, UnknownStrategy};
 pub use bounded_load::BoundedLoad;
@@ -89,6 +94,8 @@ pub use random::Random;
 pub use rendezvous::Rendezvous;
 pub use ring_hash::RingHash;
 pub use round_robin::RoundRobin;
+#[cfg(feature = "orca")]
+pub use weighted_round_robin::WeightedRoundRobin;
 
 /// How the balancer chooses an endpoint. See the [module docs](self).
 pub trait Strategy: Send + Sync + 'static {
@@ -158,6 +165,29 @@ pub trait Strategy: Send + Sync + 'static {
     /// jitter of health probes), so that a seeded strategy makes the whole balancer
     /// reproducible; [`Builder::seed`](crate::Builder::seed) overrides it.
     fn seed(&self) -> Option<u64> {
+        None
+    }
+
+    /// Whether the strategy reads the endpoints' load reports (feature `orca`, see
+    /// [`Load::latest_report`](crate::endpoint::Load::latest_report)). When this returns
+    /// `true`, the balancer reads the report of every response (from its headers, and for
+    /// gRPC from its trailers) into its endpoint's [`Load`]. The default is `false`:
+    /// responses are not searched for reports.
+    fn load_reports(&self) -> bool {
+        false
+    }
+
+    /// How often the balancer rebuilds the strategy's table even though the endpoint set
+    /// did not change: for strategies whose table is computed from live figures (load
+    /// reports, latency, counters) rather than from the set alone. The default is `None`:
+    /// the table is rebuilt only when the set changes.
+    ///
+    /// When this returns `Some(period)`, the background driver calls
+    /// [`build`](Strategy::build) every `period` (at least 1 ms) with the current eligible
+    /// endpoints, and publishes the new table with a new snapshot, off the hot path: picks
+    /// keep reading the previous table until the new one is swapped in. The timer runs
+    /// whether or not requests arrive, and stops with the driver.
+    fn rebuild_every(&self) -> Option<Duration> {
         None
     }
 
@@ -244,6 +274,15 @@ impl<'a> Endpoints<'a> {
     /// The live counters of endpoint `i`. Panics if `i` is out of range.
     #[inline]
     pub fn load(&self, i: usize) -> &'a Load {
+        &self.entries[i].load
+    }
+
+    /// The shared handle of endpoint `i`'s counters, for strategies that remember endpoints
+    /// from one [`build`](Strategy::build) to the next: `Arc::as_ptr` identifies the
+    /// endpoint for as long as a `Weak` of it is kept (an endpoint keeps its counters when
+    /// discovery updates it). Panics if `i` is out of range.
+    #[inline]
+    pub fn load_handle(&self, i: usize) -> &'a Arc<Load> {
         &self.entries[i].load
     }
 

@@ -84,9 +84,7 @@
 //! previous attempt's point and checks each point in O(1) (each point knows how far back its
 //! endpoint's previous point is); no allocation on any path.
 
-use super::hashing::{
-    keyless_options, pick_in_order, present, Keyless, PreferenceOrder, LOW,
-};
+use super::hashing::{keyless_options, pick_in_order, present, Keyless, PreferenceOrder, LOW};
 use super::round_robin::Cycle;
 use super::{Context, Endpoints, Strategy};
 

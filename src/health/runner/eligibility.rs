@@ -275,7 +275,7 @@ mod tests {
             panic,
             ..HealthSettings::default()
         };
-        let mut runner = Runner::new(settings, signal, None, None, Rng::default());
+        let mut runner = Runner::new(settings, signal, None, None, Rng::default(), false);
         let loads: Vec<Arc<Load>> = weights
             .iter()
             .map(|_| Arc::new(runner.new_load()))

@@ -70,6 +70,7 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
         timing: Option<Timing>,
         penalty: Option<Penalty>,
         rng: Rng,
+        reports: bool,
     ) -> Self {
         let load_settings = Arc::new(LoadSettings {
             timing,
@@ -78,6 +79,7 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
                 .outlier
                 .as_ref()
                 .map(|_| signal.clone() as Arc<dyn crate::endpoint::OutcomePolicy>),
+            reports,
         });
         Runner {
             settings,
@@ -200,7 +202,11 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
                     o.ejection_time(record.times_ejected)
                 });
                 record.ejected_until = Some(after(now, time));
-                record.probe_failed_in_ejection = false;
+                // Ejected while unreachable (its requests were refused a connection): it
+                // failed as a TCP probe fails, so the first probe that reaches it ends the
+                // ejection, even when it came back before any probe ran (a supervisor's
+                // restart takes about a second; probes run every two).
+                record.probe_failed_in_ejection = flags_now & flags::UNREACHABLE != 0;
                 record.ramp_from = None;
                 let in_row = record.load.consecutive_failures().max(1);
                 if flags_now & flags::PROBATION != 0 {
@@ -290,7 +296,19 @@ mod tests {
             outlier: Some(outlier),
             ..HealthSettings::default()
         };
-        let mut runner = Runner::new(settings, signal.clone(), None, None, Rng::default());
+        // With least request's failure penalty, which an ejection's end forgives.
+        let penalty = Penalty {
+            epoch: Instant::now(),
+            decay_ns: 1e9,
+        };
+        let mut runner = Runner::new(
+            settings,
+            signal.clone(),
+            None,
+            Some(penalty),
+            Rng::default(),
+            false,
+        );
         let load = Arc::new(runner.new_load());
         runner.insert(&"a", &load, "a".into(), Metadata::default());
         (runner, load, signal)
@@ -418,6 +436,14 @@ mod tests {
         });
     }
 
+    /// The events of an endpoint ejected at its first failure, whose ejection a probe
+    /// ended.
+    const RECOVERED: [&str; 3] = [
+        "unknown -> healthy (probe succeeded)",
+        "healthy -> ejected (1 failures in a row)",
+        "ejected -> probation (probe succeeded after failing during the ejection)",
+    ];
+
     #[tokio::test(start_paused = true)]
     async fn a_probe_that_failed_during_an_ejection_ends_it_when_it_succeeds() {
         let (mut runner, load, signal) = runner(1);
@@ -430,14 +456,7 @@ mod tests {
         answer(&mut runner, refused(), &mut events);
         assert_ne!(load.health_flags() & flags::UNREACHABLE, 0);
         answer(&mut runner, Ok(()), &mut events);
-        assert_eq!(
-            reasons(&events),
-            [
-                "unknown -> healthy (probe succeeded)",
-                "healthy -> ejected (1 failures in a row)",
-                "ejected -> probation (probe succeeded after failing during the ejection)",
-            ]
-        );
+        assert_eq!(reasons(&events), RECOVERED);
         let bits = load.health_flags();
         assert_eq!(bits & (flags::EJECTED | flags::UNREACHABLE), 0);
         assert_ne!(bits & flags::PROBATION, 0);
@@ -458,6 +477,31 @@ mod tests {
         }
         assert_ne!(load.health_flags() & flags::EJECTED, 0);
         assert_eq!(events.len(), 2, "{:?}", reasons(&events));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ejection_for_refused_connections_ends_at_the_first_successful_probe() {
+        // Requests were refused a connection (unreachable) and ejected the endpoint; it
+        // restarts before any probe runs: the next probe ends the ejection.
+        let (mut runner, load, signal) = runner(1);
+        let mut events = Vec::new();
+        answer(&mut runner, Ok(()), &mut events);
+        load.start();
+        load.record(crate::endpoint::Observed::Unreachable);
+        load.finish();
+        runner.reconcile(Instant::now(), &mut |e| events.push(e));
+        assert_ne!(load.health_flags() & flags::EJECTED, 0);
+        assert!(load.has_failure_penalty());
+        answer(&mut runner, Ok(()), &mut events);
+        assert_eq!(reasons(&events), RECOVERED);
+        assert_eq!(
+            load.health_flags() & (flags::EJECTED | flags::UNREACHABLE),
+            0
+        );
+        assert_eq!(signal.ejected(), 0);
+        // The failures that ejected it are forgiven: no penalty keeps it from requests.
+        assert!(!load.has_failure_penalty());
+        assert_eq!(load.consecutive_failures(), 0);
     }
 
     #[tokio::test(start_paused = true)]

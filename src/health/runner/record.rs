@@ -23,8 +23,9 @@ pub(super) struct Record {
     pub(super) queued: bool,
     pub(super) times_ejected: u32,
     pub(super) ejected_until: Option<Instant>,
-    /// Whether a probe failed during the current ejection: the next successful probe then
-    /// ends the ejection (the probe saw the endpoint fail and recover).
+    /// Whether a probe failed during the current ejection, or the endpoint was unreachable
+    /// when it was ejected: the next successful probe then ends the ejection (the endpoint
+    /// was seen to fail and to recover).
     pub(super) probe_failed_in_ejection: bool,
     /// Whether an ejection ended during the current outlier interval: such an interval
     /// does not forgive an ejection.
