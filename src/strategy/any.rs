@@ -18,13 +18,15 @@ use crate::error::BuildError;
 macro_rules! any_strategy {
     (
         $(#[$enum_doc:meta])*
-        enum AnyStrategy { $($(#[$doc:meta])* $variant:ident($strategy:ty),)* }
+        enum AnyStrategy {
+            $($(#[cfg($cfg:meta)])? $(#[doc = $doc:expr])* $variant:ident($strategy:ty),)*
+        }
     ) => {
         $(#[$enum_doc])*
         #[derive(Debug)]
         #[non_exhaustive]
         pub enum AnyStrategy {
-            $($(#[$doc])* $variant($strategy),)*
+            $($(#[cfg($cfg)])? $(#[doc = $doc])* $variant($strategy),)*
         }
 
         /// The table of an [`AnyStrategy`]: the table of the strategy it holds.
@@ -33,7 +35,7 @@ macro_rules! any_strategy {
 
         #[derive(Debug)]
         enum Table {
-            $($variant(<$strategy as Strategy>::Table),)*
+            $($(#[cfg($cfg)])? $variant(<$strategy as Strategy>::Table),)*
         }
 
         impl Strategy for AnyStrategy {
@@ -41,14 +43,14 @@ macro_rules! any_strategy {
 
             fn build(&self, endpoints: &Endpoints<'_>) -> AnyTable {
                 AnyTable(match self {
-                    $(AnyStrategy::$variant(s) => Table::$variant(s.build(endpoints)),)*
+                    $($(#[cfg($cfg)])? AnyStrategy::$variant(s) => Table::$variant(s.build(endpoints)),)*
                 })
             }
 
             #[inline]
             fn pick(&self, table: &AnyTable, endpoints: &Endpoints<'_>, cx: &Context<'_>) -> usize {
                 match (self, &table.0) {
-                    $((AnyStrategy::$variant(s), Table::$variant(t)) => s.pick(t, endpoints, cx),)*
+                    $($(#[cfg($cfg)])? (AnyStrategy::$variant(s), Table::$variant(t)) => s.pick(t, endpoints, cx),)*
                     // Not reachable: the balancer passes the table this strategy built.
                     // Index 0 is a valid choice in any non-empty set.
                     _ => 0,
@@ -57,27 +59,36 @@ macro_rules! any_strategy {
 
             #[inline]
             fn uses_request_key(&self) -> bool {
-                match self { $(AnyStrategy::$variant(s) => s.uses_request_key(),)* }
+                match self { $($(#[cfg($cfg)])? AnyStrategy::$variant(s) => s.uses_request_key(),)* }
             }
 
             fn latency(&self) -> Option<LatencyTracking> {
-                match self { $(AnyStrategy::$variant(s) => s.latency(),)* }
+                match self { $($(#[cfg($cfg)])? AnyStrategy::$variant(s) => s.latency(),)* }
             }
 
             fn failure_penalty(&self) -> Option<Duration> {
-                match self { $(AnyStrategy::$variant(s) => s.failure_penalty(),)* }
+                match self { $($(#[cfg($cfg)])? AnyStrategy::$variant(s) => s.failure_penalty(),)* }
             }
 
             fn seed(&self) -> Option<u64> {
-                match self { $(AnyStrategy::$variant(s) => s.seed(),)* }
+                match self { $($(#[cfg($cfg)])? AnyStrategy::$variant(s) => s.seed(),)* }
+            }
+
+            fn load_reports(&self) -> bool {
+                match self { $($(#[cfg($cfg)])? AnyStrategy::$variant(s) => s.load_reports(),)* }
+            }
+
+            fn rebuild_every(&self) -> Option<Duration> {
+                match self { $($(#[cfg($cfg)])? AnyStrategy::$variant(s) => s.rebuild_every(),)* }
             }
 
             fn validate(&self) -> Result<(), BuildError> {
-                match self { $(AnyStrategy::$variant(s) => s.validate(),)* }
+                match self { $($(#[cfg($cfg)])? AnyStrategy::$variant(s) => s.validate(),)* }
             }
         }
 
         $(
+            $(#[cfg($cfg)])?
             impl From<$strategy> for AnyStrategy {
                 fn from(strategy: $strategy) -> Self {
                     AnyStrategy::$variant(strategy)
@@ -163,6 +174,10 @@ any_strategy! {
     /// [`Rendezvous`] with bounded loads: `rendezvous` and
     /// [`bounded_load`](AnyStrategy::bounded_load).
     BoundedRendezvous(BoundedLoad<Rendezvous>),
+    #[cfg(feature = "orca")]
+    /// [`WeightedRoundRobin`](super::WeightedRoundRobin) (feature `orca`):
+    /// `weighted-round-robin`.
+    WeightedRoundRobin(super::WeightedRoundRobin),
     }
 }
 
@@ -179,6 +194,8 @@ impl AnyStrategy {
             AnyStrategy::Rendezvous(_) | AnyStrategy::BoundedRendezvous(_) => {
                 StrategyKind::Rendezvous
             }
+            #[cfg(feature = "orca")]
+            AnyStrategy::WeightedRoundRobin(_) => StrategyKind::WeightedRoundRobin,
         }
     }
 
@@ -217,6 +234,7 @@ impl AnyStrategy {
 /// | `ring-hash` | [`RingHash`] |
 /// | `maglev` | [`Maglev`] |
 /// | `rendezvous` | [`Rendezvous`] |
+/// | `weighted-round-robin` | `WeightedRoundRobin` (feature `orca`) |
 ///
 /// It is `Copy` and comparable, for configuration structs; [`AnyStrategy::from`] makes the
 /// strategy with its defaults.
@@ -237,11 +255,14 @@ pub enum StrategyKind {
     Maglev,
     /// `rendezvous`
     Rendezvous,
+    /// `weighted-round-robin` (feature `orca`)
+    #[cfg(feature = "orca")]
+    WeightedRoundRobin,
 }
 
 impl StrategyKind {
-    /// Every kind, in the order of the table above.
-    pub const ALL: [StrategyKind; 7] = [
+    /// Every kind, in the order of the table above (with the features enabled).
+    pub const ALL: &'static [StrategyKind] = &[
         StrategyKind::RoundRobin,
         StrategyKind::Random,
         StrategyKind::LeastRequest,
@@ -249,6 +270,8 @@ impl StrategyKind {
         StrategyKind::RingHash,
         StrategyKind::Maglev,
         StrategyKind::Rendezvous,
+        #[cfg(feature = "orca")]
+        StrategyKind::WeightedRoundRobin,
     ];
 
     /// The name: `round-robin`, `least-request`, ...
@@ -261,6 +284,8 @@ impl StrategyKind {
             StrategyKind::RingHash => "ring-hash",
             StrategyKind::Maglev => "maglev",
             StrategyKind::Rendezvous => "rendezvous",
+            #[cfg(feature = "orca")]
+            StrategyKind::WeightedRoundRobin => "weighted-round-robin",
         }
     }
 
@@ -285,6 +310,8 @@ impl From<StrategyKind> for AnyStrategy {
             StrategyKind::RingHash => RingHash::new().into(),
             StrategyKind::Maglev => Maglev::new().into(),
             StrategyKind::Rendezvous => Rendezvous::new().into(),
+            #[cfg(feature = "orca")]
+            StrategyKind::WeightedRoundRobin => super::WeightedRoundRobin::new().into(),
         }
     }
 }
@@ -300,7 +327,8 @@ impl FromStr for StrategyKind {
 
     fn from_str(name: &str) -> Result<Self, UnknownStrategy> {
         StrategyKind::ALL
-            .into_iter()
+            .iter()
+            .copied()
             .find(|kind| kind.name() == name)
             .ok_or_else(|| UnknownStrategy {
                 name: name.to_owned(),
@@ -333,7 +361,7 @@ impl UnknownStrategy {
 impl fmt::Display for UnknownStrategy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "unknown strategy `{}` (expected ", self.name)?;
-        for (i, kind) in StrategyKind::ALL.into_iter().enumerate() {
+        for (i, kind) in StrategyKind::ALL.iter().enumerate() {
             let sep = match i {
                 0 => "",
                 i if i + 1 == StrategyKind::ALL.len() => " or ",
@@ -354,17 +382,22 @@ mod tests {
 
     #[test]
     fn every_name_parses_back_to_its_kind() {
-        for kind in StrategyKind::ALL {
+        for &kind in StrategyKind::ALL {
             assert_eq!(kind.name().parse::<StrategyKind>(), Ok(kind));
             let strategy: AnyStrategy = kind.name().parse().unwrap();
             assert_eq!(strategy.kind(), kind);
             assert_eq!(strategy.uses_request_key(), kind.uses_request_key());
         }
         let unknown = "least-requests".parse::<AnyStrategy>().unwrap_err();
+        #[cfg(not(feature = "orca"))]
+        let expected = "round-robin, random, least-request, peak-ewma, ring-hash, maglev or \
+                        rendezvous";
+        #[cfg(feature = "orca")]
+        let expected = "round-robin, random, least-request, peak-ewma, ring-hash, maglev, \
+                        rendezvous or weighted-round-robin";
         assert_eq!(
             unknown.to_string(),
-            "unknown strategy `least-requests` (expected round-robin, random, least-request, \
-             peak-ewma, ring-hash, maglev or rendezvous)"
+            format!("unknown strategy `least-requests` (expected {expected})")
         );
     }
 
@@ -399,5 +432,15 @@ mod tests {
         assert!(AnyStrategy::from(StrategyKind::Random)
             .bounded_load(2.0)
             .is_err());
+    }
+
+    #[cfg(feature = "orca")]
+    #[test]
+    fn weighted_round_robin_keeps_its_timer_and_reports() {
+        let wrr: AnyStrategy = "weighted-round-robin".parse().unwrap();
+        assert!(wrr.load_reports());
+        assert_eq!(wrr.rebuild_every(), Some(Duration::from_secs(1)));
+        assert!(!AnyStrategy::from(StrategyKind::RoundRobin).load_reports());
+        assert_eq!(AnyStrategy::from(StrategyKind::RoundRobin).rebuild_every(), None);
     }
 }
