@@ -15,6 +15,10 @@
 //! with the same strategy inside an `AnyStrategy` (one `match` more), for N = 10 and 100
 //! (`cargo bench --bench pick -- any`). The hashing strategies pick with a fixed key.
 //!
+//! The group `rng` compares the crate's random number generator (wyrand, per thread or one
+//! seeded atomic sequence) with rand's `SmallRng` behind the same uniform pick
+//! (`cargo bench --bench pick -- rng`).
+//!
 //! Ids are `pick/<strategy>/<N>` for N = 10, 100 and 10 000 endpoints:
 //!
 //! | strategy | configuration |
@@ -252,5 +256,57 @@ fn any(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, pick, clock, any);
+/// Uniform random picks with rand's `SmallRng` (Xoshiro256++), the generator the crate
+/// could use instead of its own wyrand: per thread in a `RefCell` (as `Random::new()` keeps
+/// its own per thread), and one seeded sequence behind a `Mutex` (as `Random::with_seed`
+/// shares one `AtomicU64`, which rand's `&mut self` generators cannot).
+struct RandSmallRng {
+    seeded: Option<std::sync::Mutex<rand::rngs::SmallRng>>,
+}
+
+thread_local! {
+    static SMALL_RNG: std::cell::RefCell<rand::rngs::SmallRng> =
+        std::cell::RefCell::new(rand::SeedableRng::seed_from_u64(0x5eed));
+}
+
+impl Strategy for RandSmallRng {
+    type Table = ();
+
+    fn build(&self, _: &tower_lb::strategy::Endpoints<'_>) {}
+
+    fn pick(
+        &self,
+        _: &(),
+        endpoints: &tower_lb::strategy::Endpoints<'_>,
+        _: &Context<'_>,
+    ) -> usize {
+        use rand::Rng as _;
+        let n = endpoints.len();
+        match &self.seeded {
+            Some(rng) => rng.lock().unwrap().random_range(0..n),
+            None => SMALL_RNG.with(|rng| rng.borrow_mut().random_range(0..n)),
+        }
+    }
+}
+
+/// The crate's generator against rand's `SmallRng` behind uniform picks over 10 endpoints,
+/// in the same run: `rng/{wyrand,small_rng}/{thread,seeded}`
+/// (`cargo bench --bench pick -- rng`).
+fn rng(c: &mut Criterion) {
+    let mut g = c.benchmark_group("rng");
+    g.sample_size(30)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    let n = 10;
+    bench_direct(&mut g, "wyrand/thread", n, Random::new(), equal);
+    bench_direct(&mut g, "wyrand/seeded", n, Random::with_seed(7), equal);
+    let small = |seeded: bool| RandSmallRng {
+        seeded: seeded.then(|| std::sync::Mutex::new(rand::SeedableRng::seed_from_u64(7))),
+    };
+    bench_direct(&mut g, "small_rng/thread", n, small(false), equal);
+    bench_direct(&mut g, "small_rng/seeded", n, small(true), equal);
+    g.finish();
+}
+
+criterion_group!(benches, pick, clock, any, rng);
 criterion_main!(benches);

@@ -441,6 +441,9 @@ mod tests {
         assert!(wrr.load_reports());
         assert_eq!(wrr.rebuild_every(), Some(Duration::from_secs(1)));
         assert!(!AnyStrategy::from(StrategyKind::RoundRobin).load_reports());
-        assert_eq!(AnyStrategy::from(StrategyKind::RoundRobin).rebuild_every(), None);
+        assert_eq!(
+            AnyStrategy::from(StrategyKind::RoundRobin).rebuild_every(),
+            None
+        );
     }
 }
