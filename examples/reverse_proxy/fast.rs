@@ -51,17 +51,18 @@ use tokio::time::Sleep;
 use tower::retry::budget::Budget;
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceExt};
+use tower_lb::error::BoxError;
 
+use super::config::{HostMode, Limits};
+use super::forward::{error_response, ProxyBody, HOP_BY_HOP};
 use super::framing::Chunked;
 use super::pool::Conn;
 use super::rules;
-use super::{
-    error_response, is_connection_loss, ClientConn, HostMode, Limits, NotSent, ProxyBody, State,
-    UpstreamInner, HOP_BY_HOP,
-};
+use super::server::{ClientConn, State};
+use super::upstream::{is_connection_loss, NotSent, UpstreamInner};
 
 /// The balancer, for fast-path requests.
-pub type FastService = BoxCloneSyncService<FastRequest, Response<FastTracked>, super::BoxError>;
+pub type FastService = BoxCloneSyncService<FastRequest, Response<FastTracked>, BoxError>;
 pub type FastTracked = tower_lb::http::TrackedBody<FastBody>;
 
 /// Most headers httparse reads in one head (hyper's limit too).
@@ -447,7 +448,7 @@ impl std::fmt::Debug for FastRequest {
     }
 }
 
-fn not_sent(request: FastRequest, cause: impl Into<super::BoxError>) -> super::BoxError {
+fn not_sent(request: FastRequest, cause: impl Into<BoxError>) -> BoxError {
     NotSent::boxed(request, cause)
 }
 
@@ -458,7 +459,7 @@ impl UpstreamInner {
     pub(super) async fn send_fast(
         self: Arc<Self>,
         request: FastRequest,
-    ) -> Result<Response<FastBody>, super::BoxError> {
+    ) -> Result<Response<FastBody>, BoxError> {
         let mut out = BytesMut::with_capacity(request.head.len() + 64);
         out.extend_from_slice(&request.head);
         if let Some(host) = &self.host {
