@@ -41,7 +41,8 @@
 //! ```
 //!
 //! `examples/reverse_proxy.toml` shows every setting of the config file; the proxy itself is
-//! in `examples/reverse_proxy/proxy.rs` (shared with the tests in `tests/proxy_*.rs`).
+//! in `examples/reverse_proxy/`, one file per concept, from `proxy.rs` (shared with the tests
+//! in `tests/proxy_*.rs`).
 //!
 //! What it does:
 //!
