@@ -52,11 +52,12 @@ async fn next_text(source: &mut (impl Stream<Item = EtcdChange> + Unpin)) -> Str
     describe(&next(source).await)
 }
 
-/// A source with short timeouts and backoff, for tests.
-fn source(client: Client, prefix: &str) -> Etcd {
+/// A source with short timeouts and backoff, for tests, read as a stream.
+fn source(client: Client, prefix: &str) -> impl Stream<Item = EtcdChange> + Send + Unpin {
     Etcd::prefix(client, prefix)
         .request_timeout(Duration::from_secs(1))
         .backoff(Duration::from_millis(50), Duration::from_millis(500))
+        .into_stream()
 }
 
 async fn put(client: &mut Client, key: &str, value: &str) -> i64 {
@@ -71,7 +72,11 @@ async fn one_member(
     test: &str,
     prefix: &str,
     keys: &[(&str, &str)],
-) -> Option<(Cluster, Client, Etcd)> {
+) -> Option<(
+    Cluster,
+    Client,
+    impl Stream<Item = EtcdChange> + Send + Unpin,
+)> {
     let cluster = Cluster::start(etcd_or_skip(test)?, 1).await;
     let mut client = cluster.client().await;
     for (key, value) in keys {

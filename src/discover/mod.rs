@@ -64,6 +64,8 @@ pub mod dns;
 #[cfg(feature = "etcd")]
 #[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
 pub mod etcd;
+#[cfg(any(feature = "dns", feature = "etcd"))]
+mod lazy;
 pub(crate) mod snapshots;
 mod static_list;
 mod tower_compat;

@@ -50,14 +50,17 @@ pub struct InvalidValue {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum EtcdError {
+    /// A setting is out of range (the source was polled without the balancer's check;
+    /// see [`Etcd`](super::Etcd)). The source ends after yielding it.
+    InvalidConfig(crate::error::BuildError),
     /// A request to etcd failed (connection refused or lost, no leader, a gRPC error).
     Request {
         /// What it was doing.
         op: Operation,
         /// The prefix or key it was about.
         target: String,
-        /// The client's error.
-        source: etcd_client::Error,
+        /// The client's error (boxed: it carries a whole gRPC status).
+        source: Box<etcd_client::Error>,
     },
     /// A request got no answer in time.
     Timeout {
@@ -109,6 +112,7 @@ pub enum EtcdError {
 impl fmt::Display for EtcdError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            EtcdError::InvalidConfig(invalid) => invalid.fmt(f),
             EtcdError::Request { op, target, source } => {
                 write!(f, "etcd: cannot {op} {target:?}: {source}")
             }
@@ -155,7 +159,7 @@ impl fmt::Display for EtcdError {
 impl std::error::Error for EtcdError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            EtcdError::Request { source, .. } => Some(source),
+            EtcdError::Request { source, .. } => Some(&**source),
             _ => None,
         }
     }
@@ -167,7 +171,7 @@ impl EtcdError {
         EtcdError::Request {
             op,
             target: target.to_string(),
-            source,
+            source: Box::new(source),
         }
     }
 

@@ -50,7 +50,7 @@
 //!   |---|---|
 //!   | `addr` (or `address`) | required: `host:port` as in the plain form |
 //!   | `weight` | a whole number from 0 to 4294967295; default 1 |
-//!   | `zone` | [`Metadata::zone`](crate::Metadata::zone) |
+//!   | `zone` | [`Metadata::zone`](crate::Metadata::zone), which strategies see (`examples/zone_aware.rs` routes by it) |
 //!   | `name` | [`Metadata::name`](crate::Metadata::name), which consistent hashing places the endpoint by; default: the address |
 //!   | `labels` | an object of strings: [`Metadata::labels`](crate::Metadata::labels) |
 //!   | `metadata` | an object whose string members are read as `zone`, `name` (when not given at the top) and labels; any other JSON is ignored |
@@ -126,7 +126,7 @@ mod watch;
 
 use std::fmt;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::Context;
 use std::time::Duration;
 
 use etcd_client::Client;
@@ -140,7 +140,9 @@ pub use key::EtcdKey;
 pub use registration::Registration;
 pub use value::{EndpointValue, ValueError};
 
-use crate::discover::Change;
+use crate::discover::lazy::Lazy;
+use crate::discover::{Change, Discover, PollChange};
+use crate::error::BuildError;
 use watch::{Runner, Settings};
 
 /// What an [`Etcd`] source yields.
@@ -149,19 +151,20 @@ pub type EtcdChange = Result<Change<EtcdKey, ()>, EtcdError>;
 /// A discovery source that watches the keys under an etcd prefix. See the
 /// [module docs](self).
 ///
-/// Nothing is requested until the balancer polls it.
+/// Nothing is requested until the balancer polls it. `build_with` fails with
+/// [`BuildError::InvalidConfig`] on a zero [`request_timeout`](Etcd::request_timeout), a zero
+/// first [`backoff`](Etcd::backoff) pause, or a longest pause below the first.
 pub struct Etcd {
-    start: Option<(Client, Settings)>,
-    running: Option<Pin<Box<dyn Stream<Item = EtcdChange> + Send>>>,
+    source: Lazy<(Client, Settings), EtcdChange>,
 }
 
 impl fmt::Debug for Etcd {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("Etcd");
-        if let Some((_, settings)) = &self.start {
+        if let Some((_, settings)) = self.source.settings() {
             d.field("settings", settings);
         }
-        d.field("running", &self.running.is_some()).finish()
+        d.field("running", &self.source.is_running()).finish()
     }
 }
 
@@ -169,64 +172,117 @@ impl Etcd {
     /// Watches the keys that start with `prefix` (end it with `/` so that `/api/` does not
     /// also match `/api-v2/...`). The client is cheap to clone and may be shared.
     pub fn prefix(client: Client, prefix: impl Into<String>) -> Self {
+        let settings = Settings {
+            prefix: prefix.into(),
+            request_timeout: Duration::from_secs(5),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+        };
         Etcd {
-            start: Some((
-                client,
-                Settings {
-                    prefix: prefix.into(),
-                    request_timeout: Duration::from_secs(5),
-                    backoff_min: Duration::from_millis(100),
-                    backoff_max: Duration::from_secs(10),
-                },
-            )),
-            running: None,
+            source: Lazy::new((client, settings)),
         }
     }
 
+    /// Changes the settings. Once the source has been polled its settings are in use and
+    /// a change does nothing (the setters are meant for building, before the balancer).
     fn set(mut self, change: impl FnOnce(&mut Settings)) -> Self {
-        if let Some((_, settings)) = self.start.as_mut() {
+        if let Some((_, settings)) = self.source.settings_mut() {
             change(settings);
         }
         self
     }
 
-    /// The longest wait for a list, or for a watch to start (default 5 s; at least 1 ms).
+    /// The longest wait for one list request, or for a watch to start (default 5 s). Must
+    /// be greater than zero.
     pub fn request_timeout(self, timeout: Duration) -> Self {
-        self.set(|s| s.request_timeout = timeout.max(Duration::from_millis(1)))
+        self.set(|s| s.request_timeout = timeout)
     }
 
-    /// The pause before the first retry after a failure (default 100 ms; at least 1 ms)
-    /// and the longest pause (default 10 s; at least `first`). Each pause doubles the last,
-    /// less a random part of up to half.
+    /// The pause before the first retry after a failure (default 100 ms; greater than
+    /// zero) and the longest pause (default 10 s; at least `first`). Each pause doubles the
+    /// last, less a random part of up to half.
     pub fn backoff(self, first: Duration, max: Duration) -> Self {
-        let first = first.max(Duration::from_millis(1));
         self.set(|s| {
             s.backoff_min = first;
-            s.backoff_max = max.max(first);
+            s.backoff_max = max;
         })
+    }
+
+    /// The source as a `Stream` of [`EtcdChange`]s, to combine it with stream adapters or
+    /// to read it by hand. The balancer takes the `Etcd` itself, which lets `build_with`
+    /// check its settings; a stream whose settings are invalid yields one
+    /// [`EtcdError::InvalidConfig`] and ends.
+    pub fn into_stream(mut self) -> impl Stream<Item = EtcdChange> + Send + Unpin {
+        futures_util::stream::poll_fn(move |cx| Pin::new(&mut self).poll_change(cx))
     }
 }
 
-impl Stream for Etcd {
-    type Item = EtcdChange;
+impl Discover<EtcdKey, ()> for Etcd {
+    type Error = EtcdError;
 
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<EtcdChange>> {
-        let this = self.get_mut();
-        let running = match &mut this.running {
-            Some(running) => running,
-            None => {
-                let Some((client, settings)) = this.start.take() else {
-                    return Poll::Ready(None);
-                };
+    /// The next change: the first list as a [`Change::Reset`], then the differences, and
+    /// an [`EtcdError`] for each failure. A source whose settings are invalid yields one
+    /// error saying so and ends.
+    fn poll_change(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> PollChange<EtcdKey, (), EtcdError> {
+        self.get_mut().source.poll_next(
+            cx,
+            |(_, settings)| settings.validate(),
+            |invalid| Err(EtcdError::InvalidConfig(invalid)),
+            |(client, settings)| {
                 let runner = Runner::new(client, settings);
                 let changes = stream::unfold(runner, |mut runner| async move {
                     let batch = runner.step().await;
                     Some((stream::iter(batch), runner))
-                })
-                .flatten();
-                this.running.insert(Box::pin(changes))
-            }
+                });
+                Box::pin(changes.flatten())
+            },
+        )
+    }
+
+    fn validate(&self) -> Result<(), BuildError> {
+        self.source.settings().map_or(Ok(()), |(_, s)| s.validate())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::stream::StreamExt;
+
+    /// A client of an address where nothing listens: the checks fail before any request.
+    async fn client() -> Client {
+        Client::connect(["http://127.0.0.1:9"], None).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn bad_settings_name_the_field_and_end_the_stream() {
+        let field = |etcd: Etcd| match etcd.validate() {
+            Err(BuildError::InvalidConfig(invalid)) => invalid.field(),
+            other => panic!("accepted: {other:?}"),
         };
-        running.as_mut().poll_next(cx)
+        let ms = Duration::from_millis;
+        let etcd = || async { Etcd::prefix(client().await, "/p/") };
+        assert!(etcd().await.validate().is_ok());
+        assert_eq!(
+            field(etcd().await.request_timeout(Duration::ZERO)),
+            "Etcd::request_timeout"
+        );
+        assert_eq!(
+            field(etcd().await.backoff(Duration::ZERO, ms(10))),
+            "Etcd::backoff (first)"
+        );
+        assert_eq!(
+            field(etcd().await.backoff(ms(20), ms(10))),
+            "Etcd::backoff (max)"
+        );
+        let mut changes = etcd().await.request_timeout(Duration::ZERO).into_stream();
+        assert!(matches!(
+            changes.next().await,
+            Some(Err(EtcdError::InvalidConfig(_)))
+        ));
+        assert!(changes.next().await.is_none());
     }
 }

@@ -13,6 +13,7 @@ use super::value::{EndpointValue, ValueError};
 use super::EtcdChange;
 use crate::discover::Change;
 use crate::endpoint::{Endpoint, Metadata};
+use crate::error::BuildError;
 use crate::strategy::rng::Rng;
 
 /// A discovery source's settings.
@@ -25,6 +26,30 @@ pub(super) struct Settings {
     pub(super) backoff_min: Duration,
     /// The longest pause between retries.
     pub(super) backoff_max: Duration,
+}
+
+impl Settings {
+    /// Checks the settings, as the balancer checks its own when it is built.
+    pub(super) fn validate(&self) -> Result<(), BuildError> {
+        BuildError::reject_if(
+            self.request_timeout.is_zero(),
+            "Etcd::request_timeout",
+            self.request_timeout,
+            "greater than zero",
+        )?;
+        BuildError::reject_if(
+            self.backoff_min.is_zero(),
+            "Etcd::backoff (first)",
+            self.backoff_min,
+            "greater than zero",
+        )?;
+        BuildError::reject_if(
+            self.backoff_max < self.backoff_min,
+            "Etcd::backoff (max)",
+            self.backoff_max,
+            "at least the first pause",
+        )
+    }
 }
 
 /// What the balancer has from us for one etcd key.
