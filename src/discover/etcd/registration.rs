@@ -196,7 +196,7 @@ async fn keep_alive(client: Client, key: String, value: String, ttl: i64, lease:
         if failures > 0 {
             // 100 ms doubling up to a third of the TTL, less a random half.
             let pause = Duration::from_millis(100)
-                .saturating_mul(1 << failures.min(16))
+                .saturating_mul(1 << (failures - 1).min(16))
                 .min(every);
             tokio::time::sleep(pause.saturating_sub(pause.mul_f64(0.5 * rng.unit()))).await;
         }
