@@ -68,6 +68,7 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `dns` | no | `discover::dns`: endpoints from DNS A/AAAA or SRV records (depends on `hickory-resolver`) |
+//! | `etcd` | no | `discover::etcd`: endpoints from the keys under an etcd prefix, watched, and `Registration` for servers (depends on `etcd-client`, whose build needs `protoc`, and `serde_json`) |
 //! | `orca` | no | `orca`: ORCA load reports read from responses (gRFC A51), `strategy::WeightedRoundRobin` (gRFC A58/A114), and the server layer `orca::OrcaLayer` (implies `http`; depends on `prost`, `base64` and `serde_json`) |
 //! | `http` | yes | `http::OnBodyEnd` and `http::TrackedBody`, `http::ClientBody`, the request keys in `http::key`, and `health::HttpProbe` (depends on `http-body` and `bytes`) |
 //!

@@ -11,6 +11,7 @@
 //! | [`from_tower`] | any [`tower::discover::Discover`] |
 //! | [`from_snapshots`] | a [`Snapshots`] source that yields whole endpoint lists, diffed into changes |
 //! | `dns` (feature `dns`) | A/AAAA or SRV records of a DNS name, refreshed by TTL: Kubernetes headless services, Consul |
+//! | `etcd` (feature `etcd`) | the keys under an etcd prefix, watched; servers register with `etcd::Registration` |
 //! | anything implementing [`Discover`] | every `Stream<Item = Result<Change<K, S>, E>>` does |
 //!
 //! # What each change does
@@ -60,6 +61,11 @@ mod channel;
 #[cfg(feature = "dns")]
 #[cfg_attr(docsrs, doc(cfg(feature = "dns")))]
 pub mod dns;
+#[cfg(feature = "etcd")]
+#[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
+pub mod etcd;
+#[cfg(any(feature = "dns", feature = "etcd"))]
+mod lazy;
 pub(crate) mod snapshots;
 mod static_list;
 mod tower_compat;

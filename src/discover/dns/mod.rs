@@ -121,7 +121,7 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::Context;
 use std::time::Duration;
 
 use futures_core::Stream;
@@ -129,6 +129,7 @@ use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::proto::xfer::Protocol;
 use hickory_resolver::TokioResolver;
 
+use super::lazy::Lazy;
 use super::{Change, Discover, PollChange};
 use crate::error::BuildError;
 use crate::strategy::rng::Rng;
@@ -157,14 +158,13 @@ pub type DnsChange = Result<Change<SocketAddr, ()>, DnsError>;
 /// below `min_ttl`, a `jitter` outside `0..=1` or a zero `max_endpoints`, as it does for
 /// its own settings.
 pub struct Dns {
-    settings: Option<Settings>,
-    running: Option<Pin<Box<dyn Stream<Item = DnsChange> + Send>>>,
+    source: Lazy<Settings, DnsChange>,
 }
 
 impl fmt::Debug for Dns {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("Dns");
-        if let Some(s) = &self.settings {
+        if let Some(s) = self.source.settings() {
             d.field("query", &s.query)
                 .field("min_ttl", &s.min_ttl)
                 .field("max_ttl", &s.max_ttl)
@@ -172,7 +172,7 @@ impl fmt::Debug for Dns {
                 .field("max_stale", &s.max_stale)
                 .field("max_endpoints", &s.max_endpoints);
         }
-        d.field("running", &self.running.is_some()).finish()
+        d.field("running", &self.source.is_running()).finish()
     }
 }
 
@@ -210,15 +210,14 @@ impl Dns {
 
     fn new(query: Query) -> Self {
         Dns {
-            settings: Some(Settings::new(query)),
-            running: None,
+            source: Lazy::new(Settings::new(query)),
         }
     }
 
     /// Changes the settings. Once the source has been polled its settings are in use and
     /// a change does nothing (the setters are meant for building, before the balancer).
     fn set(mut self, change: impl FnOnce(&mut Settings)) -> Self {
-        if let Some(settings) = self.settings.as_mut() {
+        if let Some(settings) = self.source.settings_mut() {
             change(settings);
         }
         self
@@ -295,25 +294,16 @@ impl Discover<SocketAddr, ()> for Dns {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> PollChange<SocketAddr, (), DnsError> {
-        let this = self.get_mut();
-        let running = match &mut this.running {
-            Some(running) => running,
-            None => {
-                let Some(settings) = this.settings.take() else {
-                    return Poll::Ready(None);
-                };
-                if let Err(invalid) = settings.validate() {
-                    return Poll::Ready(Some(Err(DnsError::InvalidConfig(invalid))));
-                }
-                this.running
-                    .insert(Box::pin(Runner::changes(settings, Rng::default())))
-            }
-        };
-        running.as_mut().poll_next(cx)
+        self.get_mut().source.poll_next(
+            cx,
+            Settings::validate,
+            |invalid| Err(DnsError::InvalidConfig(invalid)),
+            |settings| Box::pin(Runner::changes(settings, Rng::default())),
+        )
     }
 
     fn validate(&self) -> Result<(), BuildError> {
-        self.settings.as_ref().map_or(Ok(()), Settings::validate)
+        self.source.settings().map_or(Ok(()), Settings::validate)
     }
 }
 
