@@ -36,6 +36,8 @@ mod route;
 mod service;
 mod shared;
 
+pub(crate) use shared::default_name;
+
 pub use builder::Builder;
 pub use future::ResponseFuture;
 pub use layer::{BalanceLayer, MakeEndpoint};

@@ -11,6 +11,7 @@
 //! | [`from_tower`] | any [`tower::discover::Discover`] |
 //! | [`from_snapshots`] | a [`Snapshots`] source that yields whole endpoint lists, diffed into changes |
 //! | `dns` (feature `dns`) | A/AAAA or SRV records of a DNS name, refreshed by TTL: Kubernetes headless services, Consul |
+//! | [`subset`] | wraps any source: only this client's subset of the backends (SRE book, gRFC A68, Finagle's aperture) |
 //! | anything implementing [`Discover`] | every `Stream<Item = Result<Change<K, S>, E>>` does |
 //!
 //! # What each change does
@@ -62,6 +63,7 @@ mod channel;
 pub mod dns;
 pub(crate) mod snapshots;
 mod static_list;
+pub mod subset;
 mod tower_compat;
 
 pub use channel::{channel, ChannelDiscover, Closed, Sender};
