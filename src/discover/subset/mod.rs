@@ -152,3 +152,10 @@ fn hash_order(backends: &[&str], seed: u64) -> Vec<usize> {
     order.sort_unstable();
     order.into_iter().map(|(_, i)| i).collect()
 }
+
+/// A boxed algorithm is one too, to choose the algorithm at run time.
+impl<T: Subsetting + ?Sized> Subsetting for Box<T> {
+    fn select(&self, backends: &[&str]) -> Vec<(usize, u32)> {
+        (**self).select(backends)
+    }
+}
