@@ -137,6 +137,8 @@ type Client = Balance<String, Server, RoundRobin, ErrorsAsFailures>;
 struct Outcome {
     name: String,
     connections: Vec<u32>,
+    /// Connections per backend after one backend was added.
+    connections_grown: Vec<u32>,
     requests: Vec<u64>,
     p99_ms: f64,
     memory_per_client: f64,
@@ -343,6 +345,7 @@ async fn drive(fleet: Fleet, options: &Options) -> Outcome {
     Outcome {
         name: kind.name(),
         connections,
+        connections_grown: after_add.clone(),
         requests,
         p99_ms,
         memory_per_client: fleet.memory_per_client,
@@ -409,11 +412,17 @@ fn markdown(outcomes: &[Outcome], clients: usize, options: &Options) -> String {
         LOAD * 100.0,
         SECONDS * options.time_scale
     );
-    s.push_str("| algorithm | connections max/mean | min/mean | requests max/mean | p99 | backend added | backend removed | clients C → C+1 | memory per balancer | wall |\n");
-    s.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
+    s.push_str("| algorithm | connections max/mean | min/mean | max/mean with B + 1 backends | requests max/mean | p99 | backend added | backend removed | clients C → C+1 | memory per balancer | wall |\n");
+    s.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
     for o in outcomes {
         let (cmax, cmin) = ratios(
             &o.connections
+                .iter()
+                .map(|&c| f64::from(c))
+                .collect::<Vec<_>>(),
+        );
+        let (gmax, _) = ratios(
+            &o.connections_grown
                 .iter()
                 .map(|&c| f64::from(c))
                 .collect::<Vec<_>>(),
@@ -427,7 +436,7 @@ fn markdown(outcomes: &[Outcome], clients: usize, options: &Options) -> String {
         };
         let _ = writeln!(
             s,
-            "| {} | {cmax:.2} | {cmin:.2} | {rmax:.2} | {:.0} ms | {} | {} | {} | {:.1} KiB | {:.1} s |",
+            "| {} | {cmax:.2} | {cmin:.2} | {gmax:.2} | {rmax:.2} | {:.0} ms | {} | {} | {} | {:.1} KiB | {:.1} s |",
             o.name,
             o.p99_ms,
             churn(o.churn[0]),
@@ -471,62 +480,61 @@ fn random_spread(clients: usize) -> String {
     )
 }
 
-/// Connections per backend, backends sorted by connections, one line per algorithm,
-/// relative to each algorithm's mean.
+/// Connections per backend, one panel per algorithm: a bar per backend in name order,
+/// on a scale from 0 to twice the mean, with the mean dashed.
 fn svg(outcomes: &[Outcome], clients: usize) -> String {
     const COLOURS: [&str; 4] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
-    let (w, h) = (900.0, 480.0);
-    let (left, right, top, bottom) = (70.0, 300.0, 40.0, 50.0);
-    let (pw, ph) = (w - left - right, h - top - bottom);
-    let (lo, hi) = (0.4, 1.6);
+    let (w, panel, gap) = (900.0, 110.0, 46.0);
+    let (left, right, top) = (60.0, 20.0, 40.0);
+    let h = top + outcomes.len() as f64 * (panel + gap);
+    let pw = w - left - right;
     let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"system-ui, sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{left}\" y=\"24\" font-size=\"15\">Connections per backend / mean ({clients} clients, {BACKENDS} backends), backends sorted</text>\n"
-    );
-    for i in 0..=6 {
-        let v = lo + (hi - lo) * f64::from(i) / 6.0;
-        let y = top + ph - (v - lo) / (hi - lo) * ph;
-        let _ = writeln!(
-            s,
-            "<line x1=\"{left}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{v:.1}</text>",
-            left + pw,
-            left - 6.0,
-            y + 4.0
-        );
-    }
-    let _ = writeln!(
-        s,
-        "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">backends, least to most connected</text>",
-        left + pw / 2.0,
-        h - 12.0
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"system-ui, sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{left}\" y=\"22\" font-size=\"15\">Connections per backend: {clients} clients, {BACKENDS} backends (bars in backend name order; dashed: the mean)</text>\n"
     );
     for (k, o) in outcomes.iter().enumerate() {
-        let mut c: Vec<f64> = o.connections.iter().map(|&x| f64::from(x)).collect();
-        let mean = c.iter().sum::<f64>() / c.len() as f64;
-        c.sort_by(f64::total_cmp);
-        let points: Vec<String> = c
-            .iter()
-            .enumerate()
-            .map(|(i, v)| {
-                let x = left + pw * i as f64 / (c.len() - 1) as f64;
-                let y = top + ph - ((v / mean).clamp(lo, hi) - lo) / (hi - lo) * ph;
-                format!("{x:.1},{y:.1}")
-            })
-            .collect();
-        let colour = COLOURS[k % COLOURS.len()];
+        let values: Vec<f64> = o.connections.iter().map(|&c| f64::from(c)).collect();
+        let mean = values.iter().sum::<f64>() / values.len() as f64;
+        let (high, low) = ratios(&values);
+        let y0 = top + k as f64 * (panel + gap) + 20.0;
+        let base = y0 + panel;
+        let scale = panel / (2.0 * mean);
         let _ = writeln!(
             s,
-            "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{}\"/>",
-            points.join(" ")
-        );
-        let y = top + 20.0 + 22.0 * k as f64;
-        let _ = writeln!(
-            s,
-            "<line x1=\"{}\" x2=\"{}\" y1=\"{y}\" y2=\"{y}\" stroke=\"{colour}\" stroke-width=\"2\"/><text x=\"{}\" y=\"{}\">{}</text>",
-            left + pw + 12.0,
-            left + pw + 36.0,
-            left + pw + 42.0,
-            y + 4.0,
+            "<text x=\"{left}\" y=\"{:.1}\" font-size=\"13\">{}: max/mean {high:.2}, min/mean {low:.2}</text>",
+            y0 - 6.0,
             o.name.replace('&', "&amp;")
+        );
+        for (label, v) in [
+            ("0", 0.0),
+            (format!("{mean:.0}").as_str(), mean),
+            (format!("{:.0}", 2.0 * mean).as_str(), 2.0 * mean),
+        ] {
+            let _ = writeln!(
+                s,
+                "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{label}</text>",
+                left - 6.0,
+                base - v * scale + 4.0
+            );
+        }
+        let bar = pw / values.len() as f64;
+        let colour = COLOURS[k % COLOURS.len()];
+        for (i, v) in values.iter().enumerate() {
+            let height = v.min(2.0 * mean) * scale;
+            let _ = writeln!(
+                s,
+                "<rect x=\"{:.2}\" y=\"{:.2}\" width=\"{:.2}\" height=\"{height:.2}\" fill=\"{colour}\"/>",
+                left + i as f64 * bar,
+                base - height,
+                bar * 0.85
+            );
+        }
+        let _ = writeln!(
+            s,
+            "<line x1=\"{left}\" x2=\"{:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"black\" stroke-dasharray=\"5 3\"/><line x1=\"{left}\" x2=\"{:.1}\" y1=\"{base:.1}\" y2=\"{base:.1}\" stroke=\"#888\"/>",
+            left + pw,
+            base - mean * scale,
+            base - mean * scale,
+            left + pw
         );
     }
     s.push_str("</svg>\n");
