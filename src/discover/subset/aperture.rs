@@ -1,41 +1,40 @@
-//! A consistent ring: Finagle's deterministic aperture (Twitter's Finagle,
-//! `finagle-core/.../loadbalancer/aperture/`: `ProcessCoordinate.scala`, `Ring.scala`,
-//! `DeterministicAperture.scala`), followed exactly, in integer arithmetic.
-//!
-//! - **Backends** sit on a unit ring in name order: backend `j` of `B` owns the arc
-//!   `[j / B, (j + 1) / B)` (`Ring`).
-//! - **Clients** sit on the same ring: client `i` of `C` starts at `i / C`, and each owns
-//!   a unit of width `1 / C` (`ProcessCoordinate.FromInstanceId`, without its optional
-//!   rotation).
-//! - **The aperture**: a client's slice starts at its offset and is the smallest whole
-//!   number of client units that covers `aperture` backends: width
-//!   `min(1, ceil(aperture × C / B) / C)` (`DeterministicAperture.dApertureWidth`), with
-//!   `aperture = min(12, B)` by default (Finagle's `MinDeterministicAperture`, 12).
-//! - **Fractional weights**: the subset is every backend the slice overlaps, and each
-//!   member's share is the overlap of the slice with its arc, divided by the arc's length
-//!   (`Ring.weight`): 1 inside the slice, less at its two edges.
-//!
-//! Since the slices of all clients together cover the ring the same number of times
-//! everywhere (`ceil(aperture × C / B)` times), every backend gets the same total share of
-//! clients: connections differ by at most the edges, and requests, which follow the shares,
-//! are balanced. Finagle picks within the slice by weighted power of two choices; here the
-//! shares reach the balancer as weights: the adapter multiplies a member's weight by its
-//! share in thousandths ([`FULL_SHARE`](super::FULL_SHARE) for a whole member, at least 1
-//! at an edge), so the balancer's strategy (weighted round robin, weighted least request)
-//! sends each member its fraction.
-//!
-//! **Churn.** When clients scale, each client's offset and width move a little, so a
-//! client gains or loses at most the members at its edges. When a backend comes or goes,
-//! every arc is renormalised (`j / B` becomes `j / (B ± 1)`), so most slices shift by a
-//! fraction of an arc and gain or lose an edge member, though most of those have a small
-//! share. Google's Ringsteady subsetting (CACM, May 2023) avoids this with stable backend
-//! task indices placed by a low-discrepancy sequence; discovery gives names, not indices,
-//! so this crate follows Finagle.
+//! A consistent ring, Finagle's deterministic aperture: [`Aperture`].
 
 use super::{ConfigError, Subsetting, FULL_SHARE};
 
-/// Finagle's deterministic aperture: a ring of clients and backends with fractional
-/// weights at the slice edges. See the [module docs](self).
+/// A consistent ring: Finagle's deterministic aperture (Twitter's Finagle,
+/// `finagle-core/.../loadbalancer/aperture/`: `ProcessCoordinate.scala`, `Ring.scala`,
+/// `DeterministicAperture.scala`), followed exactly, in integer arithmetic.
+///
+/// - **Backends** sit on a unit ring in name order: backend `j` of `B` owns the arc
+///   `[j / B, (j + 1) / B)` (`Ring`).
+/// - **Clients** sit on the same ring: client `i` of `C` starts at `i / C`, and each owns
+///   a unit of width `1 / C` (`ProcessCoordinate.FromInstanceId`, without its optional
+///   rotation).
+/// - **The aperture**: a client's slice starts at its offset and is the smallest whole
+///   number of client units that covers `aperture` backends: width
+///   `min(1, ceil(aperture × C / B) / C)` (`DeterministicAperture.dApertureWidth`), with
+///   `aperture = min(12, B)` by default (Finagle's `MinDeterministicAperture`, 12).
+/// - **Fractional weights**: the subset is every backend the slice overlaps, and each
+///   member's share is the overlap of the slice with its arc, divided by the arc's length
+///   (`Ring.weight`): 1 inside the slice, less at its two edges.
+///
+/// Since the slices of all clients together cover the ring the same number of times
+/// everywhere (`ceil(aperture × C / B)` times), every backend gets the same total share of
+/// clients: connections differ by at most the edges, and requests, which follow the shares,
+/// are balanced. Finagle picks within the slice by weighted power of two choices; here the
+/// shares reach the balancer as weights: the adapter multiplies a member's weight by its
+/// share in thousandths ([`FULL_SHARE`](super::FULL_SHARE) for a whole member, at least 1
+/// at an edge), so the balancer's strategy (weighted round robin, weighted least request)
+/// sends each member its fraction.
+///
+/// **Churn.** When clients scale, each client's offset and width move a little, so a
+/// client gains or loses at most the members at its edges. When a backend comes or goes,
+/// every arc is renormalised (`j / B` becomes `j / (B ± 1)`), so most slices shift by a
+/// fraction of an arc and gain or lose an edge member, though most of those have a small
+/// share. Google's Ringsteady subsetting (CACM, May 2023) avoids this with stable backend
+/// task indices placed by a low-discrepancy sequence; discovery gives names, not indices,
+/// so this crate follows Finagle.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Aperture {
     client_id: u64,

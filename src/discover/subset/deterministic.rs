@@ -1,38 +1,38 @@
-//! Deterministic subsetting, as the Google SRE book gives it (Beyer et al., *Site
-//! Reliability Engineering*, O'Reilly 2016, chapter 20, "Load Balancing in the Datacenter",
-//! section "A Subset Selection Algorithm: Deterministic Subsetting").
-//!
-//! With `B` backends and subsets of `k`:
-//!
-//! 1. `subset_count = B / k` (whole subsets; a remainder of `B mod k` backends sits out
-//!    the round).
-//! 2. Clients are grouped in rounds of `subset_count` consecutive ids:
-//!    `round = client_id / subset_count`.
-//! 3. Every client of a round shuffles the backends the same way, with a seed derived
-//!    from the round.
-//! 4. The client takes subset `client_id mod subset_count` of the shuffled list: the
-//!    backends `k × subset_id .. k × (subset_id + 1)`.
-//!
-//! Within a round each backend goes to exactly one client, so when the clients fill whole
-//! rounds every backend has the same number of clients (300 clients × 300 backends,
-//! subsets of 10: 10 clients each, the book's figure 20-5). With fewer backends than `k`,
-//! the subset is every backend.
-//!
-//! **The shuffle.** The book's pseudocode seeds Python's `random.shuffle` with the round.
-//! Every client of a fleet must compute the same permutation, across builds and versions,
-//! so here the shuffle is the order of `XXH64(name, seed = round)` (ties by name): a
-//! seeded random permutation that depends only on the backend names, not on a random
-//! number generator's version nor on the order in which discovery lists the backends.
-//!
-//! **Churn.** Adding or removing one backend changes the shuffle's positions of the others
-//! and possibly `subset_count`, so most clients' subsets change: the price of the exact
-//! balance (the reason for Google's later algorithms, CACM May 2023).
-//!
-//! Weights pass through unchanged.
+//! Deterministic subsetting (SRE book, chapter 20): [`Deterministic`].
 
 use super::{hash_order, ConfigError, Subsetting};
 
-/// Deterministic subsetting (SRE book, chapter 20). See the [module docs](self).
+/// Deterministic subsetting, as the Google SRE book gives it (Beyer et al., *Site
+/// Reliability Engineering*, O'Reilly 2016, chapter 20, "Load Balancing in the Datacenter",
+/// section "A Subset Selection Algorithm: Deterministic Subsetting").
+///
+/// With `B` backends and subsets of `k`:
+///
+/// 1. `subset_count = B / k` (whole subsets; a remainder of `B mod k` backends sits out
+///    the round).
+/// 2. Clients are grouped in rounds of `subset_count` consecutive ids:
+///    `round = client_id / subset_count`.
+/// 3. Every client of a round shuffles the backends the same way, with a seed derived
+///    from the round.
+/// 4. The client takes subset `client_id mod subset_count` of the shuffled list: the
+///    backends `k × subset_id .. k × (subset_id + 1)`.
+///
+/// Within a round each backend goes to exactly one client, so when the clients fill whole
+/// rounds every backend has the same number of clients (300 clients × 300 backends,
+/// subsets of 10: 10 clients each, the book's figure 20-5). With fewer backends than `k`,
+/// the subset is every backend.
+///
+/// **The shuffle.** The book's pseudocode seeds Python's `random.shuffle` with the round.
+/// Every client of a fleet must compute the same permutation, across builds and versions,
+/// so here the shuffle is the order of `XXH64(name, seed = round)` (ties by name): a
+/// seeded random permutation that depends only on the backend names, not on a random
+/// number generator's version nor on the order in which discovery lists the backends.
+///
+/// **Churn.** Adding or removing one backend changes the shuffle's positions of the others
+/// and possibly `subset_count`, so most clients' subsets change: the price of the exact
+/// balance (the reason for Google's later algorithms, CACM May 2023).
+///
+/// Weights pass through unchanged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Deterministic {
     client_id: u64,

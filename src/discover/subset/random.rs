@@ -1,31 +1,30 @@
-//! Random subsetting by rendezvous hashing, as gRFC A68 specifies it ("A68: Random
-//! subsetting with rendezvous hashing LB policy", github.com/grpc/proposal,
-//! `A68-random-subsetting.md`).
-//!
-//! Each client draws a random integer seed once (its salt). On every change of the
-//! backend set it computes `XXH64(name, seed)` for every backend (A68 hashes the
-//! endpoint's first address; here the backend's name, which is its address by default),
-//! sorts the backends by that hash, and keeps the first `subset_size`. With fewer backends
-//! than `subset_size` it keeps them all. A68 suggests XXH64 (the hash of gRFC A42's ring
-//! hash); an earlier draft of A68 gave `subset_size` a default of 20, kept here.
-//!
-//! **Churn.** A backend's hash does not depend on the other backends, so the order of the
-//! others never changes: adding or removing one backend changes at most one member of any
-//! subset (A68's guarantee; checked by a property test here).
-//!
-//! **Balance.** Each client's subset is an independent random sample, so connections per
-//! backend vary like a binomial draw: the spread shrinks as `clients × subset_size /
-//! backends` grows (A68's figures; the SRE book's random 30 % subsets of 300 backends for
-//! 300 clients: least loaded 63 %, most loaded 121 % of the mean).
-//!
-//! Weights pass through unchanged.
+//! Random subsetting by rendezvous hashing (gRFC A68): [`Random`].
 
 use std::hash::{BuildHasher, Hasher};
 
 use super::{hash_order, ConfigError, Subsetting};
 
-/// Random subsetting by rendezvous hashing with a per-client seed (gRFC A68). See the
-/// [module docs](self).
+/// Random subsetting by rendezvous hashing, as gRFC A68 specifies it ("A68: Random
+/// subsetting with rendezvous hashing LB policy", github.com/grpc/proposal,
+/// `A68-random-subsetting.md`).
+///
+/// Each client draws a random integer seed once (its salt). On every change of the
+/// backend set it computes `XXH64(name, seed)` for every backend (A68 hashes the
+/// endpoint's first address; here the backend's name, which is its address by default),
+/// sorts the backends by that hash, and keeps the first `subset_size`. With fewer backends
+/// than `subset_size` it keeps them all. A68 suggests XXH64 (the hash of gRFC A42's ring
+/// hash); an earlier draft of A68 gave `subset_size` a default of 20, kept here.
+///
+/// **Churn.** A backend's hash does not depend on the other backends, so the order of the
+/// others never changes: adding or removing one backend changes at most one member of any
+/// subset (A68's guarantee; checked by a property test here).
+///
+/// **Balance.** Each client's subset is an independent random sample, so connections per
+/// backend vary like a binomial draw: the spread shrinks as `clients × subset_size /
+/// backends` grows (A68's figures; the SRE book's random 30 % subsets of 300 backends for
+/// 300 clients: least loaded 63 %, most loaded 121 % of the mean).
+///
+/// Weights pass through unchanged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Random {
     subset_size: usize,
