@@ -28,12 +28,15 @@ use super::{ConfigError, Subsetting, FULL_SHARE};
 /// at an edge), so the balancer's strategy (weighted round robin, weighted least request)
 /// sends each member its fraction.
 ///
-/// **Churn.** When clients scale, each client's offset and width move a little, so a
-/// client gains or loses at most the members at its edges. When a backend comes or goes,
-/// every arc is renormalised (`j / B` becomes `j / (B ± 1)`), so most slices shift by a
-/// fraction of an arc and gain or lose an edge member, though most of those have a small
-/// share. Google's Ringsteady subsetting (CACM, May 2023) avoids this with stable backend
-/// task indices placed by a low-discrepancy sequence; discovery gives names, not indices,
+/// **Churn.** When a backend comes or goes, every arc is renormalised (`j / B` becomes
+/// `j / (B ± 1)`), so most slices shift by a fraction of an arc: a client gains or loses at
+/// most two members each way (an edge, and the backend itself), most of them with a small
+/// share, unless the slice's number of client units `ceil(aperture × C / B)` changes, when
+/// every slice grows or shrinks. When clients scale, every offset `i / C` moves and the
+/// width may gain a unit. Either way most clients change a member, where the ideal is a
+/// change only for the clients of the backend that came or went. Google's Ringsteady
+/// subsetting (CACM, May 2023) avoids this with stable backend task indices placed by a
+/// low-discrepancy sequence; discovery gives names, not indices,
 /// so this crate follows Finagle.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Aperture {
@@ -185,6 +188,56 @@ mod tests {
                 max - min <= 2 * clients as u32 / 100 + 2,
                 "{clients}×{n}: {min}..{max}"
             );
+        }
+    }
+
+    fn members(id: u64, clients: u64, aperture: usize, names: &[String]) -> Vec<String> {
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let algo = Aperture::new(id, clients)
+            .unwrap()
+            .aperture(aperture)
+            .unwrap();
+        algo.select(&refs)
+            .into_iter()
+            .map(|(i, _)| names[i].clone())
+            .collect()
+    }
+
+    fn changes(before: &[String], after: &[String]) -> (usize, usize) {
+        let joined = after.iter().filter(|m| !before.contains(m)).count();
+        let left = before.iter().filter(|m| !after.contains(m)).count();
+        (joined, left)
+    }
+
+    proptest::proptest! {
+        /// One backend more or less moves each slice by less than one arc at each end,
+        /// so a client's subset gains and loses at most two members each way (an edge and
+        /// the backend itself), as long as the slice keeps its width: the number of
+        /// client units, `ceil(aperture × C / B)` with the aperture capped at `B`, may
+        /// change with `B`, and then every slice grows or shrinks.
+        #[test]
+        fn one_backend_changes_at_most_two_members_each_way(
+            clients in 1u64..60,
+            n in 1usize..60,
+            aperture in 1usize..20,
+            at in proptest::prelude::any::<proptest::sample::Index>(),
+            id in proptest::prelude::any::<proptest::sample::Index>(),
+        ) {
+            // Even names for the backends, an odd one for the new backend: anywhere in
+            // the order.
+            let names: Vec<String> = (0..n).map(|i| format!("b{:04}", 2 * i + 2)).collect();
+            let mut grown = names.clone();
+            grown.push(format!("b{:04}", 2 * at.index(n + 1) + 1));
+            grown.sort();
+            let units = |b: usize| (aperture.min(b) as u64 * clients).div_ceil(b as u64);
+            proptest::prop_assume!(units(n) == units(n + 1));
+            let id = id.index(clients as usize) as u64;
+            let before = members(id, clients, aperture, &names);
+            let after = members(id, clients, aperture, &grown);
+            let (joined, left) = changes(&before, &after);
+            proptest::prop_assert!(joined <= 2 && left <= 2, "{before:?} -> {after:?}");
+            let (joined, left) = changes(&after, &before);
+            proptest::prop_assert!(joined <= 2 && left <= 2, "{after:?} -> {before:?}");
         }
     }
 
