@@ -21,8 +21,9 @@ use std::time::Duration;
 
 use tower::{Service, ServiceExt};
 use tower_lb::classify::ErrorsAsFailures;
+use tower_lb::discover;
 use tower_lb::discover::subset::{self, Aperture, Deterministic, Random, SubsetHandle, Subsetting};
-use tower_lb::discover::{self, subset::ConfigError};
+use tower_lb::error::BuildError;
 use tower_lb::strategy::RoundRobin;
 use tower_lb::{Balance, Endpoint};
 
@@ -39,7 +40,7 @@ fn algorithm(
     clients: u64,
     size: usize,
 ) -> Result<Box<dyn Subsetting>, String> {
-    let built: Result<Box<dyn Subsetting>, ConfigError> = match name {
+    let built: Result<Box<dyn Subsetting>, BuildError> = match name {
         "deterministic" => Deterministic::new(id, size).map(|a| Box::new(a) as _),
         // A68: a random salt per client. Seeded by the id here so that reruns print the same.
         "random" => Random::with_seed(size, id).map(|a| Box::new(a) as _),

@@ -1,6 +1,7 @@
 //! A consistent ring, Finagle's deterministic aperture: [`Aperture`].
 
-use super::{ConfigError, Subsetting, FULL_SHARE};
+use super::{Subsetting, FULL_SHARE};
+use crate::error::BuildError;
 
 /// A consistent ring: Finagle's deterministic aperture (Twitter's Finagle,
 /// `finagle-core/.../loadbalancer/aperture/`: `ProcessCoordinate.scala`, `Ring.scala`,
@@ -54,19 +55,19 @@ impl Aperture {
     ///
     /// # Errors
     ///
-    /// [`ConfigError`] when `client_count` is 0 or `client_id` is not below it.
-    pub fn new(client_id: u64, client_count: u64) -> Result<Self, ConfigError> {
-        ConfigError::reject_if(
+    /// [`BuildError::InvalidConfig`] when `client_count` is 0 or `client_id` is not below it.
+    pub fn new(client_id: u64, client_count: u64) -> Result<Self, BuildError> {
+        BuildError::reject_if(
             client_count == 0,
             "Aperture::client_count",
             client_count,
             "at least 1",
         )?;
-        ConfigError::reject_if(
+        BuildError::reject_if(
             client_id >= client_count,
             "Aperture::client_id",
             client_id,
-            format!("less than the client count ({client_count})"),
+            "less than the client count",
         )?;
         Ok(Aperture {
             client_id,
@@ -80,9 +81,9 @@ impl Aperture {
     ///
     /// # Errors
     ///
-    /// [`ConfigError`] when `aperture` is 0.
-    pub fn aperture(mut self, aperture: usize) -> Result<Self, ConfigError> {
-        ConfigError::reject_if(aperture == 0, "Aperture::aperture", aperture, "at least 1")?;
+    /// [`BuildError::InvalidConfig`] when `aperture` is 0.
+    pub fn aperture(mut self, aperture: usize) -> Result<Self, BuildError> {
+        BuildError::reject_if(aperture == 0, "Aperture::aperture", aperture, "at least 1")?;
         self.aperture = aperture;
         Ok(self)
     }
@@ -250,15 +251,15 @@ mod tests {
 
     #[test]
     fn bad_settings_are_errors() {
+        let invalid = super::super::rejected(Aperture::new(0, 0));
+        assert_eq!(invalid.field(), "Aperture::client_count");
+        let invalid = super::super::rejected(Aperture::new(5, 5));
+        assert_eq!(invalid.field(), "Aperture::client_id");
         assert_eq!(
-            Aperture::new(0, 0).unwrap_err().field(),
-            "Aperture::client_count"
+            invalid.to_string(),
+            "invalid load balancer configuration: Aperture::client_id is 5; it must be less than the client count"
         );
-        assert_eq!(
-            Aperture::new(5, 5).unwrap_err().field(),
-            "Aperture::client_id"
-        );
-        let err = Aperture::new(0, 5).unwrap().aperture(0).unwrap_err();
-        assert_eq!(err.field(), "Aperture::aperture");
+        let invalid = super::super::rejected(Aperture::new(0, 5).unwrap().aperture(0));
+        assert_eq!(invalid.field(), "Aperture::aperture");
     }
 }

@@ -1,6 +1,7 @@
 //! Deterministic subsetting (SRE book, chapter 20): [`Deterministic`].
 
-use super::{hash_order, ConfigError, Subsetting};
+use super::{hash_order, Subsetting};
+use crate::error::BuildError;
 
 /// Deterministic subsetting, as the Google SRE book gives it (Beyer et al., *Site
 /// Reliability Engineering*, O'Reilly 2016, chapter 20, "Load Balancing in the Datacenter",
@@ -45,9 +46,9 @@ impl Deterministic {
     ///
     /// # Errors
     ///
-    /// [`ConfigError`] when `subset_size` is 0.
-    pub fn new(client_id: u64, subset_size: usize) -> Result<Self, ConfigError> {
-        ConfigError::reject_if(
+    /// [`BuildError::InvalidConfig`] when `subset_size` is 0.
+    pub fn new(client_id: u64, subset_size: usize) -> Result<Self, BuildError> {
+        BuildError::reject_if(
             subset_size == 0,
             "Deterministic::subset_size",
             subset_size,
@@ -155,8 +156,8 @@ mod tests {
 
     #[test]
     fn subset_size_zero_is_an_error() {
-        let err = Deterministic::new(0, 0).unwrap_err();
-        assert_eq!(err.field(), "Deterministic::subset_size");
-        assert_eq!(err.value(), "0");
+        let invalid = super::super::rejected(Deterministic::new(0, 0));
+        assert_eq!(invalid.field(), "Deterministic::subset_size");
+        assert_eq!(invalid.value(), "0");
     }
 }

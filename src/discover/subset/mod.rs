@@ -42,14 +42,16 @@
 //! # }
 //! ```
 //!
+//! Bad settings (a subset size of 0, a client id not below the client count) are a
+//! [`BuildError::InvalidConfig`](crate::error::BuildError::InvalidConfig) naming the setting,
+//! as for the balancer's own settings.
+//!
 //! # Writing an algorithm
 //!
 //! Implement [`Subsetting`]: given the sorted names of every backend, return the chosen
 //! indices with a weight factor each. The adapter multiplies each member's weight by its
 //! factor, so an algorithm that gives some members a fraction of a full share (the ring's
 //! edges) returns [`FULL_SHARE`] for whole members and less for the others.
-
-use std::fmt;
 
 mod adapter;
 mod aperture;
@@ -75,70 +77,16 @@ pub trait Subsetting: Send + 'static {
     fn select(&self, backends: &[&str]) -> Vec<(usize, u32)>;
 }
 
-/// A subsetting setting out of range: which one, its value, and what it must be.
-///
-/// ```
-/// use tower_lb::discover::subset::Aperture;
-///
-/// let err = Aperture::new(30, 30).unwrap_err();
-/// assert_eq!(err.field(), "Aperture::client_id");
-/// assert_eq!(
-///     err.to_string(),
-///     "invalid subsetting configuration: Aperture::client_id is 30; it must be less than the client count (30)"
-/// );
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    field: &'static str,
-    value: String,
-    expected: String,
-}
-
-impl ConfigError {
-    /// Fails, naming `field` and its `value`, when `invalid` holds.
-    pub(crate) fn reject_if(
-        invalid: bool,
-        field: &'static str,
-        value: impl fmt::Debug,
-        expected: impl Into<String>,
-    ) -> Result<(), ConfigError> {
-        if invalid {
-            return Err(ConfigError {
-                field,
-                value: format!("{value:?}"),
-                expected: expected.into(),
-            });
-        }
-        Ok(())
-    }
-
-    /// The setting, as the constructor argument or setter that sets it.
-    pub fn field(&self) -> &'static str {
-        self.field
-    }
-
-    /// The value given, in its `Debug` form.
-    pub fn value(&self) -> &str {
-        &self.value
-    }
-
-    /// What the value must be.
-    pub fn expected(&self) -> &str {
-        &self.expected
+/// The setting a [`BuildError::InvalidConfig`](crate::error::BuildError) names, for tests.
+#[cfg(test)]
+fn rejected<T: std::fmt::Debug>(
+    result: Result<T, crate::error::BuildError>,
+) -> crate::error::InvalidConfig {
+    match result {
+        Err(crate::error::BuildError::InvalidConfig(invalid)) => invalid,
+        other => panic!("accepted: {other:?}"),
     }
 }
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid subsetting configuration: {} is {}; it must be {}",
-            self.field, self.value, self.expected
-        )
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 /// The indices `0..n` ordered by `XXH64(name, seed)`, ties by name: a seeded random
 /// permutation that depends only on the names, so every client computes the same one.

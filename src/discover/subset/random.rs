@@ -2,7 +2,8 @@
 
 use std::hash::{BuildHasher, Hasher};
 
-use super::{hash_order, ConfigError, Subsetting};
+use super::{hash_order, Subsetting};
+use crate::error::BuildError;
 
 /// Random subsetting by rendezvous hashing, as gRFC A68 specifies it ("A68: Random
 /// subsetting with rendezvous hashing LB policy", github.com/grpc/proposal,
@@ -40,8 +41,8 @@ impl Random {
     ///
     /// # Errors
     ///
-    /// [`ConfigError`] when `subset_size` is 0.
-    pub fn new(subset_size: usize) -> Result<Self, ConfigError> {
+    /// [`BuildError::InvalidConfig`] when `subset_size` is 0.
+    pub fn new(subset_size: usize) -> Result<Self, BuildError> {
         let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
         hasher.write_usize(subset_size);
         Random::with_seed(subset_size, hasher.finish())
@@ -52,9 +53,9 @@ impl Random {
     ///
     /// # Errors
     ///
-    /// [`ConfigError`] when `subset_size` is 0.
-    pub fn with_seed(subset_size: usize, seed: u64) -> Result<Self, ConfigError> {
-        ConfigError::reject_if(
+    /// [`BuildError::InvalidConfig`] when `subset_size` is 0.
+    pub fn with_seed(subset_size: usize, seed: u64) -> Result<Self, BuildError> {
+        BuildError::reject_if(
             subset_size == 0,
             "Random::subset_size",
             subset_size,
@@ -114,7 +115,8 @@ mod tests {
 
     #[test]
     fn subset_size_zero_is_an_error() {
-        assert_eq!(Random::new(0).unwrap_err().field(), "Random::subset_size");
+        let invalid = super::super::rejected(Random::new(0));
+        assert_eq!(invalid.field(), "Random::subset_size");
     }
 
     proptest! {
