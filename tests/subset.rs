@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 
 use common::{keys, send, settle, stat, stats_of, Backend};
 use tower_lb::classify::ErrorsAsFailures;
-use tower_lb::discover::subset::{self, Aperture, Deterministic, Random, FULL_SHARE};
+use tower_lb::discover::subset::{self, Aperture, Deterministic, Random, Subsetting, FULL_SHARE};
 use tower_lb::discover::{self, Change};
 use tower_lb::strategy::RoundRobin;
 use tower_lb::{Balance, Endpoint, Metadata};
@@ -157,7 +157,16 @@ async fn errors_and_empty_resets_pass_through() {
         .collect()
         .await;
     // The first subset is a reset; the error comes after it; the empty reset is passed
-    // on, and the next subset is a full reset again.
-    assert_eq!(out, ["reset 2", "err lookup failed", "reset 0", "reset 1"]);
-    assert_eq!(handle.stats().keys().collect::<Vec<_>>(), [&"b9"]);
+    // on but the set stays, and the next subset (of b0 to b3 and b9) is a full reset.
+    assert_eq!(out, ["reset 2", "err lookup failed", "reset 0", "reset 2"]);
+    let stats = handle.stats();
+    assert_eq!(stats.backends, 5);
+    let names = ["b0", "b1", "b2", "b3", "b9"];
+    let algorithm = Random::with_seed(2, 1).unwrap();
+    let expected: Vec<&str> = algorithm
+        .select(&names)
+        .into_iter()
+        .map(|(i, _)| names[i])
+        .collect();
+    assert_eq!(stats.keys().copied().collect::<Vec<_>>(), expected);
 }

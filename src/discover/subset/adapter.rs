@@ -33,9 +33,13 @@ const BATCH: usize = 256;
 ///   [`Random`](super::Random); the share in thousandths for [`Aperture`](super::Aperture)),
 ///   saturating at `u32::MAX`.
 /// - The first subset is sent as one [`Change::Reset`].
-/// - An empty reset from the source is passed on as is (the balancer ignores it by
-///   default and keeps the last set), and the adapter forgets the backends; the next
-///   subset is sent as a full reset.
+/// - An empty reset from the source is passed on as is: the balancer ignores it by
+///   default and keeps the last set, and so does the adapter. The next subset, after the
+///   next change from the source, is sent as a full reset (so with
+///   [`allow_empty_reset`](crate::Builder::allow_empty_reset) the subset of the kept set
+///   returns then).
+/// - The algorithms choose by name only: a backend of weight 0 can be a member (it gets
+///   no requests).
 /// - Errors from the source are passed on, after the changes before them; the end of the
 ///   source ends the adapter, after the last subset.
 ///
@@ -211,12 +215,9 @@ where
                 }
             }
             Change::Reset(list) if list.is_empty() => {
-                self.backends.clear();
-                self.position.clear();
-                self.members.clear();
-                self.updated.clear();
+                // Passed on for the balancer to judge; the set stays here, as it does in
+                // the balancer by default, and the next subset is a full reset.
                 self.resync = true;
-                self.changed = false;
                 self.out.push_back(Change::Reset(Vec::new()));
             }
             Change::Reset(list) => {
