@@ -30,7 +30,7 @@ const BATCH: usize = 256;
 ///   an insert for each member whose weight, metadata or service changed.
 /// - Members keep their metadata; their weight is their weight from discovery times the
 ///   algorithm's factor (1 for [`Deterministic`](super::Deterministic) and
-///   [`Random`](super::Random); the share in thousandths for [`Aperture`](super::Aperture)),
+///   [`Random`](super::Random); the share in hundredths for [`Aperture`](super::Aperture)),
 ///   saturating at `u32::MAX`.
 /// - The first subset is sent as one [`Change::Reset`].
 /// - An empty reset from the source is passed on as is: the balancer ignores it by

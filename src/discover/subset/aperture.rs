@@ -25,7 +25,7 @@ use crate::error::BuildError;
 /// clients: connections differ by at most the edges, and requests, which follow the shares,
 /// are balanced. Finagle picks within the slice by weighted power of two choices; here the
 /// shares reach the balancer as weights: the adapter multiplies a member's weight by its
-/// share in thousandths ([`FULL_SHARE`](super::FULL_SHARE) for a whole member, at least 1
+/// share in hundredths ([`FULL_SHARE`](super::FULL_SHARE) for a whole member, at least 1
 /// at an edge), so the balancer's strategy (weighted round robin, weighted least request)
 /// sends each member its fraction.
 ///
@@ -158,14 +158,11 @@ mod tests {
     fn exact_slices_with_fractional_edges() {
         // 3 clients, 4 backends, aperture 2: width ceil(2 × 3 / 4) = 2 client units = 2/3.
         // Client 0: [0, 2/3) covers backends 0, 1 whole and 2/3 of backend 2.
-        assert_eq!(select(0, 3, 2, 4), [(0, 1000), (1, 1000), (2, 667)]);
+        assert_eq!(select(0, 3, 2, 4), [(0, 100), (1, 100), (2, 67)]);
         // Client 1: [1/3, 1): 2/3 of backend 1 (its arc [1/4, 1/2)), backends 2, 3 whole.
-        assert_eq!(select(1, 3, 2, 4), [(1, 667), (2, 1000), (3, 1000)]);
+        assert_eq!(select(1, 3, 2, 4), [(1, 67), (2, 100), (3, 100)]);
         // Client 2: [2/3, 4/3) wraps: 1/3 of backend 2, backend 3, backend 0, 1/3 of 1.
-        assert_eq!(
-            select(2, 3, 2, 4),
-            [(2, 333), (3, 1000), (0, 1000), (1, 333)]
-        );
+        assert_eq!(select(2, 3, 2, 4), [(2, 33), (3, 100), (0, 100), (1, 33)]);
     }
 
     #[test]
@@ -183,12 +180,19 @@ mod tests {
                     total[i] += share;
                 }
             }
-            let (min, max) = (total.iter().min().unwrap(), total.iter().max().unwrap());
-            // Rounding each share to thousandths: off by at most one per client slice edge.
-            assert!(
-                max - min <= 2 * clients as u32 / 100 + 2,
-                "{clients}×{n}: {min}..{max}"
-            );
+            // Every point of the ring is covered by `units` slices, so each backend's
+            // shares add up to `units` whole shares, up to the rounding of the partial
+            // ones: at most one per slice edge inside its arc, of which there are at most
+            // two per client unit that starts or ends there.
+            let units = (12.min(n) as u64 * clients).div_ceil(n as u64) as u32;
+            let edges = 2 * (clients.div_ceil(n as u64) as u32 + 1);
+            for (i, &t) in total.iter().enumerate() {
+                assert!(
+                    t.abs_diff(units * FULL_SHARE) <= edges,
+                    "{clients}×{n}: backend {i} has {t}, not {}",
+                    units * FULL_SHARE
+                );
+            }
         }
     }
 
@@ -246,7 +250,7 @@ mod tests {
     fn whole_ring_when_the_aperture_covers_it() {
         let all = select(3, 5, 12, 4);
         assert_eq!(all.len(), 4);
-        assert!(all.iter().all(|&(_, s)| s == 1000));
+        assert!(all.iter().all(|&(_, s)| s == FULL_SHARE));
     }
 
     #[test]

@@ -64,8 +64,10 @@ pub use deterministic::Deterministic;
 pub use random::Random;
 
 /// The weight factor of a whole member, for algorithms with fractional shares: a member
-/// that gets a quarter of a full share has factor `FULL_SHARE / 4`.
-pub const FULL_SHARE: u32 = 1000;
+/// that gets a quarter of a full share has factor `FULL_SHARE / 4`. Hundredths: precise
+/// enough for the edges of a slice (two members of many), and small enough that smooth
+/// weighted round robin's cycle over a subset of 10 stays near 1 000 slots (4 KB).
+pub const FULL_SHARE: u32 = 100;
 
 /// A subsetting algorithm: which backends this client uses.
 pub trait Subsetting: Send + 'static {
