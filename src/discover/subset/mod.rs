@@ -15,7 +15,7 @@
 //! |---|---|---|---|
 //! | [`Deterministic`] | SRE book, chapter 20 | equal when clients fill whole rounds | most subsets of the fleet change |
 //! | [`Random`] | gRFC A68 | random: spread grows as subsets shrink | at most one member of any subset changes |
-//! | [`Aperture`] | Finagle's deterministic aperture | equal, with fractional weights at the slice edges | most subsets gain or lose an edge member |
+//! | [`Aperture`] | Finagle's deterministic aperture | equal up to the slice edges, whose fractional shares reach the balancer as weights | most subsets gain or lose an edge member |
 //!
 //! Every client of a fleet must use the same algorithm and settings, and see the same
 //! backend names. A backend's name is its [`Metadata::name`](crate::Metadata::name), or
