@@ -10,12 +10,12 @@
 //!
 //! | flag | meaning | default |
 //! |---|---|---|
-//! | `--scenario NAME` | `buoyant`, `mixed-speed`, `overload-ramp`, `fast-fail`, `churn`, `hot-keys`, `antagonist`, `heterogeneous` (these two with load reports: run them with `--features orca` for weighted round robin), or `all` | `all` |
+//! | `--scenario NAME` | `buoyant`, `mixed-speed`, `overload-ramp`, `fast-fail`, `churn`, `hot-keys`, `antagonist`, `heterogeneous` (these two with load reports: run them with `--features orca` for weighted round robin), or `all`; `fleet` (subsetting, see `fleet.rs`; not part of `all`) | `all` |
 //! | `--out DIR` | where the Markdown tables and SVG plots go | `target/simulate` |
 //! | `--seed N` | the seed every random number derives from | 1 |
 //! | `--time-scale F` | multiplies each scenario's duration and timeline | 1 |
 //! | `--rate-scale F` | multiplies the request rate (and the slot counts, keeping the load) | 1 |
-//! | `--clients N` | independent balancers per contestant, each sent a random share of the requests | 1 |
+//! | `--clients N` | independent balancers per contestant, each sent a random share of the requests (`fleet`: the fleet's client count, default 300) | 1 |
 //! | `--only A,B` | runs only the contestants whose names contain one of these | all |
 //!
 //! For each scenario it prints the table to stdout and writes `DIR/NAME.md`,
@@ -23,6 +23,7 @@
 //! (each backend's requests per second over time, per contestant); with `all`, also
 //! `DIR/summary.md`. The model is described in `sim.rs`.
 
+mod fleet;
 mod sim;
 mod svg;
 
@@ -32,7 +33,7 @@ use std::process::ExitCode;
 fn usage() -> String {
     format!(
         "usage: simulate [--scenario NAME|all] [--out DIR] [--seed N] [--time-scale F] [--rate-scale F] [--clients N] [--only A,B]\n\
-         scenarios: {}",
+         scenarios: {}, fleet",
         sim::SCENARIOS.join(", ")
     )
 }
@@ -102,6 +103,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.scenario == "fleet" {
+        return match std::fs::create_dir_all(&args.out)
+            .and_then(|()| fleet::main(&args.options, &args.out))
+        {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("fleet: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let names: Vec<&str> = if args.scenario == "all" {
         sim::SCENARIOS.to_vec()
     } else if sim::SCENARIOS.contains(&args.scenario.as_str()) {

@@ -68,3 +68,4 @@ pub use layer::{BalanceLayer, LayerDiscover};
 pub use make::MakeEndpoint;
 pub use monitor::Monitor;
 pub use service::Balance;
+pub(crate) use shared::default_name;

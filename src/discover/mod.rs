@@ -12,6 +12,7 @@
 //! | [`from_snapshots`] | a [`Snapshots`] source that yields whole endpoint lists, diffed into changes |
 //! | `dns` (feature `dns`) | A/AAAA or SRV records of a DNS name, refreshed by TTL: Kubernetes headless services, Consul |
 //! | `etcd` (feature `etcd`) | the keys under an etcd prefix, watched; servers register with `etcd::Registration` |
+//! | [`subset`] | wraps any source: only this client's subset of the backends (SRE book, gRFC A68, Finagle's aperture) |
 //! | anything implementing [`Discover`] | every `Stream<Item = Result<Change<K, S>, E>>` does |
 //!
 //! # What each change does
@@ -68,6 +69,7 @@ pub mod etcd;
 mod lazy;
 pub(crate) mod snapshots;
 mod static_list;
+pub mod subset;
 mod tower_compat;
 
 pub use channel::{channel, ChannelDiscover, Closed, Sender};
