@@ -19,6 +19,7 @@
 //! | [`Maglev`] | O(1) (one slot), by request key | yes, slots in proportion | no | [`maglev`] |
 //! | [`Rendezvous`] | O(n), by request key | yes, `weight / -ln(u)` | no | [`rendezvous`] |
 //! | `WeightedRoundRobin` (feature `orca`) | O(max / mean) turns, one CAS | by server load reports, `qps / utilization` (gRFC A58) | load reports | `weighted_round_robin` |
+//! | `Prequal` (feature `prequal`) | O(pool) ≤ 16 probes, one uncontended mutex | no | probed RIF and server latency (NSDI 2024) | `prequal` |
 //! | [`BoundedLoad`] | as the wrapped strategy, plus O(n) when the key's endpoint is busy | as the wrapped strategy | in-flight | [`bounded_load`] |
 //!
 //! # Writing a strategy
@@ -77,6 +78,8 @@ pub use ring_hash::RingHash;
 pub use round_robin::RoundRobin;
 #[cfg(feature = "orca")]
 pub use weighted_round_robin::WeightedRoundRobin;
+#[cfg(feature = "prequal")]
+pub use crate::prequal::Prequal;
 
 /// How the balancer chooses an endpoint. See the [module docs](self).
 pub trait Strategy: Send + Sync + 'static {
