@@ -98,7 +98,9 @@ impl LoadEstimator {
     }
 
     fn now_us(&self) -> u64 {
-        Instant::now().saturating_duration_since(self.epoch).as_micros() as u64
+        Instant::now()
+            .saturating_duration_since(self.epoch)
+            .as_micros() as u64
     }
 
     /// Requests in flight now.

@@ -54,9 +54,7 @@ use std::sync::{Mutex, MutexGuard};
 pub use estimator::{Arrival, LoadEstimator, MAX_TRACKED_RIF, MIN_SAMPLES, SAMPLES_PER_RIF};
 pub use layer::{PrequalFuture, PrequalLayer, PrequalService};
 pub use pool::{reuse_budget, Selection};
-pub use strategy::{
-    KeyHasher, PooledProbe, Prequal, PrequalMonitor, PrequalStats, PrequalTable,
-};
+pub use strategy::{KeyHasher, PooledProbe, Prequal, PrequalMonitor, PrequalStats, PrequalTable};
 pub use transport::{HttpTransport, ProbeError, ProbeTransport, ServiceTransport};
 pub use wire::{AnswerError, ProbeAnswer, LATENCY_HEADER, PROBE_PATH, RIF_HEADER};
 

@@ -273,7 +273,13 @@ mod tests {
     }
 
     fn add(p: &mut Pool, key: usize, rif: u64, latency_us: u64, at: Instant, uses: u32) {
-        p.insert(key, key.to_string().into(), ProbeAnswer { rif, latency_us }, at, uses);
+        p.insert(
+            key,
+            key.to_string().into(),
+            ProbeAnswer { rif, latency_us },
+            at,
+            uses,
+        );
     }
 
     fn keys(p: &Pool) -> Vec<usize> {
@@ -337,7 +343,16 @@ mod tests {
         // Lowest RIF only: 1.
         let mut q = pool(Selection::RifOnly);
         for e in p.entries.clone() {
-            q.insert(e.key, e.name, ProbeAnswer { rif: e.rif, latency_us: e.latency_us }, t0, 1);
+            q.insert(
+                e.key,
+                e.name,
+                ProbeAnswer {
+                    rif: e.rif,
+                    latency_us: e.latency_us,
+                },
+                t0,
+                1,
+            );
         }
         assert_eq!(q.entries[q.select().unwrap()].key, 1);
         // 9 (RIF 1) is the only cold probe: it wins; without it all are hot, and the
@@ -386,7 +401,11 @@ mod tests {
         assert_eq!(keys(&p), [3], "the oldest again");
         add(&mut p, 5, 1, 50, t0 + 4 * MS, 9);
         p.remove_one();
-        assert_eq!(keys(&p), [5], "no hot probe: the slowest (3, 300 µs) is the worst");
+        assert_eq!(
+            keys(&p),
+            [5],
+            "no hot probe: the slowest (3, 300 µs) is the worst"
+        );
         p.remove_one();
         p.remove_one();
         assert!(p.entries.is_empty());

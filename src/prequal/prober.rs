@@ -47,7 +47,11 @@ impl TokenBucket {
 }
 
 /// Runs until the strategy is dropped: waits for picks to ask for probes, and sends them.
-pub(crate) async fn run<T: ProbeTransport>(state: Weak<State>, transport: Arc<T>, wake: Arc<Notify>) {
+pub(crate) async fn run<T: ProbeTransport>(
+    state: Weak<State>,
+    transport: Arc<T>,
+    wake: Arc<Notify>,
+) {
     let mut bucket = match state.upgrade() {
         Some(s) => TokenBucket::new(s.settings.max_probe_rate, s.settings.group_size() as f64),
         None => return,

@@ -400,7 +400,7 @@ impl PrequalMonitor {
                 hot: threshold.is_some_and(|t| e.rif > t),
             })
             .collect();
-        probes.sort_by(|a, b| (a.hot, a.latency, a.rif).cmp(&(b.hot, b.latency, b.rif)));
+        probes.sort_by_key(|p| (p.hot, p.latency, p.rif));
         probes
     }
 }
@@ -453,8 +453,11 @@ impl<T: ProbeTransport> Strategy for Prequal<T> {
                 load: endpoints.load_handle(i).clone(),
             })
             .collect();
-        let index: HashMap<usize, usize, BuildHasherDefault<KeyHasher>> =
-            targets.iter().enumerate().map(|(i, t)| (t.key, i)).collect();
+        let index: HashMap<usize, usize, BuildHasherDefault<KeyHasher>> = targets
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.key, i))
+            .collect();
         super::lock(&self.state.pool).retain_endpoints(|key| index.contains_key(&key));
         self.state.targets.store(Arc::new(targets));
         self.spawn_prober();
@@ -494,7 +497,9 @@ impl<T: ProbeTransport> Strategy for Prequal<T> {
         let s = &self.state.settings;
         let invalid = BuildError::InvalidConfig;
         if !(s.probes_per_query > 0.0 && s.probes_per_query <= 16.0) {
-            return Err(invalid("Prequal::probes_per_query must be above 0 and at most 16"));
+            return Err(invalid(
+                "Prequal::probes_per_query must be above 0 and at most 16",
+            ));
         }
         if s.pool_size == 0 {
             return Err(invalid("Prequal::pool_size must be at least 1"));
@@ -509,7 +514,9 @@ impl<T: ProbeTransport> Strategy for Prequal<T> {
             return Err(invalid("Prequal::rif_history must be at least 1"));
         }
         if !(s.reuse_delta.is_finite() && s.reuse_delta >= 0.0) {
-            return Err(invalid("Prequal::reuse_delta must be a finite number at least 0"));
+            return Err(invalid(
+                "Prequal::reuse_delta must be a finite number at least 0",
+            ));
         }
         if s.max_reuse == 0 {
             return Err(invalid("Prequal::max_reuse must be at least 1"));
@@ -521,7 +528,9 @@ impl<T: ProbeTransport> Strategy for Prequal<T> {
             return Err(invalid("Prequal::max_concurrent_probes must be at least 1"));
         }
         if !(s.max_probe_rate.is_finite() && s.max_probe_rate > 0.0) {
-            return Err(invalid("Prequal::max_probe_rate must be a finite number above 0"));
+            return Err(invalid(
+                "Prequal::max_probe_rate must be a finite number above 0",
+            ));
         }
         Ok(())
     }

@@ -215,31 +215,52 @@ mod tests {
             ),
             (
                 headers(&[b"-1"], &[b"1"]),
-                AnswerError::NotANumber { header: rif, value: "-1".into() },
+                AnswerError::NotANumber {
+                    header: rif,
+                    value: "-1".into(),
+                },
             ),
             (
                 headers(&[b"1"], &[b"1.5"]),
-                AnswerError::NotANumber { header: lat, value: "1.5".into() },
+                AnswerError::NotANumber {
+                    header: lat,
+                    value: "1.5".into(),
+                },
             ),
             (
                 headers(&[b" 1"], &[b"1"]),
-                AnswerError::NotANumber { header: rif, value: " 1".into() },
+                AnswerError::NotANumber {
+                    header: rif,
+                    value: " 1".into(),
+                },
             ),
             (
                 headers(&[b""], &[b"1"]),
-                AnswerError::NotANumber { header: rif, value: "".into() },
+                AnswerError::NotANumber {
+                    header: rif,
+                    value: "".into(),
+                },
             ),
             (
                 headers(&[b"4294967296"], &[b"1"]),
-                AnswerError::OutOfRange { header: rif, max: MAX_RIF },
+                AnswerError::OutOfRange {
+                    header: rif,
+                    max: MAX_RIF,
+                },
             ),
             (
                 headers(&[b"1"], &[b"99999999999999999999"]),
-                AnswerError::OutOfRange { header: lat, max: MAX_LATENCY_US },
+                AnswerError::OutOfRange {
+                    header: lat,
+                    max: MAX_LATENCY_US,
+                },
             ),
             (
                 headers(&[b"1"], &[b"123456789012345678901234"]),
-                AnswerError::NotANumber { header: lat, value: "123456789012345678901234".into() },
+                AnswerError::NotANumber {
+                    header: lat,
+                    value: "123456789012345678901234".into(),
+                },
             ),
         ];
         for (h, expected) in cases {
@@ -249,7 +270,10 @@ mod tests {
         let h = headers(&[b"4294967295"], &[b"3600000000"]);
         assert_eq!(
             ProbeAnswer::from_headers(&h),
-            Ok(ProbeAnswer { rif: MAX_RIF, latency_us: MAX_LATENCY_US })
+            Ok(ProbeAnswer {
+                rif: MAX_RIF,
+                latency_us: MAX_LATENCY_US
+            })
         );
     }
 }

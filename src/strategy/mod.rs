@@ -67,6 +67,8 @@ pub mod stride;
 #[cfg(feature = "orca")]
 pub mod weighted_round_robin;
 
+#[cfg(feature = "prequal")]
+pub use crate::prequal::Prequal;
 pub use bounded_load::BoundedLoad;
 pub use hashing::{MissingKey, PreferenceOrder};
 pub use least_request::LeastRequest;
@@ -78,8 +80,6 @@ pub use ring_hash::RingHash;
 pub use round_robin::RoundRobin;
 #[cfg(feature = "orca")]
 pub use weighted_round_robin::WeightedRoundRobin;
-#[cfg(feature = "prequal")]
-pub use crate::prequal::Prequal;
 
 /// How the balancer chooses an endpoint. See the [module docs](self).
 pub trait Strategy: Send + Sync + 'static {
