@@ -7,7 +7,6 @@ use std::sync::{Arc, Weak};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::pool::reuse_budget;
 use super::strategy::{State, Target};
 use super::transport::{ProbeError, ProbeTransport};
 use crate::health::{ProbeFailure, ProbeTarget};
@@ -144,25 +143,7 @@ fn file(state: &State, target: &Target, result: Result<super::ProbeAnswer, Probe
             if !current {
                 return;
             }
-            let s = &state.settings;
-            let budget = reuse_budget(
-                s.pool_size,
-                targets.len(),
-                s.probes_per_query,
-                1.0,
-                s.reuse_delta,
-                s.max_reuse,
-            );
-            // Random rounding keeps the mean budget exact.
-            let whole = budget.floor();
-            let uses = whole as u32 + u32::from(state.rng.unit() < budget - whole);
-            super::lock(&state.pool).insert(
-                target.key,
-                target.name.clone(),
-                answer,
-                Instant::now(),
-                uses,
-            );
+            state.file_answer(target.key, target.name.clone(), answer, targets.len());
         }
         Err(error) => {
             super::lock(&state.pool).remove_endpoint(target.key);

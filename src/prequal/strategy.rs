@@ -11,8 +11,9 @@ use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::pool::{Pool, Selection};
+use super::pool::{reuse_budget, Pool, Selection};
 use super::transport::ProbeTransport;
+use super::wire::ProbeAnswer;
 use crate::endpoint::Load;
 use crate::error::BuildError;
 use crate::strategy::rng::Rng;
@@ -180,6 +181,29 @@ impl State {
         }
     }
 
+    /// Files an answer from endpoint `key`, with the reuse budget for `endpoints` endpoints.
+    pub(crate) fn file_answer(
+        &self,
+        key: usize,
+        name: Arc<str>,
+        answer: ProbeAnswer,
+        endpoints: usize,
+    ) {
+        let s = &self.settings;
+        let budget = reuse_budget(
+            s.pool_size,
+            endpoints,
+            s.probes_per_query,
+            1.0,
+            s.reuse_delta,
+            s.max_reuse,
+        );
+        // Random rounding keeps the mean budget exact.
+        let whole = budget.floor();
+        let uses = whole as u32 + u32::from(self.rng.unit() < budget - whole);
+        super::lock(&self.pool).insert(key, name, answer, Instant::now(), uses);
+    }
+
     /// Takes the whole probes asked for; the fraction stays.
     pub(crate) fn take_credits(&self) -> u64 {
         let credits = self.credits.load(Ordering::Relaxed);
@@ -297,6 +321,21 @@ impl<T> Prequal<T> {
     /// so that a run can be reproduced.
     pub fn with_seed(self, seed: u64) -> Self {
         self.with(|s| s.seed = Some(seed))
+    }
+
+    /// Files an answer of endpoint `i` of `endpoints` in the pool, as if a probe had
+    /// brought it: for answers that arrive another way (the headers of an ordinary
+    /// response, see [`PrequalLayer::report_on_responses`](super::PrequalLayer::report_on_responses)),
+    /// and for driving the strategy outside a balancer, in tests and benchmarks. Panics if
+    /// `i` is out of range.
+    pub fn offer(&self, endpoints: &Endpoints<'_>, i: usize, answer: ProbeAnswer) {
+        let load = endpoints.load_handle(i);
+        self.state.file_answer(
+            key_of(load),
+            endpoints.name(i).into(),
+            answer,
+            endpoints.len(),
+        );
     }
 
     /// A handle on the strategy's counters and pool, valid after the strategy has moved
