@@ -28,6 +28,7 @@
 //! | `weighted_round_robin_fallback` | (feature `orca`) `WeightedRoundRobin` with no reports: its round robin |
 //!
 //! | `prequal` | (feature `prequal`) `Prequal` in steady state: each iteration is one pick from a pool of up to 16 probes (expire, hot–cold selection, budget, one removal, the probe request) plus the two answers a pick's probes file on average (the probe task's share, under the same mutex) |
+//! | `prequal_answers` | (feature `prequal`) the two answers alone, filed in a full pool: `prequal` minus this is the pick's own cost |
 //! | `prequal_fallback` | (feature `prequal`) `Prequal` with an empty pool: its power of two choices |
 //!
 //! The `orca` rows need the feature: `cargo bench --features orca --bench pick -- weighted`;
@@ -136,9 +137,15 @@ fn bench_wrr(
 }
 
 /// Times Prequal's pick on `n` endpoints, with (`refill`) two answers filed per pick, or
-/// none (the fallback).
+/// none (the fallback); or (`pick` false) the two answers alone.
 #[cfg(feature = "prequal")]
-fn bench_prequal(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, n: usize, refill: bool) {
+fn bench_prequal(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    n: usize,
+    refill: bool,
+    pick: bool,
+) {
     use tower_lb::prequal::{ProbeAnswer, ServiceTransport};
     use tower_lb::strategy::Prequal;
     let transport = ServiceTransport::new(tower::service_fn(|_t| async {
@@ -163,7 +170,11 @@ fn bench_prequal(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, n: usize, ref
                     strategy.offer(&endpoints, next, answer);
                 }
             }
-            strategy.pick(black_box(&table), black_box(&endpoints), black_box(&cx))
+            if pick {
+                strategy.pick(black_box(&table), black_box(&endpoints), black_box(&cx))
+            } else {
+                0
+            }
         })
     });
 }
@@ -221,8 +232,9 @@ fn pick(c: &mut Criterion) {
         }
         #[cfg(feature = "prequal")]
         {
-            bench_prequal(&mut g, "prequal", n, true);
-            bench_prequal(&mut g, "prequal_fallback", n, false);
+            bench_prequal(&mut g, "prequal", n, true, true);
+            bench_prequal(&mut g, "prequal_answers", n, true, false);
+            bench_prequal(&mut g, "prequal_fallback", n, false, true);
         }
     }
     g.finish();

@@ -10,7 +10,7 @@
 //!
 //! | flag | meaning | default |
 //! |---|---|---|
-//! | `--scenario NAME` | `buoyant`, `mixed-speed`, `overload-ramp`, `fast-fail`, `churn`, `hot-keys`, `antagonist`, `heterogeneous` (these two with load reports: run them with `--features orca` for weighted round robin), or `all` | `all` |
+//! | `--scenario NAME` | `buoyant`, `mixed-speed`, `overload-ramp`, `fast-fail`, `churn`, `hot-keys`, `antagonist`, `heterogeneous` (these two with load reports: run them with `--features orca` for weighted round robin), `prequal` (with `--features prequal,orca`: 100 clients), or `all` | `all` |
 //! | `--out DIR` | where the Markdown tables and SVG plots go | `target/simulate` |
 //! | `--seed N` | the seed every random number derives from | 1 |
 //! | `--time-scale F` | multiplies each scenario's duration and timeline | 1 |
@@ -31,7 +31,7 @@ use std::process::ExitCode;
 
 fn usage() -> &'static str {
     "usage: simulate [--scenario NAME|all] [--out DIR] [--seed N] [--time-scale F] [--rate-scale F] [--clients N] [--only A,B]\n\
-     scenarios: buoyant, mixed-speed, overload-ramp, fast-fail, churn, hot-keys, antagonist, heterogeneous"
+     scenarios: buoyant, mixed-speed, overload-ramp, fast-fail, churn, hot-keys, antagonist, heterogeneous, prequal"
 }
 
 struct Args {
@@ -100,8 +100,9 @@ fn main() -> ExitCode {
         }
     };
     let names: Vec<&str> = if args.scenario == "all" {
-        sim::SCENARIOS.to_vec()
-    } else if sim::SCENARIOS.contains(&args.scenario.as_str()) {
+        let known = |n: &&str| sim::scenario(n, &args.options).is_some();
+        sim::SCENARIOS.iter().copied().filter(known).collect()
+    } else if sim::scenario(&args.scenario, &args.options).is_some() {
         vec![args.scenario.as_str()]
     } else {
         eprintln!("unknown scenario {:?}\n{}", args.scenario, usage());
@@ -135,7 +136,12 @@ fn main() -> ExitCode {
                 run.wall.as_secs_f64()
             )
         });
-        let table = sim::markdown(&report);
+        #[allow(unused_mut)]
+        let mut table = sim::markdown(&report);
+        #[cfg(feature = "prequal")]
+        if name == "prequal" {
+            table.push_str(&sim::prequal::goals(&report));
+        }
         println!("{table}");
         summary.push_str(&table);
         summary.push('\n');

@@ -73,6 +73,11 @@ use tower_lb::strategy::{
 
 pub type BoxError = tower_lb::error::BoxError;
 
+/// The scenario `prequal` and its contestants (feature `prequal`).
+#[cfg(feature = "prequal")]
+#[path = "prequal.rs"]
+pub mod prequal;
+
 // ----- random numbers -----
 
 /// splitmix64: a small, fast, seedable generator; every random number of a run comes from
@@ -656,6 +661,10 @@ pub enum Algo {
     /// `WeightedRoundRobin` (feature `orca`) with gRPC's defaults, fed by the backends'
     /// load reports.
     WeightedRoundRobin,
+    /// `Prequal` (feature `prequal`), hot–cold selection, probing the backends' true state.
+    Prequal,
+    /// `Prequal` (feature `prequal`) selecting by RIF alone.
+    PrequalRifOnly,
 }
 
 /// A contestant: an algorithm, and for this crate's strategies the health features on top.
@@ -723,6 +732,8 @@ impl Contestant {
             Algo::TowerPeakEwma => "tower p2c PeakEwma",
             Algo::Oracle => "oracle (shortest true queue)",
             Algo::WeightedRoundRobin => "weighted-round-robin (ORCA reports)",
+            Algo::Prequal => "prequal (hot-cold)",
+            Algo::PrequalRifOnly => "prequal (RIF only)",
         }
         .to_owned();
         if self.outlier {
@@ -822,7 +833,7 @@ impl Scenario {
     }
 }
 
-pub const SCENARIOS: [&str; 8] = [
+pub const SCENARIOS: [&str; 9] = [
     "buoyant",
     "mixed-speed",
     "overload-ramp",
@@ -831,6 +842,7 @@ pub const SCENARIOS: [&str; 8] = [
     "hot-keys",
     "antagonist",
     "heterogeneous",
+    "prequal",
 ];
 
 /// The scenario `name`, sized by `options`.
@@ -844,6 +856,8 @@ pub fn scenario(name: &str, options: &Options) -> Option<Scenario> {
         "hot-keys" => hot_keys(options),
         "antagonist" => antagonist(options),
         "heterogeneous" => heterogeneous(options),
+        #[cfg(feature = "prequal")]
+        "prequal" => prequal::scenario(options),
         _ => return None,
     })
 }
@@ -1558,6 +1572,10 @@ async fn contest(env: &Env<'_>, c: Contestant) {
         }
         #[cfg(not(feature = "orca"))]
         Algo::WeightedRoundRobin => panic!("weighted round robin needs the orca feature"),
+        #[cfg(feature = "prequal")]
+        Algo::Prequal | Algo::PrequalRifOnly => prequal::contest(env, c).await,
+        #[cfg(not(feature = "prequal"))]
+        Algo::Prequal | Algo::PrequalRifOnly => panic!("Prequal needs the prequal feature"),
     }
 }
 

@@ -96,8 +96,10 @@ pub(crate) struct Pool {
     selection: Selection,
     q_rif: f64,
     remove_oldest_next: bool,
-    /// The RIFs of recent answers, newest last.
+    /// The RIFs of recent answers, newest last, and the same values sorted (kept in step,
+    /// so that the quantile costs no sort and no allocation per answer).
     history: VecDeque<u64>,
+    sorted: Vec<u64>,
     history_len: usize,
     /// Probes with a RIF above this are hot (`None`: no history, all cold).
     threshold: Option<u64>,
@@ -119,6 +121,7 @@ impl Pool {
             q_rif,
             remove_oldest_next: true,
             history: VecDeque::with_capacity(history_len),
+            sorted: Vec::with_capacity(history_len),
             history_len: history_len.max(1),
             threshold: None,
         }
@@ -158,11 +161,22 @@ impl Pool {
             received,
             uses_left: uses.max(1),
         });
+        self.remember(answer.rif);
+    }
+
+    /// Adds a RIF to the recent ones (forgetting the oldest) and updates the threshold.
+    fn remember(&mut self, rif: u64) {
         if self.history.len() == self.history_len {
-            self.history.pop_front();
+            if let Some(old) = self.history.pop_front() {
+                if let Ok(i) = self.sorted.binary_search(&old) {
+                    self.sorted.remove(i);
+                }
+            }
         }
-        self.history.push_back(answer.rif);
-        self.threshold = quantile(&self.history, self.q_rif);
+        self.history.push_back(rif);
+        let at = self.sorted.partition_point(|&v| v <= rif);
+        self.sorted.insert(at, rif);
+        self.threshold = nearest_rank(&self.sorted, self.q_rif);
     }
 
     /// Drops the probes received more than `max_age` before `now`.
@@ -251,15 +265,14 @@ impl Pool {
     }
 }
 
-/// The nearest-rank `q` quantile of `values`: the smallest value with at least a fraction
-/// `q` of the values at or below it.
-fn quantile(values: &VecDeque<u64>, q: f64) -> Option<u64> {
-    if values.is_empty() {
+/// The nearest-rank `q` quantile of `sorted` (ascending): the smallest value with at least
+/// a fraction `q` of the values at or below it.
+fn nearest_rank(sorted: &[u64], q: f64) -> Option<u64> {
+    if sorted.is_empty() {
         return None;
     }
-    let mut sorted: Vec<u64> = values.iter().copied().collect();
     let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    Some(*sorted.select_nth_unstable(rank - 1).1)
+    Some(sorted[rank - 1])
 }
 
 #[cfg(test)]
@@ -413,11 +426,32 @@ mod tests {
 
     #[test]
     fn nearest_rank_quantile() {
-        let v: VecDeque<u64> = (1..=100).collect();
-        assert_eq!(quantile(&v, 0.5), Some(50));
-        assert_eq!(quantile(&v, 2f64.powf(-0.25)), Some(85));
-        assert_eq!(quantile(&v, 1.0), Some(100));
-        assert_eq!(quantile(&v, 0.0), Some(1));
-        assert_eq!(quantile(&VecDeque::new(), 0.5), None);
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(nearest_rank(&v, 0.5), Some(50));
+        assert_eq!(nearest_rank(&v, 2f64.powf(-0.25)), Some(85));
+        assert_eq!(nearest_rank(&v, 1.0), Some(100));
+        assert_eq!(nearest_rank(&v, 0.0), Some(1));
+        assert_eq!(nearest_rank(&[], 0.5), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_threshold_follows_the_last_answers_only() {
+        // A history of 8 at q 0.75: the 6th smallest of the last 8 RIFs.
+        let mut p = pool(Selection::HotCold);
+        let t0 = Instant::now();
+        for rif in [100, 100, 100, 100, 100, 100, 100, 100] {
+            add(&mut p, 1, rif, 1, t0, 1);
+        }
+        assert_eq!(p.threshold(), Some(100));
+        for (k, rif) in [1, 2, 3, 4, 5, 6].into_iter().enumerate() {
+            add(&mut p, 1, rif, 1, t0, 1);
+            // k + 1 small values among 8: the 6th smallest is 100 until six are small.
+            let expected = if k + 1 >= 6 { 6 } else { 100 };
+            assert_eq!(p.threshold(), Some(expected), "after {rif}");
+        }
+        // Two more small ones push the last 100s out: 1..=8 now, the 6th is 6.
+        add(&mut p, 1, 7, 1, t0, 1);
+        add(&mut p, 1, 8, 1, t0, 1);
+        assert_eq!(p.threshold(), Some(6));
     }
 }
