@@ -211,7 +211,8 @@ pub fn goals(report: &Report) -> String {
     let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|");
     for run in &report.runs {
         let at = &run.steps[AT];
-        let failed: f64 = run.steps
+        let failed: f64 = run
+            .steps
             .iter()
             .map(|m| m.requests as f64 * (100.0 - m.success) / 100.0)
             .sum();

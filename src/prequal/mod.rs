@@ -41,7 +41,7 @@
 //! # drop(balance); Ok(()) }
 //! ```
 
-mod estimator;
+pub mod estimator;
 mod layer;
 pub mod pool;
 mod prober;
