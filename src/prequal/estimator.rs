@@ -14,12 +14,18 @@
 //! [`max_sample_age`](LoadEstimator::with_max_sample_age) (10 s by default). The estimate
 //! at RIF `r` is the median of bucket `r`'s samples if it has at least [`MIN_SAMPLES`];
 //! otherwise the buckets nearest to `r` are added, `r - 1`, `r + 1`, `r - 2`, `r + 2`, ...,
-//! until there are. With no sample at all the estimate is 0 (a server that has not served
-//! yet reports no latency).
+//! until there are.
+//!
+//! With no sample at all (a server that just started, or whose samples aged out), this
+//! crate reports how long the oldest request in flight has been waiting (0 when none is):
+//! a lower bound of what a request arriving now would wait. Reporting 0 instead makes a new
+//! or slow server look fastest until its first requests complete, and many clients herd
+//! onto it (measured in the simulator's `prequal` scenario at start-up).
 //!
 //! "The RIF a request found" counts the other requests in flight when it arrived, so that
 //! the estimate at the current RIF is the latency of a request that would arrive now.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -71,7 +77,26 @@ pub struct LoadEstimator {
     rif: AtomicU64,
     epoch: Instant,
     max_sample_age_us: u64,
-    buckets: Mutex<Vec<Bucket>>,
+    inner: Mutex<Inner>,
+}
+
+/// What the estimator keeps under its lock.
+#[derive(Debug)]
+struct Inner {
+    buckets: Vec<Bucket>,
+    /// When the requests in flight arrived (µs since the epoch), with their counts.
+    arrivals: BTreeMap<u64, u32>,
+}
+
+impl Inner {
+    fn leave(&mut self, at_us: u64) {
+        if let Some(n) = self.arrivals.get_mut(&at_us) {
+            *n -= 1;
+            if *n == 0 {
+                self.arrivals.remove(&at_us);
+            }
+        }
+    }
 }
 
 impl Default for LoadEstimator {
@@ -87,7 +112,10 @@ impl LoadEstimator {
             rif: AtomicU64::new(0),
             epoch: Instant::now(),
             max_sample_age_us: DEFAULT_MAX_SAMPLE_AGE.as_micros() as u64,
-            buckets: Mutex::new(vec![Bucket::default(); MAX_TRACKED_RIF + 1]),
+            inner: Mutex::new(Inner {
+                buckets: vec![Bucket::default(); MAX_TRACKED_RIF + 1],
+                arrivals: BTreeMap::new(),
+            }),
         }
     }
 
@@ -112,10 +140,13 @@ impl LoadEstimator {
     /// is dropped.
     pub fn arrive(self: &Arc<Self>) -> Arrival {
         let found = self.rif.fetch_add(1, Ordering::Relaxed);
+        let at_us = self.now_us();
+        *super::lock(&self.inner).arrivals.entry(at_us).or_insert(0) += 1;
         Arrival {
             estimator: self.clone(),
             found,
-            at_us: self.now_us(),
+            at_us,
+            done: false,
         }
     }
 
@@ -124,13 +155,16 @@ impl LoadEstimator {
         let bucket = (found as usize).min(MAX_TRACKED_RIF);
         let latency_us = latency.as_micros().min(u128::from(u64::MAX)) as u64;
         let now = self.now_us();
-        super::lock(&self.buckets)[bucket].push(now, latency_us);
+        super::lock(&self.inner).buckets[bucket].push(now, latency_us);
     }
 
-    /// The latency estimate at RIF `rif` (see the [module docs](self)); zero without samples.
+    /// The latency estimate at RIF `rif` (see the [module docs](self)); without samples,
+    /// the time the oldest request in flight has waited.
     pub fn latency_at(&self, rif: u64) -> Duration {
-        let since = self.now_us().saturating_sub(self.max_sample_age_us);
-        let buckets = super::lock(&self.buckets);
+        let now = self.now_us();
+        let since = now.saturating_sub(self.max_sample_age_us);
+        let inner = super::lock(&self.inner);
+        let buckets = &inner.buckets;
         let center = (rif as usize).min(MAX_TRACKED_RIF);
         let mut samples: Vec<u64> = Vec::with_capacity(2 * SAMPLES_PER_RIF);
         samples.extend(buckets[center].fresh(since));
@@ -144,7 +178,11 @@ impl LoadEstimator {
             }
             distance += 1;
         }
-        drop(buckets);
+        if samples.is_empty() {
+            let oldest = inner.arrivals.keys().next().copied();
+            return Duration::from_micros(oldest.map_or(0, |at| now.saturating_sub(at)));
+        }
+        drop(inner);
         Duration::from_micros(median(&mut samples))
     }
 
@@ -172,6 +210,7 @@ pub struct Arrival {
     estimator: Arc<LoadEstimator>,
     found: u64,
     at_us: u64,
+    done: bool,
 }
 
 impl Arrival {
@@ -186,16 +225,24 @@ impl Arrival {
     }
 
     /// The request completed: records its latency at the RIF it found.
-    pub fn complete(self) {
-        let latency = self.estimator.now_us().saturating_sub(self.at_us);
-        self.estimator
-            .record(self.found, Duration::from_micros(latency));
+    pub fn complete(mut self) {
+        let estimator = &self.estimator;
+        let now = estimator.now_us();
+        let bucket = (self.found as usize).min(MAX_TRACKED_RIF);
+        let mut inner = super::lock(&estimator.inner);
+        inner.buckets[bucket].push(now, now.saturating_sub(self.at_us));
+        inner.leave(self.at_us);
+        drop(inner);
+        self.done = true;
     }
 }
 
 impl Drop for Arrival {
     fn drop(&mut self) {
         self.estimator.rif.fetch_sub(1, Ordering::Relaxed);
+        if !self.done {
+            super::lock(&self.estimator.inner).leave(self.at_us);
+        }
     }
 }
 
@@ -217,6 +264,27 @@ mod tests {
         assert_eq!(e.rif(), 0);
         // Only the completed one left a sample: 5 ms at RIF 0.
         assert_eq!(e.latency_at(0), 5 * MS);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_samples_the_oldest_request_in_flight_counts() {
+        let e = Arc::new(LoadEstimator::new());
+        assert_eq!(
+            e.latency_at(0),
+            Duration::ZERO,
+            "nothing in flight, no sample"
+        );
+        let first = e.arrive();
+        tokio::time::advance(30 * MS).await;
+        let second = e.arrive();
+        tokio::time::advance(10 * MS).await;
+        assert_eq!(e.latency_at(2), 40 * MS, "the first has waited 40 ms");
+        drop(first);
+        assert_eq!(e.latency_at(1), 10 * MS, "then the second, 10 ms");
+        second.complete();
+        // Now there is a sample (10 ms, at the RIF 1 the second found): the median rules.
+        assert_eq!(e.latency_at(1), 10 * MS);
+        assert_eq!(e.rif(), 0);
     }
 
     #[tokio::test(start_paused = true)]
