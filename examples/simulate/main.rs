@@ -10,7 +10,7 @@
 //!
 //! | flag | meaning | default |
 //! |---|---|---|
-//! | `--scenario NAME` | `buoyant`, `mixed-speed`, `overload-ramp`, `fast-fail`, `churn`, `hot-keys`, `antagonist`, `heterogeneous` (these two with load reports: run them with `--features orca` for weighted round robin), `prequal` (with `--features prequal,orca`: 100 clients), or `all` | `all` |
+//! | `--scenario NAME` | `buoyant`, `mixed-speed`, `overload-ramp`, `fast-fail`, `churn`, `hot-keys`, `antagonist`, `heterogeneous` (these two with load reports: run them with `--features orca` for weighted round robin), `prequal` (100 clients; `--features prequal,orca` for Prequal and weighted round robin), or `all` | `all` |
 //! | `--out DIR` | where the Markdown tables and SVG plots go | `target/simulate` |
 //! | `--seed N` | the seed every random number derives from | 1 |
 //! | `--time-scale F` | multiplies each scenario's duration and timeline | 1 |
@@ -29,9 +29,12 @@ mod svg;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-fn usage() -> &'static str {
-    "usage: simulate [--scenario NAME|all] [--out DIR] [--seed N] [--time-scale F] [--rate-scale F] [--clients N] [--only A,B]\n\
-     scenarios: buoyant, mixed-speed, overload-ramp, fast-fail, churn, hot-keys, antagonist, heterogeneous, prequal"
+fn usage() -> String {
+    format!(
+        "usage: simulate [--scenario NAME|all] [--out DIR] [--seed N] [--time-scale F] [--rate-scale F] [--clients N] [--only A,B]\n\
+         scenarios: {}",
+        sim::SCENARIOS.join(", ")
+    )
 }
 
 struct Args {
@@ -100,9 +103,8 @@ fn main() -> ExitCode {
         }
     };
     let names: Vec<&str> = if args.scenario == "all" {
-        let known = |n: &&str| sim::scenario(n, &args.options).is_some();
-        sim::SCENARIOS.iter().copied().filter(known).collect()
-    } else if sim::scenario(&args.scenario, &args.options).is_some() {
+        sim::SCENARIOS.to_vec()
+    } else if sim::SCENARIOS.contains(&args.scenario.as_str()) {
         vec![args.scenario.as_str()]
     } else {
         eprintln!("unknown scenario {:?}\n{}", args.scenario, usage());

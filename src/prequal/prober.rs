@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::strategy::{State, Target};
 use super::transport::{ProbeError, ProbeTransport};
-use crate::health::{ProbeFailure, ProbeTarget};
+use crate::health::ProbeFailure;
 
 /// A token bucket: `rate` tokens a second, up to `burst`.
 #[derive(Debug)]
@@ -119,7 +119,7 @@ fn send<T: ProbeTransport>(state: &Arc<State>, transport: &Arc<T>, target: &Targ
         return;
     }
     stats.sent.fetch_add(1, Ordering::Relaxed);
-    let probe = transport.probe(&ProbeTarget::new(target.name.clone()));
+    let probe = transport.probe(&target.probe);
     let timeout = settings.probe_timeout;
     let state = state.clone();
     let target = target.clone();

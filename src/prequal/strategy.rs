@@ -16,6 +16,7 @@ use super::transport::ProbeTransport;
 use super::wire::ProbeAnswer;
 use crate::endpoint::Load;
 use crate::error::BuildError;
+use crate::health::ProbeTarget;
 use crate::strategy::rng::Rng;
 use crate::strategy::{Context, Endpoints, Strategy};
 
@@ -121,6 +122,8 @@ pub(crate) struct Target {
     pub(crate) key: usize,
     pub(crate) name: Arc<str>,
     pub(crate) load: Arc<Load>,
+    /// What the transport is given: the name and the endpoint's metadata.
+    pub(crate) probe: ProbeTarget,
 }
 
 /// The counters behind [`PrequalStats`].
@@ -486,10 +489,17 @@ impl<T: ProbeTransport> Strategy for Prequal<T> {
 
     fn build(&self, endpoints: &Endpoints<'_>) -> PrequalTable {
         let targets: Vec<Target> = (0..endpoints.len())
-            .map(|i| Target {
-                key: key_of(endpoints.load_handle(i)),
-                name: endpoints.name(i).into(),
-                load: endpoints.load_handle(i).clone(),
+            .map(|i| {
+                let name: Arc<str> = endpoints.name(i).into();
+                Target {
+                    key: key_of(endpoints.load_handle(i)),
+                    probe: ProbeTarget {
+                        name: name.clone(),
+                        metadata: endpoints.metadata(i).clone(),
+                    },
+                    name,
+                    load: endpoints.load_handle(i).clone(),
+                }
             })
             .collect();
         let index: HashMap<usize, usize, BuildHasherDefault<KeyHasher>> = targets
@@ -534,44 +544,53 @@ impl<T: ProbeTransport> Strategy for Prequal<T> {
 
     fn validate(&self) -> Result<(), BuildError> {
         let s = &self.state.settings;
-        let invalid = BuildError::InvalidConfig;
-        if !(s.probes_per_query > 0.0 && s.probes_per_query <= 16.0) {
-            return Err(invalid(
-                "Prequal::probes_per_query must be above 0 and at most 16",
-            ));
-        }
-        if s.pool_size == 0 {
-            return Err(invalid("Prequal::pool_size must be at least 1"));
-        }
-        if s.max_age.is_zero() {
-            return Err(invalid("Prequal::max_age must be above zero"));
-        }
-        if !(s.q_rif > 0.0 && s.q_rif <= 1.0) {
-            return Err(invalid("Prequal::q_rif must be in (0, 1]"));
-        }
-        if s.rif_history == 0 {
-            return Err(invalid("Prequal::rif_history must be at least 1"));
-        }
-        if !(s.reuse_delta.is_finite() && s.reuse_delta >= 0.0) {
-            return Err(invalid(
-                "Prequal::reuse_delta must be a finite number at least 0",
-            ));
-        }
-        if s.max_reuse == 0 {
-            return Err(invalid("Prequal::max_reuse must be at least 1"));
-        }
-        if s.probe_timeout.is_zero() {
-            return Err(invalid("Prequal::probe_timeout must be above zero"));
-        }
-        if s.max_concurrent_probes == 0 {
-            return Err(invalid("Prequal::max_concurrent_probes must be at least 1"));
-        }
-        if !(s.max_probe_rate.is_finite() && s.max_probe_rate > 0.0) {
-            return Err(invalid(
-                "Prequal::max_probe_rate must be a finite number above 0",
-            ));
-        }
-        Ok(())
+        let r = s.probes_per_query;
+        BuildError::reject_if(
+            !(r > 0.0 && r <= 16.0),
+            "Prequal::probes_per_query",
+            r,
+            "above 0 and at most 16",
+        )?;
+        BuildError::reject_if(
+            s.pool_size == 0,
+            "Prequal::pool_size",
+            s.pool_size,
+            "at least 1",
+        )?;
+        BuildError::reject_if(
+            s.max_age.is_zero(),
+            "Prequal::max_age",
+            s.max_age,
+            "above zero",
+        )?;
+        let q = s.q_rif;
+        BuildError::reject_if(!(q > 0.0 && q <= 1.0), "Prequal::q_rif", q, "in (0, 1]")?;
+        let h = s.rif_history;
+        BuildError::reject_if(h == 0, "Prequal::rif_history", h, "at least 1")?;
+        let d = s.reuse_delta;
+        BuildError::reject_if(
+            !(d.is_finite() && d >= 0.0),
+            "Prequal::reuse_delta",
+            d,
+            "a finite number at least 0",
+        )?;
+        BuildError::reject_if(
+            s.max_reuse == 0,
+            "Prequal::max_reuse",
+            s.max_reuse,
+            "at least 1",
+        )?;
+        let t = s.probe_timeout;
+        BuildError::reject_if(t.is_zero(), "Prequal::probe_timeout", t, "above zero")?;
+        let c = s.max_concurrent_probes;
+        BuildError::reject_if(c == 0, "Prequal::max_concurrent_probes", c, "at least 1")?;
+        let rate = s.max_probe_rate;
+        BuildError::reject_if(
+            !(rate.is_finite() && rate > 0.0),
+            "Prequal::max_probe_rate",
+            rate,
+            "a finite number above 0",
+        )
     }
 }
 

@@ -157,8 +157,10 @@ impl<T, B> HttpTransport<T, B> {
                 self.path = path.to_owned();
                 Ok(self)
             }
-            _ => Err(BuildError::InvalidConfig(
-                "HttpTransport::path must be an absolute path such as /prequal/probe",
+            _ => Err(BuildError::invalid(
+                "HttpTransport::path",
+                path,
+                "an absolute path such as /prequal/probe",
             )),
         }
     }

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tower::Service;
@@ -16,7 +17,12 @@ use tower_lb::health::ProbeTarget;
 use tower_lb::prequal::{LoadEstimator, ProbeAnswer, Selection, ServiceTransport};
 use tower_lb::strategy::Prequal;
 
-use super::*;
+use super::backend::{Backend, BackendFuture, SimRequest};
+use super::contest::ours_with;
+use super::contestants::{Algo, Contestant};
+use super::drive::Env;
+use super::report::{ms, Report};
+use super::BoxError;
 
 /// The time a probe takes there and back (the simulator's clock has whole milliseconds).
 const PROBE_RTT: Duration = Duration::from_millis(1);
@@ -116,85 +122,6 @@ pub(super) async fn contest(env: &Env<'_>, c: Contestant) {
     .await;
 }
 
-/// The contestants of the scenario `prequal`.
-fn contestants() -> Vec<Contestant> {
-    use Algo::*;
-    let mut contestants = vec![
-        Contestant::new(Prequal),
-        Contestant::new(PrequalRifOnly),
-        Contestant::new(PeakEwma),
-        Contestant::new(LeastRequest),
-        Contestant::new(RoundRobin),
-        Contestant::new(TowerPeakEwma),
-        Contestant::new(Oracle),
-    ];
-    if cfg!(feature = "orca") {
-        contestants.insert(2, Contestant::new(WeightedRoundRobin));
-    }
-    contestants
-}
-
-/// The load levels, relative to the allocated capacity: the paper's ramp from 0.75× to
-/// 1.74×, with a step at 0.9 (the goals' level; after weighted round robin's 10 s blackout).
-pub const LEVELS: [f64; 6] = [0.75, 0.9, 1.0, 1.25, 1.5, 1.74];
-
-/// The step of the goals' latency figures: 0.9.
-const AT: usize = 1;
-
-/// Prequal's testbed (NSDI 2024, §5), scaled to a simulation: many independent clients
-/// over a hundred heterogeneous backends with noisy neighbours, and a load ramp past the
-/// allocated capacity.
-pub fn scenario(o: &Options) -> Scenario {
-    let t = |s: f64| secs(s * o.time_scale);
-    let duration = t(60.0);
-    let base = Dist::Exp { mean: 20.0 };
-    let n = slots(2, o);
-    let count = 100;
-    let mut rng = SimRng::derived(derive_seed(o.seed, "prequal"), "backends");
-    let mut backends = Vec::with_capacity(count);
-    // The allocation: what each backend serves at its own speed without spare CPU.
-    let mut capacity = 0.0;
-    for _ in 0..count {
-        let mut b = BackendSpec::new(base, Some(n));
-        // Machines of different generations: 0.5× to 1.5× the allocation's speed...
-        let own = rng.uniform(0.5, 1.5);
-        let mut at = 0.0;
-        while at < duration.as_secs_f64() {
-            // ...and antagonists on each machine that come and go: 30 % of the time they
-            // hold it at its allocation, otherwise they leave spare CPU.
-            let spare = if rng.unit() < 0.3 {
-                rng.uniform(1.0, 1.2)
-            } else {
-                rng.uniform(1.5, 3.0)
-            };
-            b.speed.push((secs(at), own * spare));
-            at += rng.exp(4.0);
-        }
-        capacity += b.capacity().expect("slots") * own;
-        backends.push(b);
-    }
-    let clients = if o.clients > 1 { o.clients } else { 100 };
-    let deadline = Duration::from_secs(1);
-    let mut sc = ramped(
-        "prequal", o, duration, deadline, backends, capacity, &LEVELS,
-    );
-    sc.title =
-        "Prequal's testbed: 100 clients, 100 heterogeneous backends, a load ramp to 1.74×".into();
-    sc.notes = vec![
-        slots_note(count, n, base) + ".",
-        "Heterogeneous speeds: each backend's own speed is uniform in 0.5 to 1.5; antagonists (noisy neighbours) change it after exponential times (mean 4 s): 30 % of the time × 1.0 to 1.2 (the allocation), otherwise × 1.5 to 3.0 (spare CPU).".into(),
-        format!(
-            "Allocated capacity (own speeds × 1) {capacity:.0} req/s; load in steps of {:.0} s at 0.75, 0.9, 1.0, 1.25, 1.5, 1.74 of it (Poisson); 1 s deadline.",
-            duration.as_secs_f64() / LEVELS.len() as f64
-        ),
-        format!("Prequal's backends answer probes from their true state (requests in flight, and the median latency at that RIF, `LoadEstimator`), after a {} ms round trip. Weighted round robin reads ORCA reports (utilization including the antagonists).", PROBE_RTT.as_millis()),
-    ];
-    sc.contestants = contestants();
-    sc.clients = clients;
-    sc.reports = true;
-    sc
-}
-
 /// The goals' table: latency at 0.9, failures along the ramp, and the probes' cost.
 pub fn goals(report: &Report) -> String {
     use std::fmt::Write;
@@ -210,7 +137,7 @@ pub fn goals(report: &Report) -> String {
     );
     let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|");
     for run in &report.runs {
-        let at = &run.steps[AT];
+        let at = &run.steps[report.step("0.90×")];
         let failed: f64 = run
             .steps
             .iter()
