@@ -36,7 +36,12 @@
 //! | `weighted_round_robin_skewed` | (feature `orca`) as above, weights 1 except one of 1000 (capped at 10 × the mean: the most turns a pick takes) |
 //! | `weighted_round_robin_fallback` | (feature `orca`) `WeightedRoundRobin` with no reports: its round robin |
 //!
-//! The `orca` rows need the feature: `cargo bench --features orca --bench pick -- weighted`.
+//! | `prequal` | (feature `prequal`) `Prequal` in steady state: each iteration is one pick from a pool of up to 16 probes (expire, hot–cold selection, budget, one removal, the probe request) plus the two answers a pick's probes file on average (the probe task's share, under the same mutex) |
+//! | `prequal_answers` | (feature `prequal`) the two answers alone, filed in a full pool: `prequal` minus this is the pick's own cost |
+//! | `prequal_fallback` | (feature `prequal`) `Prequal` with an empty pool: its power of two choices |
+//!
+//! The `orca` rows need the feature: `cargo bench --features orca --bench pick -- weighted`;
+//! the `prequal` rows theirs: `cargo bench --features prequal --bench pick -- 'prequal|round_robin/'`.
 //!
 //! # How the pick is isolated
 //!
@@ -141,6 +146,49 @@ fn bench_wrr(
     });
 }
 
+/// Times Prequal's pick on `n` endpoints, with (`refill`) two answers filed per pick, or
+/// none (the fallback); or (`pick` false) the two answers alone.
+#[cfg(feature = "prequal")]
+fn bench_prequal(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    n: usize,
+    refill: bool,
+    pick: bool,
+) {
+    use tower_lb::prequal::{ProbeAnswer, ServiceTransport};
+    use tower_lb::strategy::Prequal;
+    let transport = ServiceTransport::new(tower::service_fn(|_t| async {
+        Ok::<_, std::io::Error>(ProbeAnswer::default())
+    }));
+    let list = EndpointList::from_weights((0..n).map(equal));
+    let endpoints = list.endpoints();
+    // Outside a runtime: no probe task; the answers are filed by hand.
+    let strategy = Prequal::new(transport).with_seed(1);
+    let table = strategy.build(&endpoints);
+    let cx = Context::at_nanos(1_000_000_000);
+    let mut next = 0usize;
+    g.bench_function(BenchmarkId::new(name, n), |b| {
+        b.iter(|| {
+            if refill {
+                for _ in 0..2 {
+                    next = (next + 7) % n;
+                    let answer = ProbeAnswer {
+                        rif: (next % 5) as u64,
+                        latency_us: 1000 + (next % 13) as u64 * 100,
+                    };
+                    strategy.offer(&endpoints, next, answer);
+                }
+            }
+            if pick {
+                strategy.pick(black_box(&table), black_box(&endpoints), black_box(&cx))
+            } else {
+                0
+            }
+        })
+    });
+}
+
 fn pick(c: &mut Criterion) {
     let mut g = c.benchmark_group("pick");
     g.sample_size(30)
@@ -191,6 +239,12 @@ fn pick(c: &mut Criterion) {
                 Some(|i| if i == 0 { 1000.0 } else { 1.0 }),
             );
             bench_wrr(&mut g, "weighted_round_robin_fallback", n, None);
+        }
+        #[cfg(feature = "prequal")]
+        {
+            bench_prequal(&mut g, "prequal", n, true, true);
+            bench_prequal(&mut g, "prequal_answers", n, true, false);
+            bench_prequal(&mut g, "prequal_fallback", n, false, true);
         }
     }
     g.finish();

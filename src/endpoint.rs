@@ -757,6 +757,21 @@ impl Load {
         }
     }
 
+    /// A strategy's own probe of the endpoint failed (Prequal): a failure for outlier
+    /// detection and the failure penalty, but not a request.
+    #[cfg(feature = "prequal")]
+    pub(crate) fn record_probe_failure(&self, unreachable: bool) {
+        self.add_penalty();
+        if let Some(outlier) = self.outlier() {
+            let observed = if unreachable {
+                Observed::Unreachable
+            } else {
+                Observed::Failure
+            };
+            outlier.observe(self, observed);
+        }
+    }
+
     /// An endpoint's service failed `poll_ready`: a failure, but not a completed request.
     pub(crate) fn record_readiness_failure(&self, observed: Observed) {
         self.readiness_failures.fetch_add(1, Ordering::Relaxed);

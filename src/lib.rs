@@ -60,6 +60,7 @@
 //! | [`health`] | active probes, outlier detection, panic mode, slow start, draining, events |
 //! | [`key`] | request keys for consistent hashing |
 //! | `orca` | (feature `orca`) server-reported load: ORCA load reports, the server layer `OrcaLayer` |
+//! | `prequal` | (feature `prequal`) Prequal on both sides: the server layer `PrequalLayer`, the `Prequal` strategy, probe transports |
 //! | [`error`] | the balancer's errors |
 //! | `http` | (feature `http`) HTTP request keys, keep a request in flight until its body ends, and request bodies whose errors are the caller's (`ClientBody`) |
 //!
@@ -70,6 +71,7 @@
 //! | `dns` | no | `discover::dns`: endpoints from DNS A/AAAA or SRV records (depends on `hickory-resolver`) |
 //! | `etcd` | no | `discover::etcd`: endpoints from the keys under an etcd prefix, watched, and `Registration` for servers (depends on `etcd-client`, whose build needs `protoc`, and `serde_json`) |
 //! | `orca` | no | `orca`: ORCA load reports read from responses (gRFC A51), `strategy::WeightedRoundRobin` (gRFC A58/A114), and the server layer `orca::OrcaLayer` (implies `http`; depends on `prost`, `base64` and `serde_json`) |
+//! | `prequal` | no | `prequal`: Prequal (NSDI 2024): the server layer `prequal::PrequalLayer`, the strategy `strategy::Prequal` with its async probes (implies `http`; no dependency of its own) |
 //! | `http` | yes | `http::OnBodyEnd` and `http::TrackedBody`, `http::ClientBody`, the request keys in `http::key`, and `health::HttpProbe` (depends on `http-body` and `bytes`) |
 //!
 //! [tower]: https://docs.rs/tower
@@ -90,6 +92,8 @@ pub mod http;
 pub mod key;
 #[cfg(feature = "orca")]
 pub mod orca;
+#[cfg(feature = "prequal")]
+pub mod prequal;
 pub mod strategy;
 mod time;
 

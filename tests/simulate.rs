@@ -320,3 +320,29 @@ fn heterogeneous_weighted_round_robin_follows_capacity() {
     let rr_shares = shares(report.run(&rr.name()), 15, 40);
     assert!(rr_shares.iter().all(|s| (s - 1.0 / 3.0).abs() < 0.02));
 }
+
+/// Prequal's testbed, shortened (a tenth of its length, 100 clients): Prequal keeps
+/// (nearly) every request within the deadline along the ramp, and its p99 under half of
+/// round robin's and under tower p2c PeakEwma's.
+#[cfg(feature = "prequal")]
+#[test]
+fn prequal_beats_round_robin_and_tower_along_the_ramp() {
+    let pq = c(Algo::Prequal);
+    let rr = c(Algo::RoundRobin);
+    let tower = c(Algo::TowerPeakEwma);
+    let short = Options {
+        time_scale: 0.1,
+        rate_scale: 1.0,
+        ..SHORT
+    };
+    let report = run_with("prequal", &short, &[pq, rr, tower]);
+    let (pq, rr, tower) = (
+        report.run(&pq.name()).summary,
+        report.run(&rr.name()).summary,
+        report.run(&tower.name()).summary,
+    );
+    assert!(pq.success >= 99.99, "{pq:?}");
+    assert!(pq.success > rr.success, "{pq:?} vs {rr:?}");
+    assert!(pq.p99 <= 0.5 * rr.p99, "{pq:?} vs {rr:?}");
+    assert!(pq.p99 < tower.p99, "{pq:?} vs {tower:?}");
+}

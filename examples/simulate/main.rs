@@ -10,7 +10,7 @@
 //!
 //! | flag | meaning | default |
 //! |---|---|---|
-//! | `--scenario NAME` | `buoyant`, `mixed-speed`, `overload-ramp`, `fast-fail`, `churn`, `hot-keys`, `antagonist`, `heterogeneous` (these two with load reports: run them with `--features orca` for weighted round robin), or `all`; `fleet` (subsetting, see `fleet.rs`; not part of `all`) | `all` |
+//! | `--scenario NAME` | `buoyant`, `mixed-speed`, `overload-ramp`, `fast-fail`, `churn`, `hot-keys`, `antagonist`, `heterogeneous` (these two with load reports: run them with `--features orca` for weighted round robin), `prequal` (100 clients; `--features prequal,orca` for Prequal and weighted round robin), or `all`; `fleet` (subsetting, see `fleet.rs`; not part of `all`) | `all` |
 //! | `--out DIR` | where the Markdown tables and SVG plots go | `target/simulate` |
 //! | `--seed N` | the seed every random number derives from | 1 |
 //! | `--time-scale F` | multiplies each scenario's duration and timeline | 1 |
@@ -150,7 +150,12 @@ fn main() -> ExitCode {
                 run.wall.as_secs_f64()
             )
         });
-        let table = sim::markdown(&report);
+        #[allow(unused_mut)]
+        let mut table = sim::markdown(&report);
+        #[cfg(feature = "prequal")]
+        if name == "prequal" {
+            table.push_str(&sim::prequal::goals(&report));
+        }
         println!("{table}");
         summary.push_str(&table);
         summary.push('\n');

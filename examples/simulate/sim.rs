@@ -57,7 +57,8 @@
 //! `sim/model.rs` (what a scenario is made of), `sim/contestants.rs` (the algorithms that
 //! compete), `sim/scenarios/` (one file per scenario, and their registry), `sim/drive.rs`
 //! (the arrivals, the dispatcher, running each contestant), `sim/contest.rs` (each
-//! contestant's balancer over the backends), `sim/report.rs` (statistics and tables).
+//! contestant's balancer over the backends), `sim/prequal.rs` (Prequal's backends and
+//! contestants, feature `prequal`), `sim/report.rs` (statistics and tables).
 
 #![allow(dead_code)]
 
@@ -71,6 +72,10 @@ mod contestants;
 mod drive;
 #[path = "sim/model.rs"]
 mod model;
+/// Prequal's contestants and the `prequal` scenario's goals table (feature `prequal`).
+#[cfg(feature = "prequal")]
+#[path = "sim/prequal.rs"]
+pub mod prequal;
 #[path = "sim/report.rs"]
 mod report;
 #[path = "sim/rng.rs"]

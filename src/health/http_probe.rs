@@ -383,7 +383,7 @@ impl<T, B: Default> HttpProbe<T, B> {
 }
 
 /// Reads `body` to its end and discards it; fails as soon as it is longer than `limit`.
-async fn read_body<RB>(body: RB, limit: usize) -> Result<(), ProbeFailure>
+pub(crate) async fn read_body<RB>(body: RB, limit: usize) -> Result<(), ProbeFailure>
 where
     RB: Body,
     RB::Error: Into<BoxError>,
@@ -413,7 +413,7 @@ where
 
 /// [`ProbeFailure::Connect`] when `error`'s source chain holds an [`io::Error`] of a
 /// connection kind, [`ProbeFailure::Transport`] otherwise.
-fn transport_failure(error: impl Into<BoxError>) -> ProbeFailure {
+pub(crate) fn transport_failure(error: impl Into<BoxError>) -> ProbeFailure {
     let error = error.into();
     let mut next: Option<&(dyn std::error::Error + 'static)> = Some(&*error);
     while let Some(e) = next {

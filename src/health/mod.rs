@@ -101,7 +101,7 @@
 
 pub mod active;
 #[cfg(feature = "http")]
-mod http_probe;
+pub(crate) mod http_probe;
 mod outcome;
 pub mod outlier;
 mod probe;

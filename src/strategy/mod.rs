@@ -19,6 +19,7 @@
 //! | [`Maglev`] | O(1) (one slot), by request key | yes, slots in proportion | no | [`maglev`] |
 //! | [`Rendezvous`] | O(n), by request key | yes, `weight / -ln(u)` | no | [`rendezvous`] |
 //! | `WeightedRoundRobin` (feature `orca`) | O(max / mean) turns, one CAS | by server load reports, `qps / utilization` (gRFC A58) | load reports | `weighted_round_robin` |
+//! | `Prequal` (feature `prequal`) | O(pool) ≤ 16 probes, one uncontended mutex | no | probed RIF and server latency (NSDI 2024) | `prequal` |
 //! | [`BoundedLoad`] | as the wrapped strategy, plus O(n) when the key's endpoint is busy | as the wrapped strategy | in-flight | [`bounded_load`] |
 //! | [`AnyStrategy`] | as the strategy inside, plus one `match` | as the strategy inside | as the strategy inside | chosen at run time, by name |
 //!
@@ -84,6 +85,8 @@ pub mod stride;
 #[cfg(feature = "orca")]
 pub mod weighted_round_robin;
 
+#[cfg(feature = "prequal")]
+pub use crate::prequal::Prequal;
 pub use any::{AnyStrategy, AnyTable, StrategyKind, UnknownStrategy};
 pub use bounded_load::BoundedLoad;
 pub use hashing::{MissingKey, PreferenceOrder};

@@ -36,7 +36,7 @@ async fn ours<P: Strategy + Clone>(env: &Env<'_>, c: Contestant, strategy: P) {
     }
 }
 
-async fn ours_with<P, S, W>(env: &Env<'_>, c: Contestant, strategy: P, wrap: W)
+pub(super) async fn ours_with<P, S, W>(env: &Env<'_>, c: Contestant, strategy: P, wrap: W)
 where
     P: Strategy + Clone,
     W: Fn(&Backend) -> S,
@@ -198,5 +198,9 @@ pub(super) async fn contest(env: &Env<'_>, c: Contestant) {
         }
         #[cfg(not(feature = "orca"))]
         Algo::WeightedRoundRobin => panic!("weighted round robin needs the orca feature"),
+        #[cfg(feature = "prequal")]
+        Algo::Prequal | Algo::PrequalRifOnly => super::prequal::contest(env, c).await,
+        #[cfg(not(feature = "prequal"))]
+        Algo::Prequal | Algo::PrequalRifOnly => panic!("Prequal needs the prequal feature"),
     }
 }

@@ -25,6 +25,10 @@ pub enum Algo {
     /// `WeightedRoundRobin` (feature `orca`) with gRPC's defaults, fed by the backends'
     /// load reports.
     WeightedRoundRobin,
+    /// `Prequal` (feature `prequal`), hot–cold selection, probing the backends' true state.
+    Prequal,
+    /// `Prequal` (feature `prequal`) selecting by RIF alone.
+    PrequalRifOnly,
 }
 
 /// A contestant: an algorithm, and for this crate's strategies the health features on top.
@@ -92,6 +96,8 @@ impl Contestant {
             Algo::TowerPeakEwma => "tower p2c PeakEwma",
             Algo::Oracle => "oracle (shortest true queue)",
             Algo::WeightedRoundRobin => "weighted-round-robin (ORCA reports)",
+            Algo::Prequal => "prequal (hot-cold)",
+            Algo::PrequalRifOnly => "prequal (RIF only)",
         }
         .to_owned();
         if self.outlier {

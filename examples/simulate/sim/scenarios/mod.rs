@@ -25,6 +25,7 @@ mod heterogeneous;
 mod hot_keys;
 mod mixed_speed;
 mod overload_ramp;
+mod prequal;
 
 /// Builds a scenario, sized by the options.
 type Build = fn(&Options) -> Scenario;
@@ -40,6 +41,7 @@ const REGISTRY: &[(&str, Build)] = &[
     ("hot-keys", hot_keys::scenario),
     ("antagonist", antagonist::scenario),
     ("heterogeneous", heterogeneous::scenario),
+    ("prequal", prequal::scenario),
 ];
 
 /// Every scenario's name, in the order of [`REGISTRY`].
