@@ -59,6 +59,7 @@
 //! | [`completion`] | when a request stops counting as in flight |
 //! | [`health`] | active probes, outlier detection, panic mode, slow start, draining, events |
 //! | [`key`] | request keys for consistent hashing |
+//! | `metrics` | (feature `metrics`) metric names and how the balancer records them through the `metrics` facade |
 //! | `orca` | (feature `orca`) server-reported load: ORCA load reports, the server layer `OrcaLayer` |
 //! | [`error`] | the balancer's errors |
 //! | `http` | (feature `http`) HTTP request keys, keep a request in flight until its body ends, and request bodies whose errors are the caller's (`ClientBody`) |
@@ -69,6 +70,7 @@
 //! |---|---|---|
 //! | `dns` | no | `discover::dns`: endpoints from DNS A/AAAA or SRV records (depends on `hickory-resolver`) |
 //! | `orca` | no | `orca`: ORCA load reports read from responses (gRFC A51), `strategy::WeightedRoundRobin` (gRFC A58/A114), and the server layer `orca::OrcaLayer` (implies `http`; depends on `prost`, `base64` and `serde_json`) |
+//! | `metrics` | no | counters, gauges and a latency histogram per balancer and per endpoint through the `metrics` facade (see `metrics`; depends on `metrics`) |
 //! | `http` | yes | `http::OnBodyEnd` and `http::TrackedBody`, `http::ClientBody`, the request keys in `http::key`, and `health::HttpProbe` (depends on `http-body` and `bytes`) |
 //!
 //! [tower]: https://docs.rs/tower
@@ -87,6 +89,8 @@ pub mod health;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod key;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 #[cfg(feature = "orca")]
 pub mod orca;
 pub mod strategy;

@@ -1,0 +1,120 @@
+//! One endpoint's metric handles, registered once and reached from its
+//! [`Load`](crate::endpoint::Load) on every request.
+
+use std::sync::Arc;
+
+use ::metrics::{counter, gauge, histogram, Counter, Gauge, Histogram, Label};
+use tokio::time::Instant;
+
+use super::*;
+
+/// Why a request (or readiness check) failed, as the `reason` label says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// The classifier judged the response or error a failure.
+    Classified,
+    /// An error that says the endpoint could not be reached.
+    Unreachable,
+    /// The endpoint's service failed `poll_ready`.
+    Readiness,
+}
+
+/// The handles of one endpoint's series. Cloned handles share their series, so an
+/// endpoint inserted again under the same name continues them.
+#[derive(Debug)]
+pub(crate) struct EndpointMetrics {
+    /// The clock of latency samples when the balancer does not track latency itself.
+    pub(crate) epoch: Instant,
+    requests: Counter,
+    active: Gauge,
+    duration: Histogram,
+    failed_classified: Counter,
+    failed_unreachable: Counter,
+    failed_readiness: Counter,
+    cancelled: Counter,
+    healthy: Gauge,
+    weight: Gauge,
+    ejections: Counter,
+}
+
+impl EndpointMetrics {
+    /// Registers the series of endpoint `endpoint` of balancer `balancer`.
+    pub(crate) fn register(balancer: &Arc<str>, endpoint: &Arc<str>, epoch: Instant) -> Self {
+        let labels = [
+            Label::new(LABEL_BALANCER, balancer.clone()),
+            Label::new(LABEL_ENDPOINT, endpoint.clone()),
+        ];
+        let failed = |reason: &'static str| {
+            let mut labels = labels.to_vec();
+            labels.push(Label::new(LABEL_REASON, reason));
+            counter!(REQUESTS_FAILED_TOTAL, labels)
+        };
+        EndpointMetrics {
+            epoch,
+            requests: counter!(REQUESTS_TOTAL, labels.to_vec()),
+            active: gauge!(RQ_ACTIVE, labels.to_vec()),
+            duration: histogram!(REQUEST_DURATION_SECONDS, labels.to_vec()),
+            failed_classified: failed("classified"),
+            failed_unreachable: failed("unreachable"),
+            failed_readiness: failed("readiness"),
+            cancelled: counter!(REQUESTS_CANCELLED_TOTAL, labels.to_vec()),
+            healthy: gauge!(ENDPOINT_HEALTHY, labels.to_vec()),
+            weight: gauge!(ENDPOINT_WEIGHT, labels.to_vec()),
+            ejections: counter!(EJECTIONS_TOTAL, labels.to_vec()),
+        }
+    }
+
+    /// A request was sent.
+    #[inline]
+    pub(crate) fn start(&self) {
+        self.requests.increment(1);
+        self.active.increment(1.0);
+    }
+
+    /// A request finished (completed or cancelled).
+    #[inline]
+    pub(crate) fn finish(&self) {
+        self.active.decrement(1.0);
+    }
+
+    /// A request's outcome arrived `elapsed_ns` after it was sent.
+    #[inline]
+    pub(crate) fn latency(&self, elapsed_ns: u64) {
+        self.duration.record(elapsed_ns as f64 * 1e-9);
+    }
+
+    /// A failure.
+    #[cold]
+    pub(crate) fn failure(&self, failure: Failure) {
+        match failure {
+            Failure::Classified => &self.failed_classified,
+            Failure::Unreachable => &self.failed_unreachable,
+            Failure::Readiness => &self.failed_readiness,
+        }
+        .increment(1);
+    }
+
+    /// A request dropped before its outcome.
+    #[cold]
+    pub(crate) fn cancel(&self) {
+        self.cancelled.increment(1);
+    }
+
+    /// An ejection by outlier detection.
+    pub(crate) fn ejected(&self) {
+        self.ejections.increment(1);
+    }
+
+    /// The endpoint's standing as published: its effective weight, `None` when it takes
+    /// no requests.
+    pub(crate) fn publish(&self, weight: Option<u32>) {
+        self.healthy.set(if weight.is_some() { 1.0 } else { 0.0 });
+        self.weight.set(f64::from(weight.unwrap_or(0)));
+    }
+
+    /// The endpoint left the set: its gauges go to 0 (requests in flight still finish on
+    /// it and bring `rq_active` down to 0).
+    pub(crate) fn removed(&self) {
+        self.publish(None);
+    }
+}
