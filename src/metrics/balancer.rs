@@ -103,6 +103,21 @@ impl BalancerMetrics {
         }
     }
 
+    /// Writes every series again (see [`EndpointMetrics::refresh`]).
+    pub(crate) fn refresh(&self, endpoints: usize, health: &HealthStats) {
+        self.publish(endpoints, health, false);
+        for counter in [
+            &self.discovery_updates,
+            &self.discovery_errors,
+            &self.table_rebuilds,
+        ]
+        .into_iter()
+        .chain(&self.fail_fast)
+        {
+            counter.increment(0);
+        }
+    }
+
     /// A request refused by fail-fast.
     #[cold]
     pub(crate) fn fail_fast(&self, reason: UnavailableReason) {

@@ -112,6 +112,25 @@ impl EndpointMetrics {
         self.weight.set(f64::from(weight.unwrap_or(0)));
     }
 
+    /// Writes every series again (a no-op for the counters' values), so that a live
+    /// endpoint never looks idle to a recorder's idle timeout. The histogram has no
+    /// such write: an endpoint without requests for longer than the timeout loses its
+    /// latency series until its next request.
+    pub(crate) fn refresh(&self, weight: Option<u32>) {
+        self.publish(weight);
+        for counter in [
+            &self.requests,
+            &self.failed_classified,
+            &self.failed_unreachable,
+            &self.failed_readiness,
+            &self.cancelled,
+            &self.ejections,
+        ] {
+            counter.increment(0);
+        }
+        self.active.increment(0.0);
+    }
+
     /// The endpoint left the set: its gauges go to 0 (requests in flight still finish on
     /// it and bring `rq_active` down to 0).
     pub(crate) fn removed(&self) {

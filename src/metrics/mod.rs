@@ -82,9 +82,11 @@
 //! metadata name keeps the old label.
 
 mod balancer;
+mod driver;
 mod endpoint;
 
 pub(crate) use balancer::BalancerMetrics;
+pub(crate) use driver::DriverMetrics;
 pub(crate) use endpoint::{EndpointMetrics, Failure};
 
 use std::time::Duration;
@@ -128,9 +130,6 @@ pub const LABEL_BALANCER: &str = "balancer";
 pub const LABEL_ENDPOINT: &str = "endpoint";
 /// The label with a failure's or a refusal's reason.
 pub const LABEL_REASON: &str = "reason";
-
-/// The name of a balancer built without [`Builder::name`](crate::Builder::name).
-pub const DEFAULT_BALANCER_NAME: &str = "default";
 
 /// The longest the balancer goes without writing the gauges of its endpoints, so that a
 /// recorder's idle timeout (longer than this) only ever drops removed endpoints' series.
