@@ -422,6 +422,7 @@ impl<K, S, P: Strategy, C, T, H> Balance<K, S, P, C, T, H> {
         self.wait = None;
         self.recheck = None;
         self.pending.clear();
+        self.shared.refused(reason);
         Poll::Ready(Err(Unavailable {
             reason,
             waited,
@@ -434,7 +435,8 @@ impl<K, S, P: Strategy, C, T, H> Balance<K, S, P, C, T, H> {
 
 #[cold]
 pub(crate) fn readiness_failed(load: &Load, error: BoxError) -> Arc<BoxError> {
-    tracing::debug!(%error, "endpoint service failed its readiness check; skipping it");
+    // Per request: trace (see the crate docs on logging).
+    tracing::trace!(%error, "endpoint service failed its readiness check; skipping it");
     load.record_readiness_failure(if crate::health::unreachable::is_unreachable(&*error) {
         crate::endpoint::Observed::Unreachable
     } else {

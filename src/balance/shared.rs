@@ -259,6 +259,16 @@ impl<K, S, P: Strategy> Shared<K, S, P> {
         }
     }
 
+    /// A request refused because no endpoint was eligible within the fail-fast timeout.
+    #[cold]
+    pub(crate) fn refused(&self, reason: UnavailableReason) {
+        tracing::trace!(%reason, "request refused: no endpoint eligible");
+        #[cfg(feature = "metrics")]
+        if let Some(metrics) = &self.metrics {
+            metrics.fail_fast(reason);
+        }
+    }
+
     pub(crate) fn new_handle_id(&self) -> u64 {
         self.next_handle.fetch_add(1, Ordering::Relaxed)
     }

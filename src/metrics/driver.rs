@@ -61,7 +61,7 @@ impl DriverMetrics {
             }
             self.published.push((load.clone(), weight));
         }
-        self.stats = (self.published.len(), stats.clone());
+        self.stats = (self.published.len(), *stats);
         self.balancer.publish(self.published.len(), stats, rebuilt);
     }
 
