@@ -393,7 +393,7 @@ async fn run(options: Box<Options>) -> Result<ExitCode, BoxError> {
         };
         let admin = admin::start(config.admin.listen, sources).await?;
         println!(
-            "admin on http://{0}: /status, /status.json, /metrics",
+            "admin on http://{0} (/status, /status.json, /metrics)",
             admin.addr
         );
         Some(admin)

@@ -9,7 +9,7 @@
 #   scripts/status-page-test.sh [SCREENSHOT.png]
 #
 # Installs the Debian package `chromium` when it is missing (apt-get). About 30 s after the
-# build. Exits non-zero, saying why, when a check fails.
+# build (which `cargo test --all-features` has done). Exits non-zero, saying why, when a check fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shot=${1:-docs/status-page.png}
@@ -20,8 +20,9 @@ if ! command -v chromium >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
 fi
 
-cargo build --release --features metrics --example reverse_proxy
-bin=target/release/examples/reverse_proxy
+# A debug build with every feature: the one `cargo test --all-features` has already built.
+cargo build --all-features --example reverse_proxy
+bin=target/debug/examples/reverse_proxy
 
 work=$(mktemp -d)
 pids=()
@@ -93,7 +94,8 @@ after=$(requests_sum "$second")
 [ "$after" -gt "$before" ] || fail "the request counters did not move ($before, then $after)"
 updates=$(sed -n 's/.*data-updates="\([0-9]*\)".*/\1/p' <<<"$second" | head -1)
 [ "${updates:-0}" -ge 1 ] || fail "the page did not refresh itself from /status.json"
-curl -sf "http://$admin/metrics" | grep -q '^tower_lb_requests_total{balancer="app"' \
+metrics=$(curl -sf "http://$admin/metrics")
+grep -q '^tower_lb_requests_total{balancer="app"' <<<"$metrics" \
     || fail "/metrics has no tower_lb_requests_total for balancer app"
 
 mkdir -p "$(dirname "$shot")"

@@ -315,13 +315,20 @@ fn state_name(state: EndpointState) -> &'static str {
 }
 
 /// The p50 and p99 latencies (seconds) per endpoint of `balancer`, read from the summary
-/// lines of `tower_lb_request_duration_seconds` in Prometheus text.
+/// lines of `tower_lb_request_duration_seconds` in Prometheus text (none for an endpoint
+/// without samples, whose summary says 0).
 fn latency_quantiles(text: &str, balancer: &str) -> HashMap<String, (Option<f64>, Option<f64>)> {
     let mut out: HashMap<String, (Option<f64>, Option<f64>)> = HashMap::new();
+    let mut empty = Vec::new();
     for line in text.lines() {
-        let Some(rest) = line.strip_prefix("tower_lb_request_duration_seconds{") else {
-            continue;
-        };
+        let (rest, count) =
+            if let Some(rest) = line.strip_prefix("tower_lb_request_duration_seconds_count{") {
+                (rest, true)
+            } else if let Some(rest) = line.strip_prefix("tower_lb_request_duration_seconds{") {
+                (rest, false)
+            } else {
+                continue;
+            };
         let Some((labels, value)) = rest.rsplit_once("} ") else {
             continue;
         };
@@ -331,6 +338,12 @@ fn latency_quantiles(text: &str, balancer: &str) -> HashMap<String, (Option<f64>
             Some(&labels[start..start + len])
         };
         if label("balancer") != Some(balancer) {
+            continue;
+        }
+        if count {
+            if let (Some(endpoint), Ok(0)) = (label("endpoint"), value.trim().parse::<u64>()) {
+                empty.push(endpoint.to_owned());
+            }
             continue;
         }
         let (Some(endpoint), Some(quantile), Ok(value)) = (
@@ -347,6 +360,9 @@ fn latency_quantiles(text: &str, balancer: &str) -> HashMap<String, (Option<f64>
             _ => {}
         }
     }
+    for endpoint in empty {
+        out.remove(&endpoint);
+    }
     out
 }
 
@@ -362,8 +378,12 @@ tower_lb_request_duration_seconds{balancer=\"app\",endpoint=\"127.0.0.1:8000\",q
 tower_lb_request_duration_seconds{balancer=\"app\",endpoint=\"127.0.0.1:8000\",quantile=\"0.99\"} 0.004
 tower_lb_request_duration_seconds{balancer=\"other\",endpoint=\"127.0.0.1:8000\",quantile=\"0.5\"} 9
 tower_lb_request_duration_seconds_sum{balancer=\"app\",endpoint=\"127.0.0.1:8000\"} 0.5
+tower_lb_request_duration_seconds_count{balancer=\"app\",endpoint=\"127.0.0.1:8000\"} 2
+tower_lb_request_duration_seconds{balancer=\"app\",endpoint=\"127.0.0.1:8001\",quantile=\"0.5\"} 0
+tower_lb_request_duration_seconds_count{balancer=\"app\",endpoint=\"127.0.0.1:8001\"} 0
 ";
         let q = latency_quantiles(text, "app");
+        // 8001 has no sample: no quantiles rather than zeros.
         assert_eq!(q.len(), 1);
         assert_eq!(q["127.0.0.1:8000"], (Some(0.001), Some(0.004)));
     }
