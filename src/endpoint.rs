@@ -751,19 +751,17 @@ impl Load {
     #[inline]
     pub(crate) fn start(&self) {
         self.started.fetch_add(1, Ordering::Relaxed);
-        #[cfg(feature = "metrics")]
-        if let Some(metrics) = &self.metrics {
-            metrics.start();
-        }
     }
 
     #[inline]
     pub(crate) fn finish(&self) {
         self.finished.fetch_add(1, Ordering::Release);
-        #[cfg(feature = "metrics")]
-        if let Some(metrics) = &self.metrics {
-            metrics.finish();
-        }
+    }
+
+    /// Requests sent to the endpoint (in flight, completed or cancelled).
+    #[cfg(feature = "metrics")]
+    pub(crate) fn started(&self) -> u64 {
+        self.started.load(Ordering::Relaxed)
     }
 
     /// Gives the endpoint its metric handles (feature `metrics`).
@@ -868,10 +866,6 @@ impl Load {
 
     pub(crate) fn record_cancel(&self) {
         self.cancelled.fetch_add(1, Ordering::Relaxed);
-        #[cfg(feature = "metrics")]
-        if let Some(metrics) = &self.metrics {
-            metrics.cancel();
-        }
     }
 
     /// The raw estimate in nanoseconds (0 = none) and when it was set.

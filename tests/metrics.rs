@@ -95,6 +95,12 @@ fn samples(name: &'static str, balancer: &str, labels: &[(&'static str, &str)]) 
     out
 }
 
+/// Waits (tokio's clock) for the balancer's next copy of its request counters.
+async fn synced() {
+    tokio::time::sleep(names::SYNC).await;
+    settle().await;
+}
+
 fn endpoint(name: &str) -> [(&'static str, &str); 1] {
     [(names::LABEL_ENDPOINT, name)]
 }
@@ -123,6 +129,7 @@ async fn requests_failures_and_latency_are_counted_per_endpoint() {
     for _ in 0..6 {
         let _ = send(&mut balance).await;
     }
+    synced().await;
     let c = |name, labels: &[_]| counter(name, b, labels);
     assert_eq!(c(names::REQUESTS_TOTAL, &endpoint("a")), Some(3));
     assert_eq!(c(names::REQUESTS_TOTAL, &endpoint("b")), Some(3));
@@ -173,21 +180,24 @@ async fn in_flight_requests_and_cancellations() {
         )]))
         .unwrap();
     let held = hold(&mut balance, 3).await;
+    synced().await;
     assert_eq!(gauge(names::RQ_ACTIVE, b, &endpoint("a")), Some(3.0));
     assert_eq!(counter(names::REQUESTS_TOTAL, b, &endpoint("a")), Some(3));
     let mut held = held.into_iter();
     // One completes, two are dropped before their answer.
     held.next().unwrap().await.unwrap();
     drop(held);
+    synced().await;
     assert_eq!(gauge(names::RQ_ACTIVE, b, &endpoint("a")), Some(0.0));
     assert_eq!(
         counter(names::REQUESTS_CANCELLED_TOTAL, b, &endpoint("a")),
         Some(2)
     );
-    // Cancelled requests have no latency sample.
+    // Cancelled requests have no latency sample. The completed one was called, waited a
+    // second unpolled (the sync above), then took its backend's second.
     assert_eq!(
         samples(names::REQUEST_DURATION_SECONDS, b, &endpoint("a")),
-        [1.0]
+        [2.0]
     );
 }
 
@@ -314,6 +324,7 @@ async fn discovery_changes_errors_and_removed_endpoints() {
 
     // A request in flight on `a` when `a` is removed finishes there.
     let mut held = hold(&mut balance, 1).await;
+    synced().await;
     assert_eq!(gauge(names::RQ_ACTIVE, b, &endpoint("a")), Some(1.0));
     tx.unbounded_send(Ok(Change::Remove("a"))).unwrap();
     tx.unbounded_send(Err("the registry is down".into()))
@@ -329,6 +340,7 @@ async fn discovery_changes_errors_and_removed_endpoints() {
     assert_eq!(gauge(names::RQ_ACTIVE, b, &endpoint("a")), Some(1.0));
     // ...which still counts when it ends.
     held.pop().unwrap().await.unwrap();
+    synced().await;
     assert_eq!(gauge(names::RQ_ACTIVE, b, &endpoint("a")), Some(0.0));
     assert_eq!(counter(names::REQUESTS_TOTAL, b, &endpoint("a")), Some(1));
 
@@ -337,14 +349,20 @@ async fn discovery_changes_errors_and_removed_endpoints() {
         .unwrap();
     settle().await;
     assert_eq!(gauge(names::ENDPOINT_HEALTHY, b, &endpoint("a")), Some(1.0));
-    for _ in 0..2 {
-        send(&mut balance).await.unwrap();
+    let mut to_a = 0;
+    for _ in 0..4 {
+        to_a += u64::from(send(&mut balance).await.unwrap() == "a");
     }
-    assert_eq!(counter(names::REQUESTS_TOTAL, b, &endpoint("a")), Some(2));
+    assert_eq!(to_a, 2, "round robin over a and b");
+    synced().await;
+    assert_eq!(
+        counter(names::REQUESTS_TOTAL, b, &endpoint("a")),
+        Some(1 + 2)
+    );
 }
 
 #[tokio::test(start_paused = true)]
-async fn live_series_are_refreshed_and_removed_ones_are_not() {
+async fn live_series_are_written_again_and_removed_ones_are_not() {
     registry();
     let b = "refresh";
     let (tx, rx) = mpsc::unbounded::<Result<Change<&'static str, Backend>, BoxError>>();
@@ -370,7 +388,7 @@ async fn live_series_are_refreshed_and_removed_ones_are_not() {
     };
     set("live", 42.0);
     set("gone", 42.0);
-    tokio::time::sleep(names::REFRESH - Duration::from_millis(10)).await;
+    tokio::time::sleep(names::SYNC - Duration::from_millis(10)).await;
     settle().await;
     assert_eq!(
         gauge(names::ENDPOINT_HEALTHY, b, &endpoint("live")),

@@ -249,11 +249,11 @@ where
             }
             Change::Remove(key) => {
                 self.health.remove(&key);
-                if let Some(slot) = self.endpoints.remove(&key) {
+                if let Some(_slot) = self.endpoints.remove(&key) {
                     #[cfg(feature = "metrics")]
-                    crate::metrics::DriverMetrics::removed(&slot.load);
-                    #[cfg(not(feature = "metrics"))]
-                    let _ = slot;
+                    if let Some(metrics) = &mut self.metrics {
+                        metrics.removed(&_slot.load);
+                    }
                     tracing::debug!(?key, "endpoint removed");
                     true
                 } else {
@@ -277,7 +277,9 @@ where
                 for (key, _slot) in old.iter() {
                     self.health.remove(key);
                     #[cfg(feature = "metrics")]
-                    crate::metrics::DriverMetrics::removed(&_slot.load);
+                    if let Some(metrics) = &mut self.metrics {
+                        metrics.removed(&_slot.load);
+                    }
                 }
                 tracing::debug!(endpoints = self.endpoints.len(), "endpoint set reset");
                 true
@@ -487,7 +489,7 @@ where
         this.publish_if_due(&shared, cx, !exhausted, changed);
         #[cfg(feature = "metrics")]
         if let Some(metrics) = &mut this.metrics {
-            metrics.refresh_if_due(cx);
+            metrics.sync_if_due(cx);
         }
         this.health.arm_timer(cx);
         if exhausted {

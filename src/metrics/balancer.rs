@@ -103,7 +103,7 @@ impl BalancerMetrics {
         }
     }
 
-    /// Writes every series again (see [`EndpointMetrics::refresh`]).
+    /// Writes every series again (see [`EndpointMetrics::sync`]).
     pub(crate) fn refresh(&self, endpoints: usize, health: &HealthStats) {
         self.publish(endpoints, health, false);
         for counter in [

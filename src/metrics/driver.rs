@@ -1,5 +1,5 @@
 //! What the balancer's background task records: discovery, snapshots, health events, and
-//! the periodic refresh that keeps live series from looking idle.
+//! every [`SYNC`] the counters requests keep in each endpoint's [`Load`].
 
 use std::future::Future;
 use std::pin::Pin;
@@ -8,20 +8,22 @@ use std::task::Context;
 
 use tokio::time::Sleep;
 
-use super::{BalancerMetrics, EndpointMetrics, REFRESH};
+use super::{BalancerMetrics, EndpointMetrics, SYNC};
 use crate::endpoint::Load;
 use crate::health::{HealthEvent, HealthReason, HealthStats};
 
 /// The driver's side of the metrics: the balancer's handles and what was last published,
-/// to write again at each [`REFRESH`].
+/// to write again at each [`SYNC`].
 #[derive(Debug)]
 pub(crate) struct DriverMetrics {
     pub(crate) balancer: Arc<BalancerMetrics>,
     /// Each endpoint in the set with its published weight (`None`: takes no requests).
     published: Vec<(Arc<Load>, Option<u32>)>,
+    /// Removed endpoints with requests still in flight: synced until these finish.
+    leaving: Vec<Arc<Load>>,
     /// The last snapshot's size and health picture.
     stats: (usize, HealthStats),
-    refresh: Option<Pin<Box<Sleep>>>,
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl DriverMetrics {
@@ -29,8 +31,9 @@ impl DriverMetrics {
         DriverMetrics {
             balancer,
             published: Vec::new(),
+            leaving: Vec::new(),
             stats: (0, HealthStats::default()),
-            refresh: None,
+            timer: None,
         }
     }
 
@@ -39,10 +42,15 @@ impl DriverMetrics {
         self.balancer.endpoint(name)
     }
 
-    /// An endpoint left the set: its gauges go to 0.
-    pub(crate) fn removed(load: &Load) {
+    /// An endpoint left the set: its gauges go to 0, and its requests still in flight are
+    /// followed until they end.
+    pub(crate) fn removed(&mut self, load: &Arc<Load>) {
         if let Some(metrics) = load.metrics() {
             metrics.removed();
+            metrics.sync_requests(load);
+            if load.in_flight() > 0 {
+                self.leaving.push(load.clone());
+            }
         }
     }
 
@@ -57,7 +65,7 @@ impl DriverMetrics {
         self.published.clear();
         for (load, weight) in endpoints {
             if let Some(metrics) = load.metrics() {
-                metrics.publish(weight);
+                metrics.sync(load, weight);
             }
             self.published.push((load.clone(), weight));
         }
@@ -80,23 +88,30 @@ impl DriverMetrics {
         }
     }
 
-    /// Writes every live series again when [`REFRESH`] has passed since the last time, so
-    /// that a recorder's idle timeout only ever drops removed endpoints' series.
-    pub(crate) fn refresh_if_due(&mut self, cx: &mut Context<'_>) {
+    /// Every [`SYNC`]: copies the request counters of every endpoint (and of removed ones
+    /// whose requests are still in flight) and writes every live series again, so that a
+    /// recorder's idle timeout only ever drops removed endpoints' series.
+    pub(crate) fn sync_if_due(&mut self, cx: &mut Context<'_>) {
         let timer = self
-            .refresh
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(REFRESH)));
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(SYNC)));
         if timer.as_mut().poll(cx).is_pending() {
             return;
         }
         for (load, weight) in &self.published {
             if let Some(metrics) = load.metrics() {
-                metrics.refresh(*weight);
+                metrics.sync(load, *weight);
             }
         }
+        self.leaving.retain(|load| {
+            if let Some(metrics) = load.metrics() {
+                metrics.sync_requests(load);
+            }
+            load.in_flight() > 0
+        });
         let (endpoints, stats) = &self.stats;
         self.balancer.refresh(*endpoints, stats);
-        timer.as_mut().reset(tokio::time::Instant::now() + REFRESH);
+        timer.as_mut().reset(tokio::time::Instant::now() + SYNC);
         let _ = timer.as_mut().poll(cx);
     }
 }

@@ -1,12 +1,15 @@
 //! One endpoint's metric handles, registered once and reached from its
-//! [`Load`](crate::endpoint::Load) on every request.
+//! [`Load`](crate::endpoint::Load): on a request's outcome (latency, failures), and from
+//! the balancer's background task (everything else).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use ::metrics::{counter, gauge, histogram, Counter, Gauge, Histogram, Label};
 use tokio::time::Instant;
 
 use super::*;
+use crate::endpoint::Load;
 
 /// Why a request (or readiness check) failed, as the `reason` label says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +38,9 @@ pub(crate) struct EndpointMetrics {
     healthy: Gauge,
     weight: Gauge,
     ejections: Counter,
+    /// `requests` and `cancelled` as of the last sync.
+    synced_requests: AtomicU64,
+    synced_cancelled: AtomicU64,
 }
 
 impl EndpointMetrics {
@@ -61,20 +67,9 @@ impl EndpointMetrics {
             healthy: gauge!(ENDPOINT_HEALTHY, labels.to_vec()),
             weight: gauge!(ENDPOINT_WEIGHT, labels.to_vec()),
             ejections: counter!(EJECTIONS_TOTAL, labels.to_vec()),
+            synced_requests: AtomicU64::new(0),
+            synced_cancelled: AtomicU64::new(0),
         }
-    }
-
-    /// A request was sent.
-    #[inline]
-    pub(crate) fn start(&self) {
-        self.requests.increment(1);
-        self.active.increment(1.0);
-    }
-
-    /// A request finished (completed or cancelled).
-    #[inline]
-    pub(crate) fn finish(&self) {
-        self.active.decrement(1.0);
     }
 
     /// A request's outcome arrived `elapsed_ns` after it was sent.
@@ -94,12 +89,6 @@ impl EndpointMetrics {
         .increment(1);
     }
 
-    /// A request dropped before its outcome.
-    #[cold]
-    pub(crate) fn cancel(&self) {
-        self.cancelled.increment(1);
-    }
-
     /// An ejection by outlier detection.
     pub(crate) fn ejected(&self) {
         self.ejections.increment(1);
@@ -112,27 +101,42 @@ impl EndpointMetrics {
         self.weight.set(f64::from(weight.unwrap_or(0)));
     }
 
-    /// Writes every series again (a no-op for the counters' values), so that a live
-    /// endpoint never looks idle to a recorder's idle timeout. The histogram has no
-    /// such write: an endpoint without requests for longer than the timeout loses its
-    /// latency series until its next request.
-    pub(crate) fn refresh(&self, weight: Option<u32>) {
+    /// Copies the counters every request updates (requests sent, in flight, cancelled)
+    /// from the endpoint's [`Load`], where the request path keeps them anyway, so that a
+    /// request pays for none of them here; and writes the other series again (a no-op for
+    /// their values), so that a live endpoint never looks idle to a recorder's idle
+    /// timeout. `weight`: as last published, `None` when it takes no requests. The
+    /// histogram has no such write: an endpoint without requests for longer than the
+    /// timeout loses its latency series until its next request.
+    pub(crate) fn sync(&self, load: &Load, weight: Option<u32>) {
+        self.sync_requests(load);
         self.publish(weight);
         for counter in [
-            &self.requests,
             &self.failed_classified,
             &self.failed_unreachable,
             &self.failed_readiness,
-            &self.cancelled,
             &self.ejections,
         ] {
             counter.increment(0);
         }
-        self.active.increment(0.0);
     }
 
-    /// The endpoint left the set: its gauges go to 0 (requests in flight still finish on
-    /// it and bring `rq_active` down to 0).
+    /// Copies requests sent, in flight and cancelled from `load`: the counters grow by what
+    /// `load`'s grew since the last sync, so that an endpoint that comes back (with new
+    /// counters) continues its series.
+    pub(crate) fn sync_requests(&self, load: &Load) {
+        let grow = |counter: &Counter, synced: &AtomicU64, now: u64| {
+            let before = synced.swap(now, Ordering::Relaxed);
+            counter.increment(now.saturating_sub(before));
+        };
+        grow(&self.requests, &self.synced_requests, load.started());
+        grow(&self.cancelled, &self.synced_cancelled, load.cancelled());
+        self.active.set(load.in_flight() as f64);
+    }
+
+    /// The endpoint left the set: its health and weight gauges go to 0 (its requests in
+    /// flight still finish, and [`sync_requests`](Self::sync_requests) brings `rq_active`
+    /// down to 0).
     pub(crate) fn removed(&self) {
         self.publish(None);
     }

@@ -131,9 +131,10 @@ pub const LABEL_ENDPOINT: &str = "endpoint";
 /// The label with a failure's or a refusal's reason.
 pub const LABEL_REASON: &str = "reason";
 
-/// The longest the balancer goes without writing the gauges of its endpoints, so that a
+/// How often the balancer copies the counters requests keep anyway (requests sent, in
+/// flight, cancelled) into its metrics, and writes every live series again, so that a
 /// recorder's idle timeout (longer than this) only ever drops removed endpoints' series.
-pub const REFRESH: Duration = Duration::from_secs(60);
+pub const SYNC: Duration = Duration::from_secs(1);
 
 /// Whether a recorder is installed (for this thread, or globally). A zero-sized recorder
 /// (the facade's no-op one, which is what the facade uses when none is installed) holds
