@@ -140,21 +140,24 @@ impl InFlight {
     fn observe(&mut self, observed: Observed) {
         self.verdict = Verdict::Recorded;
         self.load.record(observed);
-        #[cfg(feature = "metrics")]
-        self.load.record_metrics(self.start_ns, observed, true);
-        if observed != Observed::Ignored {
+        let _sampled = if observed != Observed::Ignored {
             self.load
-                .sample_latency(self.start_ns, observed != Observed::Success);
-        }
+                .sample_latency(self.start_ns, observed != Observed::Success)
+        } else {
+            None
+        };
+        #[cfg(feature = "metrics")]
+        self.load
+            .record_metrics(self.start_ns, _sampled, observed, true);
     }
 
     fn defer(&mut self, failures: GrpcCodes) {
         self.verdict = Verdict::Trailers(failures);
+        let _sampled = self.load.sample_latency(self.start_ns, false);
         // The head's latency; the outcome waits for the trailers.
         #[cfg(feature = "metrics")]
         self.load
-            .record_metrics(self.start_ns, Observed::Success, true);
-        self.load.sample_latency(self.start_ns, false);
+            .record_metrics(self.start_ns, _sampled, Observed::Success, true);
     }
 
     /// Judges a verdict that waits for trailers by `trailers`, or by their absence (`None`:
@@ -200,7 +203,8 @@ impl InFlight {
         self.load.record(observed);
         // The latency was recorded at the head.
         #[cfg(feature = "metrics")]
-        self.load.record_metrics(self.start_ns, observed, false);
+        self.load
+            .record_metrics(self.start_ns, None, observed, false);
         if failure {
             // A start in the future makes the elapsed time 0 (it saturates), so the sample
             // is exactly the failure penalty. With a zero penalty the sample is 0, which

@@ -555,17 +555,18 @@ impl Load {
     }
 
     /// Takes a latency sample for a request that started at `start_ns`, if latency is
-    /// tracked. A failure counts as at least the failure penalty.
+    /// tracked, and returns the time it was taken. A failure counts as at least the failure
+    /// penalty.
     #[inline]
-    pub(crate) fn sample_latency(&self, start_ns: u64, failure: bool) {
-        if let Some((t, now_ns, elapsed)) = self.elapsed_since(start_ns) {
-            let rtt = if failure {
-                elapsed.max(t.penalty_ns)
-            } else {
-                elapsed
-            };
-            self.observe_rtt(rtt, now_ns, t.decay_ns);
-        }
+    pub(crate) fn sample_latency(&self, start_ns: u64, failure: bool) -> Option<u64> {
+        let (t, now_ns, elapsed) = self.elapsed_since(start_ns)?;
+        let rtt = if failure {
+            elapsed.max(t.penalty_ns)
+        } else {
+            elapsed
+        };
+        self.observe_rtt(rtt, now_ns, t.decay_ns);
+        Some(now_ns)
     }
 
     /// Takes the elapsed time of a cancelled request as a lower bound: it can raise the
@@ -796,19 +797,26 @@ impl Load {
     }
 
     /// Records one request's outcome in the metrics (feature `metrics`): its latency since
-    /// `start_ns` (see [`request_start_ns`](Self::request_start_ns)) unless `latency` is
-    /// false, and its failure, if it is one.
+    /// `start_ns` (see [`request_start_ns`](Self::request_start_ns)) up to `now_ns` (the
+    /// latency sample's time, or else now) unless `latency` is false, and its failure, if
+    /// it is one.
     #[cfg(feature = "metrics")]
     #[inline]
-    pub(crate) fn record_metrics(&self, start_ns: u64, observed: Observed, latency: bool) {
+    pub(crate) fn record_metrics(
+        &self,
+        start_ns: u64,
+        now_ns: Option<u64>,
+        observed: Observed,
+        latency: bool,
+    ) {
         let Some(metrics) = &self.metrics else {
             return;
         };
         if latency && observed != Observed::Ignored {
-            let now_ns = match self.timing() {
+            let now_ns = now_ns.unwrap_or_else(|| match self.timing() {
                 Some(timing) => timing.now_ns(),
                 None => nanos_since(metrics.epoch),
-            };
+            });
             metrics.latency(now_ns.saturating_sub(start_ns));
         }
         match observed {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use ::metrics::{counter, gauge, histogram, Counter, Gauge, Histogram, Label};
 use tokio::time::Instant;
 
+use super::latency::LatencyBuckets;
 use super::*;
 use crate::endpoint::Load;
 
@@ -31,6 +32,8 @@ pub(crate) struct EndpointMetrics {
     requests: Counter,
     active: Gauge,
     duration: Histogram,
+    /// Latency samples since the last sync.
+    latency: LatencyBuckets,
     failed_classified: Counter,
     failed_unreachable: Counter,
     failed_readiness: Counter,
@@ -60,6 +63,7 @@ impl EndpointMetrics {
             requests: counter!(REQUESTS_TOTAL, labels.to_vec()),
             active: gauge!(RQ_ACTIVE, labels.to_vec()),
             duration: histogram!(REQUEST_DURATION_SECONDS, labels.to_vec()),
+            latency: LatencyBuckets::new(),
             failed_classified: failed("classified"),
             failed_unreachable: failed("unreachable"),
             failed_readiness: failed("readiness"),
@@ -72,10 +76,11 @@ impl EndpointMetrics {
         }
     }
 
-    /// A request's outcome arrived `elapsed_ns` after it was sent.
+    /// A request's outcome arrived `elapsed_ns` after it was sent: counted in a bucket,
+    /// recorded at the next sync.
     #[inline]
     pub(crate) fn latency(&self, elapsed_ns: u64) {
-        self.duration.record(elapsed_ns as f64 * 1e-9);
+        self.latency.record(elapsed_ns);
     }
 
     /// A failure.
@@ -121,7 +126,8 @@ impl EndpointMetrics {
         }
     }
 
-    /// Copies requests sent, in flight and cancelled from `load`: the counters grow by what
+    /// Copies requests sent, in flight and cancelled from `load`, and hands the latency
+    /// samples since the last sync to the histogram: the counters grow by what
     /// `load`'s grew since the last sync, so that an endpoint that comes back (with new
     /// counters) continues its series.
     pub(crate) fn sync_requests(&self, load: &Load) {
@@ -132,6 +138,8 @@ impl EndpointMetrics {
         grow(&self.requests, &self.synced_requests, load.started());
         grow(&self.cancelled, &self.synced_cancelled, load.cancelled());
         self.active.set(load.in_flight() as f64);
+        self.latency
+            .drain(|seconds, count| self.duration.record_many(seconds, count));
     }
 
     /// The endpoint left the set: its health and weight gauges go to 0 (its requests in

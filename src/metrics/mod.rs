@@ -84,6 +84,7 @@
 mod balancer;
 mod driver;
 mod endpoint;
+mod latency;
 
 pub(crate) use balancer::BalancerMetrics;
 pub(crate) use driver::DriverMetrics;
