@@ -41,6 +41,20 @@
 //!
 //! This group is sensitive to other load on the machine (two workers on two cores): run it
 //! when the machine is otherwise idle, and more than once.
+//!
+//! # `erased`
+//!
+//! What erasing a type costs, per request, against the same balancer with every type
+//! known, in the same run (least request over 10 endpoints):
+//!
+//! | id | what |
+//! |---|---|
+//! | `single_task/static` | `Balance<usize, Echo, LeastRequest, ...>`, as in `single_task` |
+//! | `single_task/any_strategy` | the strategy is `AnyStrategy::LeastRequest` |
+//! | `single_task/boxed_balance` | the balancer is `Balance::boxed()` (`BoxBalance`) |
+//! | `single_task/box_clone_sync` | each endpoint is a `BoxCloneSyncService` |
+//! | `single_task/unsync` | each endpoint is a `SyncService<BoxCloneService>` (a `Send`, not `Sync`, service behind the lock taken to clone it) |
+//! | `shared/box_clone_sync`, `shared/unsync` | the same two endpoint kinds in the `shared` setting (64 tasks on 2 threads), where two threads can take one endpoint's lock at once |
 
 use std::convert::Infallible;
 use std::fmt::Debug;
@@ -55,9 +69,11 @@ use criterion::{
     SamplingMode, Throughput,
 };
 use tower::load::{CompleteOnResponse, PendingRequests};
+use tower::util::{BoxCloneService, BoxCloneSyncService};
 use tower::{Service, ServiceExt};
 use tower_lb::classify::ErrorsAsFailures;
-use tower_lb::strategy::{LeastRequest, PeakEwma, RoundRobin, Strategy};
+use tower_lb::endpoint::{SyncEndpoint, SyncService};
+use tower_lb::strategy::{AnyStrategy, LeastRequest, PeakEwma, RoundRobin, Strategy};
 use tower_lb::{discover, Balance};
 
 /// Endpoint counts of the single-task group.
@@ -99,11 +115,30 @@ fn ours<P: Strategy>(
     strategy: P,
     n: usize,
 ) -> Balance<usize, Echo, P, ErrorsAsFailures, tower_lb::completion::OnResponse> {
+    over(strategy, n, |_| Echo)
+}
+
+/// Our balancer with `strategy` over `n` endpoints whose services `make` makes.
+fn over<P: Strategy, S: SyncEndpoint>(
+    strategy: P,
+    n: usize,
+    make: impl Fn(usize) -> S,
+) -> Balance<usize, S, P, ErrorsAsFailures, tower_lb::completion::OnResponse> {
     tower_lb::Builder::new()
         .strategy(strategy)
         .classify(ErrorsAsFailures)
-        .build(discover::static_list((0..n).map(|i| (i, Echo))))
+        .build(discover::static_list((0..n).map(|i| (i, make(i)))))
         .expect("valid configuration")
+}
+
+/// `Echo` in a `BoxCloneSyncService`.
+fn box_clone_sync(_: usize) -> BoxCloneSyncService<u64, u64, Infallible> {
+    BoxCloneSyncService::new(Echo)
+}
+
+/// `Echo` in a `BoxCloneService` (`Send`, not `Sync`), made usable by `SyncService`.
+fn unsync(_: usize) -> SyncService<BoxCloneService<u64, u64, Infallible>> {
+    SyncService::new(BoxCloneService::new(Echo))
 }
 
 fn tower_pending_requests(
@@ -138,6 +173,23 @@ fn assert_idle<P: Strategy, C, T>(balance: &Balance<usize, Echo, P, C, T>) {
         stats.iter().map(|e| e.completed).sum::<u64>() > 0,
         "no request completed"
     );
+}
+
+/// The runtime of the single-task benchmarks.
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// The runtime of the shared benchmarks: two workers on the two cores.
+fn two_workers() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
 }
 
 // ----- single task -----
@@ -180,10 +232,7 @@ where
 }
 
 fn single_task(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let rt = current_thread();
     let _entered = rt.enter();
 
     let mut g = c.benchmark_group("single_task");
@@ -275,11 +324,7 @@ fn bench_shared<S>(
 }
 
 fn shared(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let rt = two_workers();
     // Our driver and tower's buffer worker are spawned on this runtime.
     let _entered = rt.enter();
 
@@ -307,5 +352,43 @@ fn shared(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, single_task, shared);
+fn erased(c: &mut Criterion) {
+    let mut g = c.benchmark_group("erased");
+    g.sample_size(30)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    {
+        let rt = current_thread();
+        let _entered = rt.enter();
+        let n = SHARED_ENDPOINTS;
+        let name = |s: &str| format!("single_task/{s}");
+        bench_single(
+            &mut g,
+            &name("static"),
+            n,
+            &mut ours(LeastRequest::new(), n),
+        );
+        let any = AnyStrategy::from(LeastRequest::new());
+        bench_single(&mut g, &name("any_strategy"), n, &mut ours(any, n));
+        let mut boxed = ours(LeastRequest::new(), n).boxed::<u64>();
+        bench_single(&mut g, &name("boxed_balance"), n, &mut boxed);
+        let mut sync = over(LeastRequest::new(), n, box_clone_sync);
+        bench_single(&mut g, &name("box_clone_sync"), n, &mut sync);
+        let mut locked = over(LeastRequest::new(), n, unsync);
+        bench_single(&mut g, &name("unsync"), n, &mut locked);
+    }
+    let rt = two_workers();
+    let _entered = rt.enter();
+    g.sampling_mode(SamplingMode::Flat)
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(3))
+        .throughput(Throughput::Elements(TASKS * PER_TASK));
+    let sync = over(LeastRequest::new(), SHARED_ENDPOINTS, box_clone_sync);
+    bench_shared(&mut g, &rt, "shared/box_clone_sync", &sync);
+    let locked = over(LeastRequest::new(), SHARED_ENDPOINTS, unsync);
+    bench_shared(&mut g, &rt, "shared/unsync", &locked);
+    g.finish();
+}
+
+criterion_group!(benches, single_task, shared, erased);
 criterion_main!(benches);

@@ -10,6 +10,15 @@
 //! The group `clock` measures one read of tokio's clock (and std's, for comparison):
 //! `cargo bench --bench pick -- clock`.
 //!
+//! The group `any` measures a run-time choice against the static type in the same run:
+//! `any/<strategy>/static/<N>` picks with the strategy's own type, `any/<strategy>/any/<N>`
+//! with the same strategy inside an `AnyStrategy` (one `match` more), for N = 10 and 100
+//! (`cargo bench --bench pick -- any`). The hashing strategies pick with a fixed key.
+//!
+//! The group `rng` compares the crate's random number generator (wyrand, per thread or one
+//! seeded atomic sequence) with rand's `SmallRng` behind the same uniform pick
+//! (`cargo bench --bench pick -- rng`).
+//!
 //! Ids are `pick/<strategy>/<N>` for N = 10, 100 and 10 000 endpoints:
 //!
 //! | strategy | configuration |
@@ -46,7 +55,8 @@ use criterion::{
 };
 use tower_lb::endpoint::Load;
 use tower_lb::strategy::{
-    Context, EndpointList, LeastRequest, PeakEwma, Random, RoundRobin, Strategy,
+    AnyStrategy, Context, EndpointList, LeastRequest, Maglev, PeakEwma, Random, RingHash,
+    RoundRobin, Strategy,
 };
 
 /// Endpoint counts.
@@ -198,5 +208,105 @@ fn clock(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, pick, clock);
+/// Times `strategy.pick` on `n` named idle endpoints, with `key` for the hashing strategies.
+fn bench_named<P: Strategy>(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    id: BenchmarkId,
+    n: usize,
+    strategy: &P,
+    key: Option<&[u8]>,
+) {
+    let list = EndpointList::from_named((0..n).map(|i| (format!("10.0.0.{i}:80"), 1)));
+    let endpoints = list.endpoints();
+    let table = strategy.build(&endpoints);
+    g.bench_function(id, |b| {
+        b.iter(|| {
+            let cx = Context::with_key(key);
+            strategy.pick(black_box(&table), black_box(&endpoints), black_box(&cx))
+        })
+    });
+}
+
+/// Each strategy's pick with its own type and inside an [`AnyStrategy`], in the same run.
+fn any(c: &mut Criterion) {
+    let mut g = c.benchmark_group("any");
+    g.sample_size(30)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    fn pair<P: Strategy + Into<AnyStrategy>>(
+        g: &mut BenchmarkGroup<'_, WallTime>,
+        name: &str,
+        n: usize,
+        make: impl Fn() -> P,
+        key: Option<&[u8]>,
+    ) {
+        let id = |variant: &str| BenchmarkId::new(format!("{name}/{variant}"), n);
+        bench_named(g, id("static"), n, &make(), key);
+        bench_named(g, id("any"), n, &make().into(), key);
+    }
+    let key = Some(&b"user-42"[..]);
+    for n in [10, 100] {
+        pair(&mut g, "round_robin", n, RoundRobin::new, None);
+        pair(&mut g, "random", n, Random::new, None);
+        pair(&mut g, "least_request", n, LeastRequest::new, None);
+        pair(&mut g, "peak_ewma", n, PeakEwma::new, None);
+        pair(&mut g, "ring_hash", n, RingHash::new, key);
+        pair(&mut g, "maglev", n, Maglev::new, key);
+    }
+    g.finish();
+}
+
+/// Uniform random picks with rand's `SmallRng` (Xoshiro256++), the generator the crate
+/// could use instead of its own wyrand: per thread in a `RefCell` (as `Random::new()` keeps
+/// its own per thread), and one seeded sequence behind a `Mutex` (as `Random::with_seed`
+/// shares one `AtomicU64`, which rand's `&mut self` generators cannot).
+struct RandSmallRng {
+    seeded: Option<std::sync::Mutex<rand::rngs::SmallRng>>,
+}
+
+thread_local! {
+    static SMALL_RNG: std::cell::RefCell<rand::rngs::SmallRng> =
+        std::cell::RefCell::new(rand::SeedableRng::seed_from_u64(0x5eed));
+}
+
+impl Strategy for RandSmallRng {
+    type Table = ();
+
+    fn build(&self, _: &tower_lb::strategy::Endpoints<'_>) {}
+
+    fn pick(
+        &self,
+        _: &(),
+        endpoints: &tower_lb::strategy::Endpoints<'_>,
+        _: &Context<'_>,
+    ) -> usize {
+        use rand::Rng as _;
+        let n = endpoints.len();
+        match &self.seeded {
+            Some(rng) => rng.lock().unwrap().random_range(0..n),
+            None => SMALL_RNG.with(|rng| rng.borrow_mut().random_range(0..n)),
+        }
+    }
+}
+
+/// The crate's generator against rand's `SmallRng` behind uniform picks over 10 endpoints,
+/// in the same run: `rng/{wyrand,small_rng}/{thread,seeded}`
+/// (`cargo bench --bench pick -- rng`).
+fn rng(c: &mut Criterion) {
+    let mut g = c.benchmark_group("rng");
+    g.sample_size(30)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    let n = 10;
+    bench_direct(&mut g, "wyrand/thread", n, Random::new(), equal);
+    bench_direct(&mut g, "wyrand/seeded", n, Random::with_seed(7), equal);
+    let small = |seeded: bool| RandSmallRng {
+        seeded: seeded.then(|| std::sync::Mutex::new(rand::SeedableRng::seed_from_u64(7))),
+    };
+    bench_direct(&mut g, "small_rng/thread", n, small(false), equal);
+    bench_direct(&mut g, "small_rng/seeded", n, small(true), equal);
+    g.finish();
+}
+
+criterion_group!(benches, pick, clock, any, rng);
 criterion_main!(benches);

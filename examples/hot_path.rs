@@ -12,31 +12,14 @@
 //! count does not, so this is how a change to the hot path is compared with the commit
 //! before it.
 
-use std::future::{ready, Ready};
-use std::task::{Context, Poll};
+#[path = "support/mod.rs"]
+mod support;
 
+use support::{requests, runtime, usage, Echo};
 use tower::{Service, ServiceExt};
 use tower_lb::classify::ErrorsAsFailures;
 use tower_lb::strategy::{LeastRequest, RoundRobin, Strategy};
 use tower_lb::{discover, Builder};
-
-/// An endpoint that answers every request at once with the request itself.
-#[derive(Clone)]
-struct Echo;
-
-impl Service<u64> for Echo {
-    type Response = u64;
-    type Error = std::io::Error;
-    type Future = Ready<Result<u64, std::io::Error>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: u64) -> Self::Future {
-        ready(Ok(request))
-    }
-}
 
 async fn run<P: Strategy>(strategy: P, bare: bool, n: u64) {
     let mut builder = Builder::new().strategy(strategy).classify(ErrorsAsFailures);
@@ -54,35 +37,21 @@ async fn run<P: Strategy>(strategy: P, bare: bool, n: u64) {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: hot_path least-request|round-robin defaults|bare REQUESTS";
+    let text = "usage: hot_path least-request|round-robin defaults|bare REQUESTS";
     let [strategy, mode, n] = args.as_slice() else {
-        eprintln!("{usage}");
-        std::process::exit(2);
+        usage(text)
     };
     let bare = match mode.as_str() {
         "defaults" => false,
         "bare" => true,
-        _ => {
-            eprintln!("{usage}");
-            std::process::exit(2);
-        }
+        _ => usage(text),
     };
-    let Ok(n) = n.parse::<u64>() else {
-        eprintln!("{usage}");
-        std::process::exit(2);
-    };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    runtime.block_on(async {
+    let n = requests(n, text);
+    runtime().block_on(async {
         match strategy.as_str() {
             "least-request" => run(LeastRequest::new(), bare, n).await,
             "round-robin" => run(RoundRobin::new(), bare, n).await,
-            _ => {
-                eprintln!("{usage}");
-                std::process::exit(2);
-            }
+            _ => usage(text),
         }
     });
 }

@@ -20,19 +20,19 @@
 //!
 //! Either way the balancer is built with
 //! [`Builder::build_with`](tower_lb::Builder::build_with), which turns each discovered
-//! address into an [`Upstream`]: a clone of one shared hyper-util client (one keep-alive
-//! pool) that writes the address into each request's URI.
+//! address into a [`HttpEndpoint`](tower_lb::http::HttpEndpoint): a clone of one shared
+//! hyper-util client (one keep-alive pool) that points each request at the address, with a
+//! timeout per endpoint inside the balancer, so that a slow endpoint's timeouts count
+//! against it. Each response says which upstream served it
+//! ([`ServedBy`](tower_lb::http::ServedBy)).
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::uri::{Authority, Scheme};
-use http::{Request, Response, Uri};
+use http::{Request, Response};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -41,47 +41,13 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
-use tower::{Service, ServiceExt};
+use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_lb::error::BoxError;
+use tower_lb::http::{HttpEndpoint, ServedBy};
 use tower_lb::strategy::LeastRequest;
 use tower_lb::Balance;
 
 type HttpClient = Client<HttpConnector, Empty<Bytes>>;
-
-/// The service for one upstream: the shared client plus the upstream's address.
-#[derive(Clone)]
-struct Upstream {
-    authority: Authority,
-    client: HttpClient,
-}
-
-impl Service<Request<Empty<Bytes>>> for Upstream {
-    type Response = Response<Incoming>;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, mut request: Request<Empty<Bytes>>) -> Self::Future {
-        let path = request
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
-        let uri = Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(self.authority.clone())
-            .path_and_query(path)
-            .build();
-        let client = self.client.clone();
-        Box::pin(async move {
-            *request.uri_mut() = uri?;
-            Ok(client.request(request).await?)
-        })
-    }
-}
 
 /// An upstream that answers every request with its own address.
 async fn serve(listener: TcpListener) {
@@ -160,15 +126,24 @@ async fn main() -> Result<(), BoxError> {
     let balance = Balance::builder()
         .strategy(LeastRequest::default())
         .fail_fast(Duration::from_secs(5))
-        .build_with(discovery, move |addr: &SocketAddr| Upstream {
-            authority: Authority::try_from(addr.to_string()).expect("an address is an authority"),
-            client: client.clone(),
+        .build_with(discovery, move |addr: &SocketAddr| {
+            // The timeout inside the balancer, per endpoint: a slow endpoint's timeouts
+            // are its failures, which outlier detection and least request see.
+            ServiceBuilder::new()
+                .timeout(Duration::from_secs(2))
+                .service(HttpEndpoint::from_addr(client.clone(), *addr))
         })?;
 
+    let mut served_by: HashMap<String, u64> = HashMap::new();
     for _ in 0..requests {
         let mut b = balance.clone();
         let request = Request::get("/").body(Empty::new())?;
         let response = b.ready().await?.call(request).await?;
+        let upstream = response
+            .extensions()
+            .get::<ServedBy>()
+            .map(|s| s.name().to_owned());
+        *served_by.entry(upstream.unwrap_or_default()).or_default() += 1;
         let body = response.into_body().collect().await?.to_bytes();
         let _from = String::from_utf8_lossy(&body);
     }
@@ -177,8 +152,9 @@ async fn main() -> Result<(), BoxError> {
     for addr in &addrs {
         let stats = balance.endpoints().into_iter().find(|e| e.key == *addr);
         let served = stats.map_or(0, |e| e.completed);
+        let seen = served_by.get(&addr.to_string()).copied().unwrap_or(0);
         println!("{addr:>24}  {served:>5} requests");
-        ok &= served > 0;
+        ok &= served > 0 && seen == served;
     }
     if !ok {
         eprintln!("some upstream got no request");

@@ -41,7 +41,8 @@
 //! ```
 //!
 //! `examples/reverse_proxy.toml` shows every setting of the config file; the proxy itself is
-//! in `examples/reverse_proxy/proxy.rs` (shared with the tests in `tests/proxy_*.rs`).
+//! in `examples/reverse_proxy/`, one file per concept, from `proxy.rs` (shared with the tests
+//! in `tests/proxy_*.rs`).
 //!
 //! What it does:
 //!
@@ -124,6 +125,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower_lb::error::BoxError;
 use tower_lb::http::key::HttpKey;
+use tower_lb::strategy::UnknownStrategy;
 use tower_lb::EndpointStats;
 
 use proxy::{error_chain, Config, Protocol, Server};
@@ -225,7 +227,9 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
                 address: parse_addr(&flag, &value)?,
                 weight: 1,
             }),
-            "--strategy" => upstream.strategy = value.parse()?,
+            "--strategy" => {
+                upstream.strategy = value.parse().map_err(|e: UnknownStrategy| e.to_string())?
+            }
             "--hash-key" => {
                 upstream.hash_key = value
                     .parse::<HttpKey>()
@@ -365,7 +369,7 @@ async fn run(options: Box<Options>) -> Result<ExitCode, BoxError> {
     };
     let proxy = proxy::start(&config).await?;
     let upstream = &config.upstream;
-    let hashing = if upstream.strategy.hashes() {
+    let hashing = if upstream.strategy.uses_request_key() {
         format!(" by {}", upstream.hash_key)
     } else {
         String::new()
@@ -404,7 +408,7 @@ async fn run(options: Box<Options>) -> Result<ExitCode, BoxError> {
     if let Some(requests) = options.self_test {
         // Bounded load moves keys off busy upstreams by design, so affinity is checked
         // only without it.
-        let affinity = upstream.strategy.hashes()
+        let affinity = upstream.strategy.uses_request_key()
             && upstream.hash_key == HttpKey::Path
             && upstream.bounded_load.is_none();
         let code = self_test(loopback(proxy.addr), requests, &proxy, affinity).await;

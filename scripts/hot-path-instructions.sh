@@ -5,6 +5,8 @@
 # it (run this script in both checkouts).
 #
 #   scripts/hot-path-instructions.sh
+#   scripts/hot-path-instructions.sh --forms   # also examples/hot_path_forms.rs: the cost of
+#                                              # AnyStrategy, Balance::boxed and boxed endpoints
 #
 # Runs examples/hot_path.rs at 20 000 and 40 000 requests and prints the difference per
 # request, which leaves out the start-up. Needs valgrind (installed with apt if missing).
@@ -15,7 +17,7 @@ if ! command -v valgrind >/dev/null; then
     echo "valgrind is missing: installing it (apt-get install -y valgrind)" >&2
     apt-get update -qq && apt-get install -y -qq valgrind >/dev/null
 fi
-cargo build --release --example hot_path >&2
+cargo build --release --example hot_path --example hot_path_forms >&2
 bin=target/release/examples/hot_path
 
 count() {
@@ -31,3 +33,15 @@ for strategy in least-request round-robin; do
         printf '%-14s %-9s %d\n' "$strategy" "$mode" $(((large - small) / 20000))
     done
 done
+
+if [ "${1:-}" = --forms ]; then
+    bin=target/release/examples/hot_path_forms
+    printf '\n%-14s %-15s %s\n' strategy form 'instructions per request (defaults)'
+    for strategy in least-request round-robin; do
+        for form in static any-strategy boxed-balance box-clone-sync unsync; do
+            small=$(count "$strategy" "$form" 20000)
+            large=$(count "$strategy" "$form" 40000)
+            printf '%-14s %-15s %d\n' "$strategy" "$form" $(((large - small) / 20000))
+        done
+    done
+fi

@@ -25,6 +25,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+mod sync_service;
+
+pub use sync_service::{SyncEndpoint, SyncService};
+
 /// One endpoint as described by discovery: a key, its service, a weight and metadata.
 #[derive(Debug, Clone)]
 pub struct Endpoint<K, S> {
@@ -73,8 +77,10 @@ impl<K, S> Endpoint<K, S> {
     }
 }
 
-/// Descriptive labels of an endpoint. The balancer stores and reports them; of the
-/// strategies in this crate, only the consistent-hashing ones read one of them, the
+/// Descriptive labels of an endpoint. The balancer stores and reports them, and strategies
+/// see them through [`Endpoints::metadata`](crate::strategy::Endpoints::metadata) (a
+/// zone-aware strategy routes by [`zone`](Metadata::zone): `examples/zone_aware.rs`). Of
+/// the strategies in this crate, only the consistent-hashing ones read one of them, the
 /// [`name`](Metadata::name).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Metadata {
@@ -245,10 +251,20 @@ pub(crate) struct LoadSettings {
     /// The failure penalty's clock and time constant, when the strategy reads it.
     pub(crate) penalty: Option<Penalty>,
     /// Outlier detection's thresholds and the driver's wake-up, when it is on.
-    pub(crate) outlier: Option<Arc<crate::health::OutlierSignal>>,
+    pub(crate) outlier: Option<Arc<dyn OutcomePolicy>>,
     /// Whether each endpoint keeps the load reports of its responses (feature `orca`).
     #[cfg_attr(not(feature = "orca"), allow(dead_code))]
     pub(crate) reports: bool,
+}
+
+/// What one request's outcome does to its endpoint's health beyond the counters: outlier
+/// detection's per-request rules (failures in a row eject, successes end probation),
+/// implemented by the health module. [`Load::record`] calls it only for a failure, or for a
+/// success after a failure, on probation, or of an endpoint marked unreachable.
+pub(crate) trait OutcomePolicy: Send + Sync + std::fmt::Debug {
+    /// Applies the outcome `observed` of one request (or readiness check) of `load`'s
+    /// endpoint.
+    fn observe(&self, load: &Load, observed: Observed);
 }
 
 /// The clock and time constant of the [failure penalty](Load::failure_penalty).
@@ -368,7 +384,7 @@ impl Load {
     }
 
     #[inline]
-    fn outlier(&self) -> Option<&crate::health::OutlierSignal> {
+    fn outlier(&self) -> Option<&dyn OutcomePolicy> {
         self.settings.as_deref()?.outlier.as_deref()
     }
 
@@ -435,74 +451,33 @@ impl Load {
         self.consecutive_failures.load(Ordering::Relaxed)
     }
 
-    /// Outlier detection's view of one completed request: counts failures in a row, ejects
-    /// the endpoint at the threshold (at once, so no further request picks it), and ends
-    /// probation after enough successes. Marks the endpoint unreachable (or reachable
-    /// again). Wakes the driver on every change of flags.
-    #[cold]
-    fn observe_outcome(&self, observed: Observed, outlier: &crate::health::OutlierSignal) {
-        let flags_now = self.health.load(Ordering::Relaxed);
-        if observed != Observed::Success {
-            let unreachable = observed == Observed::Unreachable;
-            if unreachable && flags_now & flags::UNREACHABLE == 0 {
-                self.set_flags(flags::UNREACHABLE, true);
-                outlier.wake_driver();
-            }
-            let in_row = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-            let on_probation = flags_now & flags::PROBATION != 0;
-            if on_probation {
-                // Probation ends after successes in a row: a failure that cannot eject
-                // (no ejection slot is free) still starts the count again.
-                self.probation_successes.store(0, Ordering::Relaxed);
-            }
-            if flags_now & (flags::EJECTED | flags::REMOVED) == 0
-                && (on_probation || outlier.consecutive_threshold_reached(in_row))
-                && outlier.reserve_ejection(unreachable)
-            {
-                let before = self.set_flags(flags::EJECTED, true);
-                if before & (flags::EJECTED | flags::REMOVED) != 0 {
-                    // Another completion (or the driver) ejected it first, or it was removed
-                    // meanwhile: the removal gave back (or will give back) the slot of an
-                    // ejection it saw, and none other, so this one's slot goes back now.
-                    outlier.release_ejection();
-                }
-                outlier.wake_driver();
-            }
-        } else {
-            if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
-                self.consecutive_failures.store(0, Ordering::Relaxed);
-            }
-            if flags_now & flags::UNREACHABLE != 0 {
-                self.set_flags(flags::UNREACHABLE, false);
-                outlier.wake_driver();
-            }
-            if flags_now & flags::PROBATION != 0 {
-                let ok = self.probation_successes.fetch_add(1, Ordering::Relaxed) + 1;
-                if ok == outlier.probation_successes() {
-                    self.set_flags(flags::PROBATION, false);
-                    outlier.wake_driver();
-                }
-            }
+    /// Counts one more failure in a row; returns the count.
+    pub(crate) fn count_failure_in_row(&self) -> u32 {
+        self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// A success: failures in a row start again from zero.
+    pub(crate) fn clear_failures_in_row(&self) {
+        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
         }
     }
 
-    /// The failure penalty: the endpoint's recent failures, each counting 1 when it happens
-    /// and fading exponentially with the strategy's time constant τ (1 s for
-    /// [`LeastRequest`](crate::strategy::LeastRequest)). An endpoint that fails λ requests a
-    /// second carries a penalty of about λ × τ: as many requests as it would have in flight
-    /// if each of its failures had taken τ to answer, which is how least request counts it,
-    /// so that an endpoint never draws traffic by failing fast.
-    ///
-    /// 0 when the endpoint has not failed lately (below 0.01 counts as 0), or when the
-    /// balancer's strategy does not read the penalty. Reading it costs one atomic load,
-    /// plus a clock read (shared by the whole pick, through `cx`) while it is not 0.
+    /// Counts one more success on probation; returns the count.
+    pub(crate) fn count_probation_success(&self) -> u32 {
+        self.probation_successes.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// A failure on probation: its successes in a row start again from zero.
+    pub(crate) fn clear_probation_successes(&self) {
+        self.probation_successes.store(0, Ordering::Relaxed);
+    }
+
+    /// The failure penalty as last stored, as `f64` bits (0: none); see
+    /// [`Load::failure_penalty`]. One atomic load.
     #[inline]
-    pub fn failure_penalty(&self, cx: &crate::strategy::Context<'_>) -> f64 {
-        let bits = self.penalty.load(Ordering::Relaxed);
-        if bits == 0 {
-            return 0.0;
-        }
-        self.decayed_penalty(bits, cx.now_nanos())
+    pub(crate) fn penalty_bits(&self) -> u64 {
+        self.penalty.load(Ordering::Relaxed)
     }
 
     /// Whether the endpoint has a failure penalty at all (one atomic load, no clock).
@@ -511,8 +486,9 @@ impl Load {
         self.penalty.load(Ordering::Relaxed) != 0
     }
 
+    /// The penalty stored as `bits` (not 0), decayed to `now_ns`.
     #[cold]
-    fn decayed_penalty(&self, bits: u64, now_ns: u64) -> f64 {
+    pub(crate) fn decayed_penalty(&self, bits: u64, now_ns: u64) -> f64 {
         let at = self.penalty_at.load(Ordering::Relaxed);
         let value =
             f64::from_bits(bits) * decay_weight(now_ns.saturating_sub(at), self.penalty_decay_ns());
@@ -840,7 +816,7 @@ impl Load {
             return;
         }
         if let Some(outlier) = self.outlier() {
-            self.observe_outcome(observed, outlier);
+            outlier.observe(self, observed);
         }
     }
 
@@ -855,7 +831,7 @@ impl Load {
         self.failures.fetch_add(1, Ordering::Relaxed);
         self.add_penalty();
         if let Some(outlier) = self.outlier() {
-            self.observe_outcome(observed, outlier);
+            outlier.observe(self, observed);
         }
     }
 

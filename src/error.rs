@@ -156,27 +156,128 @@ impl fmt::Display for UnknownEndpoint {
 
 impl std::error::Error for UnknownEndpoint {}
 
-/// The balancer could not be built.
+/// `poll_ready` ran outside a tokio runtime (and the balancer was built outside one), so
+/// neither the background driver nor the fail-fast timer can run.
+///
+/// Poll the balancer from a task of a tokio runtime with its time driver enabled
+/// (`enable_time` or `enable_all`); build it inside that runtime too, so its static
+/// endpoints are in place before the first request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NoRuntime;
+
+impl fmt::Display for NoRuntime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(
+            "tower-lb needs a tokio runtime for its background driver and timers; poll the balancer inside one",
+        )
+    }
+}
+
+impl std::error::Error for NoRuntime {}
+
+/// The balancer could not be built: [`Builder::build`](crate::Builder::build) (and the
+/// other ways to build one) check every setting before anything starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum BuildError {
-    /// `poll_ready` ran outside a tokio runtime (and the balancer was built outside one), so
-    /// neither the background driver nor the fail-fast timer can run. Poll the balancer
-    /// from a task of a tokio runtime with its time driver enabled.
-    NoRuntime,
-    /// A configuration value is out of range; the string names it.
-    InvalidConfig(&'static str),
+    /// A setting is out of range; the [`InvalidConfig`] names it, its value and what it
+    /// must be.
+    InvalidConfig(InvalidConfig),
+}
+
+impl BuildError {
+    /// A setting `field` whose `value` is not what it must be (`expected`).
+    pub(crate) fn invalid(
+        field: &'static str,
+        value: impl fmt::Debug,
+        expected: &'static str,
+    ) -> Self {
+        BuildError::InvalidConfig(InvalidConfig {
+            field,
+            value: format!("{value:?}"),
+            expected,
+        })
+    }
+}
+
+impl BuildError {
+    /// Fails, naming `field` and its `value`, when `invalid` holds: one check of a setting.
+    pub(crate) fn reject_if(
+        invalid: bool,
+        field: &'static str,
+        value: impl fmt::Debug,
+        expected: &'static str,
+    ) -> Result<(), BuildError> {
+        if invalid {
+            return Err(BuildError::invalid(field, value, expected));
+        }
+        Ok(())
+    }
 }
 
 impl fmt::Display for BuildError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            BuildError::NoRuntime => f.write_str(
-                "tower-lb needs a tokio runtime for its background driver and timers; poll the balancer inside one",
-            ),
-            BuildError::InvalidConfig(what) => write!(f, "invalid load balancer configuration: {what}"),
+            BuildError::InvalidConfig(invalid) => invalid.fmt(f),
         }
     }
 }
 
 impl std::error::Error for BuildError {}
+
+/// A setting that is out of range: which one, its value, and what it must be.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_lb::error::BuildError;
+/// use tower_lb::health::{ActiveChecks, TcpProbe};
+/// use tower_lb::{discover, Balance};
+///
+/// let echo = tower::service_fn(|req: String| async move { Ok::<_, std::io::Error>(req) });
+/// let built = Balance::builder()
+///     .active_checks(TcpProbe::new(), ActiveChecks::new().interval(Duration::ZERO))
+///     .build(discover::static_list([("127.0.0.1:8000", echo)]));
+/// let Err(BuildError::InvalidConfig(invalid)) = built else { panic!("accepted") };
+/// assert_eq!(invalid.field(), "ActiveChecks::interval");
+/// assert_eq!(invalid.value(), "0ns");
+/// assert_eq!(
+///     invalid.to_string(),
+///     "invalid load balancer configuration: ActiveChecks::interval is 0ns; it must be greater than zero"
+/// );
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidConfig {
+    field: &'static str,
+    value: String,
+    expected: &'static str,
+}
+
+impl InvalidConfig {
+    /// The setting, as the setter that sets it: `ActiveChecks::interval`,
+    /// `Builder::panic_threshold`, `Dns::min_ttl`, ...
+    pub fn field(&self) -> &'static str {
+        self.field
+    }
+
+    /// The value given, in its `Debug` form.
+    pub fn value(&self) -> &str {
+        &self.value
+    }
+
+    /// What the value must be.
+    pub fn expected(&self) -> &'static str {
+        self.expected
+    }
+}
+
+impl fmt::Display for InvalidConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid load balancer configuration: {} is {}; it must be {}",
+            self.field, self.value, self.expected
+        )
+    }
+}
+
+impl std::error::Error for InvalidConfig {}

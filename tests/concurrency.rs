@@ -342,11 +342,13 @@ async fn default_classifier_counts_5xx_and_429_as_failures() {
 async fn a_closure_classifier_decides_failures() {
     let mut balance = Balance::builder()
         .strategy(RoundRobin::new())
-        .classify(|r: &Result<&'static str, BoxError>| match r {
-            Ok("b") => tower_lb::classify::Outcome::Failure,
-            Ok(_) => tower_lb::classify::Outcome::Success,
-            Err(_) => tower_lb::classify::Outcome::Failure,
-        })
+        .classify(tower_lb::classify::classify_fn(
+            |r: &Result<&'static str, BoxError>| match r {
+                Ok("b") => tower_lb::classify::Outcome::Failure,
+                Ok(_) => tower_lb::classify::Outcome::Success,
+                Err(_) => tower_lb::classify::Outcome::Failure,
+            },
+        ))
         .build(discover::static_list([
             ("a", Backend::new("a")),
             ("b", Backend::new("b")),

@@ -900,8 +900,8 @@ fn built_outside_a_runtime_the_driver_starts_at_the_first_poll_ready_inside_one(
 
     let err = futures::executor::block_on(balance.ready()).unwrap_err();
     assert_eq!(
-        err.downcast_ref::<BuildError>(),
-        Some(&BuildError::NoRuntime)
+        err.downcast_ref::<tower_lb::error::NoRuntime>(),
+        Some(&tower_lb::error::NoRuntime)
     );
 
     runtime().block_on(async {
@@ -1076,13 +1076,17 @@ async fn a_monitor_reports_without_keeping_the_balancer_alive() {
     assert!(monitor.is_alive());
     assert_eq!(monitor.endpoints(), balance.endpoints());
     assert_eq!(monitor.endpoints()[0].completed, 3);
-    assert_eq!(monitor2.discovery_stats(), Some(balance.discovery_stats()));
+    assert_eq!(monitor2.discovery_stats(), balance.discovery_stats());
+    assert_eq!(monitor2.health_stats(), balance.health_stats());
 
     drop(balance);
     settle().await;
     assert!(!monitor.is_alive());
     assert!(monitor.endpoints().is_empty());
-    assert_eq!(monitor2.discovery_stats(), None);
+    // Once the balancer is gone: an empty balancer's figures, and an ended event stream.
+    assert_eq!(monitor2.discovery_stats(), Default::default());
+    assert_eq!(monitor2.health_stats(), Default::default());
+    assert!(monitor2.health_events().recv().await.is_none());
     assert!(
         tx.is_closed(),
         "the monitor must not keep the driver running"

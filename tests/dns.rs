@@ -475,7 +475,7 @@ async fn the_stream_yields_typed_errors() {
     server.set("fail.test.", Entry::Code(ResponseCode::ServFail));
     server.set("empty.test.", Entry::Code(ResponseCode::NoError));
     let next = |n: &str| {
-        let mut dns = fast(Dns::a(n, 80).unwrap(), &server);
+        let mut dns = fast(Dns::a(n, 80).unwrap(), &server).into_stream();
         async move { dns.next().await.unwrap() }
     };
     match next("fail.test.").await {
@@ -610,7 +610,7 @@ async fn settings_of_duration_max_mean_never_and_do_not_panic() {
             .jitter(1.0)
     };
     // A good answer: the next lookup is due "never".
-    let mut literal = never(Dns::a("127.0.0.7", 9000).unwrap());
+    let mut literal = never(Dns::a("127.0.0.7", 9000).unwrap()).into_stream();
     match literal.next().await {
         Some(Ok(tower_lb::discover::Change::Reset(list))) => assert_eq!(list.len(), 1),
         other => panic!("unexpected {other:?}"),
@@ -623,7 +623,8 @@ async fn settings_of_duration_max_mean_never_and_do_not_panic() {
     // A failed lookup: the retry is due "never" too.
     let server = Server::start().await;
     server.set("fail.test.", Entry::Code(ResponseCode::ServFail));
-    let mut failing = never(Dns::a("fail.test.", 80).unwrap().nameservers([server.addr]));
+    let mut failing =
+        never(Dns::a("fail.test.", 80).unwrap().nameservers([server.addr])).into_stream();
     assert!(matches!(
         failing.next().await,
         Some(Err(DnsError::Resolve { .. }))

@@ -134,10 +134,7 @@ async fn concurrent_clients_through_build_with_reach_every_server() {
         .strategy(LeastRequest::new())
         .build_with(
             discover::static_list(servers.iter().map(|s| (s.addr, ()))),
-            move |addr: &SocketAddr| ToEndpoint {
-                client: client.clone(),
-                addr: *addr,
-            },
+            ToEndpoint::factory(client),
         )
         .unwrap();
     let tasks: Vec<_> = (0..10)

@@ -460,13 +460,7 @@ async fn real_servers_behind_the_layer_get_shares_by_their_cost() {
     let mut endpoints = Vec::new();
     for (name, cost) in costs {
         let addr = orca_server(name, cost).await;
-        endpoints.push((
-            name,
-            common::ToEndpoint {
-                client: client.clone(),
-                addr,
-            },
-        ));
+        endpoints.push((name, common::ToEndpoint::from_addr(client.clone(), addr)));
     }
     let wrr = WeightedRoundRobin::new()
         .blackout_period(Duration::ZERO)
@@ -503,13 +497,13 @@ async fn real_servers_behind_the_layer_get_shares_by_their_cost() {
 }
 
 #[test]
-fn the_default_classifier_reads_reports_and_a_closure_needs_read_reports() {
-    use tower_lb::classify::{Classify, DefaultClassifier, Outcome};
+fn the_default_classifier_reads_reports_and_a_classify_fn_needs_read_reports() {
+    use tower_lb::classify::{classify_fn, Classify, DefaultClassifier, Outcome};
     use tower_lb::orca::ReadReports;
     let mut response = Response::new(());
     weight(2.0).write_headers(response.headers_mut(), HeaderForm::Json);
     let ok: Result<Response<()>, Infallible> = Ok(response);
-    let closure = |_: &Result<Response<()>, Infallible>| Outcome::Success;
+    let closure = classify_fn(|_: &Result<Response<()>, Infallible>| Outcome::Success);
     let Ok(response) = &ok else { unreachable!() };
     assert_eq!(
         Classify::<_, Infallible>::load_report(&DefaultClassifier, response),

@@ -71,7 +71,7 @@ async fn tcp_port_override_connects_to_the_health_port() {
     let health = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = health.local_addr().unwrap().port();
     let serving = refused_addr().await;
-    let probe = TcpProbe::new().port(port).unwrap();
+    let probe = TcpProbe::new().port(port);
     run(&probe, serving).await.unwrap();
     assert!(matches!(
         run(&TcpProbe::new(), serving).await,
@@ -85,16 +85,35 @@ async fn tcp_port_override_connects_to_the_health_port() {
 }
 
 #[tokio::test]
-async fn an_invalid_tcp_configuration_is_an_error() {
+async fn an_invalid_tcp_configuration_is_an_error_when_the_balancer_is_built() {
+    let field = |probe: TcpProbe| match probe.validate() {
+        Err(BuildError::InvalidConfig(invalid)) => (invalid.field(), invalid.value().to_owned()),
+        Err(other) => panic!("{other}"),
+        Ok(()) => ("accepted", String::new()),
+    };
     assert_eq!(
-        TcpProbe::new().port(0).unwrap_err(),
-        BuildError::InvalidConfig("TcpProbe port must not be 0")
+        field(TcpProbe::new().port(0)),
+        ("TcpProbe::port", "0".into())
     );
-    assert!(matches!(
-        TcpProbe::new().timeout(Duration::ZERO),
-        Err(BuildError::InvalidConfig(_))
-    ));
-    assert!(TcpProbe::new().timeout(Duration::from_millis(1)).is_ok());
+    assert_eq!(
+        field(TcpProbe::new().timeout(Duration::ZERO)),
+        ("TcpProbe::timeout", "0ns".into())
+    );
+    assert_eq!(
+        field(TcpProbe::new().timeout(Duration::from_millis(1))).0,
+        "accepted"
+    );
+    // The balancer checks the probe with its own settings: nothing starts.
+    let built = tower_lb::Balance::builder()
+        .active_checks(
+            TcpProbe::new().port(0),
+            tower_lb::health::ActiveChecks::new(),
+        )
+        .build(tower_lb::discover::static_list([(
+            "a",
+            common::Backend::new("a"),
+        )]));
+    assert!(matches!(built, Err(BuildError::InvalidConfig(i)) if i.field() == "TcpProbe::port"));
 }
 
 /// The HTTP probe (feature `http`).
@@ -265,12 +284,12 @@ mod http {
     async fn accepted_statuses_are_configurable() {
         let no_content = Server::status(StatusCode::NO_CONTENT).await;
         let unavailable = Server::status(StatusCode::SERVICE_UNAVAILABLE).await;
-        let only_200 = HttpProbe::new(client()).accept_status(200..=200).unwrap();
+        let only_200 = HttpProbe::new(client()).accept_status(200..=200);
         assert!(matches!(
             run(&only_200, no_content.addr).await,
             Err(ProbeFailure::Status(StatusCode::NO_CONTENT))
         ));
-        let with_503 = HttpProbe::new(client()).accept_status(200..).unwrap();
+        let with_503 = HttpProbe::new(client()).accept_status(200..);
         run(&with_503, unavailable.addr).await.unwrap();
     }
 
@@ -293,7 +312,7 @@ mod http {
         // Default: 2xx and 3xx pass.
         run(&HttpProbe::new(client()), redirect.addr).await.unwrap();
         // Envoy's rule: only 200 passes.
-        let strict = HttpProbe::new(client()).accept_status(200..=200).unwrap();
+        let strict = HttpProbe::new(client()).accept_status(200..=200);
         assert!(matches!(
             run(&strict, redirect.addr).await,
             Err(ProbeFailure::Status(StatusCode::FOUND))
@@ -310,7 +329,7 @@ mod http {
         })
         .await;
         let timeout = Duration::from_millis(200);
-        let probe = HttpProbe::new(client()).timeout(timeout).unwrap();
+        let probe = HttpProbe::new(client()).timeout(timeout);
         let start = Instant::now();
         // The probe's own timeout ends it (the guard in `run` would say "hung"), never
         // before it is due.
@@ -329,9 +348,7 @@ mod http {
             Response::new(StreamBody::new(pending).boxed())
         })
         .await;
-        let probe = HttpProbe::new(client())
-            .timeout(Duration::from_millis(200))
-            .unwrap();
+        let probe = HttpProbe::new(client()).timeout(Duration::from_millis(200));
         assert!(matches!(
             run(&probe, server.addr).await,
             Err(ProbeFailure::Timeout(_))
@@ -365,9 +382,7 @@ mod http {
         ];
         // A probe that waited for more bytes would end with its 5 s timeout: the failure it
         // reports shows that it did not.
-        let probe = HttpProbe::new(client())
-            .timeout(Duration::from_secs(5))
-            .unwrap();
+        let probe = HttpProbe::new(client()).timeout(Duration::from_secs(5));
         for (reply, hold) in cases {
             let (addr, task) = raw(reply, hold).await;
             match run(&probe, addr).await {
@@ -413,7 +428,6 @@ mod http {
         // Ended by the limit, not by the 5 s timeout (which would fail with `Timeout`).
         let probe = HttpProbe::new(client())
             .timeout(Duration::from_secs(5))
-            .unwrap()
             .body_limit(64 * 1024);
         assert!(matches!(
             run(&probe, server.addr).await,
@@ -440,9 +454,7 @@ mod http {
         let probe = HttpProbe::new(client())
             .method(Method::HEAD)
             .path("/healthz?full=1")
-            .unwrap()
-            .host("api.internal:8443")
-            .unwrap();
+            .host("api.internal:8443");
         run(&probe, server.addr).await.unwrap();
         assert_eq!(
             server.seen(),
@@ -474,8 +486,8 @@ mod http {
 
     #[tokio::test]
     async fn an_invalid_http_configuration_is_an_error() {
-        let invalid = |r: Result<HttpProbe<_, Empty<Bytes>>, BuildError>| {
-            matches!(r, Err(BuildError::InvalidConfig(_)))
+        let invalid = |probe: HttpProbe<_, Empty<Bytes>>| {
+            matches!(probe.validate(), Err(BuildError::InvalidConfig(_)))
         };
         let probe = || HttpProbe::new(client());
         for path in ["", "healthz", "*", "/a b", "/a#frag", "http://host/"] {
@@ -493,6 +505,6 @@ mod http {
         assert!(invalid(probe().accept_status(200..=1000)));
         assert!(!invalid(probe().accept_status(..)));
         assert!(!invalid(probe().accept_status(100..=999)));
-        assert!(!invalid(probe().path("/").and_then(|p| p.host("[::1]:80"))));
+        assert!(!invalid(probe().path("/").host("[::1]:80")));
     }
 }

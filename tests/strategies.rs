@@ -855,3 +855,59 @@ async fn latency_is_measured_from_the_call_not_from_readiness() {
         Some(Duration::from_millis(20))
     );
 }
+
+/// A strategy sees each endpoint's metadata as discovery gives it, in the snapshot it is
+/// built for: a zone change rebuilds the table with the new zone.
+#[tokio::test]
+async fn a_strategy_sees_the_metadata_of_each_endpoint() {
+    use std::sync::{Arc, Mutex};
+    use tower_lb::strategy::{Context, Endpoints, Strategy};
+    use tower_lb::Metadata;
+
+    /// Picks the first endpoint of zone "local", and records the zones of every build.
+    #[derive(Default)]
+    struct Local(Arc<Mutex<Vec<Vec<Option<String>>>>>);
+    impl Strategy for Local {
+        type Table = usize;
+        fn build(&self, endpoints: &Endpoints<'_>) -> usize {
+            let zones = (0..endpoints.len())
+                .map(|i| endpoints.metadata(i).zone.as_deref().map(str::to_owned));
+            self.0.lock().unwrap().push(zones.collect());
+            (0..endpoints.len())
+                .find(|&i| endpoints.metadata(i).zone.as_deref() == Some("local"))
+                .unwrap_or(0)
+        }
+        fn pick(&self, local: &usize, _: &Endpoints<'_>, _: &Context<'_>) -> usize {
+            *local
+        }
+    }
+
+    let builds = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = discover::channel();
+    let zoned = |name: &'static str, zone: &str| {
+        let metadata = Metadata::zone(zone).with_label("rack", "r1");
+        Endpoint::new(name, Backend::new(name)).with_metadata(metadata)
+    };
+    tx.reset(vec![zoned("a", "remote"), zoned("b", "local")])
+        .unwrap();
+    let mut balance = Balance::builder()
+        .strategy(Local(builds.clone()))
+        .classify(ErrorsAsFailures)
+        .build(rx)
+        .unwrap();
+    assert_eq!(answers(&mut balance, 3).await, ["b", "b", "b"]);
+
+    // "a" moves to the local zone (and "b" away): the next build sees it.
+    tx.send(discover::Change::Insert(zoned("a", "local")))
+        .unwrap();
+    tx.send(discover::Change::Insert(zoned("b", "remote")))
+        .unwrap();
+    common::eventually("the zones' change", async || {
+        answers(&mut balance, 1).await == ["a"]
+    })
+    .await;
+    let builds = builds.lock().unwrap();
+    let zones = |z: [&str; 2]| z.map(|z| Some(z.to_owned())).to_vec();
+    assert_eq!(builds.first(), Some(&zones(["remote", "local"])));
+    assert_eq!(builds.last(), Some(&zones(["local", "remote"])));
+}

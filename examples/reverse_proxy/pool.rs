@@ -24,8 +24,9 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1 as client1;
 
 use super::fast::FastConn;
+use super::server::WORKER;
 use super::upload::Written;
-use super::{SendBody, UpstreamInner, WORKER};
+use super::upstream::{SendBody, UpstreamInner};
 
 /// An idle connection.
 pub enum Conn {

@@ -29,9 +29,12 @@ mod svg;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-fn usage() -> &'static str {
-    "usage: simulate [--scenario NAME|all] [--out DIR] [--seed N] [--time-scale F] [--rate-scale F] [--clients N] [--only A,B]\n\
-     scenarios: buoyant, mixed-speed, overload-ramp, fast-fail, churn, hot-keys, antagonist, heterogeneous"
+fn usage() -> String {
+    format!(
+        "usage: simulate [--scenario NAME|all] [--out DIR] [--seed N] [--time-scale F] [--rate-scale F] [--clients N] [--only A,B]\n\
+         scenarios: {}",
+        sim::SCENARIOS.join(", ")
+    )
 }
 
 struct Args {

@@ -8,12 +8,13 @@ use futures_util::StreamExt;
 use tokio::sync::oneshot;
 
 use super::driver::{boxed, Driver};
-use super::layer::{BalanceLayer, MakeEndpoint};
+use super::make::MakeEndpoint;
 use super::service::Balance;
 use super::shared::Shared;
 use crate::classify::DefaultClassifier;
 use crate::completion::OnResponse;
 use crate::discover::{Change, Discover};
+use crate::endpoint::SyncEndpoint;
 use crate::error::BuildError;
 use crate::health::{
     ActiveChecks, HealthSettings, OutlierDetection, OutlierSignal, Probe, SlowStart,
@@ -45,6 +46,18 @@ const PROBE_STREAM: u64 = 2;
 /// assert_eq!(balance.endpoints().len(), 2);
 /// # }
 /// ```
+///
+/// # Endpoint services
+///
+/// `build` takes the endpoint services from discovery, `build_with` makes them from keys.
+/// Either way an endpoint service is a `tower::Service` that is `Clone + Send + Sync +
+/// 'static` ([`SyncEndpoint`]): hyper clients, tonic channels, `service_fn`, and for HTTP
+/// [`HttpEndpoint`](crate::http::HttpEndpoint) (feature `http`). A service that is `Send`
+/// but not `Sync`, such as `tower::util::BoxCloneService`, goes in a
+/// [`SyncService`](crate::endpoint::SyncService). Its responses must fit the
+/// [classifier](Builder::classify): the default one reads `http::Response`, and any other
+/// response type needs [`ErrorsAsFailures`](crate::classify::ErrorsAsFailures) or a
+/// [`classify_fn`](crate::classify::classify_fn).
 #[derive(Debug, Clone)]
 pub struct Builder<P = LeastRequest, C = DefaultClassifier, T = OnResponse, H = NoKey> {
     strategy: P,
@@ -90,6 +103,14 @@ impl Default for Builder {
                 name: None,
             },
         }
+    }
+}
+
+impl Balance<(), ()> {
+    /// A [`Builder`] with the defaults: least request (two choices), the default
+    /// classifier, outlier detection on, in-flight until the response, fail fast after 3 s.
+    pub fn builder() -> Builder {
+        Builder::new()
     }
 }
 
@@ -272,21 +293,19 @@ impl<P, C, T, H> Builder<P, C, T, H> {
         self
     }
 
-    fn validate(&self) -> Result<(), BuildError>
+    pub(super) fn validate(&self) -> Result<(), BuildError>
     where
         P: Strategy,
     {
         self.strategy.validate()?;
         self.settings.health.validate()?;
-        if self
-            .strategy
-            .latency()
-            .or(self.settings.latency)
-            .is_some_and(|l| l.decay.is_zero())
-        {
-            return Err(BuildError::InvalidConfig(
-                "latency decay must be greater than zero",
-            ));
+        if let Some(latency) = self.strategy.latency().or(self.settings.latency) {
+            BuildError::reject_if(
+                latency.decay.is_zero(),
+                "LatencyTracking::decay",
+                latency.decay,
+                "greater than zero",
+            )?;
         }
         Ok(())
     }
@@ -299,7 +318,7 @@ impl<P, C, T, H> Builder<P, C, T, H> {
     /// set is published when the driver has applied them all, right after.)
     /// Outside a runtime the source is not polled until the driver is spawned, at the first
     /// `poll_ready`, and `poll_ready` fails with
-    /// [`BuildError::NoRuntime`] if there is still none. The runtime needs its time driver
+    /// [`NoRuntime`](crate::error::NoRuntime) if there is still none. The runtime needs its time driver
     /// (`enable_time` or `enable_all`) for the fail-fast timeout.
     ///
     /// The balancer belongs to the runtime its driver runs on. When that runtime shuts down
@@ -307,15 +326,18 @@ impl<P, C, T, H> Builder<P, C, T, H> {
     /// `poll_ready` fails with [`DriverStopped`](crate::error::DriverStopped) on every
     /// handle, whichever runtime polls it: build a balancer in each runtime.
     ///
-    /// Fails with [`BuildError::InvalidConfig`] when the strategy's parameters are invalid.
+    /// Fails with [`BuildError::InvalidConfig`] when a setting is out of range: the
+    /// strategy's, the health settings, a probe's, or the discovery source's
+    /// ([`Discover::validate`]). Nothing starts then.
     pub fn build<K, S, D>(self, discovery: D) -> Result<Balance<K, S, P, C, T, H>, BuildError>
     where
         D: Discover<K, S> + Send + 'static,
         K: Clone + Eq + Hash + Debug + Send + Sync + 'static,
-        S: Send + Sync + 'static,
+        S: SyncEndpoint,
         P: Strategy,
     {
         self.validate()?;
+        discovery.validate()?;
         Ok(self.build_unchecked(discovery))
     }
 
@@ -323,7 +345,7 @@ impl<P, C, T, H> Builder<P, C, T, H> {
     where
         D: Discover<K, S> + Send + 'static,
         K: Clone + Eq + Hash + Debug + Send + Sync + 'static,
-        S: Send + Sync + 'static,
+        S: SyncEndpoint,
         P: Strategy,
     {
         let (stop_tx, stop_rx) = oneshot::channel();
@@ -389,11 +411,12 @@ impl<P, C, T, H> Builder<P, C, T, H> {
     where
         D: Discover<K, ()> + Send + 'static,
         M: MakeEndpoint<K> + Send + 'static,
-        M::Service: Clone + Send + Sync + 'static,
+        M::Service: Clone + SyncEndpoint,
         K: Clone + Eq + Hash + Debug + Send + Sync + 'static,
         P: Strategy,
     {
         self.validate()?;
+        discovery.validate()?;
         Ok(self.build_with_unchecked(discovery, make))
     }
 
@@ -405,7 +428,7 @@ impl<P, C, T, H> Builder<P, C, T, H> {
     where
         D: Discover<K, ()> + Send + 'static,
         M: MakeEndpoint<K> + Send + 'static,
-        M::Service: Clone + Send + Sync + 'static,
+        M::Service: Clone + SyncEndpoint,
         K: Clone + Eq + Hash + Debug + Send + Sync + 'static,
         P: Strategy,
     {
@@ -449,18 +472,5 @@ impl<P, C, T, H> Builder<P, C, T, H> {
             })
         });
         self.build_unchecked(changes)
-    }
-
-    /// A [`BalanceLayer`] that builds this balancer around a [`MakeEndpoint`] in a
-    /// `tower::ServiceBuilder`. Checks the configuration now, since a layer cannot fail.
-    pub fn into_layer<K, D>(
-        self,
-        discovery: D,
-    ) -> Result<BalanceLayer<K, D, P, C, T, H>, BuildError>
-    where
-        P: Strategy,
-    {
-        self.validate()?;
-        Ok(BalanceLayer::from_builder(discovery, self))
     }
 }

@@ -17,7 +17,7 @@ use tokio::time::Sleep;
 use super::shared::{lock, Set, Shared, Slot};
 use crate::discover::snapshots::dedup_last_wins;
 use crate::discover::{Change, Discover, DiscoveryStats};
-use crate::endpoint::{Endpoint, Load};
+use crate::endpoint::{Endpoint, Load, Metadata};
 use crate::error::{BoxError, UnavailableReason};
 use crate::health::runner::{Candidate, Runner};
 use crate::health::HealthSettings;
@@ -387,6 +387,7 @@ where
         let mut eligible: Vec<Arc<Slot<K, S>>> = Vec::new();
         let mut entries: Vec<Entry> = Vec::new();
         let mut names: Vec<Arc<str>> = Vec::new();
+        let mut metadata: Vec<Metadata> = Vec::new();
         for (slot, weight) in all.iter().zip(&decided.weights) {
             if let Some(weight) = *weight {
                 eligible.push(slot.clone());
@@ -395,6 +396,7 @@ where
                     load: slot.load.clone(),
                 });
                 names.push(slot.name.clone());
+                metadata.push(slot.metadata.clone());
             }
         }
         let empty_reason = if all.is_empty() {
@@ -410,7 +412,9 @@ where
             // A strategy is user code: if its `build` panics, keep serving the last snapshot
             // rather than let the driver die and discovery stop.
             let built = panic::catch_unwind(AssertUnwindSafe(|| {
-                shared.strategy.build(&Endpoints::new(&entries, &names))
+                shared
+                    .strategy
+                    .build(&Endpoints::new(&entries, &names, &metadata))
             }));
             match built {
                 Ok(table) => Some(table),
@@ -440,6 +444,7 @@ where
             eligible,
             entries,
             names,
+            metadata,
             table,
             skip: decided.skip,
             health: decided.stats,

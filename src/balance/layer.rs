@@ -6,38 +6,20 @@ use std::marker::PhantomData;
 use tower_layer::Layer;
 
 use super::builder::Builder;
+use super::make::MakeEndpoint;
 use super::service::Balance;
 use crate::discover::Discover;
+use crate::endpoint::SyncEndpoint;
+use crate::error::BuildError;
 use crate::strategy::Strategy;
-
-/// Turns an endpoint's key into the service that talks to it.
-///
-/// Implemented for every `FnMut(&K) -> S`.
-pub trait MakeEndpoint<K> {
-    /// The service for one endpoint.
-    type Service;
-
-    /// Makes the service for `key`.
-    fn make_endpoint(&mut self, key: &K) -> Self::Service;
-}
-
-impl<K, S, F> MakeEndpoint<K> for F
-where
-    F: FnMut(&K) -> S,
-{
-    type Service = S;
-
-    fn make_endpoint(&mut self, key: &K) -> S {
-        self(key)
-    }
-}
 
 /// A [`Layer`] that wraps a [`MakeEndpoint`] (a key-to-service factory) in a [`Balance`].
 ///
 /// The discovery source yields keys (`Change<K, ()>`) and the wrapped factory makes each
 /// endpoint's service. Each `layer` call builds an independent balancer from a clone of the
 /// discovery source, so the source must be `Clone` (a [`static_list`](crate::discover::static_list)
-/// is; for a [`channel`](crate::discover::channel), use [`Builder::build_with`]).
+/// is; for a [`channel`](crate::discover::channel), use [`Builder::build_with`]). Make one
+/// with [`Builder::into_layer`] or [`BalanceLayer::new`].
 ///
 /// ```
 /// use std::net::SocketAddr;
@@ -67,8 +49,31 @@ pub struct BalanceLayer<K, D, P, C, T, H = crate::key::NoKey> {
     _key: PhantomData<fn() -> K>,
 }
 
+impl<P, C, T, H> Builder<P, C, T, H> {
+    /// A [`BalanceLayer`] that builds this balancer around a [`MakeEndpoint`] in a
+    /// `tower::ServiceBuilder`. Checks the configuration now, since a layer cannot fail.
+    ///
+    /// Each `layer` call builds a balancer of its own from a clone of `discovery`, so the
+    /// source must be `Clone`: a [`static_list`](crate::discover::static_list) is. A source
+    /// that can be consumed only once (a [`channel`](crate::discover::channel),
+    /// [`from_snapshots`](crate::discover::from_snapshots), DNS) goes to
+    /// [`Builder::build_with`] instead, which takes the same factory.
+    pub fn into_layer<K, D>(
+        self,
+        discovery: D,
+    ) -> Result<BalanceLayer<K, D, P, C, T, H>, BuildError>
+    where
+        D: LayerDiscover<K>,
+        P: Strategy,
+    {
+        self.validate()?;
+        discovery.validate()?;
+        Ok(BalanceLayer::from_builder(discovery, self))
+    }
+}
+
 impl<K, D, P, C, T, H> BalanceLayer<K, D, P, C, T, H> {
-    pub(crate) fn from_builder(discovery: D, builder: Builder<P, C, T, H>) -> Self {
+    fn from_builder(discovery: D, builder: Builder<P, C, T, H>) -> Self {
         BalanceLayer {
             discovery,
             builder,
@@ -95,9 +100,9 @@ impl<K, D>
 impl<K, D, P, C, T, H, M> Layer<M> for BalanceLayer<K, D, P, C, T, H>
 where
     H: Clone,
-    D: Discover<K, ()> + Clone + Send + 'static,
+    D: LayerDiscover<K>,
     M: MakeEndpoint<K> + Send + 'static,
-    M::Service: Clone + Send + Sync + 'static,
+    M::Service: Clone + SyncEndpoint,
     K: Clone + Eq + Hash + Debug + Send + Sync + 'static,
     P: Strategy + Clone,
     C: Clone,
@@ -130,3 +135,36 @@ impl<K, D: Clone, P: Clone, C: Clone, T: Clone, H: Clone> Clone for BalanceLayer
         BalanceLayer::from_builder(self.discovery.clone(), self.builder.clone())
     }
 }
+
+/// A discovery source a [`BalanceLayer`] can use: one that yields keys and can be cloned,
+/// since each `layer` call builds a balancer from a clone of it.
+///
+/// Implemented for every `Discover<K, ()> + Clone + Send + 'static`. A source that is not
+/// `Clone` (a [`channel`](crate::discover::channel),
+/// [`from_snapshots`](crate::discover::from_snapshots), DNS) goes to
+/// [`Builder::build_with`], which takes the same key-to-service factory. The compiler
+/// says so where the source is given:
+///
+/// ```compile_fail,E0277
+/// use std::net::SocketAddr;
+/// use tower_lb::{discover, Builder};
+///
+/// let (tx, rx) = discover::channel::<SocketAddr, ()>();
+/// // error[E0277]: `ChannelDiscover<SocketAddr, ()>` cannot be the discovery source of a
+/// //               `BalanceLayer`
+/// //   note: for a source that can be used once (`discover::channel`, ...), build the
+/// //         balancer with `Builder::build_with(source, make_endpoint)` instead
+/// let layer = Builder::new().into_layer(rx);
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be the discovery source of a `BalanceLayer`",
+    label = "a layer builds a balancer from a clone of this source for every `layer` call",
+    note = "a `BalanceLayer` needs a source that yields keys (`Change<K, ()>`) and is `Clone`, \
+            such as `discover::static_list`",
+    note = "for a source that can be used once (`discover::channel`, `discover::from_snapshots`, \
+            `Dns`), build the balancer with `Builder::build_with(source, make_endpoint)` instead"
+)]
+pub trait LayerDiscover<K>: Discover<K, ()> + Clone + Send + 'static {}
+
+#[diagnostic::do_not_recommend]
+impl<K, D> LayerDiscover<K> for D where D: Discover<K, ()> + Clone + Send + 'static {}

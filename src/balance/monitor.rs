@@ -3,8 +3,8 @@
 use std::fmt;
 use std::sync::Weak;
 
-use super::shared::{lock, Shared};
-use super::HealthEvents;
+use super::events::HealthEvents;
+use super::shared::Shared;
 use crate::discover::DiscoveryStats;
 use crate::endpoint::EndpointStats;
 use crate::error::UnknownEndpoint;
@@ -14,8 +14,11 @@ use crate::strategy::Strategy;
 /// Reads a balancer's statistics, and drains its endpoints, without naming its type.
 ///
 /// Get one with [`Balance::monitor`](crate::Balance::monitor). It stays usable after the
-/// balancer is boxed (for example into a `BoxCloneSyncService`) and does not keep the
-/// balancer alive: once every `Balance` handle is dropped, it reports no endpoints.
+/// balancer is boxed (see [`Balance::boxed`](crate::Balance::boxed)) and does not keep the
+/// balancer alive. Its methods answer as the [`Balance`](crate::Balance) methods of the same
+/// name do; once every `Balance` handle is dropped, they report an empty balancer (no
+/// endpoints, default statistics, an ended event stream), and [`is_alive`](Self::is_alive)
+/// tells the two apart.
 pub struct Monitor<K> {
     shared: Weak<dyn Source<K>>,
 }
@@ -39,11 +42,11 @@ where
     }
 
     fn discovery(&self) -> DiscoveryStats {
-        lock(&self.discovery).clone()
+        self.discovery_stats()
     }
 
     fn health(&self) -> HealthStats {
-        self.set.load().health
+        self.health_stats()
     }
 
     fn events(&self) -> HealthEvents<K> {
@@ -75,23 +78,31 @@ impl<K> Monitor<K> {
     }
 
     /// The discovery statistics, as
-    /// [`Balance::discovery_stats`](crate::Balance::discovery_stats); `None` once the balancer
-    /// is gone.
-    pub fn discovery_stats(&self) -> Option<DiscoveryStats> {
-        self.shared.upgrade().map(|s| s.discovery())
+    /// [`Balance::discovery_stats`](crate::Balance::discovery_stats); the defaults once the
+    /// balancer is gone.
+    pub fn discovery_stats(&self) -> DiscoveryStats {
+        self.shared
+            .upgrade()
+            .map(|s| s.discovery())
+            .unwrap_or_default()
     }
 
-    /// The health picture, as [`Balance::health_stats`](crate::Balance::health_stats);
-    /// `None` once the balancer is gone.
-    pub fn health_stats(&self) -> Option<HealthStats> {
-        self.shared.upgrade().map(|s| s.health())
+    /// The health picture, as [`Balance::health_stats`](crate::Balance::health_stats); the
+    /// defaults (no endpoint) once the balancer is gone.
+    pub fn health_stats(&self) -> HealthStats {
+        self.shared
+            .upgrade()
+            .map(|s| s.health())
+            .unwrap_or_default()
     }
 
     /// A stream of health events, as
-    /// [`Balance::health_events`](crate::Balance::health_events); `None` once the balancer
-    /// is gone.
-    pub fn health_events(&self) -> Option<HealthEvents<K>> {
-        self.shared.upgrade().map(|s| s.events())
+    /// [`Balance::health_events`](crate::Balance::health_events); one that has ended once
+    /// the balancer is gone.
+    pub fn health_events(&self) -> HealthEvents<K> {
+        self.shared
+            .upgrade()
+            .map_or_else(HealthEvents::ended, |s| s.events())
     }
 
     /// Starts or stops draining an endpoint, as

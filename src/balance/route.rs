@@ -18,8 +18,7 @@ use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
-use super::future::ResponseFuture;
-use super::service::{readiness_failed, Balance, PassedOver, Tried, PICKS_BEFORE_SCAN};
+use super::ready::{readiness_failed, PassedOver, Tried, PICKS_BEFORE_SCAN};
 use super::shared::{Picked, Set, Shared, Slot, Stamp};
 use crate::completion::InFlight;
 use crate::endpoint::{Load, Timing};
@@ -57,6 +56,16 @@ impl<S> Walk<S> {
         }
     }
 
+    /// Takes the endpoint that takes the request, if one was ready.
+    pub(crate) fn take_ready(&mut self) -> Option<(S, Arc<Load>)> {
+        self.ready.take()
+    }
+
+    /// Whether an endpoint the walk passed was busy: worth waiting for.
+    pub(crate) fn found_busy(&self) -> bool {
+        !self.busy.is_empty()
+    }
+
     /// Why nothing took the request.
     pub(crate) fn reason(&self) -> UnavailableReason {
         self.empty
@@ -64,7 +73,7 @@ impl<S> Walk<S> {
     }
 
     /// The error of a request nothing took, after waiting `waited`.
-    fn unavailable(&mut self, waited: Duration) -> BoxError {
+    pub(crate) fn unavailable(&mut self, waited: Duration) -> BoxError {
         Unavailable {
             reason: self.reason(),
             waited,
@@ -120,7 +129,7 @@ impl<S> Walk<S> {
 /// makes), then the endpoints no attempt reached, from the first choice onwards (at most
 /// `n` endpoints in all), and stops at the first that is ready now. `held` is the endpoint the
 /// handle reserved in `poll_ready`, if any; it is dropped unless the walk takes it.
-fn walk<K, S, P, H, Req>(
+pub(crate) fn walk<K, S, P, H, Req>(
     shared: &Shared<K, S, P>,
     key: &H,
     set: &Set<K, S, P::Table>,
@@ -141,7 +150,7 @@ where
         return walk;
     };
     let n = set.entries.len();
-    let endpoints = Endpoints::new(&set.entries, &set.names);
+    let endpoints = Endpoints::new(&set.entries, &set.names, &set.metadata);
     let request_key = key.key(request);
     let mut pick_cx = strategy::Context::new(shared.pick_epoch);
     pick_cx.set_key(request_key.as_deref().filter(|k| !k.is_empty()));
@@ -277,6 +286,36 @@ pub(crate) struct Routing<S, Req> {
 }
 
 impl<S, Req> Routing<S, Req> {
+    /// A request whose `walk` found only busy endpoints: it waits for them in its response
+    /// future, and walks again on `shared`'s newer snapshots with `key`.
+    pub(crate) fn new<K, P, H>(
+        walk: Walk<S>,
+        request: Req,
+        shared: &Arc<Shared<K, S, P>>,
+        key: H,
+    ) -> Self
+    where
+        K: Send + Sync + 'static,
+        S: Service<Req> + Clone + Send + Sync + 'static,
+        S::Error: Into<BoxError>,
+        P: Strategy,
+        H: RequestKey<Req>,
+    {
+        Routing {
+            walk,
+            changed: false,
+            request: Some(request),
+            rewalk: Box::new(Rewalker {
+                shared: shared.clone(),
+                key,
+                waiter: None,
+            }),
+            timing: shared.timing,
+            fail_fast: shared.fail_fast,
+            deadline: None,
+        }
+    }
+
     /// Polls until an endpoint takes the request: returns its response future and in-flight
     /// guard, or the error that ends the wait.
     pub(crate) fn poll_call(
@@ -354,58 +393,5 @@ impl<S, Req> Routing<S, Req> {
         let start_ns = self.timing.map_or(0, |t| t.now_ns());
         let guard = InFlight::new(load, start_ns);
         Ok((service.call(request), guard))
-    }
-}
-
-impl<K, S, P, C, T, H> Balance<K, S, P, C, T, H>
-where
-    P: Strategy,
-    C: Clone,
-    T: Clone,
-{
-    /// Routes a request at `call`: by its key, or again because `held` (the endpoint
-    /// `poll_ready` reserved) changed since. The first endpoint in the request's preference
-    /// order that is ready now takes it; if none is, the response future waits for one.
-    /// Kept out of line so that the common `call` stays small.
-    #[inline(never)]
-    pub(super) fn route<Req>(
-        &mut self,
-        request: Req,
-        held: Picked<S>,
-    ) -> ResponseFuture<S, Req, C, T>
-    where
-        K: Send + Sync + 'static,
-        S: Service<Req> + Clone + Send + Sync + 'static,
-        S::Error: Into<BoxError>,
-        H: RequestKey<Req>,
-    {
-        let mut walk = {
-            let set = self.shared.set.load();
-            walk(&self.shared, &self.key, &set, &request, Some(held))
-        };
-        let (classify, track) = (self.classify.clone(), self.track.clone());
-        if let Some((mut service, load)) = walk.ready.take() {
-            let start_ns = self.shared.timing.map_or(0, |t| t.now_ns());
-            let guard = InFlight::new(load, start_ns);
-            return ResponseFuture::called(service.call(request), guard, classify, track);
-        }
-        if walk.busy.is_empty() {
-            self.shared.refused(walk.reason());
-            return ResponseFuture::failed(walk.unavailable(Duration::ZERO), classify, track);
-        }
-        let routing = Routing {
-            walk,
-            changed: false,
-            request: Some(request),
-            rewalk: Box::new(Rewalker {
-                shared: self.shared.clone(),
-                key: self.key.clone(),
-                waiter: None,
-            }),
-            timing: self.shared.timing,
-            fail_fast: self.shared.fail_fast,
-            deadline: None,
-        };
-        ResponseFuture::routing(routing, classify, track)
     }
 }

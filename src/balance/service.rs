@@ -1,38 +1,84 @@
+//! [`Balance`] and its `Service` implementation: the hot path, top to bottom.
+//!
+//! `poll_ready` reserves a ready endpoint ([`ready`](super::ready)) or waits for one up to
+//! the fail-fast timeout ([`wait`](super::wait)); `call` sends the request to the reserved
+//! endpoint, or routes it afresh when the strategy routes by key or the endpoint changed
+//! since ([`route`](super::route)); the [`ResponseFuture`] records the outcome. What a
+//! handle offers besides `Service` (statistics, draining, health events) is in
+//! [`handle`](super::handle).
+
 use std::fmt;
-use std::future::Future as _;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use super::future::ResponseFuture;
-use super::shared::{Picked, Set, Shared, Stamp};
+use super::ready::Readiness;
+use super::route::{walk, Routing};
+use super::shared::{Picked, Shared};
+use super::wait::FailFast;
 use crate::classify::{Classify, DefaultClassifier};
 use crate::completion::{InFlight, OnResponse, TrackCompletion};
-use crate::discover::DiscoveryStats;
-use crate::endpoint::{EndpointStats, Load};
+use crate::endpoint::SyncEndpoint;
 use crate::error::{BoxError, Unavailable, UnavailableReason};
-use crate::health::{HealthEvent, HealthStats};
 use crate::key::{NoKey, RequestKey};
-use crate::strategy::{self, Endpoints, LeastRequest, Strategy};
+use crate::strategy::{LeastRequest, Strategy};
 
 /// A load balancer over a changing set of endpoint services.
 ///
 /// `Balance` is a handle: clones are cheap and share one endpoint set, one strategy state and
 /// one background driver, so a single balancer serves every task and thread without
-/// `tower::buffer::Buffer`. It is `Clone + Send + Sync` when the endpoint service `S` is.
-/// Each clone keeps its own readiness: `poll_ready` on one clone reserves an endpoint for
-/// that clone's next `call`.
+/// `tower::buffer::Buffer`. Each clone keeps its own readiness: `poll_ready` on one clone
+/// reserves an endpoint for that clone's next `call`.
 ///
 /// Build one with [`Balance::builder`]; see the [crate docs](crate) for an example.
+///
+/// # What the endpoint service must be
+///
+/// The endpoint service `S` must be `Clone + Send + Sync + 'static`: the balancer keeps one
+/// per endpoint in a snapshot that every handle reads, on every thread, and clones it for
+/// each request. hyper and hyper-util clients, tonic channels, `tower::service_fn` and
+/// `tower::util::BoxCloneSyncService` are. A service that is `Send` but not `Sync`
+/// (`tower::util::BoxCloneService`, a service holding a `Cell`) works wrapped in
+/// [`SyncService`](crate::endpoint::SyncService), which takes an uncontended lock to clone
+/// it. `Balance` itself is then `Clone + Send + Sync`.
+///
+/// Its response is the endpoint's response (or, with a
+/// [completion policy](crate::completion) such as `OnBodyEnd`, a wrapped one), and its error
+/// is [`BoxError`]: the endpoint's error, or one of the balancer's own
+/// [errors](crate::error).
+///
+/// # When `balance.ready()` does not compile
+///
+/// `ready()` (tower's `ServiceExt`) needs the balancer to be a `Service` for the request.
+/// When a bound of that is not met (most often a [classifier](crate::classify) that does not
+/// fit the endpoint's responses), rustc says the method's trait bounds are not satisfied
+/// (E0599); the function form `ServiceExt::<Request>::ready(&mut balance)` names the bound
+/// that is missing, with its fix.
+///
+/// ```compile_fail,E0599
+/// use tower::ServiceExt;
+/// use tower_lb::{discover, Balance};
+///
+/// # async fn demo() {
+/// let strings = tower::service_fn(|_: ()| async { Ok::<_, std::io::Error>("hi") });
+/// let mut balance = Balance::builder().build(discover::static_list([("a", strings)])).unwrap();
+/// // error[E0599]: the method `ready` exists for struct `Balance<..>`, but its trait bounds
+/// //               were not satisfied
+/// balance.ready().await;
+/// # }
+/// ```
+///
+/// # Runtime
 ///
 /// A balancer belongs to one tokio runtime: the one its background driver runs on (see
 /// [`Builder::build`](crate::Builder::build)). Its handles may be used from any thread,
 /// but once that runtime shuts down, `poll_ready` fails with
 /// [`DriverStopped`](crate::error::DriverStopped).
+///
+/// # Type parameters
 ///
 /// | type parameter | meaning | default |
 /// |---|---|---|
@@ -42,6 +88,10 @@ use crate::strategy::{self, Endpoints, LeastRequest, Strategy};
 /// | `C` | the [classifier](crate::classify) | [`DefaultClassifier`] |
 /// | `T` | the [completion policy](crate::completion) | [`OnResponse`] |
 /// | `H` | the [request key](crate::key), for hashing strategies | [`NoKey`] |
+///
+/// To store a balancer without naming them, [`boxed`](Balance::boxed) erases them all but
+/// the key's, keeping the statistics; a strategy chosen at run time is one type,
+/// [`AnyStrategy`](crate::strategy::AnyStrategy).
 pub struct Balance<K, S, P = LeastRequest, C = DefaultClassifier, T = OnResponse, H = NoKey>
 where
     P: Strategy,
@@ -52,403 +102,48 @@ where
     pub(super) key: H,
     /// This handle's id in the waiter list, once it has waited.
     waiter_id: Option<u64>,
-    /// The endpoint `poll_ready` reserved for the next `call`. A strategy that routes by
-    /// key chooses in `call`, and uses it if the key's walk reaches it.
-    ready: Option<Picked<S>>,
-    pending: Vec<PendingEndpoint<S>>,
-    wait: Option<Wait>,
-    /// The last readiness error while no endpoint was ready, for `Unavailable::source`.
-    last_error: Option<Arc<BoxError>>,
-    /// When every endpoint failed its readiness check, no endpoint will wake this handle:
-    /// it looks again after this timer (5 ms, doubling up to 100 ms).
-    recheck: Option<(Duration, Pin<Box<Sleep>>)>,
-}
-
-/// The first and the longest pause before a handle whose endpoints all failed their
-/// readiness checks looks again.
-const RECHECK_FIRST: Duration = Duration::from_millis(5);
-const RECHECK_MAX: Duration = Duration::from_millis(100);
-
-/// How many times the strategy chooses before the remaining endpoints are scanned.
-pub(super) const PICKS_BEFORE_SCAN: usize = 3;
-
-/// The endpoint indices tried during one `poll_ready`. The first needs no allocation, so the
-/// common case (the first choice is ready) costs nothing.
-#[derive(Default)]
-pub(super) struct Tried {
-    first: Option<usize>,
-    rest: Vec<u64>,
-    len: usize,
-}
-
-impl Tried {
-    /// Adds `index` (of `n`); false if it was already there.
-    pub(super) fn insert(&mut self, index: usize, n: usize) -> bool {
-        if self.first == Some(index) {
-            return false;
-        }
-        if self.first.is_none() {
-            self.first = Some(index);
-            self.len = 1;
-            return true;
-        }
-        if self.rest.is_empty() {
-            self.rest = vec![0; n.div_ceil(64)];
-        }
-        let (word, bit) = (index / 64, 1u64 << (index % 64));
-        if self.rest[word] & bit != 0 {
-            return false;
-        }
-        self.rest[word] |= bit;
-        self.len += 1;
-        true
-    }
-
-    pub(super) fn len(&self) -> usize {
-        self.len
-    }
-}
-
-/// What a search for a ready endpoint passed over, besides busy endpoints.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct PassedOver {
-    /// An endpoint with a health flag set since the snapshot (ejected or drained meanwhile).
-    pub(crate) flagged: bool,
-    /// An endpoint whose service failed its readiness check.
-    pub(crate) broken: bool,
-}
-
-impl PassedOver {
-    /// Why no endpoint took a request: `AllUnhealthy` when the endpoints were passed over
-    /// only for their flags (as the next snapshot, on its way, will say too), `NoneReady`
-    /// when one was `busy` or broken.
-    pub(crate) fn reason(self, busy: bool) -> UnavailableReason {
-        if self.flagged && !self.broken && !busy {
-            UnavailableReason::AllUnhealthy
-        } else {
-            UnavailableReason::NoneReady
-        }
-    }
-}
-
-/// A clone of endpoint `index`'s service that was not ready, kept so its wake-up reaches
-/// the caller. Only kept while the set is still at `version`, so `index` stays valid.
-struct PendingEndpoint<S> {
-    index: usize,
-    version: u64,
-    service: S,
-}
-
-struct Wait {
-    since: Instant,
-    sleep: Pin<Box<Sleep>>,
-}
-
-impl Balance<(), ()> {
-    /// A [`Builder`](crate::Builder) with the defaults: least request (two choices), the
-    /// default classifier, outlier detection on, in-flight until the response, fail fast
-    /// after 3 s.
-    pub fn builder() -> crate::Builder {
-        crate::Builder::new()
-    }
+    /// The endpoint reserved for the next `call`, and the search for one.
+    readiness: Readiness<S>,
+    /// The wait for an eligible endpoint, while none is.
+    wait: FailFast,
 }
 
 impl<K, S, P: Strategy, C, T, H> Balance<K, S, P, C, T, H> {
-    pub(crate) fn from_shared(shared: Arc<Shared<K, S, P>>, classify: C, track: T, key: H) -> Self {
+    pub(super) fn from_shared(shared: Arc<Shared<K, S, P>>, classify: C, track: T, key: H) -> Self {
         Balance {
             shared,
             classify,
             track,
             key,
             waiter_id: None,
-            ready: None,
-            pending: Vec::new(),
-            wait: None,
-            last_error: None,
-            recheck: None,
+            readiness: Readiness::default(),
+            wait: FailFast::default(),
         }
     }
 
-    /// A snapshot of every endpoint: key, weight, metadata, state and live counters, in
-    /// discovery order.
-    pub fn endpoints(&self) -> Vec<EndpointStats<K>>
-    where
-        K: Clone,
-    {
-        self.shared.endpoint_stats()
-    }
-
-    /// Statistics of the discovery source: changes applied, errors, whether it ended.
-    pub fn discovery_stats(&self) -> DiscoveryStats {
-        super::shared::lock(&self.shared.discovery).clone()
-    }
-
-    /// A cloneable handle on this balancer's statistics that does not name its type and
-    /// does not keep it alive; see [`Monitor`](super::Monitor).
-    pub fn monitor(&self) -> super::Monitor<K>
-    where
-        K: Clone + PartialEq + fmt::Debug + Send + Sync + 'static,
-        S: Send + Sync + 'static,
-    {
-        super::Monitor::new(Arc::downgrade(&self.shared))
-    }
-
-    /// The strategy, for example to read its configuration.
-    pub fn strategy(&self) -> &P {
-        &self.shared.strategy
-    }
-
-    /// The balancer-wide health picture: how many endpoints are healthy, how many are
-    /// ejected, and whether [panic mode](crate::health#panic-mode) is on. As of the last
-    /// published snapshot.
-    pub fn health_stats(&self) -> HealthStats {
-        self.shared.set.load().health
-    }
-
-    /// A stream of every change of an endpoint's health: probe results (including each
-    /// endpoint's first, success or failure), ejections, probation, draining.
-    ///
-    /// Each call returns a new subscriber that sees the events from then on; the first
-    /// call also gets the events that happened before it (up to 1024), so subscribing right
-    /// after building misses nothing. Events queue until read: drop a stream you no longer
-    /// read.
-    pub fn health_events(&self) -> HealthEvents<K>
-    where
-        K: Clone,
-    {
-        self.shared.health_events()
-    }
-
-    /// Starts (`true`) or stops (`false`) draining the endpoint `key`: while draining it
-    /// gets no new requests, and requests in flight finish normally (watch its `in_flight`
-    /// in [`endpoints`](Self::endpoints) fall to zero before removing it). Draining
-    /// outlasts updates of the endpoint by discovery; a removed and re-added endpoint
-    /// starts afresh. Takes effect at once for new picks.
-    ///
-    /// Fails with [`UnknownEndpoint`](crate::error::UnknownEndpoint) when the balancer has
-    /// no endpoint `key`.
-    pub fn set_draining(&self, key: &K, draining: bool) -> Result<(), crate::error::UnknownEndpoint>
-    where
-        K: PartialEq + fmt::Debug,
-    {
-        self.shared.set_draining(key, draining)
-    }
-
-    /// Tries the endpoints kept from an earlier poll, then picks new ones.
-    fn find_ready<Req>(
-        &mut self,
-        set: &Set<K, S, P::Table>,
-        cx: &mut Context<'_>,
-    ) -> Result<(), UnavailableReason>
-    where
-        S: Service<Req> + Clone,
-        S::Error: Into<BoxError>,
-    {
-        let n = set.entries.len();
-        let Some(table) = set.table.as_ref() else {
-            self.pending.clear();
-            return Err(set.empty_reason);
-        };
-
-        // Endpoints polled during this call, so none is polled (or counted) twice.
-        let mut tried = Tried::default();
-        let mut passed = PassedOver::default();
-
-        if !self.pending.is_empty() {
-            self.pending.retain(|p| p.version == set.version);
-            let mut i = 0;
-            while i < self.pending.len() {
-                tried.insert(self.pending[i].index, n);
-                match self.pending[i].service.poll_ready(cx) {
-                    Poll::Ready(Ok(())) => {
-                        let p = self.pending.swap_remove(i);
-                        let slot = &set.eligible[p.index];
-                        let stamp = Stamp::new(slot, set.skip);
-                        if stamp.is_stale(&slot.load) {
-                            // Ejected or drained while it was busy.
-                            passed.flagged = true;
-                            continue;
-                        }
-                        self.pending.clear();
-                        self.ready = Some(Picked {
-                            service: p.service,
-                            load: slot.load.clone(),
-                            stamp,
-                        });
-                        return Ok(());
-                    }
-                    Poll::Pending => i += 1,
-                    Poll::Ready(Err(error)) => {
-                        let p = self.pending.swap_remove(i);
-                        let load = &set.eligible[p.index].load;
-                        self.last_error = Some(readiness_failed(load, error.into()));
-                        passed.broken = true;
-                    }
-                }
-            }
-        }
-
-        let pick_cx = strategy::Context::new(self.shared.pick_epoch);
-        let endpoints = Endpoints::new(&set.entries, &set.names);
-        // The strategy's choice first; if it is not ready, the strategy chooses again (a
-        // random strategy draws new candidates, round robin moves on in its cycle), and
-        // only then are the remaining endpoints scanned from a random place, so a busy
-        // endpoint's share spreads over the others instead of landing on its neighbour.
-        // A strategy that routes by key chooses in `call`, with the key: here any ready
-        // endpoint will do (backpressure when none is), so it only scans.
-        let picks = if self.shared.strategy.uses_request_key() {
-            0
-        } else {
-            PICKS_BEFORE_SCAN
-        };
-        for _ in 0..picks {
-            let index = self.shared.strategy.pick(table, &endpoints, &pick_cx);
-            let index = if index < n { index } else { index % n };
-            if tried.insert(index, n) && self.try_endpoint(set, index, cx, &mut passed) {
-                return Ok(());
-            }
-        }
-        if tried.len() < n {
-            let start = self.shared.rng.below(n);
-            for index in (start..n).chain(0..start) {
-                if tried.insert(index, n) && self.try_endpoint(set, index, cx, &mut passed) {
-                    return Ok(());
-                }
-            }
-        }
-        Err(passed.reason(!self.pending.is_empty()))
-    }
-
-    /// Clones endpoint `index`'s service and polls it: keeps it as this handle's ready
-    /// endpoint, or among the pending ones, or records its readiness failure.
-    fn try_endpoint<Req>(
-        &mut self,
-        set: &Set<K, S, P::Table>,
-        index: usize,
-        cx: &mut Context<'_>,
-        passed: &mut PassedOver,
-    ) -> bool
-    where
-        S: Service<Req> + Clone,
-        S::Error: Into<BoxError>,
-    {
-        let slot = &set.eligible[index];
-        let stamp = Stamp::new(slot, set.skip);
-        if stamp.is_stale(&slot.load) {
-            // Ejected, drained, removed or replaced since the snapshot was published.
-            passed.flagged = true;
-            return false;
-        }
-        let mut service = slot.service.clone();
-        match service.poll_ready(cx) {
-            Poll::Ready(Ok(())) => {
-                self.pending.clear();
-                self.ready = Some(Picked {
-                    service,
-                    load: slot.load.clone(),
-                    stamp,
-                });
-                true
-            }
-            Poll::Pending => {
-                self.pending.push(PendingEndpoint {
-                    index,
-                    version: set.version,
-                    service,
-                });
-                false
-            }
-            Poll::Ready(Err(error)) => {
-                self.last_error = Some(readiness_failed(&slot.load, error.into()));
-                passed.broken = true;
-                false
-            }
-        }
-    }
-
-    /// Arms the recheck timer, whose expiry wakes the task to look again. When it has
-    /// expired (this poll is that look), it is re-armed with twice the delay.
-    fn schedule_recheck(&mut self, cx: &mut Context<'_>) {
-        let (delay, sleep) = self
-            .recheck
-            .get_or_insert_with(|| (RECHECK_FIRST, Box::pin(tokio::time::sleep(RECHECK_FIRST))));
-        if sleep.as_mut().poll(cx).is_ready() {
-            *delay = (*delay * 2).min(RECHECK_MAX);
-            sleep.as_mut().reset(Instant::now() + *delay);
-            let _ = sleep.as_mut().poll(cx);
-        }
-    }
-
-    /// Waits for the set to change, up to the fail-fast timeout.
-    fn wait_or_fail(
-        &mut self,
-        cx: &mut Context<'_>,
-        reason: UnavailableReason,
-        known: usize,
-    ) -> Poll<Result<(), BoxError>> {
-        let fail_fast = self.shared.fail_fast;
-        if fail_fast.is_zero() {
-            return self.give_up(reason, Duration::ZERO, known);
-        }
-        // The wait ends at its deadline, however late this poll comes: a handle cannot tell
-        // a caller that polls late from one that gave up on a `ready()` and came back, and
-        // starting afresh would let a late poller wait without bound. (A caller that wants
-        // a fresh wait after giving up uses a fresh clone; see `Builder::fail_fast`.)
-        if self.wait.is_none() && tokio::runtime::Handle::try_current().is_err() {
-            // A timer needs a tokio runtime; outside one, fail instead of panicking.
-            return Poll::Ready(Err(crate::error::BuildError::NoRuntime.into()));
-        }
-        let wait = self.wait.get_or_insert_with(|| Wait {
-            since: Instant::now(),
-            sleep: Box::pin(tokio::time::sleep(fail_fast)),
-        });
-        if wait.sleep.as_mut().poll(cx).is_pending() {
-            if reason == UnavailableReason::NoneReady && self.pending.is_empty() {
-                self.schedule_recheck(cx);
-            }
-            return Poll::Pending;
-        }
-        let waited = wait.since.elapsed();
-        self.give_up(reason, waited, known)
-    }
-
-    /// Ends a wait with [`Unavailable`], dropping what the wait held.
-    fn give_up(
+    /// Ends a wait that found no endpoint with [`Unavailable`].
+    #[cold]
+    fn unavailable(
         &mut self,
         reason: UnavailableReason,
         waited: Duration,
         known: usize,
-    ) -> Poll<Result<(), BoxError>> {
-        self.wait = None;
-        self.recheck = None;
-        self.pending.clear();
+    ) -> BoxError {
         self.shared.refused(reason);
-        Poll::Ready(Err(Unavailable {
+        Unavailable {
             reason,
             waited,
             endpoints: known,
-            source: self.last_error.take(),
+            source: self.readiness.give_up(),
         }
-        .into()))
+        .into()
     }
-}
-
-#[cold]
-pub(crate) fn readiness_failed(load: &Load, error: BoxError) -> Arc<BoxError> {
-    // Per request: trace (see the crate docs on logging).
-    tracing::trace!(%error, "endpoint service failed its readiness check; skipping it");
-    load.record_readiness_failure(if crate::health::unreachable::is_unreachable(&*error) {
-        crate::endpoint::Observed::Unreachable
-    } else {
-        crate::endpoint::Observed::Failure
-    });
-    Arc::new(error)
 }
 
 impl<K, S, P, C, T, H, Req> Service<Req> for Balance<K, S, P, C, T, H>
 where
     K: Send + Sync + 'static,
-    S: Service<Req> + Clone + Send + Sync + 'static,
+    S: Service<Req> + Clone + SyncEndpoint,
     S::Error: Into<BoxError>,
     P: Strategy,
     C: Classify<S::Response, S::Error>,
@@ -460,17 +155,16 @@ where
     type Future = ResponseFuture<S, Req, C, T>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        if self.ready.is_some() {
+        if self.readiness.is_reserved() {
             return Poll::Ready(Ok(()));
         }
         self.shared.ensure_driver()?;
         loop {
             let set = self.shared.set.load();
-            let reason = match self.find_ready(&set, cx) {
+            let reason = match self.readiness.find(&self.shared, &set, cx) {
                 Ok(()) => {
-                    self.wait = None;
-                    self.last_error = None;
-                    self.recheck = None;
+                    self.wait.reset();
+                    self.readiness.settled();
                     return Poll::Ready(Ok(()));
                 }
                 Err(reason) => reason,
@@ -483,30 +177,75 @@ where
             if self.shared.set.load().version != set.version {
                 continue;
             }
-            return self.wait_or_fail(cx, reason, set.all.len());
+            // With every endpoint failing its readiness check, nothing will wake the task.
+            let recheck = reason == UnavailableReason::NoneReady && !self.readiness.has_pending();
+            return match self.wait.poll(cx, self.shared.fail_fast, recheck) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Ok(waited)) => {
+                    Poll::Ready(Err(self.unavailable(reason, waited, set.all.len())))
+                }
+                Poll::Ready(Err(no_runtime)) => Poll::Ready(Err(no_runtime.into())),
+            };
         }
     }
 
     #[inline]
     fn call(&mut self, request: Req) -> Self::Future {
-        let Some(ready) = self.ready.take() else {
+        let Some(reserved) = self.readiness.take_reserved() else {
             return ResponseFuture::not_ready(self.classify.clone(), self.track.clone());
         };
-        if self.shared.strategy.uses_request_key() || ready.stamp.is_stale(&ready.load) {
+        if self.shared.strategy.uses_request_key() || reserved.stamp.is_stale(&reserved.load) {
             // Chosen by the request's key, or chosen again: the endpoint reserved in
             // `poll_ready` was ejected, drained, removed or replaced since.
-            return self.route(request, ready);
+            return self.route(request, reserved);
         }
         // The request starts now, not when its endpoint became ready.
         let start_ns = self.shared.timing.map_or(0, |t| t.now_ns());
-        let guard = InFlight::new(ready.load, start_ns);
-        let mut service = ready.service;
+        let guard = InFlight::new(reserved.load, start_ns);
+        let mut service = reserved.service;
         ResponseFuture::called(
             service.call(request),
             guard,
             self.classify.clone(),
             self.track.clone(),
         )
+    }
+}
+
+impl<K, S, P, C, T, H> Balance<K, S, P, C, T, H>
+where
+    P: Strategy,
+    C: Clone,
+    T: Clone,
+{
+    /// Routes a request at `call`: by its key, or again because `held` (the endpoint
+    /// `poll_ready` reserved) changed since. The first endpoint in the request's preference
+    /// order that is ready now takes it; if none is, the response future waits for one.
+    /// Kept out of line so that the common `call` stays small.
+    #[inline(never)]
+    fn route<Req>(&mut self, request: Req, held: Picked<S>) -> ResponseFuture<S, Req, C, T>
+    where
+        K: Send + Sync + 'static,
+        S: Service<Req> + Clone + Send + Sync + 'static,
+        S::Error: Into<BoxError>,
+        H: RequestKey<Req>,
+    {
+        let mut walk = {
+            let set = self.shared.set.load();
+            walk(&self.shared, &self.key, &set, &request, Some(held))
+        };
+        let (classify, track) = (self.classify.clone(), self.track.clone());
+        if let Some((mut service, load)) = walk.take_ready() {
+            let start_ns = self.shared.timing.map_or(0, |t| t.now_ns());
+            let guard = InFlight::new(load, start_ns);
+            return ResponseFuture::called(service.call(request), guard, classify, track);
+        }
+        if !walk.found_busy() {
+            self.shared.refused(walk.reason());
+            return ResponseFuture::failed(walk.unavailable(Duration::ZERO), classify, track);
+        }
+        let routing = Routing::new(walk, request, &self.shared, self.key.clone());
+        ResponseFuture::routing(routing, classify, track)
     }
 }
 
@@ -535,26 +274,7 @@ impl<K, S, P: Strategy, C, T, H> fmt::Debug for Balance<K, S, P, C, T, H> {
         f.debug_struct("Balance")
             .field("endpoints", &set.all.len())
             .field("eligible", &set.eligible.len())
-            .field("ready", &self.ready.is_some())
+            .field("reserved", &self.readiness.is_reserved())
             .finish()
-    }
-}
-
-/// A stream of [`HealthEvent`]s; see [`Balance::health_events`].
-pub struct HealthEvents<K> {
-    pub(crate) inner: tokio::sync::mpsc::UnboundedReceiver<HealthEvent<K>>,
-}
-
-impl<K> futures_core::Stream for HealthEvents<K> {
-    type Item = HealthEvent<K>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.inner.poll_recv(cx)
-    }
-}
-
-impl<K> fmt::Debug for HealthEvents<K> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HealthEvents").finish_non_exhaustive()
     }
 }

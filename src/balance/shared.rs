@@ -12,12 +12,11 @@ use arc_swap::ArcSwap;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use tokio::sync::mpsc;
-
+use super::events::{EventHub, HealthEvents};
 use crate::discover::DiscoveryStats;
 use crate::endpoint::{flags, EndpointState, EndpointStats, Load, Metadata, Penalty, Timing};
-use crate::error::{BoxError, BuildError, DriverStopped, UnavailableReason};
-use crate::health::{HealthEvent, HealthStats, OutlierSignal};
+use crate::error::{BoxError, DriverStopped, NoRuntime, UnavailableReason};
+use crate::health::{HealthStats, OutlierSignal};
 use crate::strategy::rng::Rng;
 use crate::strategy::{Entry, LatencyTracking, Strategy};
 
@@ -104,6 +103,8 @@ pub(crate) struct Set<K, S, T> {
     pub(crate) entries: Vec<Entry>,
     /// The names of `eligible`, for strategies that hash them.
     pub(crate) names: Vec<Arc<str>>,
+    /// The metadata of `eligible`, for strategies that read it (zones, labels).
+    pub(crate) metadata: Vec<Metadata>,
     /// `None` exactly when `entries` is empty.
     pub(crate) table: Option<T>,
     /// Health flags that make a pick pass an endpoint over (they may be set after this
@@ -123,48 +124,12 @@ impl<K, S, T> Set<K, S, T> {
             eligible: Vec::new(),
             entries: Vec::new(),
             names: Vec::new(),
+            metadata: Vec::new(),
             table: None,
             skip: flags::UNAVAILABLE,
             health: HealthStats::default(),
             empty_reason: UnavailableReason::NoEndpoints,
         }
-    }
-}
-
-/// The subscribers of health events. Events before the first subscription are kept (up
-/// to [`EARLY_EVENTS`]) for the first subscriber, so it sees every endpoint's first result.
-pub(crate) struct EventHub<K> {
-    subscribers: Vec<mpsc::UnboundedSender<HealthEvent<K>>>,
-    early: Option<Vec<HealthEvent<K>>>,
-}
-
-/// How many events are kept for a first subscriber that has not subscribed yet.
-const EARLY_EVENTS: usize = 1024;
-
-impl<K: Clone> EventHub<K> {
-    fn new() -> Self {
-        EventHub {
-            subscribers: Vec::new(),
-            early: Some(Vec::new()),
-        }
-    }
-
-    pub(crate) fn emit(&mut self, event: HealthEvent<K>) {
-        if let Some(early) = &mut self.early {
-            if early.len() < EARLY_EVENTS {
-                early.push(event.clone());
-            }
-        }
-        self.subscribers.retain(|s| s.send(event.clone()).is_ok());
-    }
-
-    pub(crate) fn subscribe(&mut self) -> mpsc::UnboundedReceiver<HealthEvent<K>> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        for event in self.early.take().unwrap_or_default() {
-            let _ = tx.send(event);
-        }
-        self.subscribers.push(tx);
-        rx
     }
 }
 
@@ -322,7 +287,7 @@ impl<K, S, P: Strategy> Shared<K, S, P> {
         if let Some(mut driver) = slot.take() {
             let Ok(handle) = tokio::runtime::Handle::try_current() else {
                 *slot = Some(driver);
-                return Err(BuildError::NoRuntime.into());
+                return Err(NoRuntime.into());
             };
             // Running from here on, unless the driver is dropped (which marks it stopped).
             self.driver_state.store(DRIVER_RUNNING, Ordering::Release);
@@ -363,15 +328,24 @@ impl<K, S, P: Strategy> Shared<K, S, P> {
     }
 
     /// See [`Balance::health_events`](crate::Balance::health_events).
-    pub(crate) fn health_events(&self) -> super::HealthEvents<K>
+    pub(crate) fn health_events(&self) -> HealthEvents<K>
     where
         K: Clone,
     {
-        super::HealthEvents {
-            inner: lock(&self.events).subscribe(),
-        }
+        lock(&self.events).subscribe()
     }
 
+    /// See [`Balance::discovery_stats`](crate::Balance::discovery_stats).
+    pub(crate) fn discovery_stats(&self) -> DiscoveryStats {
+        lock(&self.discovery).clone()
+    }
+
+    /// See [`Balance::health_stats`](crate::Balance::health_stats).
+    pub(crate) fn health_stats(&self) -> HealthStats {
+        self.set.load().health
+    }
+
+    /// See [`Balance::endpoints`](crate::Balance::endpoints).
     pub(crate) fn endpoint_stats(&self) -> Vec<EndpointStats<K>>
     where
         K: Clone,

@@ -9,11 +9,11 @@
 //! | [`DefaultClassifier`] | the service returned `Err` (unless the caller's request body caused it: [see below](#errors-of-the-callers-request-body)); an `http::Response` with status 5xx or 429; a gRPC response whose `grpc-status` is `UNKNOWN`, `DEADLINE_EXCEEDED`, `RESOURCE_EXHAUSTED`, `INTERNAL`, `UNAVAILABLE` or `DATA_LOSS`, or that ends without one |
 //! | [`GrpcClassifier`] | as the default, with the gRPC codes you choose |
 //! | [`ErrorsAsFailures`] | the service returned `Err` (any response type) |
-//! | any `Fn(&Result<Res, E>) -> Outcome` | the closure says so |
+//! | [`classify_fn`]`(f)`, for any `Fn(&Result<Res, E>) -> Outcome` | the closure says so |
 //!
 //! [`DefaultClassifier`] understands `http::Response<B>` only, which covers hyper, reqwest,
 //! axum and tonic (gRPC) services. For services with other response types, choose
-//! [`ErrorsAsFailures`] or a closure with [`Builder::classify`](crate::Builder::classify).
+//! [`ErrorsAsFailures`] or a closure in [`classify_fn`] with [`Builder::classify`](crate::Builder::classify).
 //!
 //! # gRPC
 //!
@@ -113,6 +113,31 @@ pub enum Outcome {
 }
 
 /// Decides whether a result of an endpoint's service is a failure.
+///
+/// A classifier must fit the endpoint service's results. The default one reads
+/// `http::Response`s; with a service that answers anything else the balancer is not a
+/// `Service`, and the compiler says which classifier to choose instead:
+///
+/// ```compile_fail,E0277
+/// use tower::ServiceExt;
+/// use tower_lb::{discover, Balance};
+///
+/// # async fn demo() {
+/// let strings = tower::service_fn(|_: ()| async { Ok::<_, std::io::Error>("hi") });
+/// let mut balance = Balance::builder() // DefaultClassifier
+///     .build(discover::static_list([("a", strings)]))
+///     .unwrap();
+/// // error[E0277]: `DefaultClassifier` cannot classify results of type
+/// //               `Result<&str, std::io::Error>`
+/// //   note: DefaultClassifier only understands http::Response; for other response types
+/// //         use `.classify(tower_lb::classify::ErrorsAsFailures)` on the builder
+/// ServiceExt::<()>::ready(&mut balance).await;
+/// # }
+/// ```
+///
+/// (With method syntax, `balance.ready()`, rustc reports E0599, "the method `ready` exists
+/// for struct `Balance<..>`, but its trait bounds were not satisfied", without the hint:
+/// it does not know the request type there.)
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot classify results of type `Result<{Res}, {E}>`",
     note = "DefaultClassifier only understands http::Response; for other response types use \
@@ -193,13 +218,46 @@ impl<Res, E> Classify<Res, E> for ErrorsAsFailures {
     }
 }
 
-impl<F, Res, E> Classify<Res, E> for F
+/// A [`Classify`] from a closure that judges each result.
+///
+/// ```
+/// use tower_lb::classify::{classify_fn, Outcome};
+/// use tower_lb::Balance;
+///
+/// // A service that answers `Ok(code)`: codes 500 and above are failures.
+/// let by_code = classify_fn(|result: &Result<u16, std::io::Error>| match result {
+///     Ok(code) if *code < 500 => Outcome::Success,
+///     _ => Outcome::Failure,
+/// });
+/// let builder = Balance::builder().classify(by_code);
+/// # drop(builder);
+/// ```
+///
+/// A closure is wrapped rather than taken as it is so that a classifier that does not fit
+/// the service's results (the default classifier and a service that does not answer
+/// `http::Response`, say) is reported by the compiler as such, with the fix, instead of
+/// as "expected a closure".
+pub fn classify_fn<F>(f: F) -> ClassifyFn<F> {
+    ClassifyFn(f)
+}
+
+/// A closure used as a [`Classify`]; made by [`classify_fn`].
+#[derive(Clone, Copy)]
+pub struct ClassifyFn<F>(F);
+
+impl<F> std::fmt::Debug for ClassifyFn<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClassifyFn")
+    }
+}
+
+impl<F, Res, E> Classify<Res, E> for ClassifyFn<F>
 where
     F: Fn(&Result<Res, E>) -> Outcome + Clone + Send + Sync + 'static,
 {
     #[inline]
     fn classify(&self, result: &Result<Res, E>) -> Outcome {
-        self(result)
+        (self.0)(result)
     }
 }
 
@@ -380,10 +438,10 @@ mod tests {
             ErrorsAsFailures.classify(&Err::<u8, ()>(())),
             Outcome::Failure
         );
-        let odd = |r: &Result<u8, ()>| match r {
+        let odd = classify_fn(|r: &Result<u8, ()>| match r {
             Ok(n) if n % 2 == 1 => Outcome::Failure,
             _ => Outcome::Success,
-        };
+        });
         assert_eq!(odd.classify(&Ok(3)), Outcome::Failure);
         assert_eq!(odd.classify(&Ok(4)), Outcome::Success);
     }

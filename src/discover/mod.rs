@@ -54,7 +54,7 @@ use std::task::{Context, Poll};
 use futures_core::Stream;
 
 use crate::endpoint::{Endpoint, Metadata};
-use crate::error::BoxError;
+use crate::error::{BoxError, BuildError};
 
 mod channel;
 #[cfg(feature = "dns")]
@@ -146,6 +146,14 @@ pub trait Discover<K, S> {
 
     /// Polls for the next change. `Ready(None)` means the source has ended.
     fn poll_change(self: Pin<&mut Self>, cx: &mut Context<'_>) -> PollChange<K, S, Self::Error>;
+
+    /// Checks the source's settings; called once when the balancer is built, which fails
+    /// with the error, as for the balancer's own settings. The default accepts any: a
+    /// source with no settings has nothing to check. (The DNS source checks its TTL bounds
+    /// and limits here.)
+    fn validate(&self) -> Result<(), BuildError> {
+        Ok(())
+    }
 }
 
 impl<T, K, S, E> Discover<K, S> for T

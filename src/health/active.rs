@@ -115,26 +115,42 @@ impl ActiveChecks {
     }
 
     pub(crate) fn validate(&self) -> Result<(), BuildError> {
-        let invalid = BuildError::InvalidConfig;
-        if self.interval.is_zero() {
-            return Err(invalid(
-                "active checks: the interval must be greater than zero",
-            ));
-        }
-        if self.timeout.is_zero() {
-            return Err(invalid(
-                "active checks: the timeout must be greater than zero",
-            ));
-        }
-        if self.rise == 0 || self.fall == 0 {
-            return Err(invalid("active checks: rise and fall must be at least 1"));
-        }
-        if !(0.0..=1.0).contains(&self.jitter) {
-            return Err(invalid("active checks: jitter must be within 0..=1"));
-        }
-        if self.concurrency == 0 {
-            return Err(invalid("active checks: concurrency must be at least 1"));
-        }
+        BuildError::reject_if(
+            self.interval.is_zero(),
+            "ActiveChecks::interval",
+            self.interval,
+            "greater than zero",
+        )?;
+        BuildError::reject_if(
+            self.timeout.is_zero(),
+            "ActiveChecks::timeout",
+            self.timeout,
+            "greater than zero",
+        )?;
+        BuildError::reject_if(
+            self.rise == 0,
+            "ActiveChecks::rise",
+            self.rise,
+            "at least 1",
+        )?;
+        BuildError::reject_if(
+            self.fall == 0,
+            "ActiveChecks::fall",
+            self.fall,
+            "at least 1",
+        )?;
+        BuildError::reject_if(
+            !(0.0..=1.0).contains(&self.jitter),
+            "ActiveChecks::jitter",
+            self.jitter,
+            "within 0..=1",
+        )?;
+        BuildError::reject_if(
+            self.concurrency == 0,
+            "ActiveChecks::concurrency",
+            self.concurrency,
+            "at least 1",
+        )?;
         Ok(())
     }
 

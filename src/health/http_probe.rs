@@ -56,10 +56,10 @@ const DEFAULT_BODY_LIMIT: usize = 16 * 1024;
 /// | [`timeout`](HttpProbe::timeout) | 1 s | the whole check, from the transport's readiness to the body's end |
 /// | [`body_limit`](HttpProbe::body_limit) | 16 KiB | room for verbose JSON health documents; bounds the time spent reading |
 ///
-/// Setters that can receive an invalid value (a path that is not `/path?query`, a `Host` that
-/// is not an authority, a zero timeout, an empty or out-of-range status range) check it when it
-/// is set and return [`BuildError::InvalidConfig`], so an `HttpProbe` that exists is always
-/// valid. The others return `Self`.
+/// The setters take any value; [`Probe::validate`] checks them (a path that is not
+/// `/path?query`, a `Host` that is not an authority, a zero timeout, an empty or
+/// out-of-range status range), so that the balancer's `build` fails with
+/// [`BuildError::InvalidConfig`], as for every other setting.
 ///
 /// # What it checks, in order
 ///
@@ -79,7 +79,8 @@ const DEFAULT_BODY_LIMIT: usize = 16 * 1024;
 ///
 /// All of it must finish within the timeout, or the probe fails with
 /// [`ProbeFailure::Timeout`]. A request that cannot be built from the key (a key that is not
-/// a valid URI authority) fails with [`ProbeFailure::Transport`] holding the `http::Error`.
+/// a valid URI authority) fails with [`ProbeFailure::Transport`] holding the `http::Error`
+/// (and one of a probe whose settings are invalid, with the [`BuildError`]).
 ///
 /// The transport is cloned for each probe (`poll_ready`, then `call`), as the balancer does
 /// for requests; hyper-util clients are cheap handles. The probe must run inside a tokio
@@ -100,10 +101,11 @@ const DEFAULT_BODY_LIMIT: usize = 16 * 1024;
 /// let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
 /// let probe = HttpProbe::new(client)
 ///     .method(http::Method::HEAD)
-///     .path("/healthz")?
-///     .host("api.internal")?
-///     .accept_status(200..300)?
-///     .timeout(Duration::from_millis(500))?;
+///     .path("/healthz")
+///     .host("api.internal")
+///     .accept_status(200..300)
+///     .timeout(Duration::from_millis(500));
+/// probe.validate()?; // the balancer checks it when it is built
 ///
 /// // Probes run inside the balancer; called by hand, they take the endpoint's name.
 /// let endpoint = ProbeTarget::new("10.0.0.7:8080");
@@ -119,29 +121,34 @@ const DEFAULT_BODY_LIMIT: usize = 16 * 1024;
 /// ```
 /// use std::time::Duration;
 /// use tower_lb::error::BuildError;
-/// use tower_lb::health::HttpProbe;
+/// use tower_lb::health::{HttpProbe, Probe};
 ///
-/// # #[derive(Clone)] struct Client;
-/// # let client = Client;
-/// let probe = HttpProbe::<_, String>::new(client)
+/// let client = tower::service_fn(|_: http::Request<String>| async {
+///     Ok::<_, std::io::Error>(http::Response::new(String::new()))
+/// });
+/// let probe = HttpProbe::new(client)
 ///     .path("/healthz")
-///     .unwrap()
-///     .accept_status(200..=200) // Envoy's rule: only 200 passes
-///     .unwrap();
+///     .accept_status(200..=200); // Envoy's rule: only 200 passes
+/// assert!(probe.validate().is_ok());
 ///
-/// // Invalid settings are errors, not panics.
-/// let invalid = |r: Result<_, BuildError>| matches!(r, Err(BuildError::InvalidConfig(_)));
-/// assert!(invalid(probe.clone().path("healthz")));
-/// assert!(invalid(probe.clone().timeout(Duration::ZERO)));
-/// assert!(invalid(probe.clone().accept_status(300..200)));
-/// assert!(invalid(probe.clone().host("not a host")));
+/// // Invalid settings are errors when the balancer is built (or `validate` is called).
+/// let field = |p: &dyn Fn() -> Result<(), BuildError>| match p() {
+///     Err(BuildError::InvalidConfig(invalid)) => invalid.field(),
+///     _ => "accepted",
+/// };
+/// assert_eq!(field(&|| probe.clone().path("healthz").validate()), "HttpProbe::path");
+/// assert_eq!(field(&|| probe.clone().timeout(Duration::ZERO).validate()), "HttpProbe::timeout");
+/// assert_eq!(field(&|| probe.clone().accept_status(300..200).validate()), "HttpProbe::accept_status");
+/// assert_eq!(field(&|| probe.clone().host("not a host").validate()), "HttpProbe::host");
 /// ```
 pub struct HttpProbe<T, B> {
     transport: T,
     method: Method,
-    path: PathAndQuery,
-    host: Option<HeaderValue>,
-    accept: (u16, u16),
+    /// The settings that are parsed are kept as parsed, or as the error that
+    /// [`Probe::validate`] reports.
+    path: Result<PathAndQuery, BuildError>,
+    host: Option<Result<HeaderValue, BuildError>>,
+    accept: Result<(u16, u16), BuildError>,
     timeout: Duration,
     body_limit: usize,
     _body: PhantomData<fn() -> B>,
@@ -154,9 +161,9 @@ impl<T, B> HttpProbe<T, B> {
         HttpProbe {
             transport,
             method: Method::GET,
-            path: PathAndQuery::from_static("/"),
+            path: Ok(PathAndQuery::from_static("/")),
             host: None,
-            accept: (200, 399),
+            accept: Ok((200, 399)),
             timeout: DEFAULT_TIMEOUT,
             body_limit: DEFAULT_BODY_LIMIT,
             _body: PhantomData,
@@ -170,95 +177,40 @@ impl<T, B> HttpProbe<T, B> {
     }
 
     /// The request's path and query (default `/`), such as `/healthz` or `/status?full=1`.
-    ///
-    /// # Errors
-    ///
-    /// [`BuildError::InvalidConfig`] when `path` does not start with `/` or is not a valid
-    /// path and query (spaces, a fragment, ...).
-    pub fn path(mut self, path: &str) -> Result<Self, BuildError> {
-        const INVALID: BuildError =
-            BuildError::InvalidConfig("HttpProbe path must be a path and query starting with `/`");
-        if !path.starts_with('/') || path.contains('#') {
-            return Err(INVALID);
-        }
-        self.path = PathAndQuery::from_str(path).map_err(|_| INVALID)?;
-        Ok(self)
+    /// Must start with `/` and be a valid path and query (no spaces, no fragment).
+    pub fn path(mut self, path: &str) -> Self {
+        self.path = parse_path(path);
+        self
     }
 
     /// Sends `host` as the `Host` header of every probe, instead of the endpoint's name.
+    /// Must be an authority (`host` or `host:port`, without user information).
     ///
     /// For virtual hosts: the endpoint is reached at its own address, and the server picks
     /// the site by this name.
-    ///
-    /// # Errors
-    ///
-    /// [`BuildError::InvalidConfig`] when `host` is not an authority (`host` or
-    /// `host:port`, without user information).
-    pub fn host(mut self, host: &str) -> Result<Self, BuildError> {
-        const INVALID: BuildError =
-            BuildError::InvalidConfig("HttpProbe host must be `host` or `host:port`");
-        let authority = Authority::from_str(host).map_err(|_| INVALID)?;
-        // `Authority` accepts user information and leaves the port unchecked.
-        let port = &host[authority.host().len()..];
-        let port_ok = port.is_empty()
-            || port
-                .strip_prefix(':')
-                .is_some_and(|p| p.parse::<u16>().is_ok());
-        if authority.host().is_empty() || host.contains('@') || !port_ok {
-            return Err(INVALID);
-        }
-        self.host = Some(HeaderValue::from_str(host).map_err(|_| INVALID)?);
-        Ok(self)
+    pub fn host(mut self, host: &str) -> Self {
+        self.host = Some(parse_host(host));
+        self
     }
 
     /// The statuses that pass (default `200..=399`). Any range of `u16` works:
-    /// `200..300`, `200..=200`, `200..`.
+    /// `200..300`, `200..=200`, `200..`. Must not be empty, and must lie within the valid
+    /// statuses, 100 to 999.
     ///
     /// An unbounded start means 100, an unbounded end 999.
-    ///
-    /// # Errors
-    ///
-    /// [`BuildError::InvalidConfig`] when the range is empty or reaches outside the valid
-    /// statuses, 100 to 999.
-    pub fn accept_status(mut self, statuses: impl RangeBounds<u16>) -> Result<Self, BuildError> {
-        const INVALID: BuildError = BuildError::InvalidConfig(
-            "HttpProbe accepted statuses must be a non-empty range within 100..=999",
-        );
-        let low = match statuses.start_bound() {
-            Bound::Included(&s) => Some(s),
-            Bound::Excluded(&s) => s.checked_add(1),
-            Bound::Unbounded => Some(100),
-        };
-        let high = match statuses.end_bound() {
-            Bound::Included(&s) => Some(s),
-            Bound::Excluded(&s) => s.checked_sub(1),
-            Bound::Unbounded => Some(999),
-        };
-        match (low, high) {
-            (Some(low), Some(high)) if 100 <= low && low <= high && high <= 999 => {
-                self.accept = (low, high);
-                Ok(self)
-            }
-            _ => Err(INVALID),
-        }
+    pub fn accept_status(mut self, statuses: impl RangeBounds<u16>) -> Self {
+        self.accept = status_range(statuses);
+        self
     }
 
     /// The whole check (readiness, answer, body) must finish within `timeout` (default
-    /// 1 s), or the probe fails with [`ProbeFailure::Timeout`].
+    /// 1 s), or the probe fails with [`ProbeFailure::Timeout`]. Must be greater than zero
+    /// (every probe would fail).
     ///
     /// The balancer also bounds every probe with its own timeout; the shorter one applies.
-    ///
-    /// # Errors
-    ///
-    /// [`BuildError::InvalidConfig`] when `timeout` is zero (every probe would fail).
-    pub fn timeout(mut self, timeout: Duration) -> Result<Self, BuildError> {
-        if timeout.is_zero() {
-            return Err(BuildError::InvalidConfig(
-                "HttpProbe timeout must be above zero",
-            ));
-        }
+    pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
-        Ok(self)
+        self
     }
 
     /// The most body bytes the probe reads (default 16 KiB); a longer body fails the probe
@@ -281,7 +233,7 @@ impl<T: Clone, B> Clone for HttpProbe<T, B> {
             method: self.method.clone(),
             path: self.path.clone(),
             host: self.host.clone(),
-            accept: self.accept,
+            accept: self.accept.clone(),
             timeout: self.timeout,
             body_limit: self.body_limit,
             _body: PhantomData,
@@ -296,7 +248,7 @@ impl<T: fmt::Debug, B> fmt::Debug for HttpProbe<T, B> {
             .field("method", &self.method)
             .field("path", &self.path)
             .field("host", &self.host)
-            .field("accept", &(self.accept.0..=self.accept.1))
+            .field("accept", &self.accept.as_ref().map(|a| a.0..=a.1))
             .field("timeout", &self.timeout)
             .field("body_limit", &self.body_limit)
             .finish()
@@ -314,15 +266,18 @@ where
 {
     type Future = Pin<Box<dyn Future<Output = Result<(), ProbeFailure>> + Send + 'static>>;
 
+    /// A probe whose settings are invalid fails with [`ProbeFailure::Transport`] holding
+    /// the [`BuildError`]; the balancer checks them before it probes.
     fn probe(&self, target: &ProbeTarget) -> Self::Future {
         let request = self.request(target.name());
         let mut transport = self.transport.clone();
         let timeout = self.timeout;
         let limit = self.body_limit;
-        let accept = self.accept;
+        let accept = self.accept.clone();
         Box::pin(async move {
             let check = async move {
-                let request = request.map_err(|e| ProbeFailure::Transport(e.into()))?;
+                let request = request.map_err(ProbeFailure::Transport)?;
+                let accept = accept.map_err(|e| ProbeFailure::Transport(e.into()))?;
                 poll_fn(|cx| transport.poll_ready(cx))
                     .await
                     .map_err(transport_failure)?;
@@ -339,19 +294,91 @@ where
             }
         })
     }
+
+    fn validate(&self) -> Result<(), BuildError> {
+        self.path.as_ref().map_err(Clone::clone)?;
+        if let Some(host) = &self.host {
+            host.as_ref().map_err(Clone::clone)?;
+        }
+        self.accept.as_ref().map_err(Clone::clone)?;
+        BuildError::reject_if(
+            self.timeout.is_zero(),
+            "HttpProbe::timeout",
+            self.timeout,
+            "greater than zero",
+        )?;
+        Ok(())
+    }
+}
+
+/// `path` as a request's path and query.
+fn parse_path(path: &str) -> Result<PathAndQuery, BuildError> {
+    let invalid = || {
+        BuildError::invalid(
+            "HttpProbe::path",
+            path,
+            "a path and query starting with `/`",
+        )
+    };
+    if !path.starts_with('/') || path.contains('#') {
+        return Err(invalid());
+    }
+    PathAndQuery::from_str(path).map_err(|_| invalid())
+}
+
+/// `host` as a `Host` header: `host` or `host:port`.
+fn parse_host(host: &str) -> Result<HeaderValue, BuildError> {
+    let invalid = || BuildError::invalid("HttpProbe::host", host, "`host` or `host:port`");
+    let authority = Authority::from_str(host).map_err(|_| invalid())?;
+    // `Authority` accepts user information and leaves the port unchecked.
+    let port = &host[authority.host().len()..];
+    let port_ok = port.is_empty()
+        || port
+            .strip_prefix(':')
+            .is_some_and(|p| p.parse::<u16>().is_ok());
+    if authority.host().is_empty() || host.contains('@') || !port_ok {
+        return Err(invalid());
+    }
+    HeaderValue::from_str(host).map_err(|_| invalid())
+}
+
+/// `statuses` as the lowest and highest accepted status.
+fn status_range(statuses: impl RangeBounds<u16>) -> Result<(u16, u16), BuildError> {
+    let low = match statuses.start_bound() {
+        Bound::Included(&s) => Some(s),
+        Bound::Excluded(&s) => s.checked_add(1),
+        Bound::Unbounded => Some(100),
+    };
+    let high = match statuses.end_bound() {
+        Bound::Included(&s) => Some(s),
+        Bound::Excluded(&s) => s.checked_sub(1),
+        Bound::Unbounded => Some(999),
+    };
+    match (low, high) {
+        (Some(low), Some(high)) if 100 <= low && low <= high && high <= 999 => Ok((low, high)),
+        _ => Err(BuildError::invalid(
+            "HttpProbe::accept_status",
+            (
+                statuses.start_bound().cloned(),
+                statuses.end_bound().cloned(),
+            ),
+            "a non-empty range within 100..=999",
+        )),
+    }
 }
 
 impl<T, B: Default> HttpProbe<T, B> {
     /// The probe's request to the endpoint whose key formats as `authority`.
-    fn request(&self, authority: &str) -> Result<Request<B>, http::Error> {
+    fn request(&self, authority: &str) -> Result<Request<B>, BoxError> {
+        let path = self.path.as_ref().map_err(Clone::clone)?;
         let mut builder = Request::builder()
             .method(self.method.clone())
-            .uri(format!("http://{authority}{}", self.path));
+            .uri(format!("http://{authority}{path}"));
         builder = match &self.host {
-            Some(host) => builder.header(HOST, host.clone()),
+            Some(host) => builder.header(HOST, host.as_ref().map_err(Clone::clone)?.clone()),
             None => builder.header(HOST, authority),
         };
-        builder.body(B::default())
+        Ok(builder.body(B::default())?)
     }
 }
 

@@ -102,6 +102,7 @@
 pub mod active;
 #[cfg(feature = "http")]
 mod http_probe;
+mod outcome;
 pub mod outlier;
 mod probe;
 pub(crate) mod runner;
@@ -312,8 +313,9 @@ impl fmt::Debug for HealthSettings {
 
 impl HealthSettings {
     pub(crate) fn validate(&self) -> Result<(), crate::error::BuildError> {
-        if let Some((active, _)) = &self.active {
+        if let Some((active, probe)) = &self.active {
             active.validate()?;
+            probe.validate_dyn()?;
         }
         if let Some(outlier) = &self.outlier {
             outlier.validate()?;
@@ -321,11 +323,12 @@ impl HealthSettings {
         if let Some(slow_start) = &self.slow_start {
             slow_start.validate()?;
         }
-        if !(0.0..=1.0).contains(&self.panic.threshold) {
-            return Err(crate::error::BuildError::InvalidConfig(
-                "the panic threshold must be within 0..=1",
-            ));
-        }
+        crate::error::BuildError::reject_if(
+            !(0.0..=1.0).contains(&self.panic.threshold),
+            "Builder::panic_threshold",
+            self.panic.threshold,
+            "within 0..=1",
+        )?;
         Ok(())
     }
 }

@@ -212,54 +212,81 @@ impl OutlierDetection {
     }
 
     pub(crate) fn validate(&self) -> Result<(), BuildError> {
-        let invalid = BuildError::InvalidConfig;
-        if self.consecutive_failures == Some(0) {
-            return Err(invalid(
-                "outlier detection: consecutive failures must be at least 1",
-            ));
-        }
-        if self.interval.is_zero() {
-            return Err(invalid(
-                "outlier detection: the interval must be greater than zero",
-            ));
-        }
-        if self.base_ejection.is_zero() {
-            return Err(invalid(
-                "outlier detection: the base ejection time must be greater than zero",
-            ));
-        }
-        if self.max_ejection < self.base_ejection {
-            return Err(invalid(
-                "outlier detection: the max ejection time is below the base ejection time",
-            ));
-        }
-        if self.max_ejection_percent > 100 {
-            return Err(invalid(
-                "outlier detection: the max ejection percent is over 100",
-            ));
-        }
-        if self.probation_successes == Some(0) {
-            return Err(invalid(
-                "outlier detection: probation successes must be at least 1",
-            ));
-        }
+        BuildError::reject_if(
+            self.consecutive_failures == Some(0),
+            "OutlierDetection::consecutive_failures",
+            self.consecutive_failures,
+            "at least 1 (None turns it off)",
+        )?;
+        BuildError::reject_if(
+            self.interval.is_zero(),
+            "OutlierDetection::interval",
+            self.interval,
+            "greater than zero",
+        )?;
+        BuildError::reject_if(
+            self.base_ejection.is_zero(),
+            "OutlierDetection::base_ejection",
+            self.base_ejection,
+            "greater than zero",
+        )?;
+        BuildError::reject_if(
+            self.max_ejection < self.base_ejection,
+            "OutlierDetection::max_ejection",
+            self.max_ejection,
+            "at least the base ejection time",
+        )?;
+        BuildError::reject_if(
+            self.max_ejection_percent > 100,
+            "OutlierDetection::max_ejection_percent",
+            self.max_ejection_percent,
+            "at most 100",
+        )?;
+        BuildError::reject_if(
+            self.probation_successes == Some(0),
+            "OutlierDetection::probation_successes",
+            self.probation_successes,
+            "at least 1 (None turns probation off)",
+        )?;
         if let Some(sr) = &self.success_rate {
-            if !(sr.stdev_factor.is_finite() && sr.stdev_factor >= 0.0) {
-                return Err(invalid("outlier detection: the success-rate stdev factor must be finite and at least 0"));
-            }
-            if sr.minimum_hosts == 0 || sr.request_volume == 0 {
-                return Err(invalid("outlier detection: success-rate minimum hosts and request volume must be at least 1"));
-            }
+            BuildError::reject_if(
+                !(sr.stdev_factor.is_finite() && sr.stdev_factor >= 0.0),
+                "SuccessRate::stdev_factor",
+                sr.stdev_factor,
+                "finite and at least 0",
+            )?;
+            BuildError::reject_if(
+                sr.minimum_hosts == 0,
+                "SuccessRate::minimum_hosts",
+                sr.minimum_hosts,
+                "at least 1",
+            )?;
+            BuildError::reject_if(
+                sr.request_volume == 0,
+                "SuccessRate::request_volume",
+                sr.request_volume,
+                "at least 1",
+            )?;
         }
         if let Some(fp) = &self.failure_percentage {
-            if !(fp.threshold.is_finite() && (0.0..=100.0).contains(&fp.threshold)) {
-                return Err(invalid(
-                    "outlier detection: the failure-percentage threshold must be within 0..=100",
-                ));
-            }
-            if fp.minimum_hosts == 0 || fp.request_volume == 0 {
-                return Err(invalid("outlier detection: failure-percentage minimum hosts and request volume must be at least 1"));
-            }
+            BuildError::reject_if(
+                !(fp.threshold.is_finite() && (0.0..=100.0).contains(&fp.threshold)),
+                "FailurePercentage::threshold",
+                fp.threshold,
+                "within 0..=100",
+            )?;
+            BuildError::reject_if(
+                fp.minimum_hosts == 0,
+                "FailurePercentage::minimum_hosts",
+                fp.minimum_hosts,
+                "at least 1",
+            )?;
+            BuildError::reject_if(
+                fp.request_volume == 0,
+                "FailurePercentage::request_volume",
+                fp.request_volume,
+                "at least 1",
+            )?;
         }
         Ok(())
     }

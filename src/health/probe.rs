@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::endpoint::Metadata;
-use crate::error::BoxError;
+use crate::error::{BoxError, BuildError};
 
 /// The endpoint a probe checks: its name and metadata.
 ///
@@ -78,6 +78,12 @@ pub trait Probe: Send + Sync + 'static {
 
     /// Starts a check of `target`.
     fn probe(&self, target: &ProbeTarget) -> Self::Future;
+
+    /// Checks the probe's settings; called once when the balancer is built, which fails
+    /// with the error, as for the balancer's own settings. The default accepts any.
+    fn validate(&self) -> Result<(), BuildError> {
+        Ok(())
+    }
 }
 
 /// A boxed probe future.
@@ -86,11 +92,17 @@ pub(crate) type ProbeFuture = Pin<Box<dyn Future<Output = Result<(), ProbeFailur
 /// [`Probe`] with its future boxed, so the balancer can hold any probe without naming it.
 pub(crate) trait DynProbe: Send + Sync + 'static {
     fn probe_boxed(&self, target: &ProbeTarget) -> ProbeFuture;
+
+    fn validate_dyn(&self) -> Result<(), BuildError>;
 }
 
 impl<P: Probe> DynProbe for P {
     fn probe_boxed(&self, target: &ProbeTarget) -> ProbeFuture {
         Box::pin(self.probe(target))
+    }
+
+    fn validate_dyn(&self) -> Result<(), BuildError> {
+        self.validate()
     }
 }
 

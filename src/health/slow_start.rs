@@ -56,21 +56,24 @@ impl SlowStart {
     }
 
     pub(crate) fn validate(&self) -> Result<(), BuildError> {
-        if self.window.is_zero() {
-            return Err(BuildError::InvalidConfig(
-                "slow start: the window must be greater than zero",
-            ));
-        }
-        if !(self.aggression.is_finite() && self.aggression > 0.0) {
-            return Err(BuildError::InvalidConfig(
-                "slow start: aggression must be finite and greater than zero",
-            ));
-        }
-        if !(1.0..=100.0).contains(&self.min_percent) {
-            return Err(BuildError::InvalidConfig(
-                "slow start: the min percent must be within 1..=100",
-            ));
-        }
+        BuildError::reject_if(
+            self.window.is_zero(),
+            "SlowStart::window",
+            self.window,
+            "greater than zero",
+        )?;
+        BuildError::reject_if(
+            !(self.aggression.is_finite() && self.aggression > 0.0),
+            "SlowStart::aggression",
+            self.aggression,
+            "finite and greater than zero",
+        )?;
+        BuildError::reject_if(
+            !(1.0..=100.0).contains(&self.min_percent),
+            "SlowStart::min_percent",
+            self.min_percent,
+            "within 1..=100",
+        )?;
         Ok(())
     }
 

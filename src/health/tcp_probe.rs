@@ -39,8 +39,9 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 /// | [`timeout`](TcpProbe::timeout) | 1 s | the connection must open within it, or the probe fails with [`ProbeFailure::Timeout`] |
 /// | [`port`](TcpProbe::port) | the name's own port | connect to this port instead |
 ///
-/// Setters that can receive an invalid value (a zero timeout, port 0) check it when it is set
-/// and return [`BuildError::InvalidConfig`], so a `TcpProbe` that exists is always valid.
+/// The setters take any value; [`Probe::validate`] checks them (a zero timeout, port 0), so
+/// that the balancer's `build` fails with [`BuildError::InvalidConfig`], as for every other
+/// setting.
 ///
 /// # Failures
 ///
@@ -59,7 +60,7 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// // The endpoints serve on their own ports; their health listener is on 8081.
-/// let probe = TcpProbe::new().port(8081)?.timeout(Duration::from_millis(500))?;
+/// let probe = TcpProbe::new().port(8081).timeout(Duration::from_millis(500));
 ///
 /// // Probes run inside the balancer; called by hand, they take the endpoint's name.
 /// let endpoint = ProbeTarget::new("10.0.0.7:8080");
@@ -74,13 +75,15 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 ///
 /// ```
 /// use std::time::Duration;
-/// use tower_lb::health::TcpProbe;
+/// use tower_lb::health::{Probe, TcpProbe};
 ///
 /// let probe = TcpProbe::new(); // the endpoint name's address, 1 s timeout
-/// let admin = TcpProbe::new().port(9901).unwrap().timeout(Duration::from_millis(250)).unwrap();
+/// let admin = TcpProbe::new().port(9901).timeout(Duration::from_millis(250));
+/// assert!(probe.validate().is_ok() && admin.validate().is_ok());
 ///
-/// assert!(TcpProbe::new().port(0).is_err());
-/// assert!(TcpProbe::new().timeout(Duration::ZERO).is_err());
+/// // Checked when the balancer is built, or by `validate`.
+/// assert!(TcpProbe::new().port(0).validate().is_err());
+/// assert!(TcpProbe::new().timeout(Duration::ZERO).validate().is_err());
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TcpProbe {
@@ -107,18 +110,10 @@ impl TcpProbe {
     /// [`ProbeFailure::Timeout`].
     ///
     /// The balancer also bounds every probe with its own timeout; the shorter one applies.
-    ///
-    /// # Errors
-    ///
-    /// [`BuildError::InvalidConfig`] when `timeout` is zero (every probe would fail).
-    pub fn timeout(mut self, timeout: Duration) -> Result<Self, BuildError> {
-        if timeout.is_zero() {
-            return Err(BuildError::InvalidConfig(
-                "TcpProbe timeout must be above zero",
-            ));
-        }
+    /// Must be greater than zero (every probe would fail).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
-        Ok(self)
+        self
     }
 
     /// Connects to `port` instead of the name's port (the host stays the name's).
@@ -126,16 +121,10 @@ impl TcpProbe {
     /// Keys that format as `ip:port`, `[ipv6]:port`, `host:port`, or a bare IP address or
     /// host name all work; a name that fits none of these fails each probe with
     /// [`ProbeFailure::Connect`] of kind [`InvalidInput`](io::ErrorKind::InvalidInput).
-    ///
-    /// # Errors
-    ///
-    /// [`BuildError::InvalidConfig`] when `port` is 0 (not a port one can connect to).
-    pub fn port(mut self, port: u16) -> Result<Self, BuildError> {
-        if port == 0 {
-            return Err(BuildError::InvalidConfig("TcpProbe port must not be 0"));
-        }
+    /// Must not be 0 (not a port one can connect to).
+    pub fn port(mut self, port: u16) -> Self {
         self.port = Some(port);
-        Ok(self)
+        self
     }
 
     /// The address this probe connects to for an endpoint named `key`.
@@ -162,6 +151,22 @@ impl Probe for TcpProbe {
                 Err(_) => Err(ProbeFailure::Timeout(timeout)),
             }
         })
+    }
+
+    fn validate(&self) -> Result<(), BuildError> {
+        BuildError::reject_if(
+            self.timeout.is_zero(),
+            "TcpProbe::timeout",
+            self.timeout,
+            "greater than zero",
+        )?;
+        BuildError::reject_if(
+            self.port == Some(0),
+            "TcpProbe::port",
+            0,
+            "a port other than 0",
+        )?;
+        Ok(())
     }
 }
 

@@ -130,6 +130,31 @@ use crate::key::RequestKey;
 pub struct PreviousEndpoints(pub Vec<String>);
 
 impl PreviousEndpoints {
+    /// Adds `served_by` (the endpoint an earlier try went to) to the request's
+    /// `PreviousEndpoints`, creating it: what a retry policy does before it sends a request
+    /// again, with the [`ServedBy`](super::ServedBy) of the failed try's response or error.
+    ///
+    /// ```
+    /// use tower_lb::http::key::{Path, PreviousEndpoints};
+    /// use tower_lb::http::ServedBy;
+    /// use tower_lb::key::RequestKey;
+    ///
+    /// # fn retry<B>(request: &mut http::Request<B>, failed: &Result<http::Response<()>, tower_lb::error::BoxError>) {
+    /// // In a `tower::retry::Policy`, with the result of the try that failed:
+    /// if let Some(served_by) = ServedBy::of(failed) {
+    ///     PreviousEndpoints::add(request, served_by);
+    /// }
+    /// # }
+    /// ```
+    pub fn add<B>(request: &mut Request<B>, served_by: &super::ServedBy) {
+        let previous = request
+            .extensions_mut()
+            .get_or_insert_with(PreviousEndpoints::default);
+        if !previous.0.iter().any(|p| p == served_by.name()) {
+            previous.0.push(served_by.name().to_owned());
+        }
+    }
+
     fn of<B>(request: &Request<B>) -> &[String] {
         request
             .extensions()

@@ -1,6 +1,12 @@
-//! HTTP helpers (feature `http`): request keys for consistent hashing ([`key`]), keeping
-//! a request in flight until its response body ends ([`OnBodyEnd`]), and request bodies
-//! whose errors are the caller's, not the endpoint's ([`ClientBody`]).
+//! HTTP helpers (feature `http`): the endpoint service for HTTP clients ([`HttpEndpoint`]),
+//! request keys for consistent hashing ([`key`]), keeping a request in flight until its
+//! response body ends ([`OnBodyEnd`]), and request bodies whose errors are the caller's,
+//! not the endpoint's ([`ClientBody`]).
+//!
+//! [`HttpEndpoint`] is what every HTTP user needs: the service for one endpoint, which
+//! sends a request through a shared client (a hyper-util legacy `Client`, or any
+//! `Service<http::Request<B>>`) to that endpoint's address, and puts [`ServedBy`] in the
+//! response. See its docs for a balancer whose type can be named.
 //!
 //! ```no_run
 //! # #[cfg(feature = "http")] {
@@ -28,8 +34,10 @@
 
 mod body;
 mod client_body;
+mod endpoint;
 pub mod key;
 
 pub use crate::classify::ClientBodyError;
 pub use body::{OnBodyEnd, TrackedBody};
 pub use client_body::ClientBody;
+pub use endpoint::{EndpointError, HttpEndpoint, ResponseFuture, ServedBy};

@@ -5,17 +5,20 @@ use super::report::LoadReport;
 use crate::classify::{Classify, Outcome};
 
 /// Reads the load report of each `http::Response` head for the balancer, and classifies as
-/// the wrapped classifier does: for a closure classifier, or one of your own, which find no
+/// the wrapped classifier does: for a [`classify_fn`](crate::classify::classify_fn), or a
+/// classifier of your own, which find no
 /// reports (see [`Classify::load_report`]). [`DefaultClassifier`](crate::classify::DefaultClassifier)
 /// and [`GrpcClassifier`](crate::classify::GrpcClassifier) read reports without it.
 ///
 /// ```
-/// use tower_lb::classify::Outcome;
+/// use tower_lb::classify::{classify_fn, Outcome};
 /// use tower_lb::orca::ReadReports;
 /// use tower_lb::Balance;
 ///
 /// // Every response is a success, and its report is read.
-/// let classify = ReadReports(|_: &Result<http::Response<()>, std::io::Error>| Outcome::Success);
+/// let classify = ReadReports(classify_fn(|_: &Result<http::Response<()>, std::io::Error>| {
+///     Outcome::Success
+/// }));
 /// let builder = Balance::builder().classify(classify).load_reports(true);
 /// # drop(builder);
 /// ```

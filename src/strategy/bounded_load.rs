@@ -174,11 +174,12 @@ impl<S: PreferenceOrder> Strategy for BoundedLoad<S> {
     }
 
     fn validate(&self) -> Result<(), BuildError> {
-        if !self.factor.is_finite() || self.factor < 1.0 {
-            return Err(BuildError::InvalidConfig(
-                "bounded load factor must be finite and at least 1",
-            ));
-        }
+        BuildError::reject_if(
+            !self.factor.is_finite() || self.factor < 1.0,
+            "BoundedLoad::factor",
+            self.factor,
+            "finite and at least 1",
+        )?;
         self.inner.validate()
     }
 }

@@ -252,16 +252,18 @@ impl Strategy for LeastRequest {
     }
 
     fn validate(&self) -> Result<(), BuildError> {
-        if self.choices == Choices::Sample(0) {
-            return Err(BuildError::InvalidConfig(
-                "least request needs at least 1 choice",
-            ));
-        }
-        if !self.bias.is_finite() || self.bias < 0.0 {
-            return Err(BuildError::InvalidConfig(
-                "least request bias must be finite and at least 0",
-            ));
-        }
+        BuildError::reject_if(
+            self.choices == Choices::Sample(0),
+            "LeastRequest::choices",
+            0,
+            "at least 1",
+        )?;
+        BuildError::reject_if(
+            !self.bias.is_finite() || self.bias < 0.0,
+            "LeastRequest::bias",
+            self.bias,
+            "finite and at least 0",
+        )?;
         Ok(())
     }
 }

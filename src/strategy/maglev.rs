@@ -330,12 +330,14 @@ impl Strategy for Maglev {
 
     fn validate(&self) -> Result<(), BuildError> {
         match self.size {
-            Some(m) if !(MIN_TABLE_SIZE..=MAX_TABLE_SIZE).contains(&m) => Err(
-                BuildError::InvalidConfig("Maglev table size must be from 101 to 2^26"),
-            ),
-            Some(m) if !is_prime(m as u64) => Err(BuildError::InvalidConfig(
-                "Maglev table size must be a prime",
+            Some(m) if !(MIN_TABLE_SIZE..=MAX_TABLE_SIZE).contains(&m) => Err(BuildError::invalid(
+                "Maglev::table_size",
+                m,
+                "from 101 to 2^26",
             )),
+            Some(m) if !is_prime(m as u64) => {
+                Err(BuildError::invalid("Maglev::table_size", m, "a prime"))
+            }
             _ => Ok(()),
         }
     }

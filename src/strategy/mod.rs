@@ -20,6 +20,22 @@
 //! | [`Rendezvous`] | O(n), by request key | yes, `weight / -ln(u)` | no | [`rendezvous`] |
 //! | `WeightedRoundRobin` (feature `orca`) | O(max / mean) turns, one CAS | by server load reports, `qps / utilization` (gRFC A58) | load reports | `weighted_round_robin` |
 //! | [`BoundedLoad`] | as the wrapped strategy, plus O(n) when the key's endpoint is busy | as the wrapped strategy | in-flight | [`bounded_load`] |
+//! | [`AnyStrategy`] | as the strategy inside, plus one `match` | as the strategy inside | as the strategy inside | chosen at run time, by name |
+//!
+//! # Choosing a strategy at run time
+//!
+//! [`AnyStrategy`] holds any built-in strategy, and parses from the names configuration
+//! files and flags use ([`StrategyKind`]): `round-robin`, `random`, `least-request`,
+//! `peak-ewma`, `ring-hash`, `maglev`, `rendezvous`.
+//!
+//! ```
+//! use tower_lb::strategy::AnyStrategy;
+//!
+//! let name = std::env::var("LB_STRATEGY").unwrap_or_else(|_| "least-request".into());
+//! let strategy: AnyStrategy = name.parse().expect("a strategy name");
+//! let builder = tower_lb::Balance::builder().strategy(strategy);
+//! # drop(builder);
+//! ```
 //!
 //! # Writing a strategy
 //!
@@ -48,14 +64,16 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::endpoint::Load;
+use crate::endpoint::{Load, Metadata};
 use crate::error::BuildError;
 
+mod any;
 pub mod bounded_load;
 pub mod hashing;
 pub mod least_request;
 pub mod maglev;
 pub mod peak_ewma;
+mod penalty;
 pub mod random;
 pub mod rendezvous;
 pub mod ring_hash;
@@ -66,6 +84,7 @@ pub mod stride;
 #[cfg(feature = "orca")]
 pub mod weighted_round_robin;
 
+pub use any::{AnyStrategy, AnyTable, StrategyKind, UnknownStrategy};
 pub use bounded_load::BoundedLoad;
 pub use hashing::{MissingKey, PreferenceOrder};
 pub use least_request::LeastRequest;
@@ -92,8 +111,14 @@ pub trait Strategy: Send + Sync + 'static {
     /// Chooses the index of an endpoint in `endpoints`.
     ///
     /// `endpoints` is the set `table` was built from and is never empty. An index out of
-    /// range is reduced modulo the length rather than trusted. If the chosen endpoint's
-    /// service is not ready, the balancer tries the following endpoints in order.
+    /// range is reduced modulo the length rather than trusted.
+    ///
+    /// If the chosen endpoint's service is not ready (or was ejected or drained since the
+    /// table was built), the balancer calls `pick` again, up to three times in all for one
+    /// request, so that a random strategy draws new candidates and round robin moves on in
+    /// its cycle; then it scans the endpoints no pick reached, in index order from a random
+    /// place. A strategy that [routes by key](Strategy::uses_request_key) is called with
+    /// [`Context::attempt`] 1, 2, ... instead, for the next endpoint in the key's order.
     fn pick(&self, table: &Self::Table, endpoints: &Endpoints<'_>, cx: &Context<'_>) -> usize;
 
     /// Whether the strategy routes by a key taken from each request (consistent hashing).
@@ -200,20 +225,32 @@ pub(crate) struct Entry {
     pub(crate) load: Arc<Load>,
 }
 
-/// The eligible endpoints, in discovery order, as a strategy sees them.
+/// The eligible endpoints, in discovery order, as a strategy sees them: each one's
+/// [weight](Self::weight), live [load](Self::load), [name](Self::name) and
+/// [metadata](Self::metadata) (zone, labels).
 #[derive(Debug, Clone, Copy)]
 pub struct Endpoints<'a> {
     entries: &'a [Entry],
-    /// The names, beside the entries rather than in them: only hashing strategies read
-    /// them, and only when they build, so picks touch half the memory.
+    /// The names and metadata, beside the entries rather than in them: most strategies
+    /// read them only when they build, so picks touch less memory.
     names: &'a [Arc<str>],
+    metadata: &'a [Metadata],
 }
 
 impl<'a> Endpoints<'a> {
-    /// `names` has one name per entry.
-    pub(crate) fn new(entries: &'a [Entry], names: &'a [Arc<str>]) -> Self {
+    /// `names` and `metadata` have one element per entry.
+    pub(crate) fn new(
+        entries: &'a [Entry],
+        names: &'a [Arc<str>],
+        metadata: &'a [Metadata],
+    ) -> Self {
         debug_assert_eq!(entries.len(), names.len());
-        Endpoints { entries, names }
+        debug_assert_eq!(entries.len(), metadata.len());
+        Endpoints {
+            entries,
+            names,
+            metadata,
+        }
     }
 
     /// The number of eligible endpoints.
@@ -265,6 +302,14 @@ impl<'a> Endpoints<'a> {
         &self.names[i]
     }
 
+    /// The metadata of endpoint `i`, as discovery described it: its
+    /// [zone](Metadata::zone) and [labels](Metadata::labels), for strategies that route by
+    /// them (see `examples/zone_aware.rs`). Panics if `i` is out of range.
+    #[inline]
+    pub fn metadata(&self, i: usize) -> &'a Metadata {
+        &self.metadata[i]
+    }
+
     /// Requests in flight over all these endpoints (the sum of their in-flight counts).
     pub fn total_in_flight(&self) -> u64 {
         self.entries.iter().map(|e| e.load.in_flight()).sum()
@@ -289,6 +334,7 @@ impl<'a> Endpoints<'a> {
 pub struct EndpointList {
     entries: Vec<Entry>,
     names: Vec<Arc<str>>,
+    metadata: Vec<Metadata>,
 }
 
 impl EndpointList {
@@ -321,13 +367,25 @@ impl EndpointList {
 
     /// Adds an endpoint with the given name, weight and counters.
     pub fn push_named(&mut self, name: impl Into<Arc<str>>, weight: u32, load: Arc<Load>) {
+        self.push_with_metadata(name, weight, load, Metadata::default());
+    }
+
+    /// Adds an endpoint with the given name, weight, counters and metadata (a zone, say).
+    pub fn push_with_metadata(
+        &mut self,
+        name: impl Into<Arc<str>>,
+        weight: u32,
+        load: Arc<Load>,
+        metadata: Metadata,
+    ) {
         self.entries.push(Entry { weight, load });
         self.names.push(name.into());
+        self.metadata.push(metadata);
     }
 
     /// The view strategies take.
     pub fn endpoints(&self) -> Endpoints<'_> {
-        Endpoints::new(&self.entries, &self.names)
+        Endpoints::new(&self.entries, &self.names, &self.metadata)
     }
 }
 

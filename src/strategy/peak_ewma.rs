@@ -171,11 +171,12 @@ impl Strategy for PeakEwma {
     }
 
     fn validate(&self) -> Result<(), BuildError> {
-        if self.tracking.decay.is_zero() {
-            return Err(BuildError::InvalidConfig(
-                "peak-EWMA decay must be greater than zero",
-            ));
-        }
+        BuildError::reject_if(
+            self.tracking.decay.is_zero(),
+            "PeakEwma::decay",
+            self.tracking.decay,
+            "greater than zero",
+        )?;
         Ok(())
     }
 }

@@ -84,9 +84,7 @@
 //! previous attempt's point and checks each point in O(1) (each point knows how far back its
 //! endpoint's previous point is); no allocation on any path.
 
-use super::hashing::{
-    crc32, keyless_options, pick_in_order, present, Crc32, Keyless, PreferenceOrder, LOW,
-};
+use super::hashing::{keyless_options, pick_in_order, present, Keyless, PreferenceOrder, LOW};
 use super::round_robin::Cycle;
 use super::{Context, Endpoints, Strategy};
 
@@ -242,15 +240,15 @@ pub(crate) fn split_host_port(name: &str) -> (&[u8], &[u8]) {
 /// Appends the `count` points of server `name`, tagged with `owner`, as `value << 32 | owner`.
 fn push_points(name: &str, count: u64, owner: u32, out: &mut Vec<u64>) {
     let (host, port) = split_host_port(name);
-    let mut base = Crc32::new();
+    let mut base = crc32fast::Hasher::new();
     base.update(host);
     base.update(&[0]);
     base.update(port);
     let mut prev = 0u32;
     for _ in 0..count {
-        let mut c = base;
+        let mut c = base.clone();
         c.update(&prev.to_le_bytes());
-        prev = c.finish();
+        prev = c.finalize();
         out.push((u64::from(prev) << 32) | u64::from(owner));
     }
 }
@@ -383,7 +381,7 @@ impl PreferenceOrder for RingHash {
             match after {
                 None => {
                     let hash = match present(key) {
-                        Some(k) => crc32(k),
+                        Some(k) => crc32fast::hash(k),
                         None => keyless.random32(),
                     };
                     table.walk(table.lookup(hash), 0, accept)

@@ -332,11 +332,11 @@ impl Strategy for WeightedRoundRobin {
 
     fn validate(&self) -> Result<(), BuildError> {
         let penalty = self.error_utilization_penalty;
-        if penalty.is_nan() || penalty.is_infinite() || penalty < 0.0 {
-            return Err(BuildError::InvalidConfig(
-                "error_utilization_penalty must be a finite number at least 0",
-            ));
-        }
-        Ok(())
+        BuildError::reject_if(
+            !(penalty.is_finite() && penalty >= 0.0),
+            "WeightedRoundRobin::error_utilization_penalty",
+            penalty,
+            "a finite number at least 0",
+        )
     }
 }

@@ -482,33 +482,9 @@ async fn answer(
         .unwrap())
 }
 
-/// The client for one endpoint: a shared hyper-util client, with each request's URI
-/// rewritten to the endpoint's address.
-#[derive(Clone)]
-pub struct ToEndpoint {
-    pub client: Client<HttpConnector, Empty<Bytes>>,
-    pub addr: SocketAddr,
-}
-
-impl Service<Request<Empty<Bytes>>> for ToEndpoint {
-    type Response = Response<Incoming>;
-    type Error = hyper_util::client::legacy::Error;
-    type Future = hyper_util::client::legacy::ResponseFuture;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Service::<Request<Empty<Bytes>>>::poll_ready(&mut self.client, cx)
-    }
-
-    fn call(&mut self, mut req: Request<Empty<Bytes>>) -> Self::Future {
-        let path = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
-        *req.uri_mut() = format!("http://{}{}", self.addr, path).parse().unwrap();
-        self.client.request(req)
-    }
-}
+/// The client for one endpoint: the library's `HttpEndpoint` over a shared hyper-util
+/// client.
+pub type ToEndpoint = tower_lb::http::HttpEndpoint<Client<HttpConnector, Empty<Bytes>>>;
 
 pub fn client() -> Client<HttpConnector, Empty<Bytes>> {
     Client::builder(TokioExecutor::new()).build_http()
@@ -519,12 +495,6 @@ pub fn endpoints(servers: &[&Server]) -> Vec<(SocketAddr, ToEndpoint)> {
     let client = client();
     servers
         .iter()
-        .map(|s| {
-            let endpoint = ToEndpoint {
-                client: client.clone(),
-                addr: s.addr,
-            };
-            (s.addr, endpoint)
-        })
+        .map(|s| (s.addr, ToEndpoint::from_addr(client.clone(), s.addr)))
         .collect()
 }

@@ -1,117 +1,44 @@
 //! The health state machine, run by the balancer's background task.
 //!
-//! It keeps one record per endpoint, runs the probes, ends ejections, runs the outlier
-//! detectors every interval, and turns flag changes made on the completion path (an
-//! ejection, the end of probation) and by `set_draining` into events. When the driver
-//! publishes a snapshot, [`eligibility`] decides which endpoints take requests, with which
-//! effective weights (panic mode, probation, slow start).
+//! It keeps one [record](record) per endpoint, and each time the driver polls it, it:
+//!
+//! 1. turns flag changes made on the completion path (an ejection, the end of probation)
+//!    and by `set_draining` into events (`reconcile`, here);
+//! 2. collects probe answers and starts the probes that are due ([`probes`]);
+//! 3. ends ejections and probations whose time is over, and runs the outlier detectors
+//!    every interval ([`ejections`]);
+//! 4. arms one timer for the next thing due (here).
+//!
+//! When the driver publishes a snapshot, [`eligibility`] decides which endpoints take
+//! requests, with which effective weights (panic mode, probation, slow start).
 
+mod ejections;
 mod eligibility;
+mod probes;
+mod record;
 
 pub(crate) use eligibility::Candidate;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
-use std::panic::{self, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::Context;
 use std::time::Duration;
 
-use futures_util::stream::{FuturesUnordered, StreamExt};
-use futures_util::FutureExt;
+use futures_util::stream::FuturesUnordered;
 use tokio::time::{Instant, Sleep};
 
-use super::outlier::{self, Sample, Verdict};
 use super::probe::{DynProbe, ProbeTarget};
-use super::{
-    ActiveChecks, Health, HealthEvent, HealthReason, HealthSettings, OutlierDetection,
-    OutlierSignal,
-};
+use super::{ActiveChecks, HealthEvent, HealthReason, HealthSettings, OutlierSignal};
 use crate::endpoint::{flags, Load, LoadSettings, Metadata, Penalty, Timing};
 use crate::strategy::rng::Rng;
 use crate::time::after;
+use record::{completed_failures, health_of, Record};
 
 type ProbeResult<K> = (K, u64, Result<(), super::ProbeFailure>);
 type ProbeTask<K> = Pin<Box<dyn Future<Output = ProbeResult<K>> + Send>>;
-
-/// One endpoint's health record.
-struct Record {
-    load: Arc<Load>,
-    target: ProbeTarget,
-    /// Bumped when the endpoint is re-added, so a late probe answer for the old one is ignored.
-    generation: u64,
-    /// The last probe answer (healthy or not): `None` until the first answer.
-    probed: Option<bool>,
-    /// Probe answers in a row that agree with the last one.
-    in_row: u32,
-    /// When the next probe is due; `None` while one runs or waits for a slot.
-    next_probe: Option<Instant>,
-    queued: bool,
-    times_ejected: u32,
-    ejected_until: Option<Instant>,
-    /// Whether a probe failed during the current ejection, or the endpoint was unreachable
-    /// when it was ejected: the next successful probe then ends the ejection (the endpoint
-    /// was seen to fail and to recover).
-    probe_failed_in_ejection: bool,
-    /// Whether an ejection ended during the current outlier interval: such an interval
-    /// does not forgive an ejection.
-    returned_in_interval: bool,
-    /// When probation ends even without its successes: one outlier interval after it
-    /// began, if no failure ejected the endpoint again.
-    probation_until: Option<Instant>,
-    /// Requests and completed failures at the start of the outlier interval.
-    counts: (u64, u64),
-    /// The flags the runner has accounted for: those of the last reconcile, with the
-    /// runner's own changes since applied (never read back from the load, so that a change
-    /// the completion path or `set_draining` makes meanwhile is still reconciled).
-    seen_flags: u32,
-    /// When the endpoint was added or came back, while it ramps.
-    ramp_from: Option<Instant>,
-}
-
-impl Record {
-    fn health(&self, active: bool) -> Health {
-        health_of(self.seen_flags, active && self.probed.is_none())
-    }
-
-    /// Sets (`on`) or clears the flags in `mask` as the runner's own change. Returns the
-    /// flags before.
-    fn set_flags(&mut self, mask: u32, on: bool) -> u32 {
-        if on {
-            self.seen_flags |= mask;
-        } else {
-            self.seen_flags &= !mask;
-        }
-        self.load.set_flags(mask, on)
-    }
-
-    /// Ends tracking: requests still in flight on the endpoint can no longer eject it, and
-    /// an ejection it holds gives back its slot.
-    fn detach(&self, signal: &OutlierSignal) {
-        let before = self.load.set_flags(flags::REMOVED, true);
-        if before & flags::EJECTED != 0 {
-            signal.release_ejection();
-        }
-    }
-}
-
-fn health_of(flag_bits: u32, unknown: bool) -> Health {
-    if flag_bits & flags::DRAINING != 0 {
-        Health::Draining
-    } else if flag_bits & flags::EJECTED != 0 {
-        Health::Ejected
-    } else if unknown {
-        Health::Unknown
-    } else if flag_bits & flags::UNHEALTHY != 0 {
-        Health::Unhealthy
-    } else if flag_bits & flags::PROBATION != 0 {
-        Health::Probation
-    } else {
-        Health::Healthy
-    }
-}
 
 pub(crate) struct Runner<K> {
     settings: HealthSettings,
@@ -148,7 +75,10 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
         let load_settings = Arc::new(LoadSettings {
             timing,
             penalty,
-            outlier: settings.outlier.as_ref().map(|_| signal.clone()),
+            outlier: settings
+                .outlier
+                .as_ref()
+                .map(|_| signal.clone() as Arc<dyn crate::endpoint::OutcomePolicy>),
             reports,
         });
         Runner {
@@ -307,328 +237,6 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
         changed
     }
 
-    /// Collects probe answers and starts the probes that are due.
-    fn poll_probes(
-        &mut self,
-        cx: &mut Context<'_>,
-        now: Instant,
-        emit: &mut dyn FnMut(HealthEvent<K>),
-    ) -> bool {
-        let Some((checks, probe)) = self.settings.active.clone() else {
-            return false;
-        };
-        let mut changed = false;
-        loop {
-            while let Poll::Ready(Some((key, generation, result))) = self.probes.poll_next_unpin(cx)
-            {
-                changed |= self.on_probe_result(&checks, key, generation, result, now, emit);
-            }
-            // Start due probes, up to the concurrency cap, in order of due time.
-            let mut due: Vec<(Instant, K)> = self
-                .records
-                .iter()
-                .filter(|(_, r)| !r.queued && r.next_probe.is_some_and(|t| t <= now))
-                .map(|(k, r)| (r.next_probe.unwrap_or(now), k.clone()))
-                .collect();
-            due.sort_by_key(|(t, _)| *t);
-            for (_, key) in due {
-                if let Some(record) = self.records.get_mut(&key) {
-                    record.next_probe = None;
-                    record.queued = true;
-                }
-                self.waiting.push(key);
-            }
-            let mut started = false;
-            while self.probes.len() < checks.concurrency && !self.waiting.is_empty() {
-                let key = self.waiting.remove(0);
-                let Some(record) = self.records.get(&key) else {
-                    continue;
-                };
-                // A probe is user code: if it panics (starting or running), that probe
-                // failed, and the driver (discovery, the other probes) carries on.
-                let future =
-                    panic::catch_unwind(AssertUnwindSafe(|| probe.probe_boxed(&record.target)));
-                let timeout = checks.timeout;
-                let generation = record.generation;
-                self.probes.push(Box::pin(async move {
-                    let result = match future {
-                        Ok(future) => {
-                            let checked = AssertUnwindSafe(future).catch_unwind();
-                            match tokio::time::timeout(timeout, checked).await {
-                                Ok(Ok(result)) => result,
-                                Ok(Err(_)) => Err(probe_panicked()),
-                                Err(_) => Err(super::ProbeFailure::Timeout(timeout)),
-                            }
-                        }
-                        Err(_) => Err(probe_panicked()),
-                    };
-                    (key, generation, result)
-                }));
-                started = true;
-            }
-            if !started {
-                return changed;
-            }
-        }
-    }
-
-    fn on_probe_result(
-        &mut self,
-        checks: &ActiveChecks,
-        key: K,
-        generation: u64,
-        result: Result<(), super::ProbeFailure>,
-        now: Instant,
-        emit: &mut dyn FnMut(HealthEvent<K>),
-    ) -> bool {
-        let delay = checks.next_delay(self.rng.unit());
-        let back = self.comeback();
-        let Some(record) = self.records.get_mut(&key) else {
-            return false;
-        };
-        if record.generation != generation {
-            return false;
-        }
-        record.queued = false;
-        record.next_probe = Some(after(now, delay));
-        let ok = result.is_ok();
-        // Whether the answer proves the endpoint unreachable (or reachable): evidence that
-        // panic mode and the ejection cap read, whatever the probe's rise and fall decide.
-        let unreachable = result.as_ref().err().is_some_and(proves_unreachable);
-        let was_unreachable = record.load.health_flags() & flags::UNREACHABLE != 0;
-        let mut changed = false;
-        if unreachable != was_unreachable && (ok || unreachable) {
-            record.set_flags(flags::UNREACHABLE, unreachable);
-            changed = true;
-        }
-        // A probe that failed during an ejection and now succeeds saw the endpoint come
-        // back: the ejection ends now rather than at its time.
-        if record.ejected_until.is_some() {
-            if !ok {
-                record.probe_failed_in_ejection = true;
-            } else if record.probe_failed_in_ejection {
-                back.apply(
-                    &key,
-                    record,
-                    now,
-                    &self.signal,
-                    HealthReason::ProbeRecovered,
-                    emit,
-                );
-                changed = true;
-            }
-        }
-        let from = record.health(true);
-        let first = record.probed.is_none();
-        // `probed` is the last answer (not the state), so `in_row` counts the answers in a
-        // row that agree: a success after failures starts a new run of one.
-        if record.probed == Some(ok) {
-            record.in_row = record.in_row.saturating_add(1);
-        } else {
-            record.in_row = 1;
-        }
-        record.probed = Some(ok);
-        let healthy_before = record.load.health_flags() & flags::UNHEALTHY == 0;
-        // The first answer decides at once; later ones need `rise` or `fall` in a row, but
-        // for an endpoint that could not be reached and now answers: a process that was not
-        // listening and now is (a restart) is back at its first success.
-        let flip = if first {
-            true
-        } else if ok {
-            !healthy_before && (record.in_row >= checks.rise || was_unreachable)
-        } else {
-            healthy_before && record.in_row >= checks.fall
-        };
-        if !flip {
-            return changed;
-        }
-        record.set_flags(flags::UNHEALTHY, !ok);
-        if ok && !healthy_before && self.started && self.settings.slow_start.is_some() {
-            record.ramp_from = Some(now);
-        }
-        let reason = match result {
-            Ok(()) => HealthReason::ProbeSucceeded,
-            Err(failure) => HealthReason::ProbeFailed(Arc::new(failure)),
-        };
-        emit(HealthEvent {
-            key,
-            from,
-            to: record.health(true),
-            reason,
-        });
-        true
-    }
-
-    /// Ends the ejections whose time is over: probation, or straight back.
-    fn end_ejections(&mut self, now: Instant, emit: &mut dyn FnMut(HealthEvent<K>)) -> bool {
-        let back = self.comeback();
-        let mut changed = false;
-        for (key, record) in &mut self.records {
-            if record.ejected_until.is_none_or(|t| t > now) {
-                continue;
-            }
-            back.apply(
-                key,
-                record,
-                now,
-                &self.signal,
-                HealthReason::EjectionEnded,
-                emit,
-            );
-            changed = true;
-        }
-        changed
-    }
-
-    /// How an endpoint comes back from an ejection, with these settings.
-    fn comeback(&self) -> Comeback {
-        Comeback {
-            active: self.active().is_some(),
-            probation: self
-                .settings
-                .outlier
-                .as_ref()
-                .filter(|o| o.probation_successes.is_some())
-                .map(|o| o.interval),
-            slow_start: self.settings.slow_start.is_some(),
-        }
-    }
-
-    /// Ends the probations that lasted a whole outlier interval without a failure. An
-    /// endpoint on probation gets a tenth of its weight, which under least request and a
-    /// light load can be almost no requests at all: without this limit it could wait for
-    /// its successes for ever.
-    fn end_probations(&mut self, now: Instant, emit: &mut dyn FnMut(HealthEvent<K>)) -> bool {
-        let active = self.active().is_some();
-        let mut changed = false;
-        for (key, record) in &mut self.records {
-            if record.probation_until.is_none_or(|t| t > now) {
-                continue;
-            }
-            record.probation_until = None;
-            if record.seen_flags & flags::PROBATION == 0
-                || record.load.health_flags() & flags::PROBATION == 0
-            {
-                // Already ended (successes) or turned into an ejection: reconcile said so.
-                continue;
-            }
-            let from = record.health(active);
-            record.set_flags(flags::PROBATION, false);
-            emit(HealthEvent {
-                key: key.clone(),
-                from,
-                to: record.health(active),
-                reason: HealthReason::ProbationElapsed,
-            });
-            changed = true;
-        }
-        changed
-    }
-
-    /// Every outlier interval: the success-rate and failure-percentage detectors.
-    fn run_interval(&mut self, now: Instant, emit: &mut dyn FnMut(HealthEvent<K>)) -> bool {
-        let Some(settings) = self.settings.outlier.clone() else {
-            return false;
-        };
-        let due = *self
-            .next_interval
-            .get_or_insert_with(|| after(now, settings.interval));
-        if due > now {
-            return false;
-        }
-        self.next_interval = Some(after(now, settings.interval));
-        let (keys, verdicts) = self.judge_interval(&settings);
-        self.apply_verdicts(&settings, &keys, &verdicts, now, emit)
-    }
-
-    /// Takes each endpoint's requests and failures over the interval that ends now, and
-    /// runs the detectors on them. Returns the endpoints in the order judged, and the
-    /// verdicts by index into that order.
-    fn judge_interval(&mut self, settings: &OutlierDetection) -> (Vec<K>, Vec<(usize, Verdict)>) {
-        let keys: Vec<K> = self.records.keys().cloned().collect();
-        let samples: Vec<Option<Sample>> = keys
-            .iter()
-            .map(|k| {
-                let record = self.records.get_mut(k)?;
-                let counts = (record.load.completed(), completed_failures(&record.load));
-                let sample = Sample {
-                    requests: counts.0.saturating_sub(record.counts.0),
-                    failures: counts.1.saturating_sub(record.counts.1),
-                };
-                record.counts = counts;
-                let flag_bits = record.load.health_flags();
-                (flag_bits & (flags::EJECTED | flags::DRAINING) == 0).then_some(sample)
-            })
-            .collect();
-        let verdicts = outlier::evaluate(settings, &samples);
-        (keys, verdicts)
-    }
-
-    /// Ejects the endpoints the detectors judged, as far as the ejection slots allow, and
-    /// forgives each of the others one earlier ejection.
-    fn apply_verdicts(
-        &mut self,
-        settings: &OutlierDetection,
-        keys: &[K],
-        verdicts: &[(usize, Verdict)],
-        now: Instant,
-        emit: &mut dyn FnMut(HealthEvent<K>),
-    ) -> bool {
-        let active = self.active().is_some();
-        let mut changed = false;
-        for (i, key) in keys.iter().enumerate() {
-            let Some(record) = self.records.get_mut(key) else {
-                continue;
-            };
-            let verdict = verdicts.iter().find(|(j, _)| *j == i).map(|(_, v)| *v);
-            let returned = std::mem::take(&mut record.returned_in_interval);
-            let Some(verdict) = verdict else {
-                // An interval without ejection forgives one earlier ejection: not one in
-                // which an ejection ran or ended, nor one spent on probation (a failure on
-                // probation must find the count it left with, and double the ejection).
-                let flag_bits = record.load.health_flags();
-                let held = flag_bits & (flags::PROBATION | flags::EJECTED) != 0;
-                if record.ejected_until.is_none() && !returned && !held {
-                    record.times_ejected = record.times_ejected.saturating_sub(1);
-                }
-                continue;
-            };
-            let unreachable = record.load.health_flags() & flags::UNREACHABLE != 0;
-            if !self.signal.reserve_ejection(unreachable) {
-                continue;
-            }
-            let from = record.health(active);
-            if record.load.set_flags(flags::EJECTED, true) & flags::EJECTED != 0 {
-                // The completion path ejected it since it was sampled: that ejection holds
-                // its own slot, and the next reconcile reports it.
-                self.signal.release_ejection();
-                continue;
-            }
-            record.seen_flags |= flags::EJECTED;
-            record.set_flags(flags::PROBATION, false);
-            record.times_ejected = record.times_ejected.saturating_add(1);
-            record.ejected_until = Some(after(now, settings.ejection_time(record.times_ejected)));
-            record.probe_failed_in_ejection = false;
-            record.ramp_from = None;
-            let reason = match verdict {
-                Verdict::SuccessRate { rate, threshold } => {
-                    HealthReason::SuccessRate { rate, threshold }
-                }
-                Verdict::FailurePercentage { percent } => {
-                    HealthReason::FailurePercentage { percent }
-                }
-            };
-            emit(HealthEvent {
-                key: key.clone(),
-                from,
-                to: record.health(active),
-                reason,
-            });
-            changed = true;
-        }
-        changed
-    }
-
     /// Arms one timer for the earliest thing due: a probe, an ejection's end, the outlier
     /// interval, the next slow-start step.
     pub(crate) fn arm_timer(&mut self, cx: &mut Context<'_>) {
@@ -663,75 +271,11 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
     }
 }
 
-/// How an endpoint comes back from an ejection: on probation (for at most one outlier
-/// interval) or straight back, ramping if slow start is on.
-struct Comeback {
-    active: bool,
-    probation: Option<Duration>,
-    slow_start: bool,
-}
-
-impl Comeback {
-    /// Ends `record`'s ejection now, gives back its slot, and reports it with `reason`.
-    fn apply<K: Clone>(
-        &self,
-        key: &K,
-        record: &mut Record,
-        now: Instant,
-        signal: &OutlierSignal,
-        reason: HealthReason,
-        emit: &mut dyn FnMut(HealthEvent<K>),
-    ) {
-        record.ejected_until = None;
-        record.probe_failed_in_ejection = false;
-        record.returned_in_interval = true;
-        let from = record.health(self.active);
-        if let Some(limit) = self.probation {
-            record.load.begin_probation();
-            record.seen_flags |= flags::PROBATION;
-            record.probation_until = Some(after(now, limit));
-        } else {
-            record.load.end_ejection();
-        }
-        record.seen_flags &= !flags::EJECTED;
-        signal.release_ejection();
-        if self.slow_start {
-            record.ramp_from = Some(now);
-        }
-        emit(HealthEvent {
-            key: key.clone(),
-            from,
-            to: record.health(self.active),
-            reason,
-        });
-    }
-}
-
-#[cold]
-fn probe_panicked() -> super::ProbeFailure {
-    tracing::error!("a health probe panicked; counting it as a failed probe");
-    super::ProbeFailure::Unhealthy("the probe panicked".into())
-}
-
-/// Whether a failed probe proves that the endpoint cannot be reached.
-fn proves_unreachable(failure: &super::ProbeFailure) -> bool {
-    match failure {
-        super::ProbeFailure::Connect(e) => super::unreachable::is_unreachable(e),
-        super::ProbeFailure::Transport(e) => super::unreachable::is_unreachable(&**e),
-        _ => false,
-    }
-}
-
-/// Completed requests that failed (failures minus failed readiness checks).
-fn completed_failures(load: &Load) -> u64 {
-    load.failures().saturating_sub(load.readiness_failures())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::health::outlier::FailurePercentage;
-    use crate::health::{ProbeFailure, TcpProbe};
+    use crate::health::{OutlierDetection, ProbeFailure, TcpProbe};
 
     /// A runner with active checks and outlier detection (ejecting after `consecutive`
     /// failures in a row, or at 85 % failures of at least one request), tracking endpoint
