@@ -75,6 +75,9 @@
 //! - Active health checks (TCP connect every 2 s, rise 2, fall 3) and outlier detection (5
 //!   failures in a row eject an upstream), on by default; every change is printed. A
 //!   restarted upstream serves again at the first probe that reaches it.
+//! - An admin listener on 127.0.0.1:9901 (`--admin ADDR|off`; `admin.rs`): `/status`, a
+//!   live page in the spirit of HAProxy's stats page, `/status.json`, and `/metrics` in
+//!   Prometheus format (with `--features metrics`). Off during `--self-test` unless given.
 //! - Ctrl-C stops accepting, lets in-flight requests finish (`timeouts.drain`), and exits.
 //! - `workers` threads (default: one per CPU), each with its own listening socket
 //!   (`SO_REUSEPORT`) and upstream connections, like nginx's worker processes.

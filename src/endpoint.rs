@@ -634,7 +634,7 @@ impl Load {
             }
             Err(error) => {
                 reports.errors.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%error, "load report ignored");
+                tracing::trace!(%error, "load report ignored");
             }
         }
     }

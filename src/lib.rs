@@ -73,6 +73,24 @@
 //! | `metrics` | no | counters, gauges and a latency histogram per balancer and per endpoint through the `metrics` facade (see `metrics`; depends on `metrics`) |
 //! | `http` | yes | `http::OnBodyEnd` and `http::TrackedBody`, `http::ClientBody`, the request keys in `http::key`, and `health::HttpProbe` (depends on `http-body` and `bytes`) |
 //!
+//! # Logging and metrics
+//!
+//! The crate logs through [`tracing`](https://docs.rs/tracing) and records metrics through
+//! the [`metrics`](https://docs.rs/metrics) facade (feature `metrics`, see `metrics`); both
+//! cost nothing until the application installs a subscriber or a recorder. Each balancer's
+//! background task runs in a span `balancer` with a field `name`
+//! ([`Builder::name`], `default` without one), so every event below says which balancer it
+//! is about. The span is at WARN, so that the name comes with the warnings even when only
+//! warnings are logged.
+//!
+//! | level | events | why this level |
+//! |---|---|---|
+//! | ERROR | a discovery source, strategy or probe panicked; the background task stopped | a bug or a lost runtime: the balancer works on with less (the last set, no probe) and someone must look |
+//! | WARN | a discovery error (the first of a run; the last set is kept), discovery ended, an empty reset ignored; panic mode starts (with the endpoints healthy and the threshold) | the balancer protects the traffic, but the picture it works from is wrong or degraded: an operator should know, once |
+//! | INFO | an endpoint's health changed (ejected, back, unhealthy, healthy, draining); panic mode ends | the changes an operator reads afterwards to explain what traffic did; a handful per incident, never per request |
+//! | DEBUG | endpoints inserted and removed, resets, repeated discovery errors | discovery's routine churn, which a large fleet produces all day |
+//! | TRACE | per request: a readiness check failed, a request refused by fail fast, a load report ignored | per-request events would flood any log at higher levels; a request that succeeds logs nothing at all, so the hot path pays no level check |
+//!
 //! [tower]: https://docs.rs/tower
 
 #![deny(missing_docs)]
