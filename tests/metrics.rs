@@ -433,3 +433,47 @@ async fn fail_fast_refusals_by_reason() {
     assert_eq!(reason("no_endpoints"), Some(2));
     assert_eq!(reason("all_unhealthy"), Some(0));
 }
+
+#[cfg(feature = "orca")]
+#[tokio::test(start_paused = true)]
+async fn weighted_round_robin_publishes_its_weights() {
+    use tower::{Service, ServiceExt};
+    use tower_lb::strategy::WeightedRoundRobin;
+    registry();
+    let b = "wrr";
+    // Each endpoint reports 100 requests per second at its utilization: weights
+    // 100 / 0.1 = 1000 and 100 / 0.5 = 200 (gRFC A58).
+    let reporting = |utilization: &'static str| {
+        tower::service_fn(move |_: ()| async move {
+            let value = format!("TEXT rps_fractional=100,application_utilization={utilization}");
+            let response = http::Response::builder()
+                .header("endpoint-load-metrics", value)
+                .body(())
+                .unwrap();
+            Ok::<_, std::convert::Infallible>(response)
+        })
+    };
+    let mut balance = Builder::new()
+        .name(b)
+        .strategy(WeightedRoundRobin::new().blackout_period(Duration::ZERO))
+        .build(discover::static_list([
+            ("a", reporting("0.1")),
+            ("b", reporting("0.5")),
+        ]))
+        .unwrap();
+    let weight = |name| gauge(names::WRR_ENDPOINT_WEIGHT, b, &endpoint(name));
+    // Built before any report: no usable weight yet.
+    assert_eq!((weight("a"), weight("b")), (Some(0.0), Some(0.0)));
+    for _ in 0..4 {
+        balance.ready().await.unwrap().call(()).await.unwrap();
+    }
+    // The schedule is rebuilt from the reports every second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    settle().await;
+    assert_eq!((weight("a"), weight("b")), (Some(1000.0), Some(200.0)));
+    // Another balancer's strategy sets no such series.
+    assert_eq!(
+        gauge(names::WRR_ENDPOINT_WEIGHT, "requests", &endpoint("a")),
+        None
+    );
+}

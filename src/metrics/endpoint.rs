@@ -41,6 +41,13 @@ pub(crate) struct EndpointMetrics {
     healthy: Gauge,
     weight: Gauge,
     ejections: Counter,
+    /// The labels, for series registered on first use (a strategy's own figures).
+    #[cfg(feature = "orca")]
+    labels: [Label; 2],
+    /// Weighted round robin's weight from load reports (feature `orca`), registered when
+    /// that strategy first sets it.
+    #[cfg(feature = "orca")]
+    wrr_weight: std::sync::OnceLock<Gauge>,
     /// `requests` and `cancelled` as of the last sync.
     synced_requests: AtomicU64,
     synced_cancelled: AtomicU64,
@@ -71,6 +78,10 @@ impl EndpointMetrics {
             healthy: gauge!(ENDPOINT_HEALTHY, labels.to_vec()),
             weight: gauge!(ENDPOINT_WEIGHT, labels.to_vec()),
             ejections: counter!(EJECTIONS_TOTAL, labels.to_vec()),
+            #[cfg(feature = "orca")]
+            labels: labels.clone(),
+            #[cfg(feature = "orca")]
+            wrr_weight: std::sync::OnceLock::new(),
             synced_requests: AtomicU64::new(0),
             synced_cancelled: AtomicU64::new(0),
         }
@@ -92,6 +103,15 @@ impl EndpointMetrics {
             Failure::Readiness => &self.failed_readiness,
         }
         .increment(1);
+    }
+
+    /// The weight weighted round robin gives the endpoint from its load reports (0 while it
+    /// has no usable weight), at each rebuild of its schedule.
+    #[cfg(feature = "orca")]
+    pub(crate) fn wrr_weight(&self, weight: f64) {
+        self.wrr_weight
+            .get_or_init(|| gauge!(WRR_ENDPOINT_WEIGHT, self.labels.to_vec()))
+            .set(weight);
     }
 
     /// An ejection by outlier detection.

@@ -51,6 +51,7 @@
 //! | `tower_lb_discovery_updates_total` | counter | balancer | changes applied from discovery (one per insert, remove or reset) |
 //! | `tower_lb_discovery_errors_total` | counter | balancer | errors the discovery source returned (the last set is kept) |
 //! | `tower_lb_table_rebuilds_total` | counter | balancer | snapshots published with a strategy table built for them |
+//! | `tower_lb_wrr_endpoint_weight` | gauge | balancer, endpoint | with [`WeightedRoundRobin`](crate::strategy) (feature `orca`): the weight its load reports give the endpoint (`qps / utilization`, gRPC A78's `grpc.lb.wrr.endpoint_weights`), 0 while it has none usable; set at each schedule rebuild, only by that strategy |
 //! | `tower_lb_fail_fast_total` | counter | balancer, reason | requests refused because no endpoint was eligible within the fail-fast timeout; `reason` is [`UnavailableReason`](crate::error::UnavailableReason) in snake case (`no_endpoints`, `all_zero_weight`, `none_ready`, `all_unhealthy`) |
 //!
 //! # Cost
@@ -137,6 +138,9 @@ pub const DISCOVERY_ERRORS_TOTAL: &str = "tower_lb_discovery_errors_total";
 pub const TABLE_REBUILDS_TOTAL: &str = "tower_lb_table_rebuilds_total";
 /// Requests refused by fail-fast, by `reason` (counter).
 pub const FAIL_FAST_TOTAL: &str = "tower_lb_fail_fast_total";
+/// Weighted round robin's weight of an endpoint, from its load reports (gauge; feature
+/// `orca`).
+pub const WRR_ENDPOINT_WEIGHT: &str = "tower_lb_wrr_endpoint_weight";
 
 /// The label with the balancer's name.
 pub const LABEL_BALANCER: &str = "balancer";
@@ -188,5 +192,10 @@ fn describe() {
     describe_counter!(
         FAIL_FAST_TOTAL,
         "Requests refused: no endpoint eligible within the fail-fast timeout."
+    );
+    #[cfg(feature = "orca")]
+    describe_gauge!(
+        WRR_ENDPOINT_WEIGHT,
+        "Weighted round robin's weight of the endpoint, from its load reports."
     );
 }
