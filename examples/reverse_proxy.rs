@@ -75,6 +75,9 @@
 //! - Active health checks (TCP connect every 2 s, rise 2, fall 3) and outlier detection (5
 //!   failures in a row eject an upstream), on by default; every change is printed. A
 //!   restarted upstream serves again at the first probe that reaches it.
+//! - An admin listener on 127.0.0.1:9901 (`--admin ADDR|off`; `admin.rs`): `/status`, a
+//!   live page in the spirit of HAProxy's stats page, `/status.json`, and `/metrics` in
+//!   Prometheus format (with `--features metrics`). Off during `--self-test` unless given.
 //! - Ctrl-C stops accepting, lets in-flight requests finish (`timeouts.drain`), and exits.
 //! - `workers` threads (default: one per CPU), each with its own listening socket
 //!   (`SO_REUSEPORT`) and upstream connections, like nginx's worker processes.
@@ -106,6 +109,8 @@
 //! clients, retries of requests whose body was already sent, caching, or a timeout between
 //! two reads of an upstream's response body (the request timeout bounds the head).
 
+#[path = "reverse_proxy/admin.rs"]
+mod admin;
 #[allow(dead_code)]
 #[path = "reverse_proxy/proxy.rs"]
 mod proxy;
@@ -138,7 +143,7 @@ const SELF_TEST_CONCURRENCY: usize = 16;
 const USAGE: &str = "\
 usage: reverse_proxy [--config FILE] [--upstream ADDR]... [--strategy NAME] [--hash-key KEY]
                      [--bounded-load C] [--listen ADDR] [--workers N] [--h2c]
-                     [--self-test N] [--upstreams-only]
+                     [--admin ADDR|off] [--self-test N] [--upstreams-only]
 
   --config FILE     read the settings from a TOML file (see examples/reverse_proxy.toml);
                     the flags below override it
@@ -154,6 +159,9 @@ usage: reverse_proxy [--config FILE] [--upstream ADDR]... [--strategy NAME] [--h
   --listen ADDR     IP:PORT the proxy listens on (default 127.0.0.1:8080)
   --workers N       proxy worker threads (default: one per CPU)
   --h2c             speak HTTP/2 over cleartext to the upstreams
+  --admin ADDR|off  the admin listener: /status (live status page), /status.json and
+                    /metrics (Prometheus; with --features metrics) (default 127.0.0.1:9901;
+                    off during --self-test unless given)
   --self-test N     send N requests through the proxy, print each upstream's share, and exit
                     with status 0 if all of them got 200 OK (1 otherwise)
   --upstreams-only  start only the demo upstreams (for benchmarks) and wait for Ctrl-C
@@ -172,6 +180,8 @@ enum Command {
 
 struct Options {
     config: Config,
+    /// `--admin` was given.
+    admin_flag: bool,
     self_test: Option<usize>,
     upstreams_only: bool,
 }
@@ -206,6 +216,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
     }
     let mut options = Options {
         config,
+        admin_flag: false,
         self_test: None,
         upstreams_only: false,
     };
@@ -234,6 +245,13 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
             "--listen" => options.config.listen = parse_addr(&flag, &value)?,
             "--workers" => options.config.workers = parse_count(&flag, &value)?,
             "--h2c" => upstream.protocol = Protocol::H2c,
+            "--admin" => {
+                options.admin_flag = true;
+                options.config.admin.enabled = value != "off";
+                if value != "off" {
+                    options.config.admin.listen = parse_addr(&flag, &value)?;
+                }
+            }
             "--self-test" => options.self_test = Some(parse_count(&flag, &value)?),
             "--upstreams-only" => options.upstreams_only = true,
             _ => return Err(format!("unknown argument `{flag}`")),
@@ -345,6 +363,13 @@ async fn run(options: Box<Options>) -> Result<ExitCode, BoxError> {
         tokio::signal::ctrl_c().await?;
         return Ok(ExitCode::SUCCESS);
     }
+    // The admin listener's recorder goes in before the balancer registers its metrics.
+    let admin_on = config.admin.enabled && (options.self_test.is_none() || options.admin_flag);
+    let prometheus = if admin_on {
+        admin::install_recorder()?
+    } else {
+        None
+    };
     let proxy = proxy::start(&config).await?;
     let upstream = &config.upstream;
     let hashing = if upstream.strategy.uses_request_key() {
@@ -364,6 +389,24 @@ async fn run(options: Box<Options>) -> Result<ExitCode, BoxError> {
         upstream.strategy,
         join(&servers)
     );
+
+    let _admin = if admin_on {
+        let sources = admin::Sources {
+            balancer: upstream.name.clone(),
+            strategy: upstream.strategy.to_string(),
+            monitor: proxy.monitor.clone(),
+            health_log: proxy.health_log.clone(),
+            prometheus,
+        };
+        let admin = admin::start(config.admin.listen, sources).await?;
+        println!(
+            "admin on http://{0} (/status, /status.json, /metrics)",
+            admin.addr
+        );
+        Some(admin)
+    } else {
+        None
+    };
 
     if let Some(requests) = options.self_test {
         // Bounded load moves keys off busy upstreams by design, so affinity is checked

@@ -7,6 +7,8 @@
 #   scripts/hot-path-instructions.sh
 #   scripts/hot-path-instructions.sh --forms   # also examples/hot_path_forms.rs: the cost of
 #                                              # AnyStrategy, Balance::boxed and boxed endpoints
+#   FEATURES=metrics scripts/hot-path-instructions.sh   # built with these crate features
+#                                              # (here: the `metrics` feature, no recorder)
 #
 # Runs examples/hot_path.rs at 20 000 and 40 000 requests and prints the difference per
 # request, which leaves out the start-up. Needs valgrind (installed with apt if missing).
@@ -17,7 +19,7 @@ if ! command -v valgrind >/dev/null; then
     echo "valgrind is missing: installing it (apt-get install -y valgrind)" >&2
     apt-get update -qq && apt-get install -y -qq valgrind >/dev/null
 fi
-cargo build --release --example hot_path --example hot_path_forms >&2
+cargo build --release ${FEATURES:+--features "$FEATURES"} --example hot_path --example hot_path_forms >&2
 bin=target/release/examples/hot_path
 
 count() {

@@ -75,8 +75,8 @@ impl InFlight {
     pub(crate) fn new(load: Arc<Load>, start_ns: u64) -> Self {
         load.start();
         InFlight {
+            start_ns: load.request_start_ns(start_ns),
             load,
-            start_ns,
             verdict: Verdict::Open,
         }
     }
@@ -140,15 +140,24 @@ impl InFlight {
     fn observe(&mut self, observed: Observed) {
         self.verdict = Verdict::Recorded;
         self.load.record(observed);
-        if observed != Observed::Ignored {
+        let _sampled = if observed != Observed::Ignored {
             self.load
-                .sample_latency(self.start_ns, observed != Observed::Success);
-        }
+                .sample_latency(self.start_ns, observed != Observed::Success)
+        } else {
+            None
+        };
+        #[cfg(feature = "metrics")]
+        self.load
+            .record_metrics(self.start_ns, _sampled, observed, true);
     }
 
     fn defer(&mut self, failures: GrpcCodes) {
         self.verdict = Verdict::Trailers(failures);
-        self.load.sample_latency(self.start_ns, false);
+        let _sampled = self.load.sample_latency(self.start_ns, false);
+        // The head's latency; the outcome waits for the trailers.
+        #[cfg(feature = "metrics")]
+        self.load
+            .record_metrics(self.start_ns, _sampled, Observed::Success, true);
     }
 
     /// Judges a verdict that waits for trailers by `trailers`, or by their absence (`None`:
@@ -186,11 +195,16 @@ impl InFlight {
     #[cold]
     fn settle(&mut self, failure: bool) {
         self.verdict = Verdict::Recorded;
-        self.load.record(if failure {
+        let observed = if failure {
             Observed::Failure
         } else {
             Observed::Success
-        });
+        };
+        self.load.record(observed);
+        // The latency was recorded at the head.
+        #[cfg(feature = "metrics")]
+        self.load
+            .record_metrics(self.start_ns, None, observed, false);
         if failure {
             // A start in the future makes the elapsed time 0 (it saturates), so the sample
             // is exactly the failure penalty. With a zero penalty the sample is 0, which

@@ -203,6 +203,11 @@ pub struct Load {
     /// and outlier detection's hook; read at every completion. `None`: nothing is tracked
     /// (a `Load` made outside a balancer).
     settings: Option<Arc<LoadSettings>>,
+    /// The endpoint's metric handles (feature `metrics`): `None` without a recorder, so a
+    /// request pays one branch. On the second line, next to `settings`, which every
+    /// completion reads too.
+    #[cfg(feature = "metrics")]
+    metrics: Option<Arc<crate::metrics::EndpointMetrics>>,
     failures: AtomicU64,
     readiness_failures: AtomicU64,
     cancelled: AtomicU64,
@@ -216,12 +221,17 @@ pub struct Load {
     reports: Option<Box<Reports>>,
     /// Successes since the endpoint entered probation.
     probation_successes: AtomicU32,
-    /// Cold padding up to 128 bytes with the `Arc` header, so that the next allocation's
-    /// hot counters do not share a line with these.
-    #[cfg(not(feature = "orca"))]
+    /// Cold padding up to 128 bytes with the `Arc` header (192 with both `orca` and
+    /// `metrics`, whose pointers do not both fit), so that the next allocation's hot
+    /// counters do not share a line with these.
+    #[cfg(not(any(feature = "orca", feature = "metrics")))]
     _pad: [u32; 3],
-    #[cfg(feature = "orca")]
+    #[cfg(all(feature = "orca", not(feature = "metrics")))]
     _pad: [u32; 1],
+    #[cfg(all(feature = "metrics", not(feature = "orca")))]
+    _pad: [u32; 1],
+    #[cfg(all(feature = "orca", feature = "metrics"))]
+    _pad: [u32; 15],
 }
 
 /// An endpoint's load reports (feature `orca`): the latest one and the counts.
@@ -521,17 +531,18 @@ impl Load {
     }
 
     /// Takes a latency sample for a request that started at `start_ns`, if latency is
-    /// tracked. A failure counts as at least the failure penalty.
+    /// tracked, and returns the time it was taken. A failure counts as at least the failure
+    /// penalty.
     #[inline]
-    pub(crate) fn sample_latency(&self, start_ns: u64, failure: bool) {
-        if let Some((t, now_ns, elapsed)) = self.elapsed_since(start_ns) {
-            let rtt = if failure {
-                elapsed.max(t.penalty_ns)
-            } else {
-                elapsed
-            };
-            self.observe_rtt(rtt, now_ns, t.decay_ns);
-        }
+    pub(crate) fn sample_latency(&self, start_ns: u64, failure: bool) -> Option<u64> {
+        let (t, now_ns, elapsed) = self.elapsed_since(start_ns)?;
+        let rtt = if failure {
+            elapsed.max(t.penalty_ns)
+        } else {
+            elapsed
+        };
+        self.observe_rtt(rtt, now_ns, t.decay_ns);
+        Some(now_ns)
     }
 
     /// Takes the elapsed time of a cancelled request as a lower bound: it can raise the
@@ -623,7 +634,7 @@ impl Load {
             }
             Err(error) => {
                 reports.errors.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%error, "load report ignored");
+                tracing::trace!(%error, "load report ignored");
             }
         }
     }
@@ -724,6 +735,73 @@ impl Load {
         self.finished.fetch_add(1, Ordering::Release);
     }
 
+    /// Requests sent to the endpoint (in flight, completed or cancelled).
+    #[cfg(feature = "metrics")]
+    pub(crate) fn started(&self) -> u64 {
+        self.started.load(Ordering::Relaxed)
+    }
+
+    /// Gives the endpoint its metric handles (feature `metrics`).
+    #[cfg(feature = "metrics")]
+    pub(crate) fn with_metrics(
+        mut self,
+        metrics: Option<Arc<crate::metrics::EndpointMetrics>>,
+    ) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The endpoint's metric handles, when a recorder is installed.
+    #[cfg(feature = "metrics")]
+    #[inline]
+    pub(crate) fn metrics(&self) -> Option<&crate::metrics::EndpointMetrics> {
+        self.metrics.as_deref()
+    }
+
+    /// When a request starts, on the clock its latency is measured by: `start_ns` (the
+    /// balancer's latency clock, 0 when it tracks none), or the metrics' clock when only
+    /// the latency histogram needs one.
+    #[inline]
+    pub(crate) fn request_start_ns(&self, start_ns: u64) -> u64 {
+        #[cfg(feature = "metrics")]
+        if let Some(metrics) = &self.metrics {
+            if self.timing().is_none() {
+                return nanos_since(metrics.epoch);
+            }
+        }
+        start_ns
+    }
+
+    /// Records one request's outcome in the metrics (feature `metrics`): its latency since
+    /// `start_ns` (see [`request_start_ns`](Self::request_start_ns)) up to `now_ns` (the
+    /// latency sample's time, or else now) unless `latency` is false, and its failure, if
+    /// it is one.
+    #[cfg(feature = "metrics")]
+    #[inline]
+    pub(crate) fn record_metrics(
+        &self,
+        start_ns: u64,
+        now_ns: Option<u64>,
+        observed: Observed,
+        latency: bool,
+    ) {
+        let Some(metrics) = &self.metrics else {
+            return;
+        };
+        if latency && observed != Observed::Ignored {
+            let now_ns = now_ns.unwrap_or_else(|| match self.timing() {
+                Some(timing) => timing.now_ns(),
+                None => nanos_since(metrics.epoch),
+            });
+            metrics.latency(now_ns.saturating_sub(start_ns));
+        }
+        match observed {
+            Observed::Success | Observed::Ignored => {}
+            Observed::Failure => metrics.failure(crate::metrics::Failure::Classified),
+            Observed::Unreachable => metrics.failure(crate::metrics::Failure::Unreachable),
+        }
+    }
+
     /// Records what one completed request says about the endpoint.
     #[inline]
     pub(crate) fn record(&self, observed: Observed) {
@@ -775,6 +853,10 @@ impl Load {
     /// An endpoint's service failed `poll_ready`: a failure, but not a completed request.
     pub(crate) fn record_readiness_failure(&self, observed: Observed) {
         self.readiness_failures.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        if let Some(metrics) = &self.metrics {
+            metrics.failure(crate::metrics::Failure::Readiness);
+        }
         self.record(match observed {
             Observed::Success | Observed::Ignored => Observed::Failure,
             other => other,
@@ -933,7 +1015,12 @@ mod tests {
     #[test]
     fn a_load_with_its_arc_header_fills_two_cache_lines() {
         // Two reference counts (16 bytes) precede the `Load` in an `Arc`'s allocation.
-        assert_eq!(std::mem::size_of::<Load>() + 16, 128);
+        let lines = if cfg!(all(feature = "orca", feature = "metrics")) {
+            3
+        } else {
+            2
+        };
+        assert_eq!(std::mem::size_of::<Load>() + 16, 64 * lines);
         // What every request writes and every pick reads shares the first line.
         for end in [
             std::mem::offset_of!(Load, finished) + 8,

@@ -59,6 +59,7 @@
 //! | [`completion`] | when a request stops counting as in flight |
 //! | [`health`] | active probes, outlier detection, panic mode, slow start, draining, events |
 //! | [`key`] | request keys for consistent hashing |
+//! | `metrics` | (feature `metrics`) metric names and how the balancer records them through the `metrics` facade |
 //! | `orca` | (feature `orca`) server-reported load: ORCA load reports, the server layer `OrcaLayer` |
 //! | `prequal` | (feature `prequal`) Prequal on both sides: the server layer `PrequalLayer`, the `Prequal` strategy, probe transports |
 //! | [`error`] | the balancer's errors |
@@ -72,7 +73,26 @@
 //! | `etcd` | no | `discover::etcd`: endpoints from the keys under an etcd prefix, watched, and `Registration` for servers (depends on `etcd-client`, whose build needs `protoc`, and `serde_json`) |
 //! | `orca` | no | `orca`: ORCA load reports read from responses (gRFC A51), `strategy::WeightedRoundRobin` (gRFC A58/A114), and the server layer `orca::OrcaLayer` (implies `http`; depends on `prost`, `base64` and `serde_json`) |
 //! | `prequal` | no | `prequal`: Prequal (NSDI 2024): the server layer `prequal::PrequalLayer`, the strategy `strategy::Prequal` with its async probes (implies `http`; no dependency of its own) |
+//! | `metrics` | no | counters, gauges and a latency histogram per balancer and per endpoint through the `metrics` facade (see `metrics`; depends on `metrics`) |
 //! | `http` | yes | `http::OnBodyEnd` and `http::TrackedBody`, `http::ClientBody`, the request keys in `http::key`, and `health::HttpProbe` (depends on `http-body` and `bytes`) |
+//!
+//! # Logging and metrics
+//!
+//! The crate logs through [`tracing`](https://docs.rs/tracing) and records metrics through
+//! the [`metrics`](https://docs.rs/metrics) facade (feature `metrics`, see `metrics`); both
+//! cost nothing until the application installs a subscriber or a recorder. Each balancer's
+//! background task runs in a span `balancer` with a field `name`
+//! ([`Builder::name`], `default` without one), so every event below says which balancer it
+//! is about. The span is at WARN, so that the name comes with the warnings even when only
+//! warnings are logged.
+//!
+//! | level | events | why this level |
+//! |---|---|---|
+//! | ERROR | a discovery source, strategy or probe panicked; the background task stopped | a bug or a lost runtime: the balancer works on with less (the last set, no probe) and someone must look |
+//! | WARN | a discovery error (the first of a run; the last set is kept), discovery ended, an empty reset ignored; panic mode starts (with the endpoints healthy and the threshold) | the balancer protects the traffic, but the picture it works from is wrong or degraded: an operator should know, once |
+//! | INFO | an endpoint's health changed (ejected, back, unhealthy, healthy, draining); panic mode ends | the changes an operator reads afterwards to explain what traffic did; a handful per incident, never per request |
+//! | DEBUG | endpoints inserted and removed, resets, repeated discovery errors | discovery's routine churn, which a large fleet produces all day |
+//! | TRACE | per request: a readiness check failed, a request refused by fail fast, a load report ignored | per-request events would flood any log at higher levels; a request that succeeds logs nothing at all, so the hot path pays no level check |
 //!
 //! [tower]: https://docs.rs/tower
 
@@ -90,6 +110,8 @@ pub mod health;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod key;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 #[cfg(feature = "orca")]
 pub mod orca;
 #[cfg(feature = "prequal")]

@@ -96,6 +96,7 @@ fn build<P: Strategy, H: RequestKey<Request<Upload>>>(
     endpoints: Vec<(SocketAddr, Upstream, u32)>,
 ) -> Result<Built<P, H>, BuildError> {
     let mut builder = tower_lb::Builder::new()
+        .name(config.upstream.name.as_str())
         .strategy(strategy)
         .request_key(key)
         .track_completion(Completion::default())

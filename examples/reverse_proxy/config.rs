@@ -33,12 +33,36 @@ pub struct Config {
     pub retry: RetryConfig,
     pub health: HealthConfig,
     pub outlier: OutlierConfig,
+    pub admin: AdminConfig,
+}
+
+/// The admin listener: `/metrics`, `/status` and `/status.json` (`admin.rs`; Envoy's admin
+/// interface, HAProxy's `stats` page, nginx's `stub_status`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Serve it (not during `--self-test` unless `--admin` is given).
+    pub enabled: bool,
+    /// Where: never the proxy's own address.
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            listen: "127.0.0.1:9901".parse().unwrap(),
+        }
+    }
 }
 
 /// The nginx `upstream` block.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
+    /// The upstream block's name (nginx: `upstream NAME`): the balancer's name in its
+    /// metrics and logs.
+    pub name: String,
     /// `server ADDR weight=N;` lines.
     pub servers: Vec<Server>,
     /// The balancing strategy.
@@ -183,6 +207,7 @@ impl Default for Config {
             retry: RetryConfig::default(),
             health: HealthConfig::default(),
             outlier: OutlierConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -190,6 +215,7 @@ impl Default for Config {
 impl Default for UpstreamConfig {
     fn default() -> Self {
         UpstreamConfig {
+            name: "app".to_owned(),
             servers: Vec::new(),
             strategy: StrategyKind::LeastRequest,
             hash_key: HttpKey::Path,

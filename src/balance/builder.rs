@@ -67,6 +67,9 @@ pub struct Builder<P = LeastRequest, C = DefaultClassifier, T = OnResponse, H = 
     settings: Settings,
 }
 
+/// The name of a balancer built without [`Builder::name`].
+const DEFAULT_NAME: &str = "default";
+
 /// The settings whose type does not change with the builder's type parameters.
 #[derive(Debug, Clone)]
 struct Settings {
@@ -76,6 +79,8 @@ struct Settings {
     health: HealthSettings,
     seed: Option<u64>,
     load_reports: bool,
+    /// The balancer's name in its metrics and its tracing span.
+    name: Option<Arc<str>>,
 }
 
 impl Default for Builder {
@@ -95,6 +100,7 @@ impl Default for Builder {
                 },
                 seed: None,
                 load_reports: false,
+                name: None,
             },
         }
     }
@@ -186,6 +192,16 @@ impl<P, C, T, H> Builder<P, C, T, H> {
     /// (clones are cheap).
     pub fn fail_fast(mut self, timeout: Duration) -> Self {
         self.settings.fail_fast = timeout;
+        self
+    }
+
+    /// Names the balancer, for operators: the `balancer` label of its
+    /// [metrics](crate#features) (feature `metrics`) and the `name` field of its tracing
+    /// span, which every event of its background task (health changes, discovery errors,
+    /// panic mode) carries. Without a name, both say `default`. Give each balancer of a
+    /// process its own name (nginx: the name of an `upstream` block).
+    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.settings.name = Some(name.into());
         self
     }
 
@@ -356,6 +372,11 @@ impl<P, C, T, H> Builder<P, C, T, H> {
             rng(SCAN_STREAM),
         );
         shared.reports = reports;
+        let name = self.settings.name.unwrap_or_else(|| DEFAULT_NAME.into());
+        #[cfg(feature = "metrics")]
+        {
+            shared.metrics = crate::metrics::BalancerMetrics::register(name.clone());
+        }
         let shared = Arc::new(shared);
         let driver = Driver::new(
             &shared,
@@ -365,7 +386,11 @@ impl<P, C, T, H> Builder<P, C, T, H> {
             health,
             rng(PROBE_STREAM),
         );
-        shared.set_driver(Box::pin(driver));
+        // A span per balancer: every event of its driver names it. At WARN, so that the
+        // name comes with the warnings (discovery errors, panic mode) when only those are
+        // logged.
+        let span = tracing::warn_span!("balancer", name = %name);
+        shared.set_driver(Box::pin(tracing::Instrument::instrument(driver, span)));
         // Inside a runtime this applies what the source has ready and spawns the driver, so a
         // static list is in place before the first request. Outside one it fails, and the
         // first poll_ready inside a runtime tries again.

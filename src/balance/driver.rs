@@ -103,6 +103,9 @@ pub(crate) struct Driver<K, S, P: Strategy> {
     /// poll, inside the runtime).
     rebuild_period: Option<Duration>,
     rebuild_timer: Option<Pin<Box<Sleep>>>,
+    /// The balancer's metrics (feature `metrics`) and what they last published.
+    #[cfg(feature = "metrics")]
+    metrics: Option<crate::metrics::DriverMetrics>,
 }
 
 impl<K, S, P> Driver<K, S, P>
@@ -146,6 +149,11 @@ where
                 .rebuild_every()
                 .map(|p| p.max(Duration::from_millis(1))),
             rebuild_timer: None,
+            #[cfg(feature = "metrics")]
+            metrics: shared
+                .metrics
+                .clone()
+                .map(crate::metrics::DriverMetrics::new),
         }
     }
 
@@ -197,6 +205,10 @@ where
                     self.unpublished += 1;
                     let mut stats = lock(&shared.discovery);
                     stats.changes += 1;
+                    #[cfg(feature = "metrics")]
+                    if let Some(metrics) = &self.metrics {
+                        metrics.balancer.discovery_update();
+                    }
                     changed |= self.apply(change, &mut stats);
                 }
                 Poll::Ready(Some(Err(error))) => {
@@ -206,6 +218,10 @@ where
                         tracing::debug!(%error, "discovery error again");
                     }
                     lock(&shared.discovery).record_error(error.to_string());
+                    #[cfg(feature = "metrics")]
+                    if let Some(metrics) = &self.metrics {
+                        metrics.balancer.discovery_error();
+                    }
                     self.backoff = Some(armed_sleep(backoff(self.errors_in_a_row), cx));
                     self.errors_in_a_row = self.errors_in_a_row.saturating_add(1);
                     exhausted = false;
@@ -233,7 +249,11 @@ where
             }
             Change::Remove(key) => {
                 self.health.remove(&key);
-                if self.endpoints.remove(&key).is_some() {
+                if let Some(_slot) = self.endpoints.remove(&key) {
+                    #[cfg(feature = "metrics")]
+                    if let Some(metrics) = &mut self.metrics {
+                        metrics.removed(&_slot.load);
+                    }
                     tracing::debug!(?key, "endpoint removed");
                     true
                 } else {
@@ -254,8 +274,12 @@ where
                     self.next_order += 1;
                     self.insert(endpoint, Some((order, load)));
                 }
-                for key in old.keys() {
+                for (key, _slot) in old.iter() {
                     self.health.remove(key);
+                    #[cfg(feature = "metrics")]
+                    if let Some(metrics) = &mut self.metrics {
+                        metrics.removed(&_slot.load);
+                    }
                 }
                 tracing::debug!(endpoints = self.endpoints.len(), "endpoint set reset");
                 true
@@ -280,9 +304,9 @@ where
         let (load, generation) = match kept {
             Some(load) => {
                 let generation = load.replace_service();
-                (load, generation)
+                (Some(load), generation)
             }
-            None => (Arc::new(self.health.new_load()), 0),
+            None => (None, 0),
         };
         tracing::debug!(key = ?endpoint.key, weight = endpoint.weight, "endpoint inserted");
         let name = endpoint
@@ -290,6 +314,13 @@ where
             .name
             .clone()
             .unwrap_or_else(|| super::shared::default_name(&endpoint.key));
+        // A new endpoint: new counters, and its metric handles registered once.
+        let load = load.unwrap_or_else(|| {
+            let load = self.health.new_load();
+            #[cfg(feature = "metrics")]
+            let load = load.with_metrics(self.metrics.as_ref().map(|m| m.endpoint(&name)));
+            Arc::new(load)
+        });
         self.health.insert(
             &endpoint.key,
             &load,
@@ -397,6 +428,15 @@ where
                 }
             }
         };
+        #[cfg(feature = "metrics")]
+        if let Some(metrics) = &mut self.metrics {
+            let loads = all.iter().map(|s| &s.load);
+            metrics.publish(
+                loads.zip(decided.weights.iter().copied()),
+                &decided.stats,
+                table.is_some(),
+            );
+        }
         self.version += 1;
         shared.publish(Set {
             version: self.version,
@@ -431,8 +471,19 @@ where
             return Poll::Ready(());
         };
         let (mut changed, exhausted) = this.drain(&shared, cx);
+        #[cfg(feature = "metrics")]
+        let endpoints = &this.endpoints;
+        #[cfg(feature = "metrics")]
+        let metrics = &this.metrics;
         changed |= this.health.poll(cx, &mut |event| {
             tracing::info!(%event, "endpoint health changed");
+            #[cfg(feature = "metrics")]
+            if metrics.is_some() {
+                crate::metrics::DriverMetrics::health_event(
+                    &event,
+                    endpoints.get(&event.key).map(|s| &*s.load),
+                );
+            }
             lock(&shared.events).emit(event);
         });
         // A strategy fed by live figures rebuilds its table on its timer, set unchanged.
@@ -441,6 +492,10 @@ where
         // While the source has more changes ready, the set may be half applied: publish
         // once it has none (after yielding to the runtime between batches).
         this.publish_if_due(&shared, cx, !exhausted, changed);
+        #[cfg(feature = "metrics")]
+        if let Some(metrics) = &mut this.metrics {
+            metrics.sync_if_due(cx);
+        }
         this.health.arm_timer(cx);
         if exhausted {
             cx.waker().wake_by_ref();

@@ -294,7 +294,8 @@ impl PassedOver {
 /// endpoint (unreachable when the error says so), logged, and kept for `Unavailable`.
 #[cold]
 pub(super) fn readiness_failed(load: &Load, error: BoxError) -> Arc<BoxError> {
-    tracing::debug!(%error, "endpoint service failed its readiness check; skipping it");
+    // Per request: trace (see the crate docs on logging).
+    tracing::trace!(%error, "endpoint service failed its readiness check; skipping it");
     load.record_readiness_failure(if crate::health::unreachable::is_unreachable(&*error) {
         Observed::Unreachable
     } else {

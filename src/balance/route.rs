@@ -67,7 +67,7 @@ impl<S> Walk<S> {
     }
 
     /// Why nothing took the request.
-    fn reason(&self) -> UnavailableReason {
+    pub(crate) fn reason(&self) -> UnavailableReason {
         self.empty
             .unwrap_or_else(|| self.passed.reason(!self.busy.is_empty()))
     }
@@ -220,6 +220,9 @@ pub(crate) trait Rewalk<S, Req>: Send + Sync {
 
     /// Walks the preference order of `request` on the newest snapshot.
     fn walk(&self, request: &Req) -> Walk<S>;
+
+    /// Counts a request refused for `reason` (fail fast).
+    fn refused(&self, reason: UnavailableReason);
 }
 
 /// The balancer's state and request key, for [`Rewalk`].
@@ -252,6 +255,10 @@ where
     fn walk(&self, request: &Req) -> Walk<S> {
         let set = self.shared.set.load();
         walk(&self.shared, &self.key, &set, request, None)
+    }
+
+    fn refused(&self, reason: UnavailableReason) {
+        self.shared.refused(reason);
     }
 }
 
@@ -370,6 +377,7 @@ impl<S, Req> Routing<S, Req> {
             .deadline
             .as_ref()
             .map_or(Duration::ZERO, |d| d.0.elapsed());
+        self.rewalk.refused(self.walk.reason());
         Poll::Ready(Err(self.walk.unavailable(waited)))
     }
 

@@ -129,6 +129,7 @@ impl<K, S, P: Strategy, C, T, H> Balance<K, S, P, C, T, H> {
         waited: Duration,
         known: usize,
     ) -> BoxError {
+        self.shared.refused(reason);
         Unavailable {
             reason,
             waited,
@@ -240,6 +241,7 @@ where
             return ResponseFuture::called(service.call(request), guard, classify, track);
         }
         if !walk.found_busy() {
+            self.shared.refused(walk.reason());
             return ResponseFuture::failed(walk.unavailable(Duration::ZERO), classify, track);
         }
         let routing = Routing::new(walk, request, &self.shared, self.key.clone());

@@ -156,6 +156,10 @@ pub(crate) struct Shared<K, S, P: Strategy> {
     /// Whether endpoints keep the load reports of their responses (feature `orca`); set by
     /// the builder before the driver starts.
     pub(crate) reports: bool,
+    /// The balancer's metric handles (feature `metrics`), when a recorder is installed;
+    /// set by the builder before the driver starts.
+    #[cfg(feature = "metrics")]
+    pub(crate) metrics: Option<Arc<crate::metrics::BalancerMetrics>>,
     /// Handles waiting for the set to change, by handle id.
     waiters: Mutex<HashMap<u64, Waker>>,
     next_handle: AtomicU64,
@@ -206,6 +210,8 @@ impl<K, S, P: Strategy> Shared<K, S, P> {
             pick_epoch,
             fail_fast,
             reports: false,
+            #[cfg(feature = "metrics")]
+            metrics: None,
             waiters: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(0),
             discovery: Mutex::new(DiscoveryStats::default()),
@@ -215,6 +221,16 @@ impl<K, S, P: Strategy> Shared<K, S, P> {
             driver_state: AtomicU8::new(DRIVER_WAITING),
             rng,
             _stop: stop,
+        }
+    }
+
+    /// A request refused because no endpoint was eligible within the fail-fast timeout.
+    #[cold]
+    pub(crate) fn refused(&self, reason: UnavailableReason) {
+        tracing::trace!(%reason, "request refused: no endpoint eligible");
+        #[cfg(feature = "metrics")]
+        if let Some(metrics) = &self.metrics {
+            metrics.fail_fast(reason);
         }
     }
 

@@ -299,6 +299,10 @@ impl Strategy for WeightedRoundRobin {
                     },
                 };
                 let weight = self.current_weight(&mut remembered.weight, load, now);
+                #[cfg(feature = "metrics")]
+                if let Some(metrics) = load.metrics() {
+                    metrics.wrr_weight(weight);
+                }
                 kept.insert(key, remembered);
                 weight
             })
