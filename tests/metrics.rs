@@ -477,3 +477,93 @@ async fn weighted_round_robin_publishes_its_weights() {
         None
     );
 }
+
+#[cfg(feature = "prequal")]
+#[tokio::test(start_paused = true)]
+async fn prequal_counts_its_fallback_picks() {
+    use std::future::{pending, Pending};
+    use tower::{Service, ServiceExt};
+    use tower_lb::health::ProbeTarget;
+    use tower_lb::prequal::{ProbeAnswer, ProbeError, ProbeTransport};
+    use tower_lb::strategy::Prequal;
+
+    /// Probes that never answer: every pick is the fallback's.
+    struct Silent;
+    impl ProbeTransport for Silent {
+        type Future = Pending<Result<ProbeAnswer, ProbeError>>;
+        fn probe(&self, _: &ProbeTarget) -> Self::Future {
+            pending()
+        }
+    }
+
+    registry();
+    let b = "prequal";
+    let ok = || tower::service_fn(|_: ()| async { Ok::<_, std::io::Error>(()) });
+    let prequal = Prequal::new(Silent).with_seed(1);
+    let monitor = prequal.monitor();
+    let mut balance = Builder::new()
+        .name(b)
+        .strategy(prequal)
+        .classify(ErrorsAsFailures)
+        .build(discover::static_list([("a", ok()), ("b", ok())]))
+        .unwrap();
+    assert_eq!(counter(names::PREQUAL_FALLBACKS_TOTAL, b, &[]), None);
+    for _ in 0..5 {
+        balance.ready().await.unwrap().call(()).await.unwrap();
+    }
+    assert_eq!(monitor.stats().fallbacks, 5);
+    // One series for the balancer, whichever endpoints the fallback chose.
+    assert_eq!(counter(names::PREQUAL_FALLBACKS_TOTAL, b, &[]), Some(5));
+    assert_eq!(
+        counter(names::PREQUAL_FALLBACKS_TOTAL, b, &endpoint("a")),
+        None
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_named_subset_adapter_records_its_subset() {
+    use tower_lb::discover::subset::{self, Random};
+
+    use tower::ServiceExt;
+
+    registry();
+    let b = "subset";
+    let (tx, rx) = mpsc::unbounded::<Result<Change<String, Backend>, BoxError>>();
+    let (source, handle) = subset::subset(rx, Random::with_seed(3, 42).unwrap());
+    let mut balance = Builder::new()
+        .name(b)
+        .classify(ErrorsAsFailures)
+        .build(source.metrics(b))
+        .unwrap();
+    let insert = |name: String| {
+        tx.unbounded_send(Ok(Change::insert(name, Backend::new("backend"))))
+            .unwrap()
+    };
+    for i in 0..10 {
+        insert(format!("backend-{i}"));
+    }
+    settle().await;
+    assert_eq!(gauge(names::SUBSET_MEMBERS, b, &[]), Some(3.0));
+    assert_eq!(gauge(names::SUBSET_BACKENDS, b, &[]), Some(10.0));
+    let stats = handle.stats();
+    assert_eq!(
+        counter(names::SUBSET_JOINED_TOTAL, b, &[]),
+        Some(stats.joined)
+    );
+    assert_eq!(counter(names::SUBSET_LEFT_TOTAL, b, &[]), Some(stats.left));
+    assert!(stats.joined >= 3, "{stats:?}");
+    // A member leaves the full set: another backend takes its place.
+    let gone = stats.members[0].key.clone();
+    tx.unbounded_send(Ok(Change::Remove(gone))).unwrap();
+    settle().await;
+    let after = handle.stats();
+    assert_eq!(after.left, stats.left + 1);
+    assert_eq!(gauge(names::SUBSET_MEMBERS, b, &[]), Some(3.0));
+    assert_eq!(gauge(names::SUBSET_BACKENDS, b, &[]), Some(9.0));
+    assert_eq!(counter(names::SUBSET_LEFT_TOTAL, b, &[]), Some(after.left));
+    assert_eq!(
+        counter(names::SUBSET_JOINED_TOTAL, b, &[]),
+        Some(after.joined)
+    );
+    balance.ready().await.unwrap();
+}

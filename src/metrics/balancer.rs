@@ -1,6 +1,6 @@
 //! The balancer-wide metric handles, registered when the balancer is built.
 
-use std::sync::{Arc, Once};
+use std::sync::Arc;
 
 use ::metrics::{counter, gauge, Counter, Gauge, Label};
 use tokio::time::Instant;
@@ -54,8 +54,7 @@ impl BalancerMetrics {
         if !recorder_installed() {
             return None;
         }
-        static DESCRIBED: Once = Once::new();
-        DESCRIBED.call_once(describe);
+        describe_once();
         let labels = [Label::new(LABEL_BALANCER, name.clone())];
         let fail_fast = REASONS.map(|reason| {
             let mut labels = labels.to_vec();

@@ -42,12 +42,17 @@ pub(crate) struct EndpointMetrics {
     weight: Gauge,
     ejections: Counter,
     /// The labels, for series registered on first use (a strategy's own figures).
-    #[cfg(feature = "orca")]
+    #[cfg(any(feature = "orca", feature = "prequal"))]
     labels: [Label; 2],
     /// Weighted round robin's weight from load reports (feature `orca`), registered when
     /// that strategy first sets it.
     #[cfg(feature = "orca")]
     wrr_weight: std::sync::OnceLock<Gauge>,
+    /// The balancer's count of Prequal's fallback picks (feature `prequal`), registered at
+    /// the first fallback onto this endpoint: one series per balancer, whichever endpoint
+    /// registers it.
+    #[cfg(feature = "prequal")]
+    prequal_fallbacks: std::sync::OnceLock<Counter>,
     /// `requests` and `cancelled` as of the last sync.
     synced_requests: AtomicU64,
     synced_cancelled: AtomicU64,
@@ -78,10 +83,12 @@ impl EndpointMetrics {
             healthy: gauge!(ENDPOINT_HEALTHY, labels.to_vec()),
             weight: gauge!(ENDPOINT_WEIGHT, labels.to_vec()),
             ejections: counter!(EJECTIONS_TOTAL, labels.to_vec()),
-            #[cfg(feature = "orca")]
+            #[cfg(any(feature = "orca", feature = "prequal"))]
             labels: labels.clone(),
             #[cfg(feature = "orca")]
             wrr_weight: std::sync::OnceLock::new(),
+            #[cfg(feature = "prequal")]
+            prequal_fallbacks: std::sync::OnceLock::new(),
             synced_requests: AtomicU64::new(0),
             synced_cancelled: AtomicU64::new(0),
         }
@@ -103,6 +110,16 @@ impl EndpointMetrics {
             Failure::Readiness => &self.failed_readiness,
         }
         .increment(1);
+    }
+
+    /// Prequal picked this endpoint by its fallback (no usable probe in the pool): counted
+    /// in the balancer-wide `tower_lb_prequal_fallbacks_total`.
+    #[cfg(feature = "prequal")]
+    #[cold]
+    pub(crate) fn prequal_fallback(&self) {
+        self.prequal_fallbacks
+            .get_or_init(|| counter!(PREQUAL_FALLBACKS_TOTAL, self.labels[..1].to_vec()))
+            .increment(1);
     }
 
     /// The weight weighted round robin gives the endpoint from its load reports (0 while it

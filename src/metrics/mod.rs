@@ -52,6 +52,11 @@
 //! | `tower_lb_discovery_errors_total` | counter | balancer | errors the discovery source returned (the last set is kept) |
 //! | `tower_lb_table_rebuilds_total` | counter | balancer | snapshots published with a strategy table built for them |
 //! | `tower_lb_wrr_endpoint_weight` | gauge | balancer, endpoint | with [`WeightedRoundRobin`](crate::strategy) (feature `orca`): the weight its load reports give the endpoint (`qps / utilization`, gRPC A78's `grpc.lb.wrr.endpoint_weights`), 0 while it has none usable; set at each schedule rebuild, only by that strategy |
+//! | `tower_lb_prequal_fallbacks_total` | counter | balancer | with [`Prequal`](crate::strategy) (feature `prequal`): picks made by its fallback, power of two choices on requests in flight, because no probe in the pool was usable; registered at the first fallback |
+//! | `tower_lb_subset_members` | gauge | balancer | with a [subset](crate::discover::subset) adapter named by [`Subset::metrics`](crate::discover::subset::Subset::metrics): members of the current subset |
+//! | `tower_lb_subset_backends` | gauge | balancer | the same adapter: backends in the full set it chooses from |
+//! | `tower_lb_subset_joined_total` | counter | balancer | the same adapter: backends that joined the subset, the first subset included |
+//! | `tower_lb_subset_left_total` | counter | balancer | the same adapter: backends that left the subset |
 //! | `tower_lb_fail_fast_total` | counter | balancer, reason | requests refused because no endpoint was eligible within the fail-fast timeout; `reason` is [`UnavailableReason`](crate::error::UnavailableReason) in snake case (`no_endpoints`, `all_zero_weight`, `none_ready`, `all_unhealthy`) |
 //!
 //! # Cost
@@ -99,10 +104,12 @@ mod balancer;
 mod driver;
 mod endpoint;
 mod latency;
+mod subset;
 
 pub(crate) use balancer::BalancerMetrics;
 pub(crate) use driver::DriverMetrics;
 pub(crate) use endpoint::{EndpointMetrics, Failure};
+pub(crate) use subset::SubsetMetrics;
 
 use std::time::Duration;
 
@@ -141,6 +148,17 @@ pub const FAIL_FAST_TOTAL: &str = "tower_lb_fail_fast_total";
 /// Weighted round robin's weight of an endpoint, from its load reports (gauge; feature
 /// `orca`).
 pub const WRR_ENDPOINT_WEIGHT: &str = "tower_lb_wrr_endpoint_weight";
+/// Prequal's picks by its fallback, power of two choices, because no probe was usable
+/// (counter; feature `prequal`).
+pub const PREQUAL_FALLBACKS_TOTAL: &str = "tower_lb_prequal_fallbacks_total";
+/// Members of a [subset](crate::discover::subset) adapter's current subset (gauge).
+pub const SUBSET_MEMBERS: &str = "tower_lb_subset_members";
+/// Backends in the full set a subset adapter chooses from (gauge).
+pub const SUBSET_BACKENDS: &str = "tower_lb_subset_backends";
+/// Backends that joined a subset adapter's subset, the first subset included (counter).
+pub const SUBSET_JOINED_TOTAL: &str = "tower_lb_subset_joined_total";
+/// Backends that left a subset adapter's subset (counter).
+pub const SUBSET_LEFT_TOTAL: &str = "tower_lb_subset_left_total";
 
 /// The label with the balancer's name.
 pub const LABEL_BALANCER: &str = "balancer";
@@ -159,6 +177,12 @@ pub const SYNC: Duration = Duration::from_secs(1);
 /// nothing to record into and counts as none.
 pub(crate) fn recorder_installed() -> bool {
     ::metrics::with_recorder(|recorder| std::mem::size_of_val(recorder) != 0)
+}
+
+/// Describes every metric, the first time a balancer or an adapter registers its series.
+fn describe_once() {
+    static DESCRIBED: std::sync::Once = std::sync::Once::new();
+    DESCRIBED.call_once(describe);
 }
 
 /// Describes every metric once per recorder (units and help text for exporters).
@@ -193,6 +217,15 @@ fn describe() {
         FAIL_FAST_TOTAL,
         "Requests refused: no endpoint eligible within the fail-fast timeout."
     );
+    #[cfg(feature = "prequal")]
+    describe_counter!(
+        PREQUAL_FALLBACKS_TOTAL,
+        "Prequal's picks by its fallback: no probe in the pool was usable."
+    );
+    describe_gauge!(SUBSET_MEMBERS, "Members of the current subset.");
+    describe_gauge!(SUBSET_BACKENDS, "Backends the subset is chosen from.");
+    describe_counter!(SUBSET_JOINED_TOTAL, "Backends that joined the subset.");
+    describe_counter!(SUBSET_LEFT_TOTAL, "Backends that left the subset.");
     #[cfg(feature = "orca")]
     describe_gauge!(
         WRR_ENDPOINT_WEIGHT,

@@ -535,7 +535,14 @@ impl<T: ProbeTransport> Strategy for Prequal<T> {
         }
         drop(pool);
         state.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
-        self.fallback(endpoints)
+        let picked = self.fallback(endpoints);
+        #[cfg(feature = "metrics")]
+        if picked < endpoints.len() {
+            if let Some(metrics) = endpoints.load_handle(picked).metrics() {
+                metrics.prequal_fallback();
+            }
+        }
+        picked
     }
 
     fn seed(&self) -> Option<u64> {

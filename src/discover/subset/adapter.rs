@@ -67,6 +67,8 @@ where
         changed: false,
         out: VecDeque::new(),
         stats,
+        #[cfg(feature = "metrics")]
+        metrics: None,
     };
     let adapter = Subset {
         source,
@@ -89,6 +91,24 @@ pin_project! {
         state: State<K, S, A>,
         error: Option<D::Error>,
         ended: bool,
+    }
+}
+
+impl<D, K, S, A> Subset<D, K, S, A>
+where
+    D: Discover<K, S>,
+{
+    /// Records the subset through the `metrics` facade (feature `metrics`), labelled
+    /// `balancer="name"`: give it the [name](crate::Builder::name) of the balancer this
+    /// adapter feeds, so that its series sit beside the balancer's. The series:
+    /// `tower_lb_subset_members` and `tower_lb_subset_backends` (gauges), and
+    /// `tower_lb_subset_joined_total` and `tower_lb_subset_left_total` (counters), set at each
+    /// new subset. Without a recorder installed (install it first) nothing is registered.
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn metrics(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.state.metrics = crate::metrics::SubsetMetrics::register(name.into());
+        self
     }
 }
 
@@ -194,6 +214,8 @@ struct State<K, S, A> {
     changed: bool,
     out: VecDeque<Change<K, S>>,
     stats: Arc<ArcSwap<SubsetStats<K>>>,
+    #[cfg(feature = "metrics")]
+    metrics: Option<crate::metrics::SubsetMetrics>,
 }
 
 impl<K, S, A> State<K, S, A>
@@ -318,6 +340,10 @@ where
             joined: previous.joined + joined,
             left: previous.left + left.len() as u64,
         }));
+        #[cfg(feature = "metrics")]
+        if let Some(metrics) = &self.metrics {
+            metrics.subset(next.len(), self.backends.len(), joined, left.len() as u64);
+        }
         self.members = next_members;
     }
 }
