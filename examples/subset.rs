@@ -9,11 +9,12 @@
 //! |---|---|---|
 //! | `FLEET_CLIENT_ID` | this client's id, 0 to `FLEET_CLIENTS - 1` (a StatefulSet ordinal, a task index) | 0 |
 //! | `FLEET_CLIENTS` | clients in the fleet | 300 |
-//! | `FLEET_ALGORITHM` | `deterministic` (SRE book), `random` (gRFC A68) or `ring` (Finagle's deterministic aperture) | `ring` |
+//! | `FLEET_ALGORITHM` | `deterministic` (SRE book), `random` (gRFC A68), `ring` (Finagle's deterministic aperture) or `ringsteady` (Google's Ringsteady, on the backends' ordinals) | `ring` |
 //! | `FLEET_SUBSET` | subset size (the ring's aperture) | 10 |
 //!
-//! The 300 backends are addresses with an in-process echo service behind each, listed on a
-//! discovery channel; the client prints its subset with each member's weight, sends a few
+//! The 300 backends are the pods of a StatefulSet, `api-0.api.shop.svc:8080` to
+//! `api-299.api.shop.svc:8080` (Ringsteady reads their ordinals from these names), with an
+//! in-process echo service behind each, listed on a discovery channel; the client prints its subset with each member's weight, sends a few
 //! requests, then a backend joins the fleet and it prints what changed.
 
 use std::process::ExitCode;
@@ -22,7 +23,9 @@ use std::time::Duration;
 use tower::{Service, ServiceExt};
 use tower_lb::classify::ErrorsAsFailures;
 use tower_lb::discover;
-use tower_lb::discover::subset::{self, Aperture, Deterministic, Random, SubsetHandle, Subsetting};
+use tower_lb::discover::subset::{
+    self, Aperture, Deterministic, Random, Ringsteady, SubsetHandle, Subsetting,
+};
 use tower_lb::error::BuildError;
 use tower_lb::strategy::RoundRobin;
 use tower_lb::{Balance, Endpoint};
@@ -47,9 +50,12 @@ fn algorithm(
         "ring" => Aperture::new(id, clients)
             .and_then(|a| a.aperture(size))
             .map(|a| Box::new(a) as _),
+        // The backends' ordinals come from their names (`subset::ordinal`); the client
+        // count is not needed.
+        "ringsteady" => Ringsteady::new(id, size).map(|a| Box::new(a) as _),
         other => {
             return Err(format!(
-                "FLEET_ALGORITHM={other:?}: deterministic, random or ring"
+                "FLEET_ALGORITHM={other:?}: deterministic, random, ring or ringsteady"
             ))
         }
     };
@@ -60,7 +66,7 @@ fn print_subset(handle: &SubsetHandle<String>) {
     let stats = handle.stats();
     println!("subset of {} backends:", stats.backends);
     for member in &stats.members {
-        println!("  {:<16} weight {}", member.key, member.weight);
+        println!("  {:<28} weight {}", member.key, member.weight);
     }
 }
 
@@ -89,7 +95,7 @@ async fn main() -> ExitCode {
             async move { Ok::<_, std::convert::Infallible>(addr) }
         })
     };
-    let address = |i: usize| format!("10.1.{}.{}:8080", i / 100, i % 100);
+    let address = |i: usize| format!("api-{i}.api.shop.svc:8080");
     let (tx, rx) = discover::channel();
     tx.reset(
         (0..300)

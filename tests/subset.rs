@@ -8,7 +8,9 @@ use std::collections::BTreeSet;
 
 use common::{keys, send, settle, stat, stats_of, Backend};
 use tower_lb::classify::ErrorsAsFailures;
-use tower_lb::discover::subset::{self, Aperture, Deterministic, Random, Subsetting, FULL_SHARE};
+use tower_lb::discover::subset::{
+    self, Aperture, Deterministic, Random, Ringsteady, Subsetting, FULL_SHARE,
+};
 use tower_lb::discover::{self, Change};
 use tower_lb::strategy::RoundRobin;
 use tower_lb::{Balance, Endpoint, Metadata};
@@ -166,4 +168,52 @@ async fn errors_and_empty_resets_pass_through() {
         .map(|(i, _)| names[i])
         .collect();
     assert_eq!(stats.keys().copied().collect::<Vec<_>>(), expected);
+}
+
+#[tokio::test]
+async fn ringsteady_follows_the_ordinals_and_changes_one_member_at_most() {
+    // Pods api-0 .. api-7 of a StatefulSet: points 0, 1/2, 1/4, 3/4, 1/8, 5/8, 3/8, 7/8,
+    // so the ring reads 0, 4, 2, 6, 1, 5, 3, 7.
+    const PODS: [&str; 9] = [
+        "api-0.api:80",
+        "api-1.api:80",
+        "api-2.api:80",
+        "api-3.api:80",
+        "api-4.api:80",
+        "api-5.api:80",
+        "api-6.api:80",
+        "api-7.api:80",
+        "api-8.api:80",
+    ];
+    let (tx, rx) = discover::channel();
+    let (source, handle) = subset::subset(rx, Ringsteady::new(3, 3).unwrap());
+    let mut balance = Balance::builder()
+        .strategy(RoundRobin::new())
+        .classify(ErrorsAsFailures)
+        .build(source)
+        .unwrap();
+    for pod in &PODS[..8] {
+        tx.insert(*pod, Backend::new(pod)).unwrap();
+    }
+    settle().await;
+    // From 3/4 round the ring: api-3 (3/4), api-7 (7/8), api-0 (0, after wrapping).
+    let members: Vec<&str> = handle.stats().keys().copied().collect();
+    assert_eq!(members, ["api-3.api:80", "api-7.api:80", "api-0.api:80"]);
+    assert_eq!(set(&keys(&balance)), set(&members));
+    for _ in 0..9 {
+        let answer = send(&mut balance).await.unwrap();
+        assert!(members.contains(&answer), "{answer} is not a member");
+    }
+    // api-8 comes up at 1/16, between api-0 (0) and api-4 (1/8): outside this window.
+    tx.insert(PODS[8], Backend::new(PODS[8])).unwrap();
+    settle().await;
+    assert_eq!(handle.stats().keys().copied().collect::<Vec<_>>(), members);
+    // api-7 goes away: the next point round the ring, api-8 at 1/16, takes its place
+    // after api-0.
+    tx.remove("api-7.api:80").unwrap();
+    settle().await;
+    let after: Vec<&str> = handle.stats().keys().copied().collect();
+    assert_eq!(after, ["api-3.api:80", "api-0.api:80", "api-8.api:80"]);
+    assert_eq!(set(&keys(&balance)), set(&after));
+    assert_eq!((handle.stats().joined, handle.stats().left), (4, 1));
 }

@@ -1,5 +1,5 @@
 //! Scenario `fleet`: many clients, each balancing over its own subset of the backends
-//! (`tower_lb::discover::subset`), for the three subsetting algorithms of the crate.
+//! (`tower_lb::discover::subset`), for the four subsetting algorithms of the crate.
 //!
 //! - 300 clients and 300 backends (`--clients N` changes the client count). Every client
 //!   is a real `Balance` (smooth weighted round robin) over the subset adapter over its
@@ -37,7 +37,9 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 use tower_lb::classify::ErrorsAsFailures;
-use tower_lb::discover::subset::{self, Aperture, Deterministic, Random, SubsetHandle, Subsetting};
+use tower_lb::discover::subset::{
+    self, Aperture, Deterministic, Random, Ringsteady, SubsetHandle, Subsetting,
+};
 use tower_lb::discover::{self, Sender};
 use tower_lb::strategy::RoundRobin;
 use tower_lb::{Balance, Endpoint};
@@ -56,6 +58,7 @@ enum Kind {
     Deterministic(usize),
     Random(usize),
     Aperture(usize),
+    Ringsteady(usize),
 }
 
 impl Kind {
@@ -64,12 +67,13 @@ impl Kind {
             Kind::Deterministic(k) => format!("deterministic (SRE book), size {k}"),
             Kind::Random(k) => format!("random (gRFC A68), size {k}"),
             Kind::Aperture(k) => format!("ring (Finagle d-aperture), aperture {k}"),
+            Kind::Ringsteady(k) => format!("ring (Ringsteady, stable indices), size {k}"),
         }
     }
 
     fn size(self) -> usize {
         match self {
-            Kind::Deterministic(k) | Kind::Random(k) | Kind::Aperture(k) => k,
+            Kind::Deterministic(k) | Kind::Random(k) | Kind::Aperture(k) | Kind::Ringsteady(k) => k,
         }
     }
 
@@ -85,6 +89,13 @@ impl Kind {
                     .unwrap()
                     .aperture(k)
                     .unwrap(),
+            ),
+            // The backends' stable indices are their places in the fleet's inventory,
+            // which their addresses encode here (see `backend_name`).
+            Kind::Ringsteady(k) => Box::new(
+                Ringsteady::new(id as u64, k)
+                    .unwrap()
+                    .index_by(backend_index),
             ),
         }
     }
@@ -121,6 +132,13 @@ impl Service<()> for Server {
 
 fn backend_name(i: usize) -> String {
     format!("10.1.{}.{}:8080", i / 100, i % 100)
+}
+
+/// The inverse of `backend_name`: the backend's index in the fleet.
+fn backend_index(name: &str) -> Option<u64> {
+    let mut octets = name.strip_prefix("10.1.")?.split(':').next()?.split('.');
+    let (high, low): (u64, u64) = (octets.next()?.parse().ok()?, octets.next()?.parse().ok()?);
+    Some(high * 100 + low)
 }
 
 fn server(i: usize, seed: u64) -> Server {
@@ -391,6 +409,7 @@ pub fn main(options: &Options, out: &std::path::Path) -> std::io::Result<()> {
         Kind::Deterministic(10),
         Kind::Random(10),
         Kind::Aperture(10),
+        Kind::Ringsteady(10),
         Kind::Random(BACKENDS * 3 / 10),
     ];
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -509,7 +528,7 @@ fn random_spread(clients: usize) -> String {
 /// Connections per backend, one panel per algorithm: a bar per backend in name order,
 /// on a scale from 0 to twice the mean, with the mean dashed.
 fn svg(outcomes: &[Outcome], clients: usize) -> String {
-    const COLOURS: [&str; 4] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
+    const COLOURS: [&str; 5] = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd"];
     let (w, panel, gap) = (900.0, 110.0, 46.0);
     let (left, right, top) = (60.0, 20.0, 40.0);
     let h = top + outcomes.len() as f64 * (panel + gap);

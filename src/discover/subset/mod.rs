@@ -9,13 +9,14 @@
 //! [`channel`](super::channel), DNS, a custom one) in an adapter that tracks the full
 //! backend set and passes on to the balancer only the changes of this client's subset. It
 //! passes weights and metadata through, and shows the current subset in a
-//! [`SubsetHandle`]. Three algorithms come with the crate, one per file:
+//! [`SubsetHandle`]. Four algorithms come with the crate, one per file:
 //!
 //! | algorithm | source | connections per backend | when one backend comes or goes |
 //! |---|---|---|---|
 //! | [`Deterministic`] | SRE book, chapter 20 | equal when clients fill whole rounds | most subsets of the fleet change |
 //! | [`Random`] | gRFC A68 | random: spread grows as subsets shrink | at most one member of any subset changes |
 //! | [`Aperture`] | Finagle's deterministic aperture | equal up to the slice edges, whose fractional shares reach the balancer as weights | most subsets gain or lose an edge member |
+//! | [`Ringsteady`] | Google's Ringsteady (ACM Queue 2022) | equal with as many clients as backends, else within about one | at most one member of any subset changes; needs stable backend indices |
 //!
 //! Every client of a fleet must use the same algorithm and settings, and see the same
 //! backend names. A backend's name is its [`Metadata::name`](crate::Metadata::name), or
@@ -57,11 +58,13 @@ mod adapter;
 mod aperture;
 mod deterministic;
 mod random;
+mod ringsteady;
 
 pub use adapter::{subset, Member, Subset, SubsetHandle, SubsetStats};
 pub use aperture::Aperture;
 pub use deterministic::Deterministic;
 pub use random::Random;
+pub use ringsteady::{ordinal, Ringsteady};
 
 /// The weight factor of a whole member, for algorithms with fractional shares: a member
 /// that gets a quarter of a full share has factor `FULL_SHARE / 4`. Hundredths: precise
