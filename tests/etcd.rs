@@ -432,45 +432,28 @@ async fn retry<T, F: std::future::Future<Output = Result<T, etcd_client::Error>>
     }
 }
 
-/// Three members; the leader is killed while endpoints are added and removed. The source
-/// must end with exactly the endpoints written, having inserted and removed each once, and
-/// the set it describes is never empty.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn leader_killed_while_endpoints_change() {
-    let Some(etcd) = etcd_or_skip("leader_killed_while_endpoints_change") else {
-        return;
-    };
-    let mut cluster = Cluster::start(etcd, 3).await;
-    let writer = cluster.client().await;
-    let base: Vec<String> = (0..10).map(|i| format!("/cl/k{i}")).collect();
-    for (i, key) in base.iter().enumerate() {
-        retry(|| {
-            let (key, value) = (key.clone(), format!("127.0.0.1:{}", 5000 + i));
-            let mut w = writer.clone();
-            async move { w.put(key, value, None).await }
-        })
-        .await;
-    }
+/// What a reader of the source saw: the changes in order, and the errors.
+type ReaderLog = (Vec<String>, usize);
 
-    // The reader applies each change to a mirror of the set and checks it as it goes. Its
-    // client requires a leader, so a member that lost it cancels the watch at once.
-    let client = Client::connect(
-        cluster.endpoints(),
-        Some(options().with_require_leader(true)),
-    )
-    .await
-    .unwrap();
-    let mut etcd = source(client, "/cl/");
-    let (tx, mut rx) = tokio::sync::watch::channel(BTreeMap::<String, String>::new());
+/// Reads `etcd` into a mirror of the set, checking each change as it comes: no second
+/// reset, no insert of a key already there, no remove of one absent, and, once the first
+/// reset arrived, never an empty set. Publishes the mirror after each change; returns
+/// when the receiving side is gone (and one more change arrives).
+fn spawn_reader(
+    mut etcd: impl Stream<Item = EtcdChange> + Send + Unpin + 'static,
+) -> (
+    tokio::task::JoinHandle<ReaderLog>,
+    tokio::sync::watch::Receiver<BTreeMap<String, String>>,
+) {
+    let (tx, rx) = tokio::sync::watch::channel(BTreeMap::<String, String>::new());
     let reader = tokio::spawn(async move {
         let mut mirror: BTreeMap<String, String> = BTreeMap::new();
-        let mut log = Vec::new();
-        let mut errors = 0;
-        loop {
-            let Some(item) = etcd.next().await else { break };
+        let (mut log, mut errors, mut seeded) = (Vec::new(), 0, false);
+        while let Some(item) = etcd.next().await {
             match item {
                 Ok(Change::Reset(list)) => {
-                    assert!(mirror.is_empty(), "a second reset: {list:?}");
+                    assert!(!seeded, "a second reset: {list:?}");
+                    seeded = true;
                     for e in list {
                         mirror.insert(e.key.key().to_string(), e.key.addr().to_string());
                     }
@@ -494,14 +477,56 @@ async fn leader_killed_while_endpoints_change() {
                 }
                 Err(_) => errors += 1,
             }
-            assert!(!mirror.is_empty(), "the set was emptied; changes: {log:?}");
+            assert!(
+                !seeded || !mirror.is_empty(),
+                "the set was emptied; changes: {log:?}"
+            );
             if tx.send(mirror.clone()).is_err() {
-                return (log, errors);
+                break;
             }
         }
         (log, errors)
     });
-    rx.wait_for(|m| m.len() == base.len()).await.unwrap();
+    (reader, rx)
+}
+
+/// Three members; the leader is killed while endpoints are added and removed, and started
+/// again once the writes are done. Two readers: one whose client knows every member (its
+/// watch moves to a member that still has a leader; its client requires one, so a member
+/// that lost it cancels the watch), and one that knows only the leader, so that the kill
+/// surely breaks its watch: it must report errors, keep its set while the member is down,
+/// and catch up once it is back. Both must end with exactly the endpoints written, having
+/// inserted and removed each once, and the set they describe is never empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_killed_while_endpoints_change() {
+    let Some(etcd) = etcd_or_skip("leader_killed_while_endpoints_change") else {
+        return;
+    };
+    let mut cluster = Cluster::start(etcd, 3).await;
+    let writer = cluster.client().await;
+    let base: Vec<String> = (0..10).map(|i| format!("/cl/k{i}")).collect();
+    for (i, key) in base.iter().enumerate() {
+        retry(|| {
+            let (key, value) = (key.clone(), format!("127.0.0.1:{}", 5000 + i));
+            let mut w = writer.clone();
+            async move { w.put(key, value, None).await }
+        })
+        .await;
+    }
+
+    let leader = cluster.leader().await;
+    let connect = |endpoints: Vec<String>| async move {
+        Client::connect(endpoints, Some(options().with_require_leader(true)))
+            .await
+            .unwrap()
+    };
+    let (all_reader, mut all_rx) = spawn_reader(source(connect(cluster.endpoints()).await, "/cl/"));
+    let (leader_reader, mut leader_rx) = spawn_reader(source(
+        connect(vec![cluster.endpoint(leader)]).await,
+        "/cl/",
+    ));
+    all_rx.wait_for(|m| m.len() == base.len()).await.unwrap();
+    leader_rx.wait_for(|m| m.len() == base.len()).await.unwrap();
 
     // Twenty additions and five removals, the leader killed after the sixth addition.
     let mut expected: BTreeMap<String, String> = base
@@ -509,7 +534,7 @@ async fn leader_killed_while_endpoints_change() {
         .enumerate()
         .map(|(i, k)| (k.clone(), format!("127.0.0.1:{}", 5000 + i)))
         .collect();
-    let mut killed = None;
+    let mut before_kill = BTreeMap::new();
     for i in 0..20 {
         let (key, value) = (format!("/cl/a{i:02}"), format!("127.0.0.1:{}", 6000 + i));
         retry(|| {
@@ -527,37 +552,68 @@ async fn leader_killed_while_endpoints_change() {
             expected.remove(key);
         }
         if i == 6 {
-            let leader = cluster.leader().await;
+            // The leader-only reader has seen everything so far before the kill, so what
+            // it holds while the member is down is exactly this set.
+            leader_rx.wait_for(|m| *m == expected).await.unwrap();
+            before_kill = expected.clone();
             cluster.kill(leader);
-            killed = Some(leader);
         }
     }
-    let waited = tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|m| *m == expected))
-        .await
-        .is_ok();
+    let caught_up = |rx: &mut tokio::sync::watch::Receiver<BTreeMap<String, String>>| {
+        let mut rx = rx.clone();
+        let expected = expected.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|m| *m == expected))
+                .await
+                .is_ok()
+        }
+    };
     assert!(
-        waited,
+        caught_up(&mut all_rx).await,
         "the source's set is {:?}, expected {:?}",
-        *rx.borrow(),
+        *all_rx.borrow(),
         expected
     );
-    drop(rx);
-    // One more change wakes the reader, which then sees the channel closed and returns.
+    // The leader-only reader cannot reach etcd: it keeps the set it had.
+    assert_eq!(
+        *leader_rx.borrow(),
+        before_kill,
+        "the set changed while etcd was away"
+    );
+    cluster.restart(leader).await;
+    assert!(
+        caught_up(&mut leader_rx).await,
+        "after the restart the source's set is {:?}, expected {:?}",
+        *leader_rx.borrow(),
+        expected
+    );
+    drop((all_rx, leader_rx));
+    // One more change wakes the readers, which then see their channels closed and return.
     retry(|| {
         let mut w = writer.clone();
         async move { w.put("/cl/z", "127.0.0.1:7000", None).await }
     })
     .await;
-    let (log, errors) = tokio::time::timeout(WAIT, reader).await.unwrap().unwrap();
-    // Each addition and removal exactly once (the reader checked there was no other).
-    let inserts = log.iter().filter(|l| l.starts_with("+/cl/a")).count();
-    let removes = log.iter().filter(|l| l.starts_with('-')).count();
-    assert_eq!((inserts, removes), (20, 5), "{log:?}");
-    eprintln!(
-        "leader m{} killed; the source saw {errors} error(s) and {} changes",
-        killed.unwrap(),
-        log.len()
-    );
+    for (name, reader) in [
+        ("every member", all_reader),
+        ("the leader only", leader_reader),
+    ] {
+        let (log, errors) = tokio::time::timeout(WAIT, reader).await.unwrap().unwrap();
+        // Each addition and removal exactly once (the reader checked there was no other).
+        let inserts = log.iter().filter(|l| l.starts_with("+/cl/a")).count();
+        let removes = log.iter().filter(|l| l.starts_with('-')).count();
+        assert_eq!((inserts, removes), (20, 5), "{name}: {log:?}");
+        eprintln!(
+            "leader m{leader} killed; the reader of {name} saw {errors} error(s) and {} changes",
+            log.len()
+        );
+        if name == "the leader only" {
+            assert!(
+                errors >= 1,
+                "the watch on the killed member reported no error"
+            );
+        }
+    }
 }
 
 /// A live watch whose reader stalls while etcd writes on: once the watch's buffers are
