@@ -567,3 +567,58 @@ async fn a_named_subset_adapter_records_its_subset() {
     );
     balance.ready().await.unwrap();
 }
+
+/// A recorder's idle timeout drops series that stopped changing (metrics-exporter-
+/// prometheus's `idle_timeout` deletes them from its registry, as done here by hand).
+/// Series that may rest for long come back at their next write instead of going to
+/// storage the recorder no longer reads: the latency histogram with the next request, a
+/// subset adapter's gauges within a second.
+#[tokio::test(start_paused = true)]
+async fn series_dropped_by_an_idle_timeout_come_back() {
+    use tower::ServiceExt;
+    use tower_lb::discover::subset::{self, Random};
+
+    registry();
+    let b = "idle";
+    let mut balance = Builder::new()
+        .name(b)
+        .strategy(RoundRobin::new())
+        .classify(ErrorsAsFailures)
+        .build(discover::static_list([(
+            "a",
+            Backend::new("a").delay(Duration::from_millis(5)),
+        )]))
+        .unwrap();
+    send(&mut balance).await.unwrap();
+    synced().await;
+    let latency = key(names::REQUEST_DURATION_SECONDS, b, &endpoint("a"));
+    assert!(registry().delete_histogram(&latency), "recorded");
+    send(&mut balance).await.unwrap();
+    synced().await;
+    assert_latencies(
+        &samples(names::REQUEST_DURATION_SECONDS, b, &endpoint("a")),
+        &[0.005],
+    );
+
+    let s = "idle-subset";
+    let (tx, rx) = mpsc::unbounded::<Result<Change<String, Backend>, BoxError>>();
+    let (source, _handle) = subset::subset(rx, Random::with_seed(2, 1).unwrap());
+    let mut subsetted = Builder::new()
+        .name(s)
+        .classify(ErrorsAsFailures)
+        .build(source.metrics(s))
+        .unwrap();
+    for i in 0..5 {
+        tx.unbounded_send(Ok(Change::insert(format!("b{i}"), Backend::new("b"))))
+            .unwrap();
+    }
+    subsetted.ready().await.unwrap();
+    settle().await;
+    assert_eq!(gauge(names::SUBSET_MEMBERS, s, &[]), Some(2.0));
+    assert!(registry().delete_gauge(&key(names::SUBSET_MEMBERS, s, &[])));
+    assert!(registry().delete_counter(&key(names::SUBSET_JOINED_TOTAL, s, &[])));
+    assert_eq!(gauge(names::SUBSET_MEMBERS, s, &[]), None);
+    synced().await;
+    assert_eq!(gauge(names::SUBSET_MEMBERS, s, &[]), Some(2.0));
+    assert_eq!(counter(names::SUBSET_JOINED_TOTAL, s, &[]), Some(2));
+}

@@ -45,6 +45,9 @@ impl DriverMetrics {
     /// An endpoint left the set: its gauges go to 0, and its requests still in flight are
     /// followed until they end.
     pub(crate) fn removed(&mut self, load: &Arc<Load>) {
+        // No longer written by the sync as live, even before the next snapshot is
+        // published (which may wait for further discovery changes).
+        self.published.retain(|(l, _)| !Arc::ptr_eq(l, load));
         if let Some(metrics) = load.metrics() {
             metrics.removed();
             metrics.sync_requests(load);

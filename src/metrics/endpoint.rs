@@ -31,7 +31,6 @@ pub(crate) struct EndpointMetrics {
     pub(crate) epoch: Instant,
     requests: Counter,
     active: Gauge,
-    duration: Histogram,
     /// Latency samples since the last sync.
     latency: LatencyBuckets,
     failed_classified: Counter,
@@ -41,18 +40,13 @@ pub(crate) struct EndpointMetrics {
     healthy: Gauge,
     weight: Gauge,
     ejections: Counter,
-    /// The labels, for series registered on first use (a strategy's own figures).
-    #[cfg(any(feature = "orca", feature = "prequal"))]
+    /// The labels, for the series looked up when written: the latency histogram (written
+    /// only when there are samples) and a strategy's own figures. A handle kept across a
+    /// recorder's idle timeout would point at storage the recorder has dropped, so these
+    /// series, which may rest for minutes, are looked up again at each write.
     labels: [Label; 2],
     /// Weighted round robin's weight from load reports (feature `orca`), registered when
     /// that strategy first sets it.
-    #[cfg(feature = "orca")]
-    wrr_weight: std::sync::OnceLock<Gauge>,
-    /// The balancer's count of Prequal's fallback picks (feature `prequal`), registered at
-    /// the first fallback onto this endpoint: one series per balancer, whichever endpoint
-    /// registers it.
-    #[cfg(feature = "prequal")]
-    prequal_fallbacks: std::sync::OnceLock<Counter>,
     /// `requests` and `cancelled` as of the last sync.
     synced_requests: AtomicU64,
     synced_cancelled: AtomicU64,
@@ -74,7 +68,6 @@ impl EndpointMetrics {
             epoch,
             requests: counter!(REQUESTS_TOTAL, labels.to_vec()),
             active: gauge!(RQ_ACTIVE, labels.to_vec()),
-            duration: histogram!(REQUEST_DURATION_SECONDS, labels.to_vec()),
             latency: LatencyBuckets::new(),
             failed_classified: failed("classified"),
             failed_unreachable: failed("unreachable"),
@@ -83,12 +76,7 @@ impl EndpointMetrics {
             healthy: gauge!(ENDPOINT_HEALTHY, labels.to_vec()),
             weight: gauge!(ENDPOINT_WEIGHT, labels.to_vec()),
             ejections: counter!(EJECTIONS_TOTAL, labels.to_vec()),
-            #[cfg(any(feature = "orca", feature = "prequal"))]
             labels: labels.clone(),
-            #[cfg(feature = "orca")]
-            wrr_weight: std::sync::OnceLock::new(),
-            #[cfg(feature = "prequal")]
-            prequal_fallbacks: std::sync::OnceLock::new(),
             synced_requests: AtomicU64::new(0),
             synced_cancelled: AtomicU64::new(0),
         }
@@ -117,18 +105,15 @@ impl EndpointMetrics {
     #[cfg(feature = "prequal")]
     #[cold]
     pub(crate) fn prequal_fallback(&self) {
-        self.prequal_fallbacks
-            .get_or_init(|| counter!(PREQUAL_FALLBACKS_TOTAL, self.labels[..1].to_vec()))
-            .increment(1);
+        // One series per balancer (the balancer label only), whichever endpoint counts.
+        counter!(PREQUAL_FALLBACKS_TOTAL, self.labels[..1].to_vec()).increment(1);
     }
 
     /// The weight weighted round robin gives the endpoint from its load reports (0 while it
     /// has no usable weight), at each rebuild of its schedule.
     #[cfg(feature = "orca")]
     pub(crate) fn wrr_weight(&self, weight: f64) {
-        self.wrr_weight
-            .get_or_init(|| gauge!(WRR_ENDPOINT_WEIGHT, self.labels.to_vec()))
-            .set(weight);
+        gauge!(WRR_ENDPOINT_WEIGHT, self.labels.to_vec()).set(weight);
     }
 
     /// An ejection by outlier detection.
@@ -149,7 +134,8 @@ impl EndpointMetrics {
     /// their values), so that a live endpoint never looks idle to a recorder's idle
     /// timeout. `weight`: as last published, `None` when it takes no requests. The
     /// histogram has no such write: an endpoint without requests for longer than the
-    /// timeout loses its latency series until its next request.
+    /// timeout loses its latency series until its next request, which registers it again
+    /// (the histogram is looked up at each sync that has samples).
     pub(crate) fn sync(&self, load: &Load, weight: Option<u32>) {
         self.sync_requests(load);
         self.publish(weight);
@@ -175,8 +161,12 @@ impl EndpointMetrics {
         grow(&self.requests, &self.synced_requests, load.started());
         grow(&self.cancelled, &self.synced_cancelled, load.cancelled());
         self.active.set(load.in_flight() as f64);
-        self.latency
-            .drain(|seconds, count| self.duration.record_many(seconds, count));
+        let mut duration: Option<Histogram> = None;
+        self.latency.drain(|seconds, count| {
+            duration
+                .get_or_insert_with(|| histogram!(REQUEST_DURATION_SECONDS, self.labels.to_vec()))
+                .record_many(seconds, count)
+        });
     }
 
     /// The endpoint left the set: its health and weight gauges go to 0 (its requests in

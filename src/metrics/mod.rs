@@ -88,14 +88,18 @@
 //! the number of series is bounded by the endpoints a balancer has ever seen. When an
 //! endpoint is removed, its health and weight gauges go to 0 at once, `tower_lb_rq_active`
 //! when its last request in flight ends, and its series then stop changing. The facade
-//! cannot delete a series; recorders drop the ones that stop changing. With
-//! metrics-exporter-prometheus,
+//! cannot delete a series; a recorder configured with an idle timeout drops the ones that
+//! stop changing (without one, they stay, unchanged). With metrics-exporter-prometheus,
 //! `PrometheusBuilder::idle_timeout(MetricKindMask::ALL, Some(Duration::from_secs(300)))`
 //! removes a removed endpoint's series five minutes after its last update. The balancer
 //! writes every series of the endpoints still in the set every [`SYNC`], so live endpoints
-//! never look idle (their latency histogram excepted: it has no sample to write while the
-//! endpoint gets no request). An endpoint that comes back under the same name continues
-//! its series.
+//! never look idle, with one exception: the latency histogram has no sample to write while
+//! the endpoint gets no request, so a recorder may drop it; the balancer looks the
+//! histogram up again at each sync that has samples, so it comes back with the next
+//! request. The series that may rest for long (the histogram, Prequal's fallbacks, weighted
+//! round robin's weights) are looked up at each write for the same reason, and a subset
+//! adapter writes its series every [`SYNC`]. An endpoint that comes back under the same
+//! name continues its series.
 //!
 //! Labels are fixed when the endpoint is first inserted: an update that changes its
 //! metadata name keeps the old label.
