@@ -11,7 +11,7 @@
 //! | id | balancer |
 //! |---|---|
 //! | `STRATEGY/no_recorder` | built before any recorder is installed: it registers no handle, and a request pays a branch on an absent pointer per hook |
-//! | `STRATEGY/prometheus` | built after `PrometheusBuilder::new().install_recorder()`: a request updates its endpoint's counter, in-flight gauge (twice) and latency histogram |
+//! | `STRATEGY/prometheus` | built after `PrometheusBuilder::new().install_recorder()`: a request reads the clock twice and adds one to a latency bucket of its endpoint; the counters and the histogram reach the recorder from the balancer's background task once a second |
 //!
 //! STRATEGY is `least_request` (the default) and `round_robin`; `peak_ewma` tracks latency
 //! itself, so its histogram shares the clock reads. The cost without a recorder against a

@@ -16,8 +16,9 @@ shot=${1:-docs/status-page.png}
 
 if ! command -v chromium >/dev/null; then
     echo "status-page-test: installing chromium (apt-get)"
-    apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+    sudo=; [ "$(id -u)" -eq 0 ] || sudo=sudo
+    $sudo apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends chromium >/dev/null
 fi
 
 # A debug build with every feature: the one `cargo test --all-features` has already built.

@@ -82,9 +82,10 @@
 //! the [`metrics`](https://docs.rs/metrics) facade (feature `metrics`, see `metrics`); both
 //! cost nothing until the application installs a subscriber or a recorder. Each balancer's
 //! background task runs in a span `balancer` with a field `name`
-//! ([`Builder::name`], `default` without one), so every event below says which balancer it
-//! is about. The span is at WARN, so that the name comes with the warnings even when only
-//! warnings are logged.
+//! ([`Builder::name`], `default` without one), so every event it logs (discovery, health,
+//! panic mode) says which balancer it is about. The span is at WARN, so that the name comes
+//! with the warnings even when only warnings are logged. Per-request events (TRACE) happen
+//! in the caller's task, inside the caller's own spans, and name the endpoint.
 //!
 //! | level | events | why this level |
 //! |---|---|---|
@@ -92,7 +93,7 @@
 //! | WARN | a discovery error (the first of a run; the last set is kept), discovery ended, an empty reset ignored; panic mode starts (with the endpoints healthy and the threshold) | the balancer protects the traffic, but the picture it works from is wrong or degraded: an operator should know, once |
 //! | INFO | an endpoint's health changed (ejected, back, unhealthy, healthy, draining); panic mode ends | the changes an operator reads afterwards to explain what traffic did; a handful per incident, never per request |
 //! | DEBUG | endpoints inserted and removed, resets, repeated discovery errors | discovery's routine churn, which a large fleet produces all day |
-//! | TRACE | per request: a readiness check failed, a request refused by fail fast, a load report ignored | per-request events would flood any log at higher levels; a request that succeeds logs nothing at all, so the hot path pays no level check |
+//! | TRACE | per request: a readiness check failed, a request refused by fail fast, a load report ignored, a Prequal probe failed (probes follow requests) | per-request events would flood any log at higher levels; a request that succeeds logs nothing at all, so the hot path pays no level check |
 //!
 //! [tower]: https://docs.rs/tower
 

@@ -322,8 +322,8 @@ fn heterogeneous_weighted_round_robin_follows_capacity() {
 }
 
 /// Prequal's testbed, shortened (a tenth of its length, 100 clients): Prequal keeps
-/// (nearly) every request within the deadline along the ramp, and its p99 under half of
-/// round robin's and under tower p2c PeakEwma's.
+/// (nearly) every request within the deadline along the ramp, and at 0.9× its p99 is at
+/// most half round robin's and at most 0.7× tower p2c PeakEwma's.
 #[cfg(feature = "prequal")]
 #[test]
 fn prequal_beats_round_robin_and_tower_along_the_ramp() {
@@ -336,13 +336,26 @@ fn prequal_beats_round_robin_and_tower_along_the_ramp() {
         ..SHORT
     };
     let report = run_with("prequal", &short, &[pq, rr, tower]);
-    let (pq, rr, tower) = (
-        report.run(&pq.name()).summary,
-        report.run(&rr.name()).summary,
-        report.run(&tower.name()).summary,
+    let at = report.step("0.90×");
+    let step = |c: Contestant| report.run(&c.name()).steps[at];
+    let whole = |c: Contestant| report.run(&c.name()).summary;
+    // The goals at 0.9× (round robin standing in for weighted round robin, whose
+    // 10 s blackout is longer than this shortened run): p99 at most half round robin's and
+    // at most 0.7× tower p2c PeakEwma's.
+    assert!(
+        step(pq).p99 <= 0.5 * step(rr).p99,
+        "{:?} vs {:?}",
+        step(pq),
+        step(rr)
     );
-    assert!(pq.success >= 99.99, "{pq:?}");
-    assert!(pq.success > rr.success, "{pq:?} vs {rr:?}");
-    assert!(pq.p99 <= 0.5 * rr.p99, "{pq:?} vs {rr:?}");
-    assert!(pq.p99 < tower.p99, "{pq:?} vs {tower:?}");
+    assert!(
+        step(pq).p99 <= 0.7 * step(tower).p99,
+        "{:?} vs {:?}",
+        step(pq),
+        step(tower)
+    );
+    // Along the ramp, no more failures than any other.
+    assert!(whole(pq).success >= 99.99, "{:?}", whole(pq));
+    assert!(whole(pq).success >= whole(rr).success);
+    assert!(whole(pq).success >= whole(tower).success);
 }

@@ -141,10 +141,14 @@ fn build<P: Strategy, H: RequestKey<Request<Upload>>>(
     let record = log.clone();
     tokio::spawn(async move {
         while let Some(event) = events.next().await {
-            record
-                .lock()
-                .unwrap()
-                .push((Instant::now(), event.key, event.to));
+            {
+                // The status page shows the last 20; keep a few hundred, never more.
+                let mut log = record.lock().unwrap();
+                if log.len() >= 512 {
+                    log.drain(..256);
+                }
+                log.push((Instant::now(), event.key, event.to));
+            }
             // The first probe answer of a healthy upstream is routine; report the rest.
             if print && (event.to != event.from || event.to != Health::Healthy) {
                 println!(

@@ -29,6 +29,13 @@ use super::wire::PROBE_PATH;
 /// no longer counted while it streams. Latency samples are taken at completion only:
 /// cancelled requests leave none.
 ///
+/// **Where it sits.** Readiness passes through to the wrapped service, and a probe waits
+/// for it like any request. Put the layer outside anything that holds requests back
+/// (a concurrency limit, a load shed, a buffer): then probes are answered at once with
+/// the RIF that includes the waiting requests, which is what clients should see. Inside
+/// such a limit, a busy server's probes wait, may time out at the client, and count as
+/// that server's failures.
+///
 /// ```no_run
 /// use tower_lb::prequal::PrequalLayer;
 ///

@@ -159,7 +159,7 @@ fn file(state: &State, target: &Target, result: Result<super::ProbeAnswer, Probe
                     }
                 }
             }
-            tracing::debug!(endpoint = %target.name, %error, "prequal probe failed");
+            tracing::trace!(endpoint = %target.name, %error, "prequal probe failed");
         }
     }
 }

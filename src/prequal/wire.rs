@@ -49,12 +49,16 @@ pub struct ProbeAnswer {
 }
 
 impl ProbeAnswer {
-    /// An answer with this RIF and latency estimate (the latency is cut to whole
-    /// microseconds).
+    /// An answer with this RIF and latency estimate, both within what a reader accepts:
+    /// the RIF at most [`MAX_RIF`], the latency cut to whole microseconds and at most
+    /// [`MAX_LATENCY_US`] (a server whose oldest request has waited longer than an hour
+    /// still answers, with the largest latency, instead of an answer clients reject).
     pub fn new(rif: u64, latency: Duration) -> Self {
         ProbeAnswer {
-            rif,
-            latency_us: u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
+            rif: rif.min(MAX_RIF),
+            latency_us: u64::try_from(latency.as_micros())
+                .unwrap_or(u64::MAX)
+                .min(MAX_LATENCY_US),
         }
     }
 
@@ -189,6 +193,15 @@ mod tests {
             h.append(LATENCY_HEADER, HeaderValue::from_bytes(v).unwrap());
         }
         h
+    }
+
+    #[test]
+    fn answers_stay_within_what_readers_accept() {
+        let answer = ProbeAnswer::new(u64::MAX, Duration::from_secs(10 * 3600));
+        assert_eq!((answer.rif, answer.latency_us), (MAX_RIF, MAX_LATENCY_US));
+        let mut h = HeaderMap::new();
+        answer.write_headers(&mut h);
+        assert_eq!(ProbeAnswer::from_headers(&h).unwrap(), answer);
     }
 
     #[test]

@@ -20,11 +20,24 @@ use tower_lb::strategy::{
 use super::backend::{sim_key, Backend, BackendFuture, SimRequest};
 use super::contestants::{Algo, Contestant};
 use super::drive::{drive, Env};
-use super::rng::SimRng;
+use super::rng::{derive_seed, SimRng};
 use super::BoxError;
 
-/// One of our balancers, with the contestant's health features.
-async fn ours<P: Strategy + Clone>(env: &Env<'_>, c: Contestant, strategy: P) {
+/// The seed of client `client`'s balancer and strategy: the run's seed for the first (so
+/// that single-client scenarios draw as before), one derived from it for each other, so
+/// that clients draw independently (the same seed in every client would make their random
+/// choices march in step).
+pub(super) fn client_seed(seed: u64, client: usize) -> u64 {
+    if client == 0 {
+        seed
+    } else {
+        derive_seed(seed, &format!("client {client}"))
+    }
+}
+
+/// One of our balancers, with the contestant's health features; `strategy` makes each
+/// client's strategy from its seed.
+async fn ours<P: Strategy>(env: &Env<'_>, c: Contestant, strategy: impl Fn(u64) -> P) {
     if c.endpoint_timeout {
         let deadline = env.sc.deadline;
         ours_with(env, c, strategy, move |b: &Backend| {
@@ -36,9 +49,13 @@ async fn ours<P: Strategy + Clone>(env: &Env<'_>, c: Contestant, strategy: P) {
     }
 }
 
-pub(super) async fn ours_with<P, S, W>(env: &Env<'_>, c: Contestant, strategy: P, wrap: W)
-where
-    P: Strategy + Clone,
+pub(super) async fn ours_with<P, S, W>(
+    env: &Env<'_>,
+    c: Contestant,
+    strategy: impl Fn(u64) -> P,
+    wrap: W,
+) where
+    P: Strategy,
     W: Fn(&Backend) -> S,
     S: Service<SimRequest, Response = http::Response<()>, Error = BoxError>
         + Clone
@@ -49,13 +66,15 @@ where
 {
     let mut senders = Vec::new();
     let mut balancers = Vec::new();
-    for _ in 0..env.sc.clients {
+    for client in 0..env.sc.clients {
+        let seed = client_seed(env.seed, client);
         let (tx, rx) = tower_lb::discover::channel::<usize, S>();
         for (i, b) in env.backends.iter().enumerate() {
             tx.insert(i, wrap(b)).expect("balancer alive");
         }
         let mut builder = tower_lb::Builder::new()
-            .strategy(strategy.clone())
+            .strategy(strategy(seed))
+            .seed(seed)
             .request_key(key_fn(sim_key as fn(&SimRequest) -> Option<Vec<u8>>));
         // Outlier detection is on by default; the plain contestants show a strategy alone.
         builder = builder.outlier_detection(c.outlier.then(OutlierDetection::new));
@@ -159,18 +178,20 @@ async fn oracle(env: &Env<'_>) {
 pub(super) async fn contest(env: &Env<'_>, c: Contestant) {
     let seed = env.seed;
     match c.algo {
-        Algo::RoundRobin => ours(env, c, RoundRobin::new()).await,
-        Algo::Random => ours(env, c, Random::with_seed(seed)).await,
-        Algo::LeastRequest => ours(env, c, LeastRequest::new().with_seed(seed)).await,
+        // Random choices: each client its own seed. Hash placements: one seed for the whole
+        // fleet, so that every client maps a key to the same backend.
+        Algo::RoundRobin => ours(env, c, |_| RoundRobin::new()).await,
+        Algo::Random => ours(env, c, Random::with_seed).await,
+        Algo::LeastRequest => ours(env, c, |s| LeastRequest::new().with_seed(s)).await,
         Algo::LeastRequestAll => {
-            ours(env, c, LeastRequest::new().full_scan().with_seed(seed)).await
+            ours(env, c, |s| LeastRequest::new().full_scan().with_seed(s)).await
         }
-        Algo::PeakEwma => ours(env, c, PeakEwma::new().with_seed(seed)).await,
-        Algo::RingHash => ours(env, c, RingHash::new().seed(seed)).await,
-        Algo::Maglev => ours(env, c, Maglev::new().seed(seed)).await,
-        Algo::Rendezvous => ours(env, c, Rendezvous::new().seed(seed)).await,
-        Algo::BoundedRing => ours(env, c, BoundedLoad::new(RingHash::new().seed(seed))).await,
-        Algo::BoundedMaglev => ours(env, c, BoundedLoad::new(Maglev::new().seed(seed))).await,
+        Algo::PeakEwma => ours(env, c, |s| PeakEwma::new().with_seed(s)).await,
+        Algo::RingHash => ours(env, c, |_| RingHash::new().seed(seed)).await,
+        Algo::Maglev => ours(env, c, |_| Maglev::new().seed(seed)).await,
+        Algo::Rendezvous => ours(env, c, |_| Rendezvous::new().seed(seed)).await,
+        Algo::BoundedRing => ours(env, c, |_| BoundedLoad::new(RingHash::new().seed(seed))).await,
+        Algo::BoundedMaglev => ours(env, c, |_| BoundedLoad::new(Maglev::new().seed(seed))).await,
         Algo::TowerPending => {
             tower_p2c(env, |b: &Backend| {
                 tower::load::PendingRequests::new(
@@ -194,7 +215,7 @@ pub(super) async fn contest(env: &Env<'_>, c: Contestant) {
         Algo::Oracle => oracle(env).await,
         #[cfg(feature = "orca")]
         Algo::WeightedRoundRobin => {
-            ours(env, c, tower_lb::strategy::WeightedRoundRobin::new()).await
+            ours(env, c, |_| tower_lb::strategy::WeightedRoundRobin::new()).await
         }
         #[cfg(not(feature = "orca"))]
         Algo::WeightedRoundRobin => panic!("weighted round robin needs the orca feature"),

@@ -112,9 +112,11 @@ pub(super) async fn contest(env: &Env<'_>, c: Contestant) {
         Algo::PrequalRifOnly => Selection::RifOnly,
         _ => Selection::HotCold,
     };
-    let strategy = Prequal::new(ServiceTransport::new(probe))
-        .selection(selection)
-        .with_seed(env.seed);
+    let strategy = move |seed| {
+        Prequal::new(ServiceTransport::new(probe.clone()))
+            .selection(selection)
+            .with_seed(seed)
+    };
     ours_with(env, c, strategy, move |b: &Backend| Estimated {
         backend: b.clone(),
         estimator: estimators[b.0.index].clone(),
