@@ -26,7 +26,9 @@ pub fn etcd_or_skip(test: &str) -> Option<PathBuf> {
                 .find(|p| p.is_file())
         });
     if found.is_none() {
-        if std::env::var_os("CI").is_some() {
+        // CI=1 or CI=true (as CI services set it); CI=0, CI=false or an empty CI is not CI.
+        let ci = std::env::var("CI").is_ok_and(|v| !matches!(v.as_str(), "" | "0" | "false"));
+        if ci {
             panic!(
                 "{test}: the etcd binary is missing and CI is set; install it \
                  (apt-get install etcd-server) or set TOWER_LB_ETCD"
@@ -64,15 +66,33 @@ pub struct Cluster {
     members: Vec<Member>,
 }
 
-/// Distinct free loopback ports: all bound at once, then released for etcd.
+/// The ports handed out in this process, so that two clusters never get the same one.
+static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+
+/// Distinct free loopback ports for etcd, below the kernel's range of ephemeral ports
+/// (32768 and up on Linux), so that no outgoing connection of a test running meanwhile
+/// takes one between the check here and etcd's bind (or a member's restart on the same
+/// port); each is checked free by binding it, and never handed out twice in a process.
 fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
+    use std::hash::{BuildHasher, Hasher};
+    let mut handed_out = HANDED_OUT.lock().unwrap();
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    let mut state = hasher.finish();
+    let mut ports = Vec::with_capacity(n);
+    while ports.len() < n {
+        // xorshift over a random start: ports 20000 to 31999.
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let port = 20_000 + (state % 12_000) as u16;
+        if handed_out.contains(&port) || TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        handed_out.push(port);
+        ports.push(port);
+    }
+    ports
 }
 
 impl Cluster {
@@ -151,7 +171,7 @@ impl Cluster {
     }
 
     /// Polls member `i` until it answers a linearizable read (at most 30 s).
-    async fn wait_ready(&self, i: usize) {
+    async fn wait_ready(&mut self, i: usize) {
         let endpoint = self.endpoint(i);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -161,6 +181,14 @@ impl Cluster {
             };
             if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), attempt).await {
                 return;
+            }
+            // A member that exited (a port taken after all, a bad flag) fails at once,
+            // with its log, rather than after the 30 s.
+            if let Some(Ok(Some(status))) = self.members[i].child.as_mut().map(Child::try_wait) {
+                panic!(
+                    "etcd member {i} exited ({status}); its log is in {}",
+                    self.dir.display()
+                );
             }
             assert!(
                 Instant::now() < deadline,

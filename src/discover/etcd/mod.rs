@@ -93,7 +93,8 @@
 //! doubles up to 10 s ([`backoff`](Etcd::backoff)), less a random part of up to half (so
 //! that many clients do not come back in step). A run of failures ends only when a watch
 //! has lasted the longest pause, so a member that answers lists but cancels every watch is
-//! retried at a slowing pace too. After a compaction the list comes at once.
+//! retried at a slowing pace too. A compaction that cancels a healthy watch is listed
+//! again at once; one that comes in a run of failures waits its turn like any retry.
 //!
 //! Give the client several endpoints of the cluster: it spreads requests over them and the
 //! source's next list goes to a member that answers. HTTP/2 keep-alive

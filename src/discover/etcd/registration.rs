@@ -189,6 +189,9 @@ async fn put_under_new_lease(
 /// stream; registers again under a new lease if the old one expired.
 async fn keep_alive(client: Client, key: String, value: String, ttl: i64, lease: Arc<AtomicI64>) {
     let every = Duration::from_secs(ttl as u64) / 3;
+    // A renewal that takes longer than the pause between renewals is a failure: waiting
+    // out the full request timeout on a silently hung connection could outlast a short TTL.
+    let limit = REQUEST_TIMEOUT.min(every);
     let rng = Rng::default();
     let mut failures: u32 = 0;
     let mut stream: Option<(LeaseKeeper, LeaseKeepAliveStream)> = None;
@@ -202,7 +205,7 @@ async fn keep_alive(client: Client, key: String, value: String, ttl: i64, lease:
         }
         let id = lease.load(Ordering::Acquire);
         let renewed = match stream.as_mut() {
-            Some((keeper, responses)) => renew(keeper, responses, &key).await,
+            Some((keeper, responses)) => renew(keeper, responses, &key, limit).await,
             None => {
                 let mut leases = client.lease_client();
                 match EtcdError::bounded(
@@ -214,7 +217,7 @@ async fn keep_alive(client: Client, key: String, value: String, ttl: i64, lease:
                 .await
                 {
                     Ok(mut opened) => {
-                        let renewed = renew(&mut opened.0, &mut opened.1, &key).await;
+                        let renewed = renew(&mut opened.0, &mut opened.1, &key, limit).await;
                         stream = Some(opened);
                         renewed
                     }
@@ -252,13 +255,14 @@ async fn keep_alive(client: Client, key: String, value: String, ttl: i64, lease:
     }
 }
 
-/// Sends one renewal and waits for its answer: the lease's remaining TTL (0: expired).
+/// Sends one renewal and waits (at most `limit` for each step) for its answer: the
+/// lease's remaining TTL (0: expired).
 async fn renew(
     keeper: &mut LeaseKeeper,
     responses: &mut LeaseKeepAliveStream,
     key: &str,
+    limit: Duration,
 ) -> Result<i64, EtcdError> {
-    let limit = REQUEST_TIMEOUT;
     EtcdError::bounded(Operation::KeepAlive, key, limit, keeper.keep_alive()).await?;
     match EtcdError::bounded(Operation::KeepAlive, key, limit, responses.message()).await? {
         Some(answer) => Ok(answer.ttl()),
