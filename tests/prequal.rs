@@ -393,6 +393,120 @@ async fn failed_probes_drop_the_endpoint_and_count_for_outlier_detection() {
     assert!(picks[2..].iter().all(|&p| p != "c"), "{picks:?}");
 }
 
+/// A transport that records which endpoints each probe went to and never answers: every
+/// probe stays in flight until its timeout.
+#[derive(Clone, Default)]
+struct Silent(Arc<Mutex<Vec<String>>>);
+
+impl ProbeTransport for Silent {
+    type Future = std::future::Pending<Result<ProbeAnswer, ProbeError>>;
+
+    fn probe(&self, target: &ProbeTarget) -> Self::Future {
+        self.0.lock().unwrap().push(target.name().to_owned());
+        std::future::pending()
+    }
+}
+
+fn ten_backends() -> Vec<(
+    &'static str,
+    impl Service<(), Response = &'static str, Error = std::io::Error, Future: Send>
+        + Clone
+        + Send
+        + Sync,
+)> {
+    ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"]
+        .into_iter()
+        .map(|n| (n, backend(n)))
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn probes_go_to_distinct_endpoints_time_out_and_stay_under_the_concurrency_bound() {
+    let silent = Silent::default();
+    let prequal = Prequal::new(silent.clone())
+        .with_seed(11)
+        .max_concurrent_probes(7)
+        .probe_timeout(Duration::from_millis(500));
+    let monitor = prequal.monitor();
+    let mut balance = Balance::builder()
+        .strategy(prequal)
+        .classify(ErrorsAsFailures)
+        .outlier_detection(None)
+        .build(discover::static_list(ten_backends()))
+        .unwrap();
+
+    // One pick: its 3 probes go to 3 distinct endpoints (sampled without replacement).
+    balance.ready().await.unwrap().call(()).await.unwrap();
+    common::settle().await;
+    let first: Vec<String> = silent.0.lock().unwrap().clone();
+    let mut distinct = first.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!((first.len(), distinct.len()), (3, 3), "{first:?}");
+
+    // Three more picks ask for 9 more; only 4 fit under the bound of 7 in flight.
+    for _ in 0..3 {
+        balance.ready().await.unwrap().call(()).await.unwrap();
+        common::settle().await;
+    }
+    let stats = monitor.stats();
+    assert_eq!(
+        (
+            stats.probes_sent,
+            stats.probes_in_flight,
+            stats.probes_skipped
+        ),
+        (7, 7, 5),
+        "{stats:?}"
+    );
+    assert_eq!(stats.fallbacks, 4, "no answer, so every pick fell back");
+
+    // The timeout fails all seven; nothing stays in flight.
+    tokio::time::sleep(Duration::from_millis(501)).await;
+    common::settle().await;
+    let stats = monitor.stats();
+    assert_eq!(
+        (stats.probes_failed, stats.probes_in_flight),
+        (7, 0),
+        "{stats:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_probe_rate_is_bounded() {
+    let answers = Answers::default();
+    for n in ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"] {
+        answers.set(n, 0, 100);
+    }
+    // 50 probes a second: a burst of 5 (a tenth of a second's worth), then 5 every 0.1 s.
+    let prequal = Prequal::new(answers.transport())
+        .with_seed(5)
+        .max_probe_rate(50.0);
+    let monitor = prequal.monitor();
+    let mut balance = Balance::builder()
+        .strategy(prequal)
+        .classify(ErrorsAsFailures)
+        .build(discover::static_list(ten_backends()))
+        .unwrap();
+    // Ten picks at one instant ask for 30 probes.
+    for _ in 0..10 {
+        balance.ready().await.unwrap().call(()).await.unwrap();
+    }
+    common::settle().await;
+    let stats = monitor.stats();
+    assert!(stats.probes_sent <= 5, "{stats:?}");
+    assert_eq!(stats.probes_sent + stats.probes_skipped, 30, "{stats:?}");
+    // A second later, ten more picks: at most the burst again (the bucket holds no more).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for _ in 0..10 {
+        balance.ready().await.unwrap().call(()).await.unwrap();
+    }
+    common::settle().await;
+    let later = monitor.stats();
+    assert!(later.probes_sent - stats.probes_sent <= 5, "{later:?}");
+    assert_eq!(later.probes_sent + later.probes_skipped, 60, "{later:?}");
+}
+
 #[test]
 fn invalid_settings_are_build_errors() {
     let answers = Answers::default();
