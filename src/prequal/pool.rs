@@ -50,9 +50,12 @@ pub enum Selection {
 /// steady state probes enter the pool at `(1 − m/n) · r_probe` per query (a fraction `m/n` of
 /// them only replace a probe of the same endpoint) and leave at `r_remove + 1/b_reuse` (the
 /// removals, and the uses that exhaust a budget); the budget keeps the pool from draining.
-/// When the denominator is not positive (probes cannot keep up with removals, for example
-/// when there are no more endpoints than pool slots), the budget is `max_reuse`; it never
-/// exceeds `max_reuse` either.
+/// The equation is the paper's; three things around it are this crate's own, where the
+/// equation has no answer or an impractical one: when the denominator is not positive
+/// (probes cannot keep up with removals, for example when there are no more endpoints
+/// than pool slots) the budget is `max_reuse`; it never exceeds `max_reuse` (16 by
+/// default) either; and the strategy rounds a fractional budget up or down at random, in
+/// proportion, so that probes serve the equation's number of picks on average.
 pub fn reuse_budget(
     capacity: usize,
     endpoints: usize,
