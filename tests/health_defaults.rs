@@ -19,7 +19,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{endpoints, Server};
+use common::{endpoints, Captured, Server};
 use http_body_util::Empty;
 use tower::{Service, ServiceExt};
 use tower_lb::endpoint::EndpointState;
@@ -533,21 +533,6 @@ async fn a_hundred_instances_sixty_answering_500_eject_at_most_half() {
 // ------------------------------------------------------------------------------------------
 // Panic mode is logged
 // ------------------------------------------------------------------------------------------
-
-/// Collects what the fmt subscriber writes.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
 
 #[tokio::test(start_paused = true)]
 async fn panic_mode_is_logged_as_a_warning_when_it_starts() {

@@ -498,3 +498,30 @@ pub fn endpoints(servers: &[&Server]) -> Vec<(SocketAddr, ToEndpoint)> {
         .map(|s| (s.addr, ToEndpoint::from_addr(client.clone(), s.addr)))
         .collect()
 }
+
+/// Collects what a tracing fmt subscriber writes (`with_writer(move || captured.clone())`).
+#[derive(Clone, Default)]
+pub struct Captured(pub Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    /// The lines written since the last call.
+    pub fn take(&self) -> Vec<String> {
+        let bytes = std::mem::take(&mut *self.0.lock().unwrap());
+        String::from_utf8(bytes)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
