@@ -23,13 +23,15 @@
 //!
 //! The per-response overhead of the layer is `layer/orca_text - layer/baseline`.
 
+mod server_layer;
+
 use std::convert::Infallible;
 use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue, Request, Response};
-use http_body_util::{BodyExt, Full, StreamBody};
+use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use tower::{Layer, Service, ServiceExt};
 use tower_lb::orca::{HeaderForm, LoadReport, OrcaLayer};
@@ -116,24 +118,10 @@ fn parse(c: &mut Criterion) {
 }
 
 fn layer(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut g = c.benchmark_group("layer");
-    g.sample_size(30)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2));
-    let handler = tower::service_fn(|_req: Request<()>| async {
-        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"hello"))))
-    });
-    g.bench_function("baseline", |b| {
-        b.to_async(&rt).iter(|| async {
-            let mut s = handler;
-            let response = s.call(Request::new(())).await.unwrap();
-            black_box(response)
-        })
-    });
+    let rt = server_layer::runtime();
+    let mut g = server_layer::group(c, "layer");
+    server_layer::baseline(&mut g, &rt);
+    let handler = server_layer::handler();
     for (name, form) in [
         ("orca_text", HeaderForm::Text),
         ("orca_bin", HeaderForm::Bin),
