@@ -622,3 +622,45 @@ async fn series_dropped_by_an_idle_timeout_come_back() {
     assert_eq!(gauge(names::SUBSET_MEMBERS, s, &[]), Some(2.0));
     assert_eq!(counter(names::SUBSET_JOINED_TOTAL, s, &[]), Some(2));
 }
+
+/// The weight gauge is in discovery's units: while a new endpoint ramps up (slow start),
+/// it shows its fraction of its weight, and the others their whole weight, not the scaled
+/// integers the strategy is given.
+#[tokio::test(start_paused = true)]
+async fn weights_are_published_in_discoverys_units_while_an_endpoint_ramps() {
+    use tower_lb::health::SlowStart;
+
+    registry();
+    let b = "ramp";
+    let (tx, rx) = mpsc::unbounded::<Result<Change<&'static str, Backend>, BoxError>>();
+    let _balance = Builder::new()
+        .name(b)
+        .strategy(RoundRobin::new())
+        .classify(ErrorsAsFailures)
+        .slow_start(SlowStart::new(Duration::from_secs(10)))
+        .build(rx)
+        .unwrap();
+    tx.unbounded_send(Ok(Change::insert("a", Backend::new("a"))))
+        .unwrap();
+    settle().await;
+    let weight = |name| gauge(names::ENDPOINT_WEIGHT, b, &endpoint(name));
+    assert_eq!(weight("a"), Some(1.0));
+    tx.unbounded_send(Ok(Change::Insert(
+        tower_lb::Endpoint::new("b", Backend::new("b")).with_weight(3),
+    )))
+    .unwrap();
+    settle().await;
+    // b starts at a tenth of its weight 3; a keeps 1.
+    assert_eq!(weight("a"), Some(1.0));
+    let start = weight("b").unwrap();
+    assert!((start - 0.3).abs() < 0.011, "b starts at {start}");
+    // Half way through the window: about half of 3.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    settle().await;
+    let half = weight("b").unwrap();
+    assert!((half - 1.5).abs() < 0.2, "b at 5 s: {half}");
+    // After the window: its whole weight.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    settle().await;
+    assert_eq!((weight("a"), weight("b")), (Some(1.0), Some(3.0)));
+}

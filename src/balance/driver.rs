@@ -430,12 +430,14 @@ where
         };
         #[cfg(feature = "metrics")]
         if let Some(metrics) = &mut self.metrics {
+            // In discovery's units: a ramping endpoint shows its fraction of its weight.
+            let scale = decided.scale;
+            let weights = decided
+                .weights
+                .iter()
+                .map(|w| w.map(|w| f64::from(w) / scale));
             let loads = all.iter().map(|s| &s.load);
-            metrics.publish(
-                loads.zip(decided.weights.iter().copied()),
-                &decided.stats,
-                table.is_some(),
-            );
+            metrics.publish(loads.zip(weights), &decided.stats, table.is_some());
         }
         self.version += 1;
         shared.publish(Set {

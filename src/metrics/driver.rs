@@ -18,7 +18,7 @@ use crate::health::{HealthEvent, HealthReason, HealthStats};
 pub(crate) struct DriverMetrics {
     pub(crate) balancer: Arc<BalancerMetrics>,
     /// Each endpoint in the set with its published weight (`None`: takes no requests).
-    published: Vec<(Arc<Load>, Option<u32>)>,
+    published: Vec<(Arc<Load>, Option<f64>)>,
     /// Removed endpoints with requests still in flight: synced until these finish.
     leaving: Vec<Arc<Load>>,
     /// The last snapshot's size and health picture.
@@ -61,7 +61,7 @@ impl DriverMetrics {
     /// no requests), the health picture, and whether a strategy table was built.
     pub(crate) fn publish<'a>(
         &mut self,
-        endpoints: impl Iterator<Item = (&'a Arc<Load>, Option<u32>)>,
+        endpoints: impl Iterator<Item = (&'a Arc<Load>, Option<f64>)>,
         stats: &HealthStats,
         rebuilt: bool,
     ) {

@@ -123,9 +123,9 @@ impl EndpointMetrics {
 
     /// The endpoint's standing as published: its effective weight, `None` when it takes
     /// no requests.
-    pub(crate) fn publish(&self, weight: Option<u32>) {
+    pub(crate) fn publish(&self, weight: Option<f64>) {
         self.healthy.set(if weight.is_some() { 1.0 } else { 0.0 });
-        self.weight.set(f64::from(weight.unwrap_or(0)));
+        self.weight.set(weight.unwrap_or(0.0));
     }
 
     /// Copies the counters every request updates (requests sent, in flight, cancelled)
@@ -136,7 +136,7 @@ impl EndpointMetrics {
     /// histogram has no such write: an endpoint without requests for longer than the
     /// timeout loses its latency series until its next request, which registers it again
     /// (the histogram is looked up at each sync that has samples).
-    pub(crate) fn sync(&self, load: &Load, weight: Option<u32>) {
+    pub(crate) fn sync(&self, load: &Load, weight: Option<f64>) {
         self.sync_requests(load);
         self.publish(weight);
         for counter in [

@@ -42,7 +42,7 @@
 //! | `tower_lb_rq_active` | gauge | balancer, endpoint | requests in flight (see [`completion`](crate::completion) for when a request ends) |
 //! | `tower_lb_request_duration_seconds` | histogram | balancer, endpoint | from the call to the outcome (the response head; errors included, cancellations not) |
 //! | `tower_lb_endpoint_healthy` | gauge | balancer, endpoint | 1 while the endpoint takes new requests (active, or on probation), 0 while it is unhealthy, ejected, draining, at weight 0, or removed |
-//! | `tower_lb_endpoint_weight` | gauge | balancer, endpoint | the effective weight the strategy was given (slow start and probation included); 0 when it takes no requests |
+//! | `tower_lb_endpoint_weight` | gauge | balancer, endpoint | the effective weight, in discovery's units: its weight times its slow-start or probation factor (a new endpoint of weight 1 in slow start shows 0.1 and rises to 1); 0 when it takes no requests |
 //! | `tower_lb_ejections_total` | counter | balancer, endpoint | times outlier detection ejected the endpoint |
 //! | `tower_lb_endpoints` | gauge | balancer | endpoints in the set (Envoy `membership_total`) |
 //! | `tower_lb_endpoints_healthy` | gauge | balancer | endpoints that pass their health checks and are not ejected (Envoy `membership_healthy`) |

@@ -189,9 +189,10 @@ async fn put_under_new_lease(
 /// stream; registers again under a new lease if the old one expired.
 async fn keep_alive(client: Client, key: String, value: String, ttl: i64, lease: Arc<AtomicI64>) {
     let every = Duration::from_secs(ttl as u64) / 3;
-    // A renewal that takes longer than the pause between renewals is a failure: waiting
-    // out the full request timeout on a silently hung connection could outlast a short TTL.
-    let limit = REQUEST_TIMEOUT.min(every);
+    // A renewal that takes longer than the TTL is a failure (the lease is gone by then
+    // anyway): waiting out the full request timeout on a silently hung connection could
+    // outlast a short TTL. Not shorter: a slow but working etcd must still renew.
+    let limit = REQUEST_TIMEOUT.min(Duration::from_secs(ttl as u64));
     let rng = Rng::default();
     let mut failures: u32 = 0;
     let mut stream: Option<(LeaseKeeper, LeaseKeepAliveStream)> = None;

@@ -38,6 +38,9 @@ pub(crate) struct Candidate<'a, K> {
 pub(crate) struct Eligibility {
     /// For each candidate, its effective weight, or `None` when it gets no requests.
     pub(crate) weights: Vec<Option<u32>>,
+    /// What the weights were multiplied by (1 unless some endpoint gets a fraction of its
+    /// weight): `weights[i] / scale` is the effective weight in discovery's units.
+    pub(crate) scale: f64,
     /// The flags that make a pick skip an endpoint, for the hot path.
     pub(crate) skip: u32,
     pub(crate) stats: HealthStats,
@@ -113,6 +116,7 @@ impl<K: Clone + Eq + Hash + Send + 'static> Runner<K> {
             .collect();
         Eligibility {
             weights,
+            scale: scale.unwrap_or(1.0),
             skip,
             stats,
         }
