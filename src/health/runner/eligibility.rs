@@ -39,7 +39,9 @@ pub(crate) struct Eligibility {
     /// For each candidate, its effective weight, or `None` when it gets no requests.
     pub(crate) weights: Vec<Option<u32>>,
     /// What the weights were multiplied by (1 unless some endpoint gets a fraction of its
-    /// weight): `weights[i] / scale` is the effective weight in discovery's units.
+    /// weight): `weights[i] / scale` is the effective weight in discovery's units. Read
+    /// by the metrics (feature `metrics`).
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub(crate) scale: f64,
     /// The flags that make a pick skip an endpoint, for the hot path.
     pub(crate) skip: u32,
