@@ -437,19 +437,7 @@ async fn orca_server(name: &'static str, cost: f64) -> SocketAddr {
             ))))
         }
     });
-    let service = layer.layer(handler);
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let service = hyper_util::service::TowerToHyperService::new(service.clone());
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
-            );
-        }
-    });
+    common::serve(listener, layer.layer(handler));
     addr
 }
 

@@ -26,32 +26,6 @@ use tower_lb::prequal::{
 use tower_lb::strategy::Prequal;
 use tower_lb::{discover, Balance};
 
-/// Serves `service` with hyper on 127.0.0.1 (HTTP/1).
-fn serve<S>(listener: tokio::net::TcpListener, service: S)
-where
-    S: Service<
-            Request<hyper::body::Incoming>,
-            Response = Response<Full<Bytes>>,
-            Error = Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let service = hyper_util::service::TowerToHyperService::new(service.clone());
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
-            );
-        }
-    });
-}
-
 /// A server behind `layer` whose application counts its calls; requests on `/slow` wait
 /// until `release` is notified.
 async fn app_server(
@@ -72,7 +46,7 @@ async fn app_server(
             Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"app"))))
         }
     });
-    serve(listener, layer.layer(app));
+    common::serve(listener, layer.layer(app));
     addr
 }
 
@@ -181,7 +155,7 @@ async fn answering(status: u16, headers: &'static [(&'static str, &'static str)]
         }
         Ok::<_, Infallible>(response)
     });
-    serve(listener, service);
+    common::serve(listener, service);
     addr
 }
 
